@@ -1,0 +1,239 @@
+"""The ``matseg`` command: parse, call the library, report.
+
+Exit codes: 0 success, 2 bad input or usage (one line, no traceback, nothing
+changed), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import click
+
+from matseg import __version__
+from matseg.errors import MatsegError
+
+
+def _ints(text: str | None, name: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected integers like 256 or 4,256,256, got '{text}'", param_hint=name)
+    if not values:
+        raise click.BadParameter("no sizes given", param_hint=name)
+    return values
+
+
+class _SizesOption(click.Option):
+    """An option followed by 2 or 3 integers: ``--shape 32 256 256`` or ``--shape 256 256``."""
+
+    def add_to_parser(self, parser, ctx):
+        result = super().add_to_parser(parser, ctx)
+        option = parser._long_opt[self.opts[0]]
+        process = option.process
+
+        def greedy(value, state):
+            values = [value]
+            while state.rargs and state.rargs[0].lstrip("-").isdigit() and not state.rargs[0].startswith("-"):
+                values.append(state.rargs.pop(0))
+            process(values, state)
+
+        option.process = greedy
+        return result
+
+    def type_cast_value(self, ctx, value):
+        if value is None:
+            return None
+        try:
+            return tuple(int(v) for v in value)
+        except ValueError:
+            raise click.BadParameter(f"expected integers, got {' '.join(value)}", ctx, self) from None
+
+
+def _command_line() -> str:
+    return "matseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="matseg")
+def cli() -> None:
+    """Segment materials-microscopy volumes (FIB-SEM, X-ray CT) into phases.
+
+    \b
+    Typical use:
+      matseg sample cathode.zarr --shape 32 256 256 --seed 1
+      matseg segment cathode.zarr -o phases.zarr --truth cathode.zarr
+      matseg train image.zarr --labels labels.zarr -o my-weights/
+
+    Inputs are read lazily and never changed: Zarr v2/v3 (store.zarr or
+    store.zarr:/path), OME-Zarr (level 0), HDF5 (file.h5:/dataset), TIFF.
+    """
+
+
+@cli.command()
+@click.argument("output", type=click.Path())
+@click.option("--shape", "shape", cls=_SizesOption, required=True, metavar="Z Y X",
+              help="Volume shape: Z Y X, or Y X for 2-D (e.g. --shape 32 256 256).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same volume.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="YAML of generator settings (see data/sample.yaml).")
+@click.option("--profile", type=click.Choice(["train", "test"]), default=None,
+              help="Imaging-parameter ranges: 'test' ranges are disjoint from 'train'.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def sample(output, shape, seed, config_path, profile, overwrite) -> None:
+    """Write a synthetic 3-phase battery-cathode volume with ground truth.
+
+    OUTPUT is an OME-Zarr image (uint8) whose ground truth is the label image
+    'truth' (0 pore, 1 carbon-binder, 2 active); 'difficulty' maps clean (0)
+    to artefact-heavy (1) regions.
+    """
+    import dataclasses
+
+    from matseg.sample import load_sample_config, write_sample
+
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise click.UsageError(f"--shape takes 2 (Y X) or 3 (Z Y X) positive sizes, got {shape}")
+    config = load_sample_config(config_path)
+    if profile:
+        config = dataclasses.replace(config, profile=profile)
+    path = write_sample(output, shape, seed, config, overwrite=overwrite)
+    click.echo(f"wrote {path} (shape {' x '.join(map(str, shape))}, seed {seed})")
+
+
+@cli.command()
+@click.argument("input", type=str)
+@click.option("-o", "--output", required=True, type=click.Path(), help="OME-Zarr store to create.")
+@click.option("--model", type=click.Choice(["cheap", "expensive"]), default="expensive",
+              show_default=True, help="Segmenter to run on every tile.")
+@click.option("--weights", type=click.Path(file_okay=False),
+              help="Weights folder from 'matseg train' (default: bundled weights).")
+@click.option("--tile", "tile_text", help="Tile size: 256 (in-plane) or Z,Y,X like 4,256,256.")
+@click.option("--halo", type=int, help="In-plane halo in voxels (default: the model's receptive radius).")
+@click.option("--workers", type=click.IntRange(min=1), help="Tiles processed at once (default: cores).")
+@click.option("--truth", help="Ground-truth labels (or a 'matseg sample' store) to score against.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def segment(input, output, model, weights, tile_text, halo, workers, truth, overwrite, quiet) -> None:
+    """Segment INPUT into phases and write OUTPUT (OME-Zarr).
+
+    OUTPUT holds labels/phases (uint8 phase labels), labels/decisions (the
+    model used on each tile), the uncertainty (uint8, 0 certain .. 255 uniform)
+    as its image, and the provenance report (matseg-report.json and attributes).
+    """
+    from matseg.segment import default_tile, segment as run_segment
+
+    tile = _ints(tile_text, "--tile")
+    if tile is not None and len(tile) == 1:
+        tile = None if tile is None else tile * 2
+    if tile is not None and len(tile) == 2:
+        tile = _tile_for(input, tile, default_tile)
+    report = run_segment(
+        input, output, model=model, weights=weights, tile=tile, halo=halo, overwrite=overwrite,
+        workers=workers, truth=truth, progress=not quiet, command=_command_line(),
+    )
+    click.echo(format_report(report))
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Weights folder to write (manifest.json + <model>.pt).")
+@click.option("--labels", multiple=True,
+              help="Label volume for each IMAGE, in order (255 = unlabelled). "
+                   "Default: the image store's own label image, e.g. 'truth' of a sample.")
+@click.option("--model", "models", multiple=True, type=click.Choice(["cheap", "expensive"]),
+              help="Segmenter(s) to train (repeat the option); default: both.")
+@click.option("--phases", help="Phase names for label values 0, 1, ... e.g. background,particle "
+                               "(default: from the label metadata).")
+@click.option("--val", multiple=True, help="Labelled validation volume(s); default: every 10th slice held out.")
+@click.option("--slices", "slices_text", help="Only these Z slices are labelled, e.g. 0,10,20.")
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Optimiser steps for each model.")
+@click.option("--steps-expensive", type=click.IntRange(min=1), help="Steps for the expensive model, if different.")
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Patches per step.")
+@click.option("--patch", type=click.IntRange(min=8), default=128, show_default=True, help="Patch size (pixels).")
+@click.option("--lr", type=float, default=3e-3, show_default=True, help="Peak learning rate.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation and sampling.")
+@click.option("--init", type=click.Path(file_okay=False), help="Fine-tune from this weights folder.")
+def train(images, output, labels, models, phases, val, slices_text, steps, steps_expensive, batch,
+          patch, lr, seed, init) -> None:
+    """Train the segmenters on labelled IMAGES and write a weights folder.
+
+    Works on any labelled volume that 'matseg segment' reads, with any number
+    of phases; use the result with 'matseg segment --weights OUTPUT'.
+    """
+    from matseg.train import train as run_train
+
+    models = models or ("cheap", "expensive")
+    step_counts = {m: (steps_expensive if m == "expensive" and steps_expensive else steps) for m in models}
+    results = run_train(
+        list(images), output, labels=list(labels) or None, models=models,
+        phases=[p.strip() for p in phases.split(",")] if phases else None, val=list(val) or None,
+        slices=_ints(slices_text, "--slices"), steps=step_counts, batch=batch, patch=patch, lr=lr,
+        seed=seed, init=init, command=_command_line(), log=lambda m: click.echo(m, err=True),
+    )
+    for name, r in results.items():
+        per_phase = ", ".join(f"{k} {v:.3f}" for k, v in r["iou"].items())
+        click.echo(f"{name}: validation mIoU {r['miou']:.4f} ({per_phase}); {r['steps']} steps, "
+                   f"{r['seconds']:.0f} s -> {output}")
+
+
+def _tile_for(input, tile, default_tile):
+    from matseg.io.read import open_volume
+
+    ndim = open_volume(input).ndim
+    return tile if ndim == 2 else default_tile(3)[:1] + tuple(tile)
+
+
+def format_report(report: dict) -> str:
+    """The end-of-run summary a user reads."""
+    shape = " x ".join(map(str, report["input"]["shape"]))
+    models = ", ".join(
+        f"{m['name']} ({m['params'] / 1e3:,.1f} K params, sha256 {m['sha256'][:10]})"
+        for m in report["models"]
+    )
+    t = report["timings"]
+    lines = [
+        f"matseg segment: {report['input']['source']} -> {report['output']}",
+        f"  model      {models}",
+        f"  voxels     {report['voxels']:,} ({shape}) in {report['tiles']} tiles",
+        f"  time       {t['total_s']:.1f} s total, {t['segment_s']:.1f} s segmenting "
+        f"({report['voxels_per_s']:,.0f} voxels/s)",
+        f"  GFLOPs     {report['gflops']:,.1f} ({report['gflops_per_megavoxel']:.1f} per megavoxel)",
+        "  phases     " + "  ".join(f"{k} {v:.3f}" for k, v in report["volume_fractions"].items()),
+    ]
+    metrics = report.get("metrics")
+    if metrics:
+        per_phase = ", ".join(f"{k} {v:.3f}" for k, v in metrics["iou"].items() if v is not None)
+        lines.append(f"  mIoU       {metrics['miou']:.4f} ({per_phase})")
+        if "hard" in metrics:
+            lines.append(f"             hard regions {metrics['hard']['miou']:.4f}, "
+                         f"clean regions {metrics['clean']['miou']:.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: map MatsegError to one line and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="matseg", standalone_mode=False)
+    except MatsegError as err:
+        click.echo("matseg: error: " + " ".join(str(err).split()), err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("matseg: aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("matseg: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

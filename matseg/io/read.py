@@ -1,0 +1,244 @@
+"""Open microscopy volumes lazily and read-only: Zarr v2/v3, OME-Zarr, HDF5, TIFF.
+
+Every reader returns a :class:`Volume` whose ``data`` is a dask array; nothing is
+loaded until a tile asks for it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+from zarr.storage import LocalStore
+
+from matseg.errors import MatsegError
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5", ".nxs")
+TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
+
+
+@dataclass
+class Volume:
+    """A lazily opened 2-D (Y, X) or 3-D (Z, Y, X) volume."""
+
+    data: da.Array
+    source: str
+    kind: str
+    phases: tuple[str, ...] | None = None
+    handle: Any = field(default=None, repr=False)
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.data.shape)
+
+
+def split_spec(spec: str | os.PathLike) -> tuple[Path, str]:
+    """Split ``file.h5:/dataset`` or ``store.zarr:/path`` into (path, inner path)."""
+    text = os.fspath(spec)
+    if ":" in text and not Path(text).exists():
+        outer, inner = text.rsplit(":", 1)
+        if outer and Path(outer).exists():
+            return Path(outer), inner.strip("/")
+    return Path(text), ""
+
+
+def open_volume(spec: str | os.PathLike, labels: bool = False) -> Volume:
+    """Open an image (or, with ``labels=True``, a label) volume lazily and read-only.
+
+    Parameters
+    ----------
+    spec : str or path
+        ``store.zarr`` (Zarr v2/v3 array, group with one array, or OME-Zarr image:
+        level 0), ``store.zarr:/path/in/group``, ``file.h5:/dataset`` or ``stack.tif``.
+    labels : bool
+        When ``spec`` is an OME-Zarr image with a ``labels`` group, open its label
+        image (``truth`` if present, else the first) instead of the image.
+
+    Returns
+    -------
+    Volume
+        The dask-backed volume, checked for rank (2 or 3), dtype and size.
+
+    Raises
+    ------
+    MatsegError
+        On a missing path, an unreadable or corrupt store, or an unusable array.
+    """
+    path, inner = split_spec(spec)
+    if not path.exists():
+        raise MatsegError(f"input not found: {os.fspath(spec)}")
+    if path.is_file() and (path.suffix.lower() in HDF5_SUFFIXES or _is_hdf5(path)):
+        volume = _open_hdf5(path, inner, str(spec))
+    elif path.is_file() and path.name.lower().endswith(TIFF_SUFFIXES):
+        volume = _open_tiff(path, str(spec))
+    elif path.is_dir():
+        volume = _open_zarr(path, inner, str(spec), labels)
+    else:
+        raise MatsegError(
+            f"cannot read {os.fspath(spec)}: not a Zarr store, HDF5 file or TIFF "
+            "(use store.zarr, file.h5:/dataset or stack.tif)"
+        )
+    check_volume(volume)
+    return volume
+
+
+def check_volume(volume: Volume) -> None:
+    """Reject volumes matseg cannot segment, naming the bad value."""
+    data = volume.data
+    if data.ndim not in (2, 3):
+        raise MatsegError(
+            f"{volume.source} has {data.ndim} dimensions {tuple(data.shape)}; "
+            "matseg segments 2-D (Y, X) or 3-D (Z, Y, X) volumes"
+        )
+    dtype = np.dtype(data.dtype)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == bool):
+        raise MatsegError(
+            f"{volume.source} has dtype {dtype}; matseg needs integer or floating-point voxels"
+        )
+    if data.size == 0:
+        raise MatsegError(f"{volume.source} is empty (shape {tuple(data.shape)})")
+
+
+def _is_hdf5(path: Path) -> bool:
+    import h5py
+
+    try:
+        return bool(h5py.is_hdf5(path))
+    except OSError:
+        return False
+
+
+def _open_hdf5(path: Path, inner: str, source: str) -> Volume:
+    import h5py
+
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise MatsegError(f"cannot open HDF5 file {path}: {err}") from None
+    names: list[str] = []
+    handle.visititems(lambda n, obj: names.append("/" + n) if isinstance(obj, h5py.Dataset) else None)
+    if not inner:
+        if len(names) != 1:
+            handle.close()
+            listing = ", ".join(names) or "none"
+            raise MatsegError(
+                f"{path} holds {len(names)} datasets ({listing}); name one as {path}:/dataset"
+            )
+        inner = names[0]
+    node = handle.get(inner)
+    if not isinstance(node, h5py.Dataset):
+        handle.close()
+        listing = ", ".join(names) or "none"
+        raise MatsegError(f"HDF5 dataset '/{inner.strip('/')}' not found in {path}; datasets: {listing}")
+    chunks = node.chunks or "auto"
+    data = da.from_array(node, chunks=chunks, lock=True, asarray=True)
+    return Volume(data=data, source=source, kind="hdf5", handle=handle)
+
+
+def _open_tiff(path: Path, source: str) -> Volume:
+    import tifffile
+
+    try:
+        store = tifffile.imread(path, aszarr=True)
+        node = zarr.open(store, mode="r")
+    except Exception as err:  # tifffile raises many types for broken files
+        raise MatsegError(f"cannot read TIFF {path}: {err}") from None
+    if isinstance(node, zarr.Group):  # pyramidal TIFF: level 0
+        node = node[sorted(node.array_keys())[0]]
+    return Volume(data=da.from_zarr(node), source=source, kind="tiff", handle=store)
+
+
+def _open_zarr(path: Path, inner: str, source: str, labels: bool) -> Volume:
+    try:
+        node = zarr.open(LocalStore(path, read_only=True), mode="r", path=inner or "")
+    except FileNotFoundError:
+        where = f"'{inner}' in {path}" if inner else str(path)
+        raise MatsegError(f"no Zarr array or group at {where}") from None
+    except Exception as err:
+        raise MatsegError(f"cannot read Zarr store {path}: corrupt metadata ({err})") from None
+    kind = "zarr"
+    phases = None
+    if isinstance(node, zarr.Group):
+        if labels:
+            node = _label_group(node, source)
+        multiscales = ome_attrs(node).get("multiscales")
+        if multiscales:
+            kind = "ome-zarr"
+            phases = label_phase_names(node)
+            node, squeeze = _level0(node, multiscales, source)
+        else:
+            arrays = sorted(node.array_keys())
+            if len(arrays) != 1:
+                listing = ", ".join(arrays) or "none"
+                raise MatsegError(
+                    f"{source} is a Zarr group with {len(arrays)} arrays ({listing}); "
+                    f"name one as {path}:/name"
+                )
+            node = node[arrays[0]]
+            squeeze = ()
+    else:
+        squeeze = ()
+    try:
+        data = da.from_zarr(node)
+    except Exception as err:
+        raise MatsegError(f"cannot read Zarr array in {source}: {err}") from None
+    if squeeze:
+        data = data[tuple(0 if i in squeeze else slice(None) for i in range(data.ndim))]
+    if phases is None:
+        stored = node.attrs.get("matseg", {}).get("phases")
+        phases = tuple(stored) if stored else None
+    return Volume(data=data, source=source, kind=kind, phases=phases)
+
+
+def ome_attrs(group: zarr.Group) -> dict:
+    """NGFF metadata of a group: under ``ome`` (NGFF 0.5) or at the top (0.4)."""
+    attrs = dict(group.attrs)
+    return dict(attrs.get("ome", attrs))
+
+
+def _label_group(group: zarr.Group, source: str) -> zarr.Group:
+    if "labels" not in group:
+        raise MatsegError(f"{source} has no 'labels' group; give the label array itself")
+    names = ome_attrs(group["labels"]).get("labels") or sorted(group["labels"].group_keys())
+    if not names:
+        raise MatsegError(f"{source} has an empty 'labels' group")
+    name = "truth" if "truth" in names else names[0]
+    return group["labels"][name]
+
+
+def _level0(group: zarr.Group, multiscales: list, source: str) -> tuple[zarr.Array, tuple]:
+    meta = multiscales[0]
+    path = meta["datasets"][0]["path"]
+    if path not in group:
+        raise MatsegError(f"{source}: OME-Zarr level 0 array '{path}' is missing")
+    array = group[path]
+    axes = meta.get("axes") or []
+    squeeze = []
+    for i, axis in enumerate(axes):
+        axis_type = axis.get("type") if isinstance(axis, dict) else None
+        if axis_type in ("time", "channel"):
+            if array.shape[i] != 1:
+                raise MatsegError(
+                    f"{source} has {array.shape[i]} entries along its {axis_type} axis; "
+                    "matseg segments one single-channel volume at a time"
+                )
+            squeeze.append(i)
+    return array, tuple(squeeze)
+
+
+def label_phase_names(group: zarr.Group) -> tuple[str, ...] | None:
+    """Phase names from NGFF ``image-label`` properties (``label-value`` + ``name``)."""
+    props = ome_attrs(group).get("image-label", {}).get("properties") or []
+    named = {int(p["label-value"]): str(p["name"]) for p in props if "name" in p}
+    if not named:
+        return None
+    return tuple(named.get(i, f"phase{i}") for i in range(max(named) + 1))

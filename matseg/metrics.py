@@ -1,0 +1,49 @@
+"""Segmentation metrics, streamed over dask arrays (see docs/metrics.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dask.array as da
+import numpy as np
+
+
+def confusion_matrix(
+    pred: da.Array, truth: da.Array, n_phases: int, mask: da.Array | None = None
+) -> np.ndarray:
+    """Counts ``cm[t, p]`` of voxels of true phase ``t`` predicted as ``p``.
+
+    Truth values outside ``0..n_phases-1`` (e.g. 255 = unlabelled) are ignored,
+    and so are voxels where ``mask`` is False.
+    """
+    truth = truth.astype(np.int64)
+    pred = da.clip(pred.astype(np.int64), 0, n_phases - 1)
+    valid = (truth >= 0) & (truth < n_phases)
+    if mask is not None:
+        valid = valid & mask
+    code = da.where(valid, truth * n_phases + pred, n_phases * n_phases)
+    counts = da.bincount(code.ravel(), minlength=n_phases * n_phases + 1).compute()
+    return counts[: n_phases * n_phases].reshape(n_phases, n_phases)
+
+
+def iou_per_phase(cm: np.ndarray) -> np.ndarray:
+    """IoU_k = TP_k / (TP_k + FP_k + FN_k); NaN where a phase is absent from both."""
+    tp = np.diag(cm).astype(float)
+    union = cm.sum(0) + cm.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def summarize(cm: np.ndarray, phases: Sequence[str]) -> dict:
+    """mIoU (mean over phases present), per-phase IoU and voxel count of a confusion matrix."""
+    iou = iou_per_phase(cm)
+    return {
+        "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+        "iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(phases, iou)},
+        "voxels": int(cm.sum()),
+    }
+
+
+def volume_fractions(counts: np.ndarray, phases: Sequence[str]) -> dict[str, float]:
+    total = max(int(np.sum(counts)), 1)
+    return {name: float(c) / total for name, c in zip(phases, counts)}

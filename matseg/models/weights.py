@@ -1,0 +1,198 @@
+"""Save and load segmenter weights: a folder with ``manifest.json`` and ``<name>.pt``.
+
+Weights are plain state dicts loaded with ``torch.load(weights_only=True)`` after
+their sha256 is checked against the manifest, so a tampered or pickled file is
+refused before it is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from matseg.errors import MatsegError
+from matseg.models.flops import count_flops
+from matseg.models.unet import UNet2d, pad_to_stride
+
+MANIFEST = "manifest.json"
+# The two default candidates: tiny always-run net, big accurate net.
+ARCHITECTURES = {
+    "cheap": {"width": 6, "depth": 2, "dropout": 0.1},
+    "expensive": {"width": 24, "depth": 3, "dropout": 0.0},
+}
+MC_PASSES = 4
+
+
+def default_weights_dir() -> Path:
+    """The weights bundled with matseg (trained by ``matseg train``, see docs/models.md)."""
+    return Path(str(resources.files("matseg.models") / "weights"))
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Segmenter:
+    """A trained network with what is needed to run and report it."""
+
+    name: str
+    net: UNet2d
+    phases: tuple[str, ...]
+    sha256: str = ""
+    record: dict = field(default_factory=dict)
+    _flops: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def halo(self) -> int:
+        return self.net.halo
+
+    @property
+    def stride(self) -> int:
+        return self.net.stride
+
+    @property
+    def passes(self) -> int:
+        return MC_PASSES if self.net.config["dropout"] > 0 else 1
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def gflops(self, shape: tuple[int, ...]) -> float:
+        """GFLOPs of :func:`segment_tile` on a batch of 2-D tiles of ``shape`` (N, H, W)."""
+        n, h, w = shape
+        padded = (n, 1, h + (-h) % self.stride, w + (-w) % self.stride)
+        if padded not in self._flops:  # FLOPs depend on the shape only
+            self._flops[padded] = count_flops(self.net.mc_logits, torch.zeros(padded), self.passes)
+        return self._flops[padded] / 1e9
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "params": self.n_params,
+            "architecture": dict(self.net.config),
+            "halo": self.halo,
+            "mc_passes": self.passes,
+            "phases": list(self.phases),
+        }
+
+
+def segment_tile(model: Segmenter, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Phase probabilities and uncertainty of a batch of normalised 2-D tiles.
+
+    Parameters
+    ----------
+    model : Segmenter
+    tile : ndarray, shape (N, H, W), float32
+        Normalised intensities of N slices (halo included).
+
+    Returns
+    -------
+    probs : ndarray, shape (N, C, H, W), float32
+        Mean phase probabilities over the MC-dropout passes.
+    uncertainty : ndarray, shape (N, H, W), float32
+        Predictive entropy of ``probs`` divided by log(C): 0 certain, 1 uniform.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(tile, dtype=np.float32))[:, None]
+    x, (h, w) = pad_to_stride(x, model.stride)
+    with torch.inference_mode():
+        probs = model.net.mc_logits(x, model.passes).softmax(dim=2).mean(dim=0)
+        probs = probs[..., :h, :w]
+        entropy = -(probs * probs.clamp_min(1e-8).log()).sum(dim=1) / np.log(probs.shape[1])
+    return probs.numpy(), entropy.numpy()
+
+
+def save_segmenter(model: Segmenter, folder: str | os.PathLike, record: dict | None = None) -> Path:
+    """Write ``<folder>/<name>.pt`` and add its entry (sha256, architecture) to the manifest."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{model.name}.pt"
+    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+    torch.save(state, path)
+    manifest = read_manifest(folder) if (folder / MANIFEST).exists() else {}
+    entry = {
+        "file": path.name,
+        "sha256": sha256_of(path),
+        "architecture": dict(model.net.config),
+        "phases": list(model.phases),
+        "params": model.n_params,
+    }
+    entry.update(record or {})
+    manifest[model.name] = entry
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise MatsegError(f"weights folder {folder} has no {MANIFEST}; train one with 'matseg train'")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise MatsegError(f"{path} is not valid JSON: {err}") from None
+
+
+def load_segmenter(name: str, folder: str | os.PathLike | None = None) -> Segmenter:
+    """Load segmenter ``name`` from a weights folder (default: the bundled weights).
+
+    The file's sha256 must match the manifest, and it is read with
+    ``torch.load(weights_only=True)``.
+
+    Raises
+    ------
+    MatsegError
+        If the model is not in the manifest, the file is missing or altered, or it
+        holds anything but tensors.
+    """
+    folder = Path(folder) if folder is not None else default_weights_dir()
+    manifest = read_manifest(folder)
+    if name not in manifest:
+        raise MatsegError(
+            f"model '{name}' not in {folder / MANIFEST}; available: {', '.join(sorted(manifest))}"
+        )
+    entry = manifest[name]
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise MatsegError(f"weights file {path} is missing")
+    digest = sha256_of(path)
+    if digest != entry["sha256"]:
+        raise MatsegError(
+            f"weights file {path} has sha256 {digest[:12]}..., manifest says "
+            f"{entry['sha256'][:12]}...; the file was changed or corrupted"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = next((line.strip() for line in str(err).splitlines() if "Unpickler error" in line),
+                      type(err).__name__)
+        raise MatsegError(f"weights file {path} holds more than tensors; refusing it ({reason})") from None
+    arch = entry["architecture"]
+    net = UNet2d(**arch)
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise MatsegError(f"weights file {path} does not fit the recorded architecture: {err}") from None
+    net.eval()
+    return Segmenter(name=name, net=net, phases=tuple(entry["phases"]), sha256=digest, record=entry)
+
+
+def new_segmenter(name: str, phases: tuple[str, ...], seed: int = 0) -> Segmenter:
+    """An untrained segmenter with the default architecture of ``name``."""
+    if name not in ARCHITECTURES:
+        raise MatsegError(f"unknown model '{name}'; choose from {', '.join(ARCHITECTURES)}")
+    torch.manual_seed(seed)
+    return Segmenter(name=name, net=UNet2d(n_classes=len(phases), **ARCHITECTURES[name]), phases=phases)

@@ -1,0 +1,114 @@
+"""The tile grid: dask chunks of the volume, each grown by a halo for inference.
+
+Tiles are the chunks of the input rechunked to the tile size; the halo is added
+by :func:`dask.array.overlap.overlap` (no padding at the volume's faces), so
+dask reads each tile with its neighbours' borders and matseg owns no tile loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import product
+
+import dask.array as da
+
+from matseg.errors import MatsegError
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tiles of a volume of ``shape``: ``chunks`` per axis and a ``depth`` (halo) per axis."""
+
+    shape: tuple[int, ...]
+    chunks: tuple[tuple[int, ...], ...]
+    depth: tuple[int, ...]
+
+    @property
+    def n_tiles(self) -> int:
+        n = 1
+        for c in self.chunks:
+            n *= len(c)
+        return n
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return tuple(len(c) for c in self.chunks)
+
+    @property
+    def write_chunks(self) -> tuple[int, ...]:
+        """Chunk shape of the output arrays: every tile is a whole number of chunks."""
+        return tuple(c[0] for c in self.chunks)
+
+    def region(self, index: Sequence[int]) -> tuple[slice, ...]:
+        """The voxels tile ``index`` owns (halo excluded), in volume coordinates."""
+        out = []
+        for axis, i in enumerate(index):
+            start = sum(self.chunks[axis][:i])
+            out.append(slice(start, start + self.chunks[axis][i]))
+        return tuple(out)
+
+    def halo_of(self, index: Sequence[int]) -> tuple[tuple[int, int], ...]:
+        """Halo actually present around tile ``index`` (none beyond the volume's faces)."""
+        return tuple(
+            (self.depth[a] if i > 0 else 0, self.depth[a] if i < len(self.chunks[a]) - 1 else 0)
+            for a, i in enumerate(index)
+        )
+
+    def indices(self) -> Iterator[tuple[int, ...]]:
+        return product(*(range(len(c)) for c in self.chunks))
+
+
+def _axis_chunks(size: int, tile: int, halo: int) -> tuple[int, ...]:
+    if tile >= size:
+        return (size,)
+    n, rest = divmod(size, tile)
+    chunks = [tile] * n
+    if rest:
+        # dask's overlap needs every chunk to be at least the halo: a short
+        # last tile is merged into its neighbour (it still spans whole chunks).
+        if rest < halo:
+            chunks[-1] += rest
+        else:
+            chunks.append(rest)
+    return tuple(chunks)
+
+
+def plan_tiles(shape: Sequence[int], tile: Sequence[int], halo: int, stride: int) -> TileGrid:
+    """Plan the tile grid for 2-D models run slice-wise.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        (Y, X) or (Z, Y, X).
+    tile : sequence of int
+        Tile size per axis, same length as ``shape``; in-plane sizes must be
+        multiples of ``stride``.
+    halo : int
+        In-plane halo, a multiple of ``stride`` (Z gets none: models are 2-D).
+    stride : int
+        The models' pooling grid; tiles start on it so tiling is exact.
+    """
+    shape, tile = tuple(int(s) for s in shape), tuple(int(t) for t in tile)
+    if len(tile) != len(shape):
+        raise MatsegError(f"tile {tile} has {len(tile)} sizes; the volume has {len(shape)} axes")
+    if any(t <= 0 for t in tile):
+        raise MatsegError(f"tile sizes must be positive, got {tile}")
+    for t in tile[-2:]:
+        if t % stride:
+            raise MatsegError(f"in-plane tile size {t} must be a multiple of {stride} (the models' stride)")
+    if halo % stride or halo < 0:
+        raise MatsegError(f"halo {halo} must be a non-negative multiple of {stride}")
+    depth = (0,) * (len(shape) - 2) + (halo, halo)
+    for s, t, d in zip(shape, tile, depth):
+        if t < s and t < d:
+            raise MatsegError(f"tile size {t} is smaller than the halo {d}; use tiles of at least {d}")
+    chunks = tuple(_axis_chunks(s, t, d) for s, t, d in zip(shape, tile, depth))
+    return TileGrid(shape=shape, chunks=chunks, depth=depth)
+
+
+def overlapped_tiles(data: da.Array, grid: TileGrid) -> da.Array:
+    """The volume rechunked to the grid, each block grown by its halo."""
+    data = data.rechunk(grid.chunks)
+    depth = dict(enumerate(grid.depth))
+    return da.overlap.overlap(data, depth=depth, boundary="none", allow_rechunk=False)

@@ -1,0 +1,257 @@
+"""``matseg train``: fit the segmenters on labelled volumes (ours or a lab's own).
+
+Training draws random 2-D patches from the labelled slices of each volume,
+normalised exactly as :func:`matseg.segment` normalises them, so weights
+trained here serve ``matseg segment --weights DIR`` unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from matseg.errors import MatsegError
+from matseg.io.read import Volume, open_volume
+from matseg.metrics import iou_per_phase
+from matseg.models.weights import Segmenter, load_segmenter, new_segmenter, save_segmenter, segment_tile
+from matseg.segment import intensity_range
+
+UNLABELLED = 255
+MAX_TRAINING_BYTES = 4 << 30
+
+
+@dataclass
+class LabelledSlices:
+    """Normalised image slices (N, Y, X) float32 and their labels (N, Y, X) uint8."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    source: str
+
+
+def load_labelled(
+    image: str | os.PathLike,
+    labels: str | os.PathLike | None = None,
+    slices: Sequence[int] | None = None,
+) -> tuple[LabelledSlices, tuple[str, ...] | None]:
+    """Read the labelled slices of an image/label pair into memory.
+
+    ``labels`` defaults to the image store's own label image (e.g. ``truth`` of a
+    ``matseg sample`` store). Slices without any label (all 255) are skipped.
+    """
+    volume = open_volume(image)
+    label_volume = open_volume(labels if labels is not None else image, labels=True)
+    if label_volume.shape != volume.shape:
+        raise MatsegError(
+            f"labels {label_volume.source} have shape {label_volume.shape}; image has {volume.shape}"
+        )
+    if not np.issubdtype(label_volume.data.dtype, np.integer):
+        raise MatsegError(f"labels {label_volume.source} must be integers, got {label_volume.data.dtype}")
+    norm = intensity_range(volume)
+    img, lab = _as_3d(volume), _as_3d(label_volume)
+    if slices is None:
+        slices = range(img.shape[0])
+    bad = [z for z in slices if not 0 <= z < img.shape[0]]
+    if bad:
+        raise MatsegError(f"slices {bad} are outside 0..{img.shape[0] - 1} of {volume.source}")
+    nbytes = len(slices) * int(np.prod(img.shape[1:])) * 5
+    if nbytes > MAX_TRAINING_BYTES:
+        raise MatsegError(
+            f"{len(slices)} labelled slices of {volume.source} need {nbytes / 2**30:.1f} GiB; "
+            "pick fewer with --slices"
+        )
+    z = list(slices)
+    lab_np = np.asarray(lab[z].compute(), dtype=np.uint8)
+    keep = [i for i in range(len(z)) if (lab_np[i] != UNLABELLED).any()]
+    images = norm(np.asarray(img[z].compute()))[keep]
+    return LabelledSlices(images, lab_np[keep], volume.source), label_volume.phases
+
+
+def _as_3d(volume: Volume):
+    return volume.data if volume.ndim == 3 else volume.data[None]
+
+
+def draw_batch(
+    data: Sequence[LabelledSlices], rng: np.random.Generator, batch: int, patch: int, augment: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random patches (with flips, rotations and intensity jitter) and their labels."""
+    xs, ys = [], []
+    weights = np.array([len(d.images) for d in data], float)
+    for _ in range(batch):
+        d = data[rng.choice(len(data), p=weights / weights.sum())]
+        i = rng.integers(len(d.images))
+        h, w = d.images.shape[1:]
+        ph, pw = min(patch, h), min(patch, w)
+        y0, x0 = rng.integers(0, h - ph + 1), rng.integers(0, w - pw + 1)
+        x = d.images[i, y0:y0 + ph, x0:x0 + pw]
+        y = d.labels[i, y0:y0 + ph, x0:x0 + pw]
+        if (ph, pw) != (patch, patch):  # small images: pad, padding unlabelled
+            x = np.pad(x, ((0, patch - ph), (0, patch - pw)), mode="edge")
+            y = np.pad(y, ((0, patch - ph), (0, patch - pw)), constant_values=UNLABELLED)
+        if augment:
+            k = rng.integers(4)
+            x, y = np.rot90(x, k), np.rot90(y, k)
+            if rng.random() < 0.5:
+                x, y = x[:, ::-1], y[:, ::-1]
+            x = x * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08)
+        xs.append(np.ascontiguousarray(x, dtype=np.float32))
+        ys.append(np.ascontiguousarray(y, dtype=np.int64))
+    return torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(np.stack(ys))
+
+
+def score(model: Segmenter, data: Sequence[LabelledSlices]) -> dict:
+    """mIoU and per-phase IoU of whole-slice inference on labelled slices."""
+    n = len(model.phases)
+    cm = np.zeros((n, n), np.int64)
+    for d in data:
+        for start in range(0, len(d.images), 4):
+            probs, _ = segment_tile(model, d.images[start:start + 4])
+            pred = probs.argmax(1).ravel()
+            truth = d.labels[start:start + 4].ravel().astype(np.int64)
+            ok = truth < n
+            cm += np.bincount(truth[ok] * n + pred[ok], minlength=n * n).reshape(n, n)
+    iou = iou_per_phase(cm)
+    return {"miou": float(np.nanmean(iou)), "iou": dict(zip(model.phases, map(float, iou)))}
+
+
+def fit(
+    model: Segmenter,
+    data: Sequence[LabelledSlices],
+    steps: int,
+    batch: int = 8,
+    patch: int = 128,
+    lr: float = 3e-3,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> list[float]:
+    """Train ``model`` in place with AdamW and a one-cycle schedule; return the loss curve."""
+    if patch % model.stride:
+        raise MatsegError(f"patch {patch} must be a multiple of {model.stride}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = model.net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    loss_fn = nn.CrossEntropyLoss(ignore_index=UNLABELLED)
+    losses = []
+    for step in range(steps):
+        x, y = draw_batch(data, rng, batch, patch)
+        loss = loss_fn(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if log and (step + 1) % max(1, steps // 10) == 0:
+            log(f"{model.name}: step {step + 1}/{steps} loss {np.mean(losses[-50:]):.4f}")
+    net.eval()
+    return losses
+
+
+def train(
+    images: Sequence[str],
+    output: str | os.PathLike,
+    *,
+    labels: Sequence[str] | None = None,
+    models: Sequence[str] = ("cheap", "expensive"),
+    phases: Sequence[str] | None = None,
+    val: Sequence[str] | None = None,
+    slices: Sequence[int] | None = None,
+    steps: dict[str, int] | int = 1000,
+    batch: int = 8,
+    patch: int = 128,
+    lr: float = 3e-3,
+    seed: int = 0,
+    init: str | os.PathLike | None = None,
+    command: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Train segmenters on labelled volumes and write them to a weights folder.
+
+    Parameters
+    ----------
+    images : sequence of str
+        Image volumes (any format :func:`matseg.open_volume` reads).
+    output : path
+        Weights folder to write (``manifest.json`` + ``<model>.pt``).
+    labels : sequence of str, optional
+        One label volume per image, same shape; 255 marks unlabelled voxels.
+        Default: each image store's own label image (``labels/truth``).
+    models : sequence of str
+        Which segmenters to train (``cheap``, ``expensive``).
+    phases : sequence of str, optional
+        Phase names, one per label value; default: from the label metadata.
+    val : sequence of str, optional
+        Labelled validation volumes; default: every 10th labelled slice is held out.
+    slices : sequence of int, optional
+        Only these slices are labelled (a few hand-labelled slices of a volume).
+    steps : int or dict
+        Optimiser steps, per model if a dict.
+    init : path, optional
+        Start from the weights in this folder (fine-tuning) instead of from scratch.
+
+    Returns
+    -------
+    dict
+        Per model: validation mIoU and per-phase IoU, steps, seconds.
+    """
+    if labels is not None and len(labels) != len(images):
+        raise MatsegError(f"{len(labels)} label volumes for {len(images)} images; give one per image")
+    data, found = [], None
+    for i, image in enumerate(images):
+        slices_i, names = load_labelled(image, labels[i] if labels else None, slices)
+        data.append(slices_i)
+        found = found or names
+    n_values = int(max(d.labels[d.labels != UNLABELLED].max(initial=0) for d in data)) + 1
+    phases = tuple(phases) if phases else (tuple(found) if found else tuple(f"phase{i}" for i in range(n_values)))
+    if n_values > len(phases):
+        raise MatsegError(f"labels use values up to {n_values - 1} but only {len(phases)} phases are named")
+    if len(phases) < 2:
+        raise MatsegError("training needs at least 2 phases")
+    if val:
+        val_data = [load_labelled(v)[0] for v in val]
+    else:
+        val_data, data = _hold_out(data)
+    if not data or not val_data:
+        raise MatsegError("not enough labelled slices to train and validate; label more slices")
+    results = {}
+    for name in models:
+        model = load_segmenter(name, init) if init else new_segmenter(name, phases, seed)
+        if model.phases != phases:
+            raise MatsegError(f"--init weights have phases {model.phases}; the labels have {phases}")
+        n_steps = steps[name] if isinstance(steps, dict) else steps
+        started = time.perf_counter()
+        fit(model, data, n_steps, batch=batch, patch=patch, lr=lr, seed=seed, log=log)
+        seconds = time.perf_counter() - started
+        metrics = score(model, val_data)
+        record = {"training": {
+            "command": command or "matseg.train", "seed": seed, "steps": n_steps, "batch": batch,
+            "patch": patch, "lr": lr, "seconds": round(seconds, 1), "images": list(images),
+            "validation": list(val) if val else "every 10th labelled slice",
+            "init": str(init) if init else None, "val_miou": metrics["miou"], "val_iou": metrics["iou"],
+        }}
+        save_segmenter(model, output, record)
+        results[name] = {**metrics, "steps": n_steps, "seconds": seconds}
+        if log:
+            log(f"{name}: validation mIoU {metrics['miou']:.4f} after {n_steps} steps ({seconds:.0f} s)")
+    return results
+
+
+def _hold_out(data: list[LabelledSlices]) -> tuple[list[LabelledSlices], list[LabelledSlices]]:
+    val, train = [], []
+    for d in data:
+        held = np.zeros(len(d.images), bool)
+        held[5::10] = True
+        if len(d.images) >= 2 and not held.any():
+            held[-1] = True
+        if held.any():
+            val.append(LabelledSlices(d.images[held], d.labels[held], d.source))
+        if (~held).any():
+            train.append(LabelledSlices(d.images[~held], d.labels[~held], d.source))
+    return val, train

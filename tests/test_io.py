@@ -1,0 +1,84 @@
+"""Every input format opens lazily, read-only, with the right values."""
+
+from __future__ import annotations
+
+import dask.array as da
+import h5py
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from ome_zarr.writer import write_image
+
+from matseg import MatsegError, open_volume
+
+DATA = np.arange(3 * 40 * 50, dtype=np.uint16).reshape(3, 40, 50)
+
+
+def make_zarr_v2(tmp_path):
+    path = tmp_path / "v2.zarr"
+    zarr.create_array(str(path), shape=DATA.shape, chunks=(1, 20, 25), dtype=DATA.dtype, zarr_format=2)[:] = DATA
+    return str(path)
+
+
+def make_zarr_v3_in_group(tmp_path):
+    root = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    root.create_group("scans").create_array("raw", shape=DATA.shape, chunks=(1, 20, 25), dtype=DATA.dtype)[:] = DATA
+    root.create_array("other", shape=(2, 2), dtype="uint8")
+    return f"{tmp_path / 'g.zarr'}:/scans/raw"
+
+
+def make_ome_zarr_5d(tmp_path):
+    """An OME-Zarr (NGFF 0.5) image written by ome-zarr-py, with singleton t and c axes."""
+    root = zarr.open_group(str(tmp_path / "ome.zarr"), mode="w")
+    write_image(DATA[None, None], root, axes="tczyx", scale_factors=(2,))
+    return str(tmp_path / "ome.zarr")
+
+
+def make_hdf5(tmp_path):
+    with h5py.File(tmp_path / "scan.h5", "w") as fh:
+        fh.create_dataset("entry/data", data=DATA, chunks=(1, 20, 25))
+    return f"{tmp_path / 'scan.h5'}:/entry/data"
+
+
+def make_tiff(tmp_path):
+    tifffile.imwrite(tmp_path / "stack.tif", DATA, photometric="minisblack")
+    return str(tmp_path / "stack.tif")
+
+
+@pytest.mark.parametrize(
+    "make, kind",
+    [(make_zarr_v2, "zarr"), (make_zarr_v3_in_group, "zarr"), (make_ome_zarr_5d, "ome-zarr"),
+     (make_hdf5, "hdf5"), (make_tiff, "tiff")],
+)
+def test_formats_open_lazily(tmp_path, make, kind):
+    spec = make(tmp_path)
+    volume = open_volume(spec)
+    assert isinstance(volume.data, da.Array)
+    assert volume.kind == kind
+    assert volume.shape == DATA.shape
+    np.testing.assert_array_equal(volume.data.compute(), DATA)
+
+
+def test_sample_store_image_and_truth(small_sample):
+    image = open_volume(small_sample)
+    truth = open_volume(small_sample, labels=True)
+    assert image.kind == truth.kind == "ome-zarr"
+    assert image.shape == truth.shape == (16, 64, 64)
+    assert truth.phases == ("pore", "carbon-binder", "active")
+    assert set(np.unique(truth.data.compute())) <= {0, 1, 2}
+
+
+def test_group_with_several_arrays_asks_for_a_path(tmp_path):
+    make_zarr_v3_in_group(tmp_path)
+    root = zarr.open_group(str(tmp_path / "g.zarr"), mode="a")
+    root.create_array("second", shape=(2, 2), dtype="uint8")
+    with pytest.raises(MatsegError, match="name one as"):
+        open_volume(tmp_path / "g.zarr")
+
+
+def test_multichannel_ome_is_refused(tmp_path):
+    root = zarr.open_group(str(tmp_path / "mc.zarr"), mode="w")
+    write_image(np.zeros((2, 4, 32, 32), np.uint8), root, axes="czyx", scale_factors=())
+    with pytest.raises(MatsegError, match="2 entries along its channel axis"):
+        open_volume(tmp_path / "mc.zarr")

@@ -32,19 +32,47 @@ _GERM_CELL = 64  # germs are drawn per cell, so a region only generates the cell
 _NOISE_TILE = 32  # fixed noise tiles make the noise independent of how the caller chunks
 _INDEX_OFFSET = 2**31  # SeedSequence words must be non-negative; halo cells have negative indices
 _TRUNCATE = 3.0  # Gaussian kernels are cut at 3 sigma; halos are sized from this
-(_TAG_PARTICLES, _TAG_SHINE_PARTICLES, _TAG_BLOBS, _TAG_THICKNESS, _TAG_DIFFICULTY,
- _TAG_SHADING, _TAG_CURTAIN, _TAG_NOISE, _TAG_IMAGING) = range(9)
+(
+    _TAG_PARTICLES,
+    _TAG_SHINE_PARTICLES,
+    _TAG_BLOBS,
+    _TAG_THICKNESS,
+    _TAG_DIFFICULTY,
+    _TAG_SHADING,
+    _TAG_CURTAIN,
+    _TAG_NOISE,
+    _TAG_IMAGING,
+) = range(9)
 
 # Per-volume imaging parameters, drawn in this order from the seed.  For those in _TEST_SHIFTED
 # the "test" profile draws from the interval just above the configured (train) range.
 _IMAGING_FIELDS = (
-    "pore_level", "binder_level", "active_level", "noise_std", "hard_noise_std",
-    "shot_noise_gain", "blur_sigma", "hard_blur_sigma", "hard_binder_contrast_loss",
-    "shine_gain", "hard_shine_gain", "shine_decay", "shine_sigma", "shading_amplitude",
-    "curtain_amplitude", "hard_curtain_amplitude", "curtain_period",
+    "pore_level",
+    "binder_level",
+    "active_level",
+    "noise_std",
+    "hard_noise_std",
+    "shot_noise_gain",
+    "blur_sigma",
+    "hard_blur_sigma",
+    "hard_binder_contrast_loss",
+    "shine_gain",
+    "hard_shine_gain",
+    "shine_decay",
+    "shine_sigma",
+    "shading_amplitude",
+    "curtain_amplitude",
+    "hard_curtain_amplitude",
+    "curtain_period",
 )
-_TEST_SHIFTED = ("noise_std", "hard_noise_std", "blur_sigma", "hard_blur_sigma",
-                 "shading_amplitude", "curtain_amplitude")
+_TEST_SHIFTED = (
+    "noise_std",
+    "hard_noise_std",
+    "blur_sigma",
+    "hard_blur_sigma",
+    "shading_amplitude",
+    "curtain_amplitude",
+)
 Box = list[tuple[int, int]]
 
 
@@ -70,19 +98,19 @@ class SampleConfig:
     binder_level: tuple[float, float] = (75.0, 95.0)
     active_level: tuple[float, float] = (175.0, 205.0)
     noise_std: tuple[float, float] = (3.0, 6.0)
-    hard_noise_std: tuple[float, float] = (28.0, 34.0)
+    hard_noise_std: tuple[float, float] = (8.0, 12.0)
     shot_noise_gain: tuple[float, float] = (0.03, 0.1)
     blur_sigma: tuple[float, float] = (0.4, 0.7)
     hard_blur_sigma: tuple[float, float] = (1.0, 1.3)
     hard_binder_contrast_loss: tuple[float, float] = (0.3, 0.45)
     shine_gain: tuple[float, float] = (0.04, 0.08)
-    hard_shine_gain: tuple[float, float] = (0.25, 0.35)
+    hard_shine_gain: tuple[float, float] = (0.45, 0.6)
     shine_depth: int = 5
     shine_decay: tuple[float, float] = (1.5, 2.5)
     shine_sigma: tuple[float, float] = (1.5, 2.5)
     shading_amplitude: tuple[float, float] = (0.04, 0.08)
     curtain_amplitude: tuple[float, float] = (1.0, 2.5)
-    hard_curtain_amplitude: tuple[float, float] = (12.0, 18.0)
+    hard_curtain_amplitude: tuple[float, float] = (30.0, 40.0)
     curtain_period: tuple[float, float] = (6.0, 14.0)
 
     def __post_init__(self) -> None:
@@ -91,19 +119,25 @@ class SampleConfig:
             if isinstance(f.default, tuple):
                 # lists from YAML/JSON become tuples so configs stay hashable and comparable
                 object.__setattr__(self, f.name, _as_range(f.name, value))
-        _require(self.profile in ("train", "test"),
-                 f"profile must be 'train' or 'test', got {self.profile!r}")
+        _require(
+            self.profile in ("train", "test"), f"profile must be 'train' or 'test', got {self.profile!r}"
+        )
         _require(self.particle_radius_mean > 0, "particle_radius_mean must be > 0")
         _require(self.particle_radius_cv >= 0, "particle_radius_cv must be >= 0")
         _require(0 < self.active_fraction < 1, "active_fraction must be in (0, 1)")
         _require(self.binder_thickness >= 0, "binder_thickness must be >= 0")
-        _require(0 <= self.free_binder_fraction < 1 - self.active_fraction,
-                 "free_binder_fraction must be in [0, 1 - active_fraction)")
+        _require(
+            0 <= self.free_binder_fraction < 1 - self.active_fraction,
+            "free_binder_fraction must be in [0, 1 - active_fraction)",
+        )
         _require(0 <= self.hard_fraction <= 1, "hard_fraction must be in [0, 1]")
-        _require(isinstance(self.shine_depth, int) and self.shine_depth >= 1,
-                 "shine_depth must be an integer >= 1")
-        _require(self.difficulty_wavelength[0] > 0 and self.curtain_period[0] > 0,
-                 "difficulty_wavelength and curtain_period must be > 0")
+        _require(
+            isinstance(self.shine_depth, int) and self.shine_depth >= 1, "shine_depth must be an integer >= 1"
+        )
+        _require(
+            self.difficulty_wavelength[0] > 0 and self.curtain_period[0] > 0,
+            "difficulty_wavelength and curtain_period must be > 0",
+        )
 
     @classmethod
     def from_dict(cls, d: dict) -> SampleConfig:
@@ -131,8 +165,7 @@ class SampleConfig:
         -------
         dict
         """
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def _require(condition: bool, message: str) -> None:
@@ -188,12 +221,15 @@ def imaging_parameters(seed: int, config: SampleConfig | None = None) -> dict[st
 def _axis_coords(box: Box) -> list[np.ndarray]:
     """Global coordinates along each axis, shaped to broadcast over the box."""
     ndim = len(box)
-    return [np.arange(a, b, dtype=np.float64).reshape([-1 if i == k else 1 for i in range(ndim)])
-            for k, (a, b) in enumerate(box)]
+    return [
+        np.arange(a, b, dtype=np.float64).reshape([-1 if i == k else 1 for i in range(ndim)])
+        for k, (a, b) in enumerate(box)
+    ]
 
 
-def _smooth_field(box: Box, seed: int, tag: int, wavelength: tuple[float, float],
-                  n_waves: int = 8) -> np.ndarray:
+def _smooth_field(
+    box: Box, seed: int, tag: int, wavelength: tuple[float, float], n_waves: int = 8
+) -> np.ndarray:
     """Zero-mean, unit-variance random field: a sum of plane waves in global coordinates."""
     rng = _rng(seed, tag)
     coords = _axis_coords(box)
@@ -229,13 +265,16 @@ def _crop(array: np.ndarray, outer: Box, inner: Box) -> np.ndarray:
     return array[_window(outer, [a for a, _ in inner], [b for _, b in inner])]
 
 
-def _germs(box: Box, seed: int, tag: int, reach: float, intensity: float,
-           draw_radii) -> tuple[np.ndarray, np.ndarray]:
+def _germs(
+    box: Box, seed: int, tag: int, reach: float, intensity: float, draw_radii
+) -> tuple[np.ndarray, np.ndarray]:
     """Poisson germs (centres, radii) of every cell that a ball of radius ``reach`` may bring
     into ``box``; each cell has its own stream, so the set does not depend on the box."""
     ndim = len(box)
-    ranges = [range(math.floor((a - reach) / _GERM_CELL), math.floor((b - 1 + reach) / _GERM_CELL)
-                    + 1) for a, b in box]
+    ranges = [
+        range(math.floor((a - reach) / _GERM_CELL), math.floor((b - 1 + reach) / _GERM_CELL) + 1)
+        for a, b in box
+    ]
     centres, radii = [np.zeros((0, ndim))], [np.zeros(0)]
     for cell in itertools.product(*ranges):
         rng = _rng(seed, tag, *cell)
@@ -254,20 +293,19 @@ def _ball_distance(box: Box, centres: np.ndarray, radii: np.ndarray, reach: floa
     ndim = len(box)
     for centre, radius in zip(centres, radii, strict=True):
         extent = radius + reach
-        lo, hi = _intersect(box, [(math.floor(c - extent), math.ceil(c + extent) + 1)
-                                  for c in centre])
+        lo, hi = _intersect(box, [(math.floor(c - extent), math.ceil(c + extent) + 1) for c in centre])
         if any(l0 >= h0 for l0, h0 in zip(lo, hi, strict=True)):
             continue
-        squared = sum(((np.arange(l0, h0) - c) ** 2).reshape([-1 if i == k else 1
-                                                                for i in range(ndim)])
-                      for k, (l0, h0, c) in enumerate(zip(lo, hi, centre, strict=True)))
+        squared = sum(
+            ((np.arange(l0, h0) - c) ** 2).reshape([-1 if i == k else 1 for i in range(ndim)])
+            for k, (l0, h0, c) in enumerate(zip(lo, hi, centre, strict=True))
+        )
         window = field[_window(box, lo, hi)]
         np.minimum(window, (np.sqrt(squared) - radius).astype(np.float32), out=window)
     return field
 
 
-def _particle_distance(box: Box, seed: int, tag: int, config: SampleConfig,
-                       reach: float) -> np.ndarray:
+def _particle_distance(box: Box, seed: int, tag: int, config: SampleConfig, reach: float) -> np.ndarray:
     """Signed distance to the active particles: a Boolean model of lognormal balls whose germ
     intensity -ln(1 - phi) / E[ball volume] gives the target volume fraction phi."""
     ndim = len(box)
@@ -301,8 +339,14 @@ def _phase_map(box: Box, seed: int, config: SampleConfig) -> np.ndarray:
         ndim = len(box)
         unit_ball = math.pi ** (ndim / 2) / math.gamma(ndim / 2 + 1)
         mean_volume = unit_ball * (4.5 ** (ndim + 1) - 2.0 ** (ndim + 1)) / (2.5 * (ndim + 1))
-        centres, radii = _germs(box, seed, _TAG_BLOBS, 4.5, -math.log1p(-fraction) / mean_volume,
-                                lambda rng, n: rng.uniform(2.0, 4.5, n))
+        centres, radii = _germs(
+            box,
+            seed,
+            _TAG_BLOBS,
+            4.5,
+            -math.log1p(-fraction) / mean_volume,
+            lambda rng, n: rng.uniform(2.0, 4.5, n),
+        )
         phases[_ball_distance(box, centres, radii, 0.0) <= 0] = BINDER
     phases[distance <= 0] = ACTIVE
     return phases
@@ -317,8 +361,7 @@ def _difficulty(box: Box, seed: int, config: SampleConfig) -> np.ndarray:
     return expit((field - threshold) / 0.08).astype(np.float32)
 
 
-def _shine_through(active: np.ndarray, params: dict[str, float], depth: int,
-                   xy_halo: int) -> np.ndarray:
+def _shine_through(active: np.ndarray, params: dict[str, float], depth: int, xy_halo: int) -> np.ndarray:
     """Brightness seen through pores: blurred, depth-weighted particles behind each voxel.
 
     ``active`` covers the wanted box grown by ``depth`` slices along +Z (3-D) and by
@@ -331,12 +374,11 @@ def _shine_through(active: np.ndarray, params: dict[str, float], depth: int,
         nz = active.shape[0] - depth
         behind = np.zeros((nz, *active.shape[1:]), np.float32)
         for k, w in enumerate(weights, start=1):
-            behind += np.float32(w) * active[k:k + nz]
+            behind += np.float32(w) * active[k : k + nz]
     else:
         behind = active.astype(np.float32)
     sigma = params["shine_sigma"]
-    behind = ndimage.gaussian_filter(behind, [0] * (behind.ndim - 2) + [sigma, sigma],
-                                     truncate=_TRUNCATE)
+    behind = ndimage.gaussian_filter(behind, [0] * (behind.ndim - 2) + [sigma, sigma], truncate=_TRUNCATE)
     return behind[(Ellipsis, slice(xy_halo, -xy_halo), slice(xy_halo, -xy_halo))]
 
 
@@ -361,24 +403,27 @@ def _curtain(box: Box, seed: int, params: dict[str, float]) -> np.ndarray:
     stripes = np.zeros((z.shape[0], x.size))
     for _ in range(3):
         period = params["curtain_period"] * rng.uniform(0.7, 1.3)
-        stripes += np.sin(2 * np.pi * x / period + rng.uniform(0, 2 * np.pi)
-                          + rng.normal(0, 0.03) * z)
+        stripes += np.sin(2 * np.pi * x / period + rng.uniform(0, 2 * np.pi) + rng.normal(0, 0.03) * z)
     jitter = _tiled_normal([box[-1]], seed, _TAG_CURTAIN)
     profile = (stripes * math.sqrt(2 / 3) + jitter) / math.sqrt(2)
     return profile[:, None, :].astype(np.float32) if len(box) == 3 else profile.astype(np.float32)
 
 
 def _check_seed(seed: int) -> int:
-    _require(isinstance(seed, (int, np.integer)) and seed >= 0,
-             f"seed must be a non-negative integer, got {seed!r}")
+    _require(
+        isinstance(seed, (int, np.integer)) and seed >= 0,
+        f"seed must be a non-negative integer, got {seed!r}",
+    )
     return int(seed)
 
 
 def _check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     shape = tuple(shape)
     _require(len(shape) in (2, 3), f"shape must be (Y, X) or (Z, Y, X), got {shape}")
-    _require(all(isinstance(s, (int, np.integer)) and s > 0 for s in shape),
-             f"shape sizes must be positive integers, got {shape}")
+    _require(
+        all(isinstance(s, (int, np.integer)) and s > 0 for s in shape),
+        f"shape sizes must be positive integers, got {shape}",
+    )
     return tuple(int(s) for s in shape)
 
 
@@ -393,8 +438,9 @@ def _check_region(shape: tuple[int, ...], region: tuple[slice, ...]) -> Box:
     return box
 
 
-def render_region(shape: tuple[int, ...], region: tuple[slice, ...], seed: int,
-                  config: SampleConfig | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_region(
+    shape: tuple[int, ...], region: tuple[slice, ...], seed: int, config: SampleConfig | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render image (uint8), phases (uint8 0/1/2) and difficulty (float32 in [0, 1]) of `region`
     of the whole volume `shape`.
 
@@ -430,8 +476,7 @@ def render_region(shape: tuple[int, ...], region: tuple[slice, ...], seed: int,
     shine_halo = int(_TRUNCATE * params["shine_sigma"] + 0.5) + 1
     depth = config.shine_depth if ndim == 3 else 0
     image_box = _grow(region_box, in_plane + [blur_halo] * 2, in_plane + [blur_halo] * 2)
-    geometry_box = _grow(image_box, in_plane + [shine_halo] * 2, [depth] * (ndim - 2)
-                         + [shine_halo] * 2)
+    geometry_box = _grow(image_box, in_plane + [shine_halo] * 2, [depth] * (ndim - 2) + [shine_halo] * 2)
 
     if ndim == 3:
         phases_geo = _phase_map(geometry_box, seed, config)
@@ -446,11 +491,12 @@ def render_region(shape: tuple[int, ...], region: tuple[slice, ...], seed: int,
     difficulty = _difficulty(image_box, seed, config)
     pore, binder, bright = params["pore_level"], params["binder_level"], params["active_level"]
     binder_level = binder - difficulty * params["hard_binder_contrast_loss"] * (binder - pore)
-    shine_gain = params["shine_gain"] + difficulty * (params["hard_shine_gain"]
-                                                      - params["shine_gain"])
-    grey = np.where(phases == ACTIVE, np.float32(bright),
-                    np.where(phases == BINDER, binder_level,
-                             pore + shine_gain * (bright - pore) * shine)).astype(np.float32)
+    shine_gain = params["shine_gain"] + difficulty * (params["hard_shine_gain"] - params["shine_gain"])
+    grey = np.where(
+        phases == ACTIVE,
+        np.float32(bright),
+        np.where(phases == BINDER, binder_level, pore + shine_gain * (bright - pore) * shine),
+    ).astype(np.float32)
 
     def blurred(sigma: float) -> np.ndarray:
         out = ndimage.gaussian_filter(grey, in_plane + [sigma] * 2, truncate=_TRUNCATE)
@@ -460,8 +506,9 @@ def render_region(shape: tuple[int, ...], region: tuple[slice, ...], seed: int,
     image = (1 - d) * blurred(params["blur_sigma"]) + d * blurred(params["hard_blur_sigma"])
     shading = _smooth_field(region_box, seed, _TAG_SHADING, (150.0, 400.0), n_waves=3)
     image *= 1 + np.float32(params["shading_amplitude"]) * shading
-    amplitude = params["curtain_amplitude"] + d * (params["hard_curtain_amplitude"]
-                                                   - params["curtain_amplitude"])
+    amplitude = params["curtain_amplitude"] + d * (
+        params["hard_curtain_amplitude"] - params["curtain_amplitude"]
+    )
     image += amplitude * _curtain(region_box, seed, params)
     noise_std = params["noise_std"] + d * (params["hard_noise_std"] - params["noise_std"])
     # Gaussian read noise plus shot noise whose variance grows with the signal
@@ -471,16 +518,21 @@ def render_region(shape: tuple[int, ...], region: tuple[slice, ...], seed: int,
     return image, np.ascontiguousarray(_crop(phases, image_box, region_box)), d.copy()
 
 
-def _render_block(shape: tuple[int, ...], seed: int, config: SampleConfig,
-                  block_info: dict | None = None) -> np.ndarray:
+def _render_block(
+    shape: tuple[int, ...], seed: int, config: SampleConfig, block_info: dict | None = None
+) -> np.ndarray:
     location = block_info[None]["array-location"][1:]  # first axis stacks the three outputs
     region = tuple(slice(a, b) for a, b in location)
     image, phases, difficulty = render_region(shape, region, seed, config)
     return np.stack([image.astype(np.float32), phases.astype(np.float32), difficulty])
 
 
-def sample_arrays(shape: tuple[int, ...], seed: int, config: SampleConfig | None = None,
-                  chunks: tuple[int, ...] | None = None) -> dict[str, Any]:
+def sample_arrays(
+    shape: tuple[int, ...],
+    seed: int,
+    config: SampleConfig | None = None,
+    chunks: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
     """Lazy dask arrays {"image": uint8, "phases": uint8, "difficulty": float32}, built with
     dask map_blocks over render_region.
 
@@ -507,13 +559,21 @@ def sample_arrays(shape: tuple[int, ...], seed: int, config: SampleConfig | None
     config = config or SampleConfig()
     default = (16, 256, 256) if len(shape) == 3 else (256, 256)
     chunks = tuple(chunks) if chunks is not None else default
-    _require(len(chunks) == len(shape) and all(int(c) > 0 for c in chunks),
-             f"chunks {chunks} must be positive, one per axis of {shape}")
+    _require(
+        len(chunks) == len(shape) and all(int(c) > 0 for c in chunks),
+        f"chunks {chunks} must be positive, one per axis of {shape}",
+    )
     chunks = tuple(min(int(c), s) for c, s in zip(chunks, shape, strict=True))
     blocks = da.core.normalize_chunks(chunks, shape)
-    stacked = da.map_blocks(partial(_render_block, shape, seed, config), dtype=np.float32,
-                            chunks=((3,), *blocks), meta=np.empty((0,) * (len(shape) + 1),
-                                                                  np.float32),
-                            name=f"matseg-synth-{da.core.tokenize(shape, seed, config)}")
-    return {"image": stacked[0].astype(np.uint8), "phases": stacked[1].astype(np.uint8),
-            "difficulty": stacked[2]}
+    stacked = da.map_blocks(
+        partial(_render_block, shape, seed, config),
+        dtype=np.float32,
+        chunks=((3,), *blocks),
+        meta=np.empty((0,) * (len(shape) + 1), np.float32),
+        name=f"matseg-synth-{da.core.tokenize(shape, seed, config)}",
+    )
+    return {
+        "image": stacked[0].astype(np.uint8),
+        "phases": stacked[1].astype(np.uint8),
+        "difficulty": stacked[2],
+    }

@@ -51,12 +51,15 @@ def test_same_seed_is_identical_and_other_seed_differs(volume_3d):
         assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("region", [
-    (slice(0, 5), slice(70, 80), slice(0, 96)),
-    (slice(7, 19), slice(13, 50), slice(41, 95)),
-    (slice(23, 24), slice(0, 1), slice(95, 96)),
-    (slice(None), slice(33, 34), slice(None)),
-])
+@pytest.mark.parametrize(
+    "region",
+    [
+        (slice(0, 5), slice(70, 80), slice(0, 96)),
+        (slice(7, 19), slice(13, 50), slice(41, 95)),
+        (slice(23, 24), slice(0, 1), slice(95, 96)),
+        (slice(None), slice(33, 34), slice(None)),
+    ],
+)
 def test_region_equals_crop_of_full_render_3d(volume_3d, region):
     for whole, part in zip(volume_3d, render_region(SHAPE_3D, region, seed=7), strict=True):
         np.testing.assert_array_equal(part, whole[region])
@@ -64,8 +67,11 @@ def test_region_equals_crop_of_full_render_3d(volume_3d, region):
 
 def test_region_equals_crop_of_full_render_2d():
     whole = render_region(SHAPE_2D, full(SHAPE_2D), seed=11)
-    for region in [(slice(0, 31), slice(100, 170)), (slice(57, 149), slice(3, 4)),
-                   (slice(149, 150), slice(None))]:
+    for region in [
+        (slice(0, 31), slice(100, 170)),
+        (slice(57, 149), slice(3, 4)),
+        (slice(149, 150), slice(None)),
+    ]:
         for w, part in zip(whole, render_region(SHAPE_2D, region, seed=11), strict=True):
             np.testing.assert_array_equal(part, w[region])
 
@@ -130,19 +136,22 @@ def test_config_round_trips_through_dict():
     assert isinstance(config.to_dict()["noise_std"], list)
 
 
-@pytest.mark.parametrize("call", [
-    lambda: render_region((64,), (slice(None),), 0),
-    lambda: render_region((2, 2, 2, 2), full((2, 2, 2, 2)), 0),
-    lambda: render_region((0, 16), full((0, 16)), 0),
-    lambda: render_region((16, -4), full((16, -4)), 0),
-    lambda: render_region((16, 16), (slice(None),), 0),
-    lambda: render_region((16, 16), (slice(4, 4), slice(None)), 0),
-    lambda: render_region((16, 16), full((16, 16)), -1),
-    lambda: sample_arrays((16, 16), 0, chunks=(8,)),
-    lambda: SampleConfig(profile="validation"),
-    lambda: SampleConfig(active_fraction=1.2),
-    lambda: SampleConfig(noise_std=(5.0, 1.0)),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: render_region((64,), (slice(None),), 0),
+        lambda: render_region((2, 2, 2, 2), full((2, 2, 2, 2)), 0),
+        lambda: render_region((0, 16), full((0, 16)), 0),
+        lambda: render_region((16, -4), full((16, -4)), 0),
+        lambda: render_region((16, 16), (slice(None),), 0),
+        lambda: render_region((16, 16), (slice(4, 4), slice(None)), 0),
+        lambda: render_region((16, 16), full((16, 16)), -1),
+        lambda: sample_arrays((16, 16), 0, chunks=(8,)),
+        lambda: SampleConfig(profile="validation"),
+        lambda: SampleConfig(active_fraction=1.2),
+        lambda: SampleConfig(noise_std=(5.0, 1.0)),
+    ],
+)
 def test_bad_arguments_raise_matseg_error(call):
     with pytest.raises(MatsegError):
         call()
@@ -159,6 +168,5 @@ def test_small_region_of_huge_volume_is_cheap_and_consistent():
     shape = (4000, 30000, 30000)
     outer = (slice(3980, 4000), slice(29900, 30000), slice(15000, 15100))
     inner = (slice(3991, 4000), slice(29950, 30000), slice(15033, 15071))
-    for big, small in zip(render_region(shape, outer, 123), render_region(shape, inner, 123),
-                          strict=True):
+    for big, small in zip(render_region(shape, outer, 123), render_region(shape, inner, 123), strict=True):
         np.testing.assert_array_equal(big[11:, 50:, 33:71], small)

@@ -21,7 +21,9 @@ def _ints(text: str | None, name: str) -> tuple[int, ...] | None:
     try:
         values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"expected integers like 256 or 4,256,256, got '{text}'", param_hint=name)
+        raise click.BadParameter(
+            f"expected integers like 256 or 4,256,256, got '{text}'", param_hint=name
+        ) from None
     if not values:
         raise click.BadParameter("no sizes given", param_hint=name)
     return values
@@ -75,13 +77,27 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("output", type=click.Path())
-@click.option("--shape", "shape", cls=_SizesOption, required=True, metavar="Z Y X",
-              help="Volume shape: Z Y X, or Y X for 2-D (e.g. --shape 32 256 256).")
+@click.option(
+    "--shape",
+    "shape",
+    cls=_SizesOption,
+    required=True,
+    metavar="Z Y X",
+    help="Volume shape: Z Y X, or Y X for 2-D (e.g. --shape 32 256 256).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same volume.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="YAML of generator settings (see data/sample.yaml).")
-@click.option("--profile", type=click.Choice(["train", "test"]), default=None,
-              help="Imaging-parameter ranges: 'test' ranges are disjoint from 'train'.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="YAML of generator settings (see data/sample.yaml).",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(["train", "test"]),
+    default=None,
+    help="Imaging-parameter ranges: 'test' ranges are disjoint from 'train'.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 def sample(output, shape, seed, config_path, profile, overwrite) -> None:
     """Write a synthetic 3-phase battery-cathode volume with ground truth.
@@ -106,10 +122,18 @@ def sample(output, shape, seed, config_path, profile, overwrite) -> None:
 @cli.command()
 @click.argument("input", type=str)
 @click.option("-o", "--output", required=True, type=click.Path(), help="OME-Zarr store to create.")
-@click.option("--model", type=click.Choice(["cheap", "expensive"]), default="expensive",
-              show_default=True, help="Segmenter to run on every tile.")
-@click.option("--weights", type=click.Path(file_okay=False),
-              help="Weights folder from 'matseg train' (default: bundled weights).")
+@click.option(
+    "--model",
+    type=click.Choice(["cheap", "expensive"]),
+    default="expensive",
+    show_default=True,
+    help="Segmenter to run on every tile.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(file_okay=False),
+    help="Weights folder from 'matseg train' (default: bundled weights).",
+)
 @click.option("--tile", "tile_text", help="Tile size: 256 (in-plane) or Z,Y,X like 4,256,256.")
 @click.option("--halo", type=int, help="In-plane halo in voxels (default: the model's receptive radius).")
 @click.option("--workers", type=click.IntRange(min=1), help="Tiles processed at once (default: cores).")
@@ -123,7 +147,8 @@ def segment(input, output, model, weights, tile_text, halo, workers, truth, over
     model used on each tile), the uncertainty (uint8, 0 certain .. 255 uniform)
     as its image, and the provenance report (matseg-report.json and attributes).
     """
-    from matseg.segment import default_tile, segment as run_segment
+    from matseg.segment import default_tile
+    from matseg.segment import segment as run_segment
 
     tile = _ints(tile_text, "--tile")
     if tile is not None and len(tile) == 1:
@@ -131,35 +156,85 @@ def segment(input, output, model, weights, tile_text, halo, workers, truth, over
     if tile is not None and len(tile) == 2:
         tile = _tile_for(input, tile, default_tile)
     report = run_segment(
-        input, output, model=model, weights=weights, tile=tile, halo=halo, overwrite=overwrite,
-        workers=workers, truth=truth, progress=not quiet, command=_command_line(),
+        input,
+        output,
+        model=model,
+        weights=weights,
+        tile=tile,
+        halo=halo,
+        overwrite=overwrite,
+        workers=workers,
+        truth=truth,
+        progress=not quiet,
+        command=_command_line(),
     )
     click.echo(format_report(report))
 
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
-              help="Weights folder to write (manifest.json + <model>.pt).")
-@click.option("--labels", multiple=True,
-              help="Label volume for each IMAGE, in order (255 = unlabelled). "
-                   "Default: the image store's own label image, e.g. 'truth' of a sample.")
-@click.option("--model", "models", multiple=True, type=click.Choice(["cheap", "expensive"]),
-              help="Segmenter(s) to train (repeat the option); default: both.")
-@click.option("--phases", help="Phase names for label values 0, 1, ... e.g. background,particle "
-                               "(default: from the label metadata).")
-@click.option("--val", multiple=True, help="Labelled validation volume(s); default: every 10th slice held out.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Weights folder to write (manifest.json + <model>.pt).",
+)
+@click.option(
+    "--labels",
+    multiple=True,
+    help="Label volume for each IMAGE, in order (255 = unlabelled). "
+    "Default: the image store's own label image, e.g. 'truth' of a sample.",
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    type=click.Choice(["cheap", "expensive"]),
+    help="Segmenter(s) to train (repeat the option); default: both.",
+)
+@click.option(
+    "--phases",
+    help="Phase names for label values 0, 1, ... e.g. background,particle "
+    "(default: from the label metadata).",
+)
+@click.option(
+    "--val", multiple=True, help="Labelled validation volume(s); default: every 10th slice held out."
+)
 @click.option("--slices", "slices_text", help="Only these Z slices are labelled, e.g. 0,10,20.")
-@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Optimiser steps for each model.")
-@click.option("--steps-expensive", type=click.IntRange(min=1), help="Steps for the expensive model, if different.")
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Optimiser steps for each model.",
+)
+@click.option(
+    "--steps-expensive", type=click.IntRange(min=1), help="Steps for the expensive model, if different."
+)
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Patches per step.")
-@click.option("--patch", type=click.IntRange(min=8), default=128, show_default=True, help="Patch size (pixels).")
+@click.option(
+    "--patch", type=click.IntRange(min=8), default=128, show_default=True, help="Patch size (pixels)."
+)
 @click.option("--lr", type=float, default=3e-3, show_default=True, help="Peak learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation and sampling.")
 @click.option("--init", type=click.Path(file_okay=False), help="Fine-tune from this weights folder.")
-def train(images, output, labels, models, phases, val, slices_text, steps, steps_expensive, batch,
-          patch, lr, seed, init) -> None:
+def train(
+    images,
+    output,
+    labels,
+    models,
+    phases,
+    val,
+    slices_text,
+    steps,
+    steps_expensive,
+    batch,
+    patch,
+    lr,
+    seed,
+    init,
+) -> None:
     """Train the segmenters on labelled IMAGES and write a weights folder.
 
     Works on any labelled volume that 'matseg segment' reads, with any number
@@ -170,15 +245,28 @@ def train(images, output, labels, models, phases, val, slices_text, steps, steps
     models = models or ("cheap", "expensive")
     step_counts = {m: (steps_expensive if m == "expensive" and steps_expensive else steps) for m in models}
     results = run_train(
-        list(images), output, labels=list(labels) or None, models=models,
-        phases=[p.strip() for p in phases.split(",")] if phases else None, val=list(val) or None,
-        slices=_ints(slices_text, "--slices"), steps=step_counts, batch=batch, patch=patch, lr=lr,
-        seed=seed, init=init, command=_command_line(), log=lambda m: click.echo(m, err=True),
+        list(images),
+        output,
+        labels=list(labels) or None,
+        models=models,
+        phases=[p.strip() for p in phases.split(",")] if phases else None,
+        val=list(val) or None,
+        slices=_ints(slices_text, "--slices"),
+        steps=step_counts,
+        batch=batch,
+        patch=patch,
+        lr=lr,
+        seed=seed,
+        init=init,
+        command=_command_line(),
+        log=lambda m: click.echo(m, err=True),
     )
     for name, r in results.items():
         per_phase = ", ".join(f"{k} {v:.3f}" for k, v in r["iou"].items())
-        click.echo(f"{name}: validation mIoU {r['miou']:.4f} ({per_phase}); {r['steps']} steps, "
-                   f"{r['seconds']:.0f} s -> {output}")
+        click.echo(
+            f"{name}: validation mIoU {r['miou']:.4f} ({per_phase}); {r['steps']} steps, "
+            f"{r['seconds']:.0f} s -> {output}"
+        )
 
 
 def _tile_for(input, tile, default_tile):
@@ -210,8 +298,10 @@ def format_report(report: dict) -> str:
         per_phase = ", ".join(f"{k} {v:.3f}" for k, v in metrics["iou"].items() if v is not None)
         lines.append(f"  mIoU       {metrics['miou']:.4f} ({per_phase})")
         if "hard" in metrics:
-            lines.append(f"             hard regions {metrics['hard']['miou']:.4f}, "
-                         f"clean regions {metrics['clean']['miou']:.4f}")
+            lines.append(
+                f"             hard regions {metrics['hard']['miou']:.4f}, "
+                f"clean regions {metrics['clean']['miou']:.4f}"
+            )
     return "\n".join(lines)
 
 

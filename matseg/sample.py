@@ -64,10 +64,13 @@ def write_sample(
     chunks = arrays["image"].chunksize
     if out.exists():
         remove_store(out)
-    attrs = {"sample": {"seed": int(seed), "shape": list(shape), "config": config.to_dict()},
-             "phases": list(PHASES)}
-    root = create_ome_store(out, shape, chunks, image=("image", "uint8"),
-                            labels={"truth": PHASES}, attrs=attrs)
+    attrs = {
+        "sample": {"seed": int(seed), "shape": list(shape), "config": config.to_dict()},
+        "phases": list(PHASES),
+    }
+    root = create_ome_store(
+        out, shape, chunks, image=("image", "uint8"), labels={"truth": PHASES}, attrs=attrs
+    )
     difficulty = root.create_array("difficulty", shape=tuple(shape), chunks=chunks, dtype="float32")
     try:
         dask.compute(

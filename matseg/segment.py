@@ -80,8 +80,9 @@ def default_tile(ndim: int) -> tuple[int, ...]:
     return DEFAULT_TILE[-ndim:]
 
 
-def _segment_block(block, index, grid: TileGrid, model: Segmenter, norm: Normalization,
-                   arrays: dict, candidate: int) -> dict:
+def _segment_block(
+    block, index, grid: TileGrid, model: Segmenter, norm: Normalization, arrays: dict, candidate: int
+) -> dict:
     """Segment one tile with its halo, crop the halo, write its chunks; return its stats."""
     halo = grid.halo_of(index)
     x = norm(block)
@@ -185,7 +186,10 @@ def segment(
     out.parent.mkdir(parents=True, exist_ok=True)
     phases = segmenter.phases
     root = create_ome_store(
-        out, volume.shape, grid.write_chunks, image=("uncertainty", "uint8"),
+        out,
+        volume.shape,
+        grid.write_chunks,
+        image=("uncertainty", "uint8"),
         labels={"phases": phases, "decisions": CANDIDATES},
         attrs={"status": "running", "version": __version__},
     )
@@ -197,8 +201,16 @@ def segment(
     blocks = overlapped_tiles(volume.data, grid).to_delayed()
     candidate = CANDIDATES.index(model)
     tasks = [
-        dask.delayed(_segment_block)(blocks[idx], idx, grid, segmenter, norm, arrays, candidate,
-                                     dask_key_name=f"matseg-tile-{'-'.join(map(str, idx))}")
+        dask.delayed(_segment_block)(
+            blocks[idx],
+            idx,
+            grid,
+            segmenter,
+            norm,
+            arrays,
+            candidate,
+            dask_key_name=f"matseg-tile-{'-'.join(map(str, idx))}",
+        )
         for idx in grid.indices()
     ]
     compute_started = time.perf_counter()
@@ -215,8 +227,12 @@ def segment(
     gflops = float(sum(r["gflops"] for r in results))
     report = {
         "command": command or "matseg.segment",
-        "input": {"source": str(input), "kind": volume.kind, "shape": list(volume.shape),
-                  "dtype": str(volume.data.dtype)},
+        "input": {
+            "source": str(input),
+            "kind": volume.kind,
+            "shape": list(volume.shape),
+            "dtype": str(volume.data.dtype),
+        },
         "output": str(output),
         "models": [segmenter.describe()],
         "tile": list(tile),
@@ -239,6 +255,7 @@ def segment(
         "versions": _versions(),
     }
     if truth_volume is not None:
+        report["truth"] = str(truth)
         report["metrics"] = evaluate(root["labels/phases/0"], truth, phases)
     total = time.perf_counter() - started
     report["timings"]["total_s"] = total
@@ -283,7 +300,11 @@ def _versions() -> dict:
     import zarr
 
     return {
-        "matseg": __version__, "python": platform.python_version(), "torch": torch.__version__,
-        "dask": dask.__version__, "zarr": zarr.__version__, "numpy": np.__version__,
+        "matseg": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "dask": dask.__version__,
+        "zarr": zarr.__version__,
+        "numpy": np.__version__,
         "ome_zarr": getattr(ome_zarr, "__version__", "?"),
     }

@@ -89,8 +89,8 @@ def draw_batch(
         h, w = d.images.shape[1:]
         ph, pw = min(patch, h), min(patch, w)
         y0, x0 = rng.integers(0, h - ph + 1), rng.integers(0, w - pw + 1)
-        x = d.images[i, y0:y0 + ph, x0:x0 + pw]
-        y = d.labels[i, y0:y0 + ph, x0:x0 + pw]
+        x = d.images[i, y0 : y0 + ph, x0 : x0 + pw]
+        y = d.labels[i, y0 : y0 + ph, x0 : x0 + pw]
         if (ph, pw) != (patch, patch):  # small images: pad, padding unlabelled
             x = np.pad(x, ((0, patch - ph), (0, patch - pw)), mode="edge")
             y = np.pad(y, ((0, patch - ph), (0, patch - pw)), constant_values=UNLABELLED)
@@ -111,9 +111,9 @@ def score(model: Segmenter, data: Sequence[LabelledSlices]) -> dict:
     cm = np.zeros((n, n), np.int64)
     for d in data:
         for start in range(0, len(d.images), 4):
-            probs, _ = segment_tile(model, d.images[start:start + 4])
+            probs, _ = segment_tile(model, d.images[start : start + 4])
             pred = probs.argmax(1).ravel()
-            truth = d.labels[start:start + 4].ravel().astype(np.int64)
+            truth = d.labels[start : start + 4].ravel().astype(np.int64)
             ok = truth < n
             cm += np.bincount(truth[ok] * n + pred[ok], minlength=n * n).reshape(n, n)
     iou = iou_per_phase(cm)
@@ -130,14 +130,17 @@ def fit(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> list[float]:
-    """Train ``model`` in place with AdamW and a one-cycle schedule; return the loss curve."""
+    """Train ``model`` in place (AdamW, warm-up then cosine decay); return the loss curve."""
     if patch % model.stride:
         raise MatsegError(f"patch {patch} must be a multiple of {model.stride}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = model.net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay
+        opt, lambda k: min(1.0, (k + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(k, steps) / steps))
+    )
     loss_fn = nn.CrossEntropyLoss(ignore_index=UNLABELLED)
     losses = []
     for step in range(steps):
@@ -209,7 +212,9 @@ def train(
         data.append(slices_i)
         found = found or names
     n_values = int(max(d.labels[d.labels != UNLABELLED].max(initial=0) for d in data)) + 1
-    phases = tuple(phases) if phases else (tuple(found) if found else tuple(f"phase{i}" for i in range(n_values)))
+    phases = (
+        tuple(phases) if phases else (tuple(found) if found else tuple(f"phase{i}" for i in range(n_values)))
+    )
     if n_values > len(phases):
         raise MatsegError(f"labels use values up to {n_values - 1} but only {len(phases)} phases are named")
     if len(phases) < 2:
@@ -230,12 +235,22 @@ def train(
         fit(model, data, n_steps, batch=batch, patch=patch, lr=lr, seed=seed, log=log)
         seconds = time.perf_counter() - started
         metrics = score(model, val_data)
-        record = {"training": {
-            "command": command or "matseg.train", "seed": seed, "steps": n_steps, "batch": batch,
-            "patch": patch, "lr": lr, "seconds": round(seconds, 1), "images": list(images),
-            "validation": list(val) if val else "every 10th labelled slice",
-            "init": str(init) if init else None, "val_miou": metrics["miou"], "val_iou": metrics["iou"],
-        }}
+        record = {
+            "training": {
+                "command": command or "matseg.train",
+                "seed": seed,
+                "steps": n_steps,
+                "batch": batch,
+                "patch": patch,
+                "lr": lr,
+                "seconds": round(seconds, 1),
+                "images": list(images),
+                "validation": list(val) if val else "every 10th labelled slice",
+                "init": str(init) if init else None,
+                "val_miou": metrics["miou"],
+                "val_iou": metrics["iou"],
+            }
+        }
         save_segmenter(model, output, record)
         results[name] = {**metrics, "steps": n_steps, "seconds": seconds}
         if log:

@@ -49,23 +49,32 @@ def good_zarr(path: Path, data=None) -> Path:
 
 
 def test_missing_path(tmp_path, capsys, random_weights):
-    assert_refused(tmp_path, ["segment", tmp_path / "nope.zarr", "-o", tmp_path / "o.zarr"], capsys,
-                   "input not found")
+    assert_refused(
+        tmp_path, ["segment", tmp_path / "nope.zarr", "-o", tmp_path / "o.zarr"], capsys, "input not found"
+    )
 
 
 def test_directory_that_is_not_a_store(tmp_path, capsys):
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "notes.txt").write_text("hello")
-    assert_refused(tmp_path, ["segment", tmp_path / "folder", "-o", tmp_path / "o.zarr"], capsys,
-                   "no zarr array or group")
+    assert_refused(
+        tmp_path,
+        ["segment", tmp_path / "folder", "-o", tmp_path / "o.zarr"],
+        capsys,
+        "no zarr array or group",
+    )
 
 
 def test_wrong_hdf5_dataset(tmp_path, capsys):
     with h5py.File(tmp_path / "scan.h5", "w") as fh:
         fh["data"] = np.zeros((4, 32, 32), np.uint8)
         fh["mask"] = np.zeros((4, 32, 32), np.uint8)
-    assert_refused(tmp_path, ["segment", f"{tmp_path / 'scan.h5'}:/raw", "-o", tmp_path / "o.zarr"],
-                   capsys, "HDF5 dataset '/raw' not found")
+    assert_refused(
+        tmp_path,
+        ["segment", f"{tmp_path / 'scan.h5'}:/raw", "-o", tmp_path / "o.zarr"],
+        capsys,
+        "HDF5 dataset '/raw' not found",
+    )
 
 
 def test_corrupt_metadata(tmp_path, capsys):
@@ -78,23 +87,29 @@ def test_truncated_chunk(tmp_path, capsys, random_weights):
     store = good_zarr(tmp_path / "trunc.zarr")
     chunk = sorted((store / "c").rglob("*"))[-1]
     chunk.write_bytes(chunk.read_bytes()[:10])
-    assert_refused(tmp_path, ["segment", store, "-o", tmp_path / "o.zarr", "--weights", random_weights],
-                   capsys, "cannot read")
+    assert_refused(
+        tmp_path,
+        ["segment", store, "-o", tmp_path / "o.zarr", "--weights", random_weights],
+        capsys,
+        "cannot read",
+    )
 
 
 @pytest.mark.parametrize("shape", [(64,), (1, 1, 2, 32, 32)])
 def test_wrong_rank(tmp_path, capsys, shape):
     store = tmp_path / "rank.zarr"
     zarr.create_array(str(store), shape=shape, dtype="float32")[:] = 1.0
-    assert_refused(tmp_path, ["segment", store, "-o", tmp_path / "o.zarr"], capsys,
-                   f"has {len(shape)} dimensions")
+    assert_refused(
+        tmp_path, ["segment", store, "-o", tmp_path / "o.zarr"], capsys, f"has {len(shape)} dimensions"
+    )
 
 
 def test_non_numeric_dtype(tmp_path, capsys):
     with h5py.File(tmp_path / "text.h5", "w") as fh:
         fh["names"] = np.array([[b"ab", b"cd"], [b"ef", b"gh"]])
-    assert_refused(tmp_path, ["segment", f"{tmp_path / 'text.h5'}:/names", "-o", tmp_path / "o.zarr"],
-                   capsys, "dtype")
+    assert_refused(
+        tmp_path, ["segment", f"{tmp_path / 'text.h5'}:/names", "-o", tmp_path / "o.zarr"], capsys, "dtype"
+    )
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
@@ -102,8 +117,12 @@ def test_nan_or_inf(tmp_path, capsys, random_weights, value):
     data = np.ones((4, 64, 64), np.float32)
     data[2, 10, 10] = value
     store = good_zarr(tmp_path / "nan.zarr", data)
-    assert_refused(tmp_path, ["segment", store, "-o", tmp_path / "o.zarr", "--weights", random_weights],
-                   capsys, "NaN or infinite")
+    assert_refused(
+        tmp_path,
+        ["segment", store, "-o", tmp_path / "o.zarr", "--weights", random_weights],
+        capsys,
+        "NaN or infinite",
+    )
 
 
 def test_empty_array(tmp_path, capsys):
@@ -116,21 +135,33 @@ def test_existing_output_without_overwrite(tmp_path, capsys, random_weights):
     store = good_zarr(tmp_path / "in.zarr")
     (tmp_path / "o.zarr").mkdir()
     (tmp_path / "o.zarr" / "keep.txt").write_text("precious")
-    assert_refused(tmp_path, ["segment", store, "-o", tmp_path / "o.zarr", "--weights", random_weights],
-                   capsys, "exists; pass --overwrite")
+    assert_refused(
+        tmp_path,
+        ["segment", store, "-o", tmp_path / "o.zarr", "--weights", random_weights],
+        capsys,
+        "exists; pass --overwrite",
+    )
 
 
 def test_unwritable_output(tmp_path, capsys, random_weights):
     store = good_zarr(tmp_path / "in.zarr")
     (tmp_path / "a-file").write_text("not a folder")
-    assert_refused(tmp_path, ["segment", store, "-o", tmp_path / "a-file" / "o.zarr",
-                              "--weights", random_weights], capsys, "cannot write output")
+    assert_refused(
+        tmp_path,
+        ["segment", store, "-o", tmp_path / "a-file" / "o.zarr", "--weights", random_weights],
+        capsys,
+        "cannot write output",
+    )
 
 
 def test_output_over_input(tmp_path, capsys, random_weights):
     store = good_zarr(tmp_path / "in.zarr")
-    assert_refused(tmp_path, ["segment", store, "-o", store, "--overwrite", "--weights", random_weights],
-                   capsys, "would overwrite the input")
+    assert_refused(
+        tmp_path,
+        ["segment", store, "-o", store, "--overwrite", "--weights", random_weights],
+        capsys,
+        "would overwrite the input",
+    )
 
 
 def test_weights_sha256_mismatch(tmp_path, capsys, random_weights):
@@ -140,8 +171,9 @@ def test_weights_sha256_mismatch(tmp_path, capsys, random_weights):
     raw = bytearray(pt.read_bytes())
     raw[-20] ^= 0xFF
     pt.write_bytes(bytes(raw))
-    assert_refused(tmp_path, ["segment", store, "-o", tmp_path / "o.zarr", "--weights", weights],
-                   capsys, "sha256")
+    assert_refused(
+        tmp_path, ["segment", store, "-o", tmp_path / "o.zarr", "--weights", weights], capsys, "sha256"
+    )
 
 
 class Payload:
@@ -158,11 +190,24 @@ def test_weights_with_pickled_object(tmp_path, capsys, random_weights):
     manifest = json.loads((weights / "manifest.json").read_text())
     manifest["expensive"]["sha256"] = hashlib.sha256((weights / "expensive.pt").read_bytes()).hexdigest()
     (weights / "manifest.json").write_text(json.dumps(manifest))
-    assert_refused(tmp_path, ["segment", store, "-o", tmp_path / "o.zarr", "--weights", weights],
-                   capsys, "holds more than tensors")
+    assert_refused(
+        tmp_path,
+        ["segment", store, "-o", tmp_path / "o.zarr", "--weights", weights],
+        capsys,
+        "holds more than tensors",
+    )
     assert "this must never run" not in capsys.readouterr().out
 
 
 def test_usage_error_exit_code(tmp_path, capsys):
     code, err = run_cli(["segment", "x.zarr"], capsys)  # no -o
     assert code == 2 and "Traceback" not in err and "--output" in err
+
+
+def test_unfinished_run_is_named(tmp_path, capsys, random_weights):
+    """A killed run leaves status 'running': the message says so (resume comes later)."""
+    store = good_zarr(tmp_path / "in.zarr")
+    out = tmp_path / "o.zarr"
+    zarr.open_group(str(out), mode="w").attrs["matseg"] = {"status": "running"}
+    assert_refused(tmp_path, ["segment", store, "-o", out, "--weights", random_weights], capsys,
+                   "unfinished matseg run")

@@ -17,13 +17,17 @@ DATA = np.arange(3 * 40 * 50, dtype=np.uint16).reshape(3, 40, 50)
 
 def make_zarr_v2(tmp_path):
     path = tmp_path / "v2.zarr"
-    zarr.create_array(str(path), shape=DATA.shape, chunks=(1, 20, 25), dtype=DATA.dtype, zarr_format=2)[:] = DATA
+    zarr.create_array(str(path), shape=DATA.shape, chunks=(1, 20, 25), dtype=DATA.dtype, zarr_format=2)[:] = (
+        DATA
+    )
     return str(path)
 
 
 def make_zarr_v3_in_group(tmp_path):
     root = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
-    root.create_group("scans").create_array("raw", shape=DATA.shape, chunks=(1, 20, 25), dtype=DATA.dtype)[:] = DATA
+    root.create_group("scans").create_array("raw", shape=DATA.shape, chunks=(1, 20, 25), dtype=DATA.dtype)[
+        :
+    ] = DATA
     root.create_array("other", shape=(2, 2), dtype="uint8")
     return f"{tmp_path / 'g.zarr'}:/scans/raw"
 
@@ -48,8 +52,13 @@ def make_tiff(tmp_path):
 
 @pytest.mark.parametrize(
     "make, kind",
-    [(make_zarr_v2, "zarr"), (make_zarr_v3_in_group, "zarr"), (make_ome_zarr_5d, "ome-zarr"),
-     (make_hdf5, "hdf5"), (make_tiff, "tiff")],
+    [
+        (make_zarr_v2, "zarr"),
+        (make_zarr_v3_in_group, "zarr"),
+        (make_ome_zarr_5d, "ome-zarr"),
+        (make_hdf5, "hdf5"),
+        (make_tiff, "tiff"),
+    ],
 )
 def test_formats_open_lazily(tmp_path, make, kind):
     spec = make(tmp_path)

@@ -100,10 +100,8 @@ def check_volume(volume: Volume) -> None:
             "matseg segments 2-D (Y, X) or 3-D (Z, Y, X) volumes"
         )
     dtype = np.dtype(data.dtype)
-    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == bool):
-        raise MatsegError(
-            f"{volume.source} has dtype {dtype}; matseg needs integer or floating-point voxels"
-        )
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype.kind == "b"):
+        raise MatsegError(f"{volume.source} has dtype {dtype}; matseg needs integer or floating-point voxels")
     if data.size == 0:
         raise MatsegError(f"{volume.source} is empty (shape {tuple(data.shape)})")
 
@@ -130,9 +128,7 @@ def _open_hdf5(path: Path, inner: str, source: str) -> Volume:
         if len(names) != 1:
             handle.close()
             listing = ", ".join(names) or "none"
-            raise MatsegError(
-                f"{path} holds {len(names)} datasets ({listing}); name one as {path}:/dataset"
-            )
+            raise MatsegError(f"{path} holds {len(names)} datasets ({listing}); name one as {path}:/dataset")
         inner = names[0]
     node = handle.get(inner)
     if not isinstance(node, h5py.Dataset):

@@ -45,6 +45,11 @@ def check_output(path: str | os.PathLike, overwrite: bool, inputs: Sequence[str]
         if out == src or src.is_relative_to(out):
             raise MatsegError(f"output {path} would overwrite the input {source}; choose another")
     if out.exists() and not overwrite:
+        if _run_status(out) == "running":
+            raise MatsegError(
+                f"output {path} is an unfinished matseg run (killed or still running); "
+                "pass --overwrite to start it again"
+            )
         raise MatsegError(f"output {path} exists; pass --overwrite to replace it")
     parent = out.parent
     while not parent.exists():
@@ -52,6 +57,14 @@ def check_output(path: str | os.PathLike, overwrite: bool, inputs: Sequence[str]
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise MatsegError(f"cannot write output {path}: {parent} is not a writable folder")
     return out
+
+
+def _run_status(path: Path) -> str | None:
+    """The ``status`` matseg recorded in a store's root attributes, if any."""
+    try:
+        return zarr.open_group(str(path), mode="r").attrs.get("matseg", {}).get("status")
+    except Exception:  # not a store of ours: the caller treats it as any existing path
+        return None
 
 
 def remove_store(path: str | os.PathLike) -> None:
@@ -70,7 +83,9 @@ def axes_for(ndim: int) -> list[str]:
 def _multiscale(group: zarr.Group, name: str, shape, chunks, dtype, fill_value=0) -> zarr.Array:
     array = group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=fill_value)
     datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(shape)}]}]
-    write_multiscales_metadata(group, datasets=datasets, axes=axes_for(len(shape)), name=name, fmt=FormatV05())
+    write_multiscales_metadata(
+        group, datasets=datasets, axes=axes_for(len(shape)), name=name, fmt=FormatV05()
+    )
     return array
 
 
@@ -109,8 +124,11 @@ def create_ome_store(
             for i in range(len(values))
         ]
         properties = [{"label-value": i, "name": str(v)} for i, v in enumerate(values)]
+        # ours first: write_label_metadata then updates the group through its own handle
+        group.attrs["matseg"] = (
+            {"phases": list(values)} if name != "decisions" else {"candidates": list(values)}
+        )
         write_label_metadata(label_root, name, colors=colours, properties=properties, fmt=FormatV05())
-        group.attrs["matseg"] = {"phases": list(values)} if name != "decisions" else {"candidates": list(values)}
     if attrs:
         root.attrs["matseg"] = dict(attrs)
     return root

@@ -24,7 +24,7 @@ from matseg.models.unet import UNet2d, pad_to_stride
 MANIFEST = "manifest.json"
 # The two default candidates: tiny always-run net, big accurate net.
 ARCHITECTURES = {
-    "cheap": {"width": 6, "depth": 2, "dropout": 0.1},
+    "cheap": {"width": 10, "depth": 1, "dropout": 0.1},
     "expensive": {"width": 24, "depth": 3, "dropout": 0.0},
 }
 MC_PASSES = 4
@@ -177,8 +177,9 @@ def load_segmenter(name: str, folder: str | os.PathLike | None = None) -> Segmen
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = next((line.strip() for line in str(err).splitlines() if "Unpickler error" in line),
-                      type(err).__name__)
+        reason = next(
+            (line.strip() for line in str(err).splitlines() if "Unpickler error" in line), type(err).__name__
+        )
         raise MatsegError(f"weights file {path} holds more than tensors; refusing it ({reason})") from None
     arch = entry["architecture"]
     net = UNet2d(**arch)

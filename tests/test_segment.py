@@ -1,0 +1,99 @@
+"""`matseg segment` end to end: the output contract scripts rely on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import zarr
+from ome_zarr.io import parse_url
+from ome_zarr.reader import Label, Reader
+
+from matseg.cli import main
+
+from .test_bad_input import snapshot
+
+
+def run(args):
+    try:
+        main([str(a) for a in args])
+    except SystemExit as done:
+        return done.code
+    return 0
+
+
+def test_segment_sample_contract(tmp_path, small_sample, random_weights, capsys):
+    before = snapshot(small_sample)
+    out = tmp_path / "phases.zarr"
+    code = run(
+        [
+            "segment",
+            small_sample,
+            "-o",
+            out,
+            "--weights",
+            random_weights,
+            "--model",
+            "cheap",
+            "--truth",
+            small_sample,
+            "--tile",
+            "4,64,64",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    for word in ("voxels", "voxels/s", "GFLOPs", "pore", "mIoU", "hard regions"):
+        assert word in printed
+    assert snapshot(small_sample) == before, "the input was changed"
+
+    root = zarr.open_group(str(out), mode="r")
+    labels = root["labels/phases/0"]
+    assert labels.dtype == np.uint8 and labels.shape == (16, 64, 64)
+    assert set(np.unique(labels[:])) <= {0, 1, 2}
+    assert (root["labels/decisions/0"][:] == 0).all()  # cheap everywhere
+    report = json.loads((out / "matseg-report.json").read_text())
+    assert report == {k: v for k, v in root.attrs["matseg"].items() if k != "status"}
+    assert root.attrs["matseg"]["status"] == "complete"
+    assert report["models"][0]["sha256"] and report["gflops"] > 0
+    assert abs(sum(report["volume_fractions"].values()) - 1) < 1e-9
+    assert 0 <= report["metrics"]["miou"] <= 1
+
+    # another OME-Zarr reader finds the phase labels with their names and colours
+    nodes = list(Reader(parse_url(str(out)))())
+    label_nodes = [n for n in nodes if n.load(Label)]
+    names = {n.zarr.path.rstrip("/").split("/")[-1] for n in label_nodes}
+    assert "phases" in names
+
+
+def test_overwrite_replaces_output(tmp_path, small_sample, random_weights):
+    out = tmp_path / "o.zarr"
+    args = ["segment", small_sample, "-o", out, "--weights", random_weights, "--model", "cheap", "--quiet"]
+    assert run(args) == 0
+    assert run(args) == 2
+    assert run(args + ["--overwrite"]) == 0
+
+
+def test_console_script_exit_codes(tmp_path):
+    """The installed command, as a user runs it."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "matseg.cli",
+            "segment",
+            str(tmp_path / "missing.zarr"),
+            "-o",
+            str(tmp_path / "o.zarr"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("matseg: error: input not found")
+    assert "Traceback" not in done.stderr
+    done = subprocess.run([sys.executable, "-m", "matseg.cli", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "segment" in done.stdout

@@ -1,0 +1,179 @@
+"""`matseg train` on our samples and on a lab's own data (real EMPS images, 2 phases)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from matseg import MatsegError
+from matseg.cli import main
+from matseg.models.weights import load_segmenter, new_segmenter
+from matseg.train import UNLABELLED, load_labelled, score
+
+EMPS = Path(__file__).resolve().parents[1] / "data" / "emps"
+
+
+def run(args):
+    try:
+        main([str(a) for a in args])
+    except SystemExit as done:
+        return done.code
+    return 0
+
+
+def test_train_on_real_emps_two_phases(tmp_path, capsys):
+    """A lab's own labelled images, 2 phases: training beats the untrained net by far."""
+    weights = tmp_path / "emps-weights"
+    code = run(
+        [
+            "train",
+            EMPS / "image.tif",
+            "--labels",
+            EMPS / "labels.tif",
+            "--phases",
+            "background,particle",
+            "--model",
+            "cheap",
+            "--steps",
+            "200",
+            "--batch",
+            "8",
+            "--patch",
+            "96",
+            "--seed",
+            "1",
+            "-o",
+            weights,
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((weights / "manifest.json").read_text())
+    assert manifest["cheap"]["phases"] == ["background", "particle"]
+    trained = load_segmenter("cheap", weights)
+    assert trained.net.config["n_classes"] == 2
+
+    held_out, _ = load_labelled(f"{EMPS / 'image.tif'}", f"{EMPS / 'labels.tif'}", slices=[5])
+    untrained = new_segmenter("cheap", ("background", "particle"), seed=1)
+    before, after = (
+        score(untrained.__class__(**{**untrained.__dict__}), [held_out]),
+        score(trained, [held_out]),
+    )
+    assert after["miou"] > 0.6
+    assert after["miou"] > before["miou"] + 0.15
+
+    out = tmp_path / "emps-phases.zarr"
+    assert (
+        run(
+            [
+                "segment",
+                EMPS / "image.tif",
+                "-o",
+                out,
+                "--weights",
+                weights,
+                "--model",
+                "cheap",
+                "--truth",
+                EMPS / "labels.tif",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    root = zarr.open_group(str(out), mode="r")
+    assert set(np.unique(root["labels/phases/0"][:])) <= {0, 1}
+    assert root["labels/phases"].attrs["matseg"]["phases"] == ["background", "particle"]
+
+
+def test_few_labelled_slices(tmp_path, small_sample):
+    """Only two slices labelled (255 elsewhere): only they are used for training."""
+    truth = zarr.open_group(str(small_sample), mode="r")["labels/truth/0"][:]
+    partial = np.full_like(truth, UNLABELLED)
+    partial[[3, 11]] = truth[[3, 11]]
+    labels = tmp_path / "partial.zarr"
+    zarr.create_array(str(labels), shape=partial.shape, dtype="uint8", chunks=(4, 64, 64))[:] = partial
+    data, _ = load_labelled(str(small_sample), str(labels))
+    assert len(data.images) == 2
+    np.testing.assert_array_equal(data.labels, truth[[3, 11]])
+
+    code = run(
+        [
+            "train",
+            small_sample,
+            "--labels",
+            labels,
+            "--phases",
+            "pore,carbon-binder,active",
+            "--model",
+            "cheap",
+            "--steps",
+            "5",
+            "--patch",
+            "64",
+            "--batch",
+            "2",
+            "-o",
+            tmp_path / "w",
+        ]
+    )
+    assert code == 0
+    assert load_segmenter("cheap", tmp_path / "w").phases == ("pore", "carbon-binder", "active")
+
+
+def test_phases_read_from_label_metadata(tmp_path, small_sample):
+    """A sample store names its phases in NGFF label metadata: no --phases needed."""
+    code = run(
+        [
+            "train",
+            small_sample,
+            "--model",
+            "cheap",
+            "--steps",
+            "3",
+            "--patch",
+            "64",
+            "--batch",
+            "2",
+            "-o",
+            tmp_path / "w",
+        ]
+    )
+    assert code == 0
+    assert load_segmenter("cheap", tmp_path / "w").phases == ("pore", "carbon-binder", "active")
+
+
+def test_fine_tune_from_init_writes_new_folder(tmp_path, small_sample, random_weights):
+    before = (Path(random_weights) / "cheap.pt").read_bytes()
+    code = run(
+        [
+            "train",
+            small_sample,
+            "--model",
+            "cheap",
+            "--steps",
+            "3",
+            "--patch",
+            "64",
+            "--batch",
+            "2",
+            "--init",
+            random_weights,
+            "-o",
+            tmp_path / "tuned",
+        ]
+    )
+    assert code == 0
+    assert (Path(random_weights) / "cheap.pt").read_bytes() == before
+    tuned = json.loads((tmp_path / "tuned" / "manifest.json").read_text())["cheap"]
+    assert tuned["training"]["init"] == str(random_weights)
+
+
+def test_label_value_without_phase_name(tmp_path, small_sample):
+    with pytest.raises(MatsegError, match="only 2 phases are named"):
+        from matseg.train import train
+
+        train([str(small_sample)], tmp_path / "w", models=["cheap"], phases=["a", "b"], steps=1)

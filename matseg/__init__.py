@@ -7,3 +7,24 @@ from matseg.io.read import Volume, open_volume  # noqa: E402
 from matseg.segment import evaluate, segment  # noqa: E402
 
 __all__ = ["MatsegError", "Volume", "open_volume", "segment", "evaluate", "__version__"]
+
+# Review and correction of a finished segmentation (the napari plugin's API).
+from matseg.corrections import (  # noqa: E402
+    corrections_path,
+    finetune_from_corrections,
+    load_corrections,
+    save_corrections,
+    training_data_from_corrections,
+)
+from matseg.review import open_segmentation, review_queue, store_kind  # noqa: E402
+
+__all__ += [
+    "open_segmentation",
+    "review_queue",
+    "store_kind",
+    "corrections_path",
+    "save_corrections",
+    "load_corrections",
+    "training_data_from_corrections",
+    "finetune_from_corrections",
+]

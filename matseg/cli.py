@@ -172,7 +172,7 @@ def segment(input, output, model, weights, tile_text, halo, workers, truth, over
 
 
 @cli.command()
-@click.argument("images", nargs=-1, required=True)
+@click.argument("images", nargs=-1, required=False)
 @click.option(
     "-o",
     "--output",
@@ -219,6 +219,13 @@ def segment(input, output, model, weights, tile_text, halo, workers, truth, over
 @click.option("--lr", type=float, default=3e-3, show_default=True, help="Peak learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation and sampling.")
 @click.option("--init", type=click.Path(file_okay=False), help="Fine-tune from this weights folder.")
+@click.option(
+    "--from-corrections",
+    "from_corrections",
+    type=click.Path(),
+    help="Fine-tune on a corrections store (saved by the napari plugin) instead of IMAGES: "
+    "its corrected slices, from the weights that made the corrected output (or --init).",
+)
 def train(
     images,
     output,
@@ -234,14 +241,26 @@ def train(
     lr,
     seed,
     init,
+    from_corrections,
 ) -> None:
     """Train the segmenters on labelled IMAGES and write a weights folder.
 
     Works on any labelled volume that 'matseg segment' reads, with any number
-    of phases; use the result with 'matseg segment --weights OUTPUT'.
+    of phases; use the result with 'matseg segment --weights OUTPUT'. With
+    --from-corrections, fine-tune on a reviewer's corrections instead.
     """
     from matseg.train import train as run_train
 
+    if from_corrections:
+        if images or labels or val or slices_text or phases:
+            raise click.UsageError(
+                "--from-corrections takes its images, labels and slices from the corrections store; "
+                "drop IMAGES, --labels, --val, --slices and --phases"
+            )
+        _finetune(from_corrections, output, models, steps, steps_expensive, batch, patch, lr, seed, init)
+        return
+    if not images:
+        raise click.UsageError("give the labelled IMAGES to train on, or --from-corrections PATH")
     models = models or ("cheap", "expensive")
     step_counts = {m: (steps_expensive if m == "expensive" and steps_expensive else steps) for m in models}
     results = run_train(
@@ -266,6 +285,29 @@ def train(
         click.echo(
             f"{name}: validation mIoU {r['miou']:.4f} ({per_phase}); {r['steps']} steps, "
             f"{r['seconds']:.0f} s -> {output}"
+        )
+
+
+def _finetune(corrections, output, models, steps, steps_expensive, batch, patch, lr, seed, init) -> None:
+    from matseg.corrections import finetune_from_corrections
+
+    results = finetune_from_corrections(
+        corrections,
+        output,
+        models=models or None,
+        init=init,
+        steps={"cheap": steps, "expensive": steps_expensive or steps},
+        batch=batch,
+        patch=patch,
+        lr=lr,
+        seed=seed,
+        command=_command_line(),
+        log=lambda m: click.echo(m, err=True),
+    )
+    for name, r in results.items():
+        click.echo(
+            f"{name}: mIoU on the {len(r['slices'])} corrected slice(s) {r['miou_before']:.4f} -> "
+            f"{r['miou_after']:.4f}; {r['steps']} steps, {r['seconds']:.0f} s -> {output}"
         )
 
 

@@ -1,0 +1,389 @@
+"""A reviewer's corrections to a segmentation, and fine-tuning the segmenters on them.
+
+A corrections store sits beside the output it corrects (``phases.zarr`` ->
+``phases.corrections.zarr``) and never changes that output. It holds
+
+- ``labels``: the corrected phase labels (uint8, the output's shape and chunks),
+- ``mask``: 1 where a voxel differs from the output, else 0,
+- attributes under ``matseg-corrections``: who saved it and when, the output and
+  image it belongs to, the reviewed tiles, the slices holding corrections.
+
+Fine-tuning treats every slice holding a correction as labelled (its corrected
+labels, whole) and starts from the weights that produced the output.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import zarr
+from zarr.storage import LocalStore
+
+from matseg import __version__
+from matseg.errors import MatsegError
+from matseg.io.write import remove_store
+from matseg.review import open_segmentation
+from matseg.train import LabelledSlices, fit, load_labelled, score
+
+ATTRIBUTE = "matseg-corrections"
+SUFFIX = ".corrections.zarr"
+
+
+def corrections_path(output: str | os.PathLike) -> Path:
+    """Where the corrections of ``output`` are kept: ``phases.zarr`` -> ``phases.corrections.zarr``."""
+    out = Path(output)
+    stem = out.name[: -len(".zarr")] if out.name.endswith(".zarr") else out.name
+    return out.with_name(stem + SUFFIX)
+
+
+def new_session() -> str:
+    """An id for one editing session: saves with the same id update their own store."""
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Corrections:
+    """A corrections store, opened lazily: ``labels`` and ``mask`` are dask arrays."""
+
+    path: Path
+    labels: da.Array
+    mask: da.Array
+    attrs: dict
+
+    @property
+    def output(self) -> str:
+        return self.attrs["output"]
+
+    @property
+    def image(self) -> str | None:
+        return self.attrs.get("image")
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        return tuple(self.attrs.get("phases") or ())
+
+    @property
+    def reviewed(self) -> list[tuple[int, ...]]:
+        return [tuple(t) for t in self.attrs.get("reviewed") or []]
+
+    @property
+    def corrected_slices(self) -> list[int]:
+        """Z indices of the slices holding at least one correction ([0] for a corrected 2-D image)."""
+        return list(self.attrs.get("corrected_slices") or [])
+
+
+def save_corrections(
+    output: str | os.PathLike,
+    labels,
+    *,
+    reviewed: Iterable[Sequence[int]] = (),
+    session: str | None = None,
+    replace: bool = False,
+    weights: str | os.PathLike | None = None,
+    path: str | os.PathLike | None = None,
+) -> Path:
+    """Save corrected labels of a segmentation beside it, with a mask of what changed.
+
+    Parameters
+    ----------
+    output : str or path
+        The ``matseg segment`` output that was corrected; it is never modified.
+    labels : array-like
+        The corrected phase labels, shape of the output (numpy, dask, zarr, or
+        any array that slices like numpy; read one chunk at a time).
+    reviewed : iterable of tile indices
+        Tiles of the run's grid the reviewer marked as reviewed.
+    session : str, optional
+        Editing-session id (:func:`new_session`): a store saved by the same
+        session is updated in place.
+    replace : bool
+        Replace a store saved by another session (otherwise refused).
+    weights : path, optional
+        Weights folder the output was segmented with (None: the bundled weights),
+        recorded as the starting point for fine-tuning.
+    path : path, optional
+        Where to save; default :func:`corrections_path` of ``output``.
+
+    Returns
+    -------
+    Path
+        The corrections store.
+
+    Raises
+    ------
+    MatsegError
+        If the labels do not fit the output, or a store from another session exists
+        and ``replace`` is False.
+    """
+    segmentation = open_segmentation(output)
+    target = Path(path) if path is not None else corrections_path(output)
+    if target.absolute() == segmentation.path.absolute() or target.absolute().is_relative_to(
+        segmentation.path.absolute()
+    ):
+        raise MatsegError(f"corrections {target} would overwrite the output {output}; choose another path")
+    shape = tuple(int(s) for s in np.shape(labels))
+    if shape != segmentation.shape:
+        raise MatsegError(
+            f"corrected labels have shape {shape}; the output {output} has {segmentation.shape}"
+        )
+    if target.exists() and not replace:
+        previous = _stored_attrs(target)
+        if session is None or previous.get("session") != session:
+            who = f" by {previous.get('user')} at {previous.get('time')}" if previous else ""
+            raise MatsegError(
+                f"corrections {target} already exist (saved{who}); load them to continue, "
+                "or replace them explicitly"
+            )
+    chunks = segmentation.phases.chunks
+    if isinstance(labels, da.Array):
+        corrected = labels.rechunk(chunks)
+    else:  # numpy, zarr, or a napari layer's array: read one chunk at a time
+        corrected = da.from_array(labels, chunks=chunks, asarray=True, name=False)
+    corrected = corrected.astype(np.uint8)
+    changed = (corrected != segmentation.phases).astype(np.uint8)
+
+    partial = target.with_name(target.name + ".partial")
+    remove_store(partial)
+    root = zarr.open_group(str(partial), mode="w", zarr_format=3)
+    chunk_shape = segmentation.phases.chunksize
+    stored = {
+        name: root.create_array(name, shape=shape, chunks=chunk_shape, dtype="uint8", fill_value=0)
+        for name in ("labels", "mask")
+    }
+    stored["labels"].attrs["matseg"] = {"phases": list(segmentation.phase_names)}
+    da.store([corrected, changed], [stored["labels"], stored["mask"]], lock=False)
+
+    mask = da.from_zarr(stored["mask"])
+    per_slice = mask.sum(axis=tuple(range(mask.ndim - 2, mask.ndim)))
+    counts = np.atleast_1d(per_slice.compute())
+    root.attrs[ATTRIBUTE] = {
+        "user": getpass.getuser(),
+        "time": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "output": str(segmentation.path.absolute()),
+        "image": segmentation.image_source,
+        "phases": list(segmentation.phase_names),
+        "candidates": list(segmentation.candidate_names),
+        "models": list(segmentation.report.get("models") or []),
+        "weights": str(Path(weights).absolute()) if weights else None,
+        "tile": segmentation.report.get("tile"),
+        "reviewed": sorted({tuple(int(i) for i in t) for t in reviewed}),
+        "corrected_voxels": int(counts.sum()),
+        "corrected_slices": [int(z) for z in np.flatnonzero(counts)],
+        "session": session,
+        "version": __version__,
+    }
+    remove_store(target)
+    partial.rename(target)
+    return target
+
+
+def _stored_attrs(path: Path) -> dict:
+    try:
+        return dict(zarr.open_group(LocalStore(path, read_only=True), mode="r").attrs.get(ATTRIBUTE) or {})
+    except Exception:  # not a store of ours: replacing it is still refused
+        return {}
+
+
+def load_corrections(path: str | os.PathLike) -> Corrections:
+    """Open a corrections store lazily.
+
+    Parameters
+    ----------
+    path : str or path
+        A store written by :func:`save_corrections` (or the napari plugin).
+
+    Returns
+    -------
+    Corrections
+
+    Raises
+    ------
+    MatsegError
+        If ``path`` is missing or is not a corrections store.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MatsegError(f"corrections store not found: {path}")
+    try:
+        root = zarr.open_group(LocalStore(path, read_only=True), mode="r")
+        attrs = dict(root.attrs.get(ATTRIBUTE) or {})
+        arrays = (root["labels"], root["mask"]) if attrs else None
+    except Exception as err:
+        raise MatsegError(f"cannot read {path} as a matseg corrections store: {err}") from None
+    if not attrs:
+        raise MatsegError(
+            f"{path} is not a matseg corrections store (no '{ATTRIBUTE}' attribute); "
+            "save corrections from the napari plugin or matseg.corrections.save_corrections"
+        )
+    return Corrections(path=path, labels=da.from_zarr(arrays[0]), mask=da.from_zarr(arrays[1]), attrs=attrs)
+
+
+def training_data_from_corrections(corrections: Corrections | str | os.PathLike) -> LabelledSlices:
+    """The labelled slices fine-tuning learns from: every slice holding a correction.
+
+    Each such slice is labelled whole by its corrected labels (what the reviewer
+    accepted or fixed); slices without corrections are not used.
+
+    Parameters
+    ----------
+    corrections : Corrections or path
+
+    Returns
+    -------
+    LabelledSlices
+        Normalised image slices and their corrected labels, in memory.
+
+    Raises
+    ------
+    MatsegError
+        If nothing was corrected or the recorded image cannot be found.
+    """
+    if not isinstance(corrections, Corrections):
+        corrections = load_corrections(corrections)
+    slices = corrections.corrected_slices
+    if not slices:
+        raise MatsegError(f"{corrections.path} holds no corrections (no voxel differs from the output)")
+    image = corrections.image
+    if not image:
+        raise MatsegError(f"{corrections.path} does not record the segmented image; cannot fine-tune")
+    try:
+        data, _ = load_labelled(image, f"{corrections.path}:labels", slices)
+    except MatsegError as err:
+        raise MatsegError(f"image of {corrections.path}: {err}") from None
+    return data
+
+
+def finetune_from_corrections(
+    corrections: Corrections | str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    models: Sequence[str] | None = None,
+    init: str | os.PathLike | None = None,
+    steps: int | dict[str, int] = 200,
+    batch: int = 8,
+    patch: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    command: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Fine-tune the segmenters that produced an output on its corrections.
+
+    Parameters
+    ----------
+    corrections : Corrections or path
+        A corrections store (:func:`save_corrections`).
+    output : path
+        Weights folder to write; never the bundled weights folder. Models that
+        are not fine-tuned are copied from ``init`` so the folder is complete.
+    models : sequence of str, optional
+        Segmenters to fine-tune; default: those the output was segmented with.
+    init : path, optional
+        Weights to start from; default: those recorded with the corrections
+        (the bundled weights if none), checked against the output's sha256.
+    steps : int or dict
+        Optimiser steps, per model if a dict.
+    batch, patch, lr, seed
+        As for :func:`matseg.train.fit`; ``patch`` shrinks to fit small images.
+
+    Returns
+    -------
+    dict
+        Per model: mIoU against the corrected labels on the corrected slices
+        before (``miou_before``) and after (``miou_after``), slices, steps, seconds.
+    """
+    from matseg.models.weights import default_weights_dir, load_segmenter, read_manifest, save_segmenter
+
+    if not isinstance(corrections, Corrections):
+        corrections = load_corrections(corrections)
+    out, bundled = Path(output), default_weights_dir()
+    if out.absolute().resolve() == bundled.absolute().resolve():
+        raise MatsegError(
+            f"refusing to write fine-tuned weights into the bundled weights folder {bundled}; "
+            "choose another output folder"
+        )
+    explicit_init = init is not None
+    init_dir = Path(init or corrections.attrs.get("weights") or bundled)
+    manifest = read_manifest(init_dir)
+    used = {m["name"]: m.get("sha256") for m in corrections.attrs.get("models") or [] if "name" in m}
+    models = list(models or used or ["cheap"])
+    data = training_data_from_corrections(corrections)
+
+    out.mkdir(parents=True, exist_ok=True)
+    if out.absolute().resolve() != init_dir.absolute().resolve():
+        _copy_weights(init_dir, out, manifest, skip=models)
+    results = {}
+    for name in models:
+        model = load_segmenter(name, init_dir)
+        if not explicit_init and used.get(name) and used[name] != model.sha256:
+            raise MatsegError(
+                f"the output was segmented with {name} weights sha256 {used[name][:12]}..., but "
+                f"{init_dir} holds {model.sha256[:12]}...; pass the weights folder it used as init (--init)"
+            )
+        if corrections.phases and model.phases != corrections.phases:
+            raise MatsegError(
+                f"{name} weights have phases {model.phases}; corrections have {corrections.phases}"
+            )
+        size = min(patch, *data.images.shape[1:])
+        size = max(model.stride, size - size % model.stride)
+        n_steps = steps.get(name, max(steps.values())) if isinstance(steps, dict) else steps
+        before = score(model, [data])
+        started = time.perf_counter()
+        fit(model, [data], n_steps, batch=batch, patch=size, lr=lr, seed=seed, log=log)
+        seconds = time.perf_counter() - started
+        after = score(model, [data])
+        record = {
+            "training": {
+                "command": command or "matseg.corrections.finetune_from_corrections",
+                "from_corrections": str(corrections.path.absolute()),
+                "init": str(init_dir.absolute()),
+                "slices": corrections.corrected_slices,
+                "seed": seed,
+                "steps": n_steps,
+                "batch": batch,
+                "patch": size,
+                "lr": lr,
+                "seconds": round(seconds, 1),
+                "miou_before": before["miou"],
+                "miou_after": after["miou"],
+            }
+        }
+        save_segmenter(model, out, record)
+        results[name] = {
+            "miou_before": before["miou"],
+            "miou_after": after["miou"],
+            "iou_after": after["iou"],
+            "slices": corrections.corrected_slices,
+            "steps": n_steps,
+            "seconds": seconds,
+        }
+        if log:
+            log(f"{name}: mIoU on corrected slices {before['miou']:.4f} -> {after['miou']:.4f}")
+    return results
+
+
+def _copy_weights(source: Path, target: Path, manifest: dict, skip: Iterable[str]) -> None:
+    """Copy the weights files and manifest entries of ``source`` not in ``skip`` into ``target``."""
+    import json
+
+    from matseg.models.weights import MANIFEST
+
+    kept = {}
+    for name, entry in manifest.items():
+        if name in skip or not isinstance(entry, dict) or "file" not in entry:
+            continue
+        if (source / entry["file"]).is_file():
+            shutil.copy2(source / entry["file"], target / entry["file"])
+            kept[name] = entry
+    existing = json.loads((target / MANIFEST).read_text()) if (target / MANIFEST).is_file() else {}
+    (target / MANIFEST).write_text(json.dumps({**existing, **kept}, indent=2) + "\n")

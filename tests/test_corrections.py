@@ -1,0 +1,212 @@
+"""Corrections of a segmentation: saved beside it, reloaded, and fine-tuned on."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import dask.array as da
+import numpy as np
+import pytest
+
+import matseg
+from matseg import MatsegError
+from matseg.cli import main
+from matseg.metrics import confusion_matrix, summarize
+from matseg.models.weights import default_weights_dir, new_segmenter, save_segmenter
+from matseg.train import fit, load_labelled
+
+PHASES = ("pore", "carbon-binder", "active")
+CORRECTED = [1, 6]
+
+
+def run(args):
+    try:
+        main([str(a) for a in args])
+    except SystemExit as done:
+        return done.code
+    return 0
+
+
+@pytest.fixture(scope="module")
+def fair_weights(tmp_path_factory):
+    """A cheap net trained briefly on another sample: fair, with room to improve."""
+    from matseg.sample import write_sample
+
+    folder = tmp_path_factory.mktemp("fair-weights")
+    write_sample(folder.parent / "train.zarr", (8, 64, 64), seed=11)
+    data, _ = load_labelled(folder.parent / "train.zarr")
+    model = new_segmenter("cheap", PHASES, seed=1)
+    fit(model, [data], 40, batch=8, patch=64, lr=3e-3, seed=0)
+    save_segmenter(model, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def segmented_sample(tmp_path_factory, fair_weights):
+    from matseg.sample import write_sample
+
+    folder = tmp_path_factory.mktemp("segmented")
+    sample = folder / "cathode.zarr"
+    write_sample(sample, (8, 64, 64), seed=3)
+    matseg.segment(sample, folder / "phases.zarr", model="cheap", weights=fair_weights, tile=(4, 32, 32))
+    return sample, folder / "phases.zarr"
+
+
+@pytest.fixture
+def output(segmented_sample, tmp_path):
+    shutil.copytree(segmented_sample[1], tmp_path / "phases.zarr")
+    return tmp_path / "phases.zarr"
+
+
+def truth_of(sample) -> np.ndarray:
+    return matseg.open_volume(sample, labels=True).data.compute()
+
+
+def corrected_to_truth(output, truth, slices=CORRECTED) -> np.ndarray:
+    labels = matseg.open_segmentation(output).phases.compute()
+    labels[slices] = truth[slices]
+    return labels
+
+
+def miou(pred, truth) -> float:
+    return summarize(confusion_matrix(da.from_array(pred), da.from_array(truth), 3), PHASES)["miou"]
+
+
+def test_save_and_reload_corrections(output, segmented_sample):
+    sample = segmented_sample[0]
+    original = matseg.open_segmentation(output).phases.compute()
+    labels = corrected_to_truth(output, truth_of(sample))
+    path = matseg.save_corrections(output, labels, reviewed=[(1, 0, 1), (0, 0, 0)], session="a")
+    assert path == output.with_name("phases.corrections.zarr")
+
+    corrections = matseg.load_corrections(path)
+    assert np.array_equal(corrections.labels.compute(), labels)
+    assert np.array_equal(corrections.mask.compute(), (labels != original).astype(np.uint8))
+    assert corrections.corrected_slices == [z for z in CORRECTED if (labels[z] != original[z]).any()]
+    assert corrections.reviewed == [(0, 0, 0), (1, 0, 1)]
+    assert corrections.image == str(sample) and corrections.output == str(output)
+    assert corrections.phases == PHASES
+    assert corrections.attrs["user"] and corrections.attrs["time"][:2] == "20"
+    assert corrections.attrs["corrected_voxels"] == int((labels != original).sum()) > 0
+    # the output itself is unchanged
+    assert np.array_equal(matseg.open_segmentation(output).phases.compute(), original)
+
+
+def test_another_session_does_not_overwrite_corrections(output, segmented_sample):
+    labels = corrected_to_truth(output, truth_of(segmented_sample[0]))
+    path = matseg.save_corrections(output, labels, session="a")
+    labels[3, :5, :5] = 2
+    with pytest.raises(MatsegError, match="already exist"):
+        matseg.save_corrections(output, labels, session="b")
+    with pytest.raises(MatsegError, match="already exist"):
+        matseg.save_corrections(output, labels)
+    assert matseg.load_corrections(path).labels[3, :5, :5].compute().tolist() != [[2] * 5] * 5
+    matseg.save_corrections(output, labels, session="a")  # the same session updates its store
+    assert (matseg.load_corrections(path).labels[3, :5, :5].compute() == 2).all()
+    matseg.save_corrections(output, labels, session="b", replace=True)
+    assert matseg.load_corrections(path).attrs["session"] == "b"
+    assert not path.with_name(path.name + ".partial").exists()
+
+
+def test_corrections_must_fit_the_output(output):
+    with pytest.raises(MatsegError, match="shape"):
+        matseg.save_corrections(output, np.zeros((8, 64, 63), np.uint8))
+    with pytest.raises(MatsegError, match="overwrite the output"):
+        matseg.save_corrections(output, np.zeros((8, 64, 64), np.uint8), path=output)
+
+
+def test_training_data_is_the_corrected_slices(output, segmented_sample):
+    sample = segmented_sample[0]
+    truth = truth_of(sample)
+    path = matseg.save_corrections(output, corrected_to_truth(output, truth), session="a")
+    data = matseg.training_data_from_corrections(path)
+    assert data.images.shape == (len(CORRECTED), 64, 64) and data.images.dtype == np.float32
+    assert np.array_equal(data.labels, truth[CORRECTED])
+
+    untouched = matseg.save_corrections(
+        output, matseg.open_segmentation(output).phases, path=output.with_name("none.zarr")
+    )
+    with pytest.raises(MatsegError, match="no corrections"):
+        matseg.training_data_from_corrections(untouched)
+
+
+def test_finetune_raises_iou_on_the_corrected_slices(output, segmented_sample, fair_weights, tmp_path):
+    """Correct two slices to the ground truth, fine-tune cheap 100 steps, segment again."""
+    sample = segmented_sample[0]
+    truth = truth_of(sample)
+    before = matseg.open_segmentation(output).phases.compute()
+    path = matseg.save_corrections(
+        output, corrected_to_truth(output, truth), session="a", weights=fair_weights
+    )
+    results = matseg.finetune_from_corrections(path, tmp_path / "tuned", steps=100, lr=3e-3)
+    assert set(results) == {"cheap"}
+    assert results["cheap"]["miou_after"] > results["cheap"]["miou_before"]
+
+    again = tmp_path / "again.zarr"
+    matseg.segment(sample, again, model="cheap", weights=tmp_path / "tuned", tile=(4, 32, 32))
+    after = matseg.open_segmentation(again).phases.compute()
+    iou_before, iou_after = (
+        miou(before[CORRECTED], truth[CORRECTED]),
+        miou(after[CORRECTED], truth[CORRECTED]),
+    )
+    print(f"mIoU on corrected slices: {iou_before:.4f} -> {iou_after:.4f}")
+    assert iou_after >= iou_before + 0.05
+    manifest = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
+    assert manifest["cheap"]["training"]["from_corrections"] == str(path.absolute())
+    assert manifest["cheap"]["training"]["slices"] == CORRECTED
+
+
+def test_finetune_refuses_the_bundled_weights_folder(output, segmented_sample, fair_weights):
+    path = matseg.save_corrections(output, corrected_to_truth(output, truth_of(segmented_sample[0])))
+    with pytest.raises(MatsegError, match="bundled weights"):
+        matseg.finetune_from_corrections(path, default_weights_dir(), init=fair_weights, steps=1)
+
+
+def test_finetune_checks_it_starts_from_the_weights_used(output, segmented_sample, tmp_path):
+    other = tmp_path / "other"
+    save_segmenter(new_segmenter("cheap", PHASES, seed=5), other)
+    path = matseg.save_corrections(
+        output, corrected_to_truth(output, truth_of(segmented_sample[0])), weights=other
+    )
+    with pytest.raises(MatsegError, match="pass the weights folder it used"):
+        matseg.finetune_from_corrections(path, tmp_path / "tuned", steps=1)
+
+
+def test_cli_train_from_corrections(output, segmented_sample, fair_weights, tmp_path, capsys):
+    path = matseg.save_corrections(
+        output, corrected_to_truth(output, truth_of(segmented_sample[0])), weights=fair_weights
+    )
+    code = run(
+        ["train", "--from-corrections", path, "-o", tmp_path / "tuned", "--steps", "20", "--patch", "64"]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "cheap: mIoU on the 2 corrected slice(s)" in captured.out
+    assert (tmp_path / "tuned" / "cheap.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--from-corrections", "missing.corrections.zarr"], "corrections store not found: missing"),
+        (["--from-corrections", "{output}"], "is not a matseg corrections store"),
+    ],
+)
+def test_cli_train_bad_corrections_path_is_one_line(args, message, output, tmp_path, capsys):
+    args = [a.format(output=output) for a in args]
+    assert run(["train", *args, "-o", tmp_path / "w"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("matseg: error:") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["{sample}", "--from-corrections", "{output}"], "drop IMAGES"), ([], "give the labelled IMAGES")],
+)
+def test_cli_train_needs_images_or_corrections(args, message, output, segmented_sample, tmp_path, capsys):
+    args = [a.format(output=output, sample=segmented_sample[0]) for a in args]
+    assert run(["train", *args, "-o", tmp_path / "w"]) == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "w").exists()

@@ -195,7 +195,8 @@ def gflops_all(report: dict, candidate: str, weights: str | os.PathLike | None =
     """GFLOPs the run's tile grid would have cost with ``candidate`` on every tile.
 
     The same count :func:`matseg.segment` reports (forward passes on each tile
-    with the candidate's own halo), so ``report["gflops"] / gflops_all(report,
+    with the candidate's own halo; in-plane tiles smaller than that halo grow
+    to it), so ``report["gflops"] / gflops_all(report,
     "expensive")`` is the fraction of an all-expensive run that was spent.
 
     Parameters
@@ -211,7 +212,10 @@ def gflops_all(report: dict, candidate: str, weights: str | os.PathLike | None =
 
     model = load_segmenter(candidate, weights)
     shape = tuple(report["input"]["shape"])
-    tile = tuple(report.get("tile") or shape)
+    tile = list(report.get("tile") or shape)
+    # a tile smaller than this candidate's halo is grown to it, as running it would need
+    least = -(-model.halo // model.stride) * model.stride
+    tile[-2:] = [max(t, least) for t in tile[-2:]]
     grid = plan_tiles(shape, tile, model.halo, model.stride)
     total = 0.0
     for index in grid.indices():

@@ -1,0 +1,225 @@
+"""napari reader: volumes matseg reads, its segmentation outputs and corrections stores.
+
+Everything is opened lazily (dask), so a volume bigger than memory opens. A
+segmentation output becomes four layers: the segmented image (when its source
+is found), the uncertainty (inferno heat map), the phase labels in fixed colours
+(paintable, see ``_editable``) and the decision map (which candidate ran on each
+tile). A corrections store becomes the image and the corrected labels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from napari.utils.colormaps import DirectLabelColormap
+
+import matseg
+from matseg_napari._editable import EditableLabels
+
+ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
+FILE_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5", ".nxs", ".tif", ".tiff")
+
+# Fallback phase colours (RGBA 0-255) when a store carries none: phase 0 (pore) dark.
+PHASE_COLOURS = ((40, 40, 60, 255), (230, 160, 40, 255), (90, 170, 240, 255), (200, 60, 60, 255))
+# Decision-map colours by candidate name; others take the palette in order.
+CANDIDATE_COLOURS = {
+    "cheap": (70, 150, 255, 255),
+    "expensive": (255, 60, 40, 255),
+    "expensive-2x": (255, 170, 0, 255),
+    "classical": (80, 220, 120, 255),
+}
+CANDIDATE_PALETTE = ((200, 80, 255, 255), (255, 255, 80, 255), (80, 255, 255, 255))
+MASK_COLOUR = (255, 230, 0, 255)
+
+
+def napari_get_reader(path: str | Sequence[str]):
+    """Return :func:`read_matseg` for paths matseg can open, else None."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    target = Path(os.fspath(path))
+    if target.is_dir() and any((target / marker).exists() for marker in ZARR_MARKERS):
+        return read_matseg
+    if target.is_file() and target.name.lower().endswith(FILE_SUFFIXES):
+        return read_matseg
+    return None
+
+
+def read_matseg(path: str | Sequence[str]) -> list[tuple]:
+    """Layer data for a matseg output, a corrections store or any volume matseg reads."""
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    path = os.fspath(path)
+    kind = matseg.store_kind(path)
+    if kind == "segmentation":
+        return segmentation_layers(path)
+    if kind == "corrections":
+        return corrections_layers(path)
+    return volume_layers(path)
+
+
+def _stem(path: str | os.PathLike) -> str:
+    name = Path(os.fspath(path).split(":")[0] if not Path(path).exists() else path).name
+    for suffix in (".corrections.zarr", ".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def label_colormap(colours: dict[int, Sequence[int]]) -> DirectLabelColormap:
+    """Fixed colours for label values (RGBA 0-255); values not listed are transparent."""
+    color_dict = {int(k): np.asarray(v, dtype=float) / 255.0 for k, v in colours.items()}
+    color_dict[None] = np.zeros(4)
+    return DirectLabelColormap(color_dict=color_dict)
+
+
+def phase_colours(names: Sequence[str], stored: dict[int, Sequence[int]] | None = None) -> dict:
+    stored = stored or {}
+    return {i: tuple(stored.get(i, PHASE_COLOURS[i % len(PHASE_COLOURS)])) for i in range(len(names))}
+
+
+def candidate_colours(names: Sequence[str]) -> dict:
+    others = iter(CANDIDATE_PALETTE * (1 + len(names)))
+    return {i: CANDIDATE_COLOURS.get(name) or next(others) for i, name in enumerate(names)}
+
+
+def image_layer(source: str, name: str | None = None) -> tuple:
+    """The segmented image, lazily, as an Image layer."""
+    volume = matseg.open_volume(source)
+    meta = {"matseg": {"role": "image", "source": str(source)}}
+    return (volume.data, {"name": name or _stem(source), "metadata": meta}, "image")
+
+
+def phases_layer(labels, names: Sequence[str], colours: dict, name: str, meta: dict) -> tuple:
+    """Paintable phase labels with fixed colours and the phase names as features."""
+    kwargs = {
+        "name": name,
+        "colormap": label_colormap(colours),
+        "features": {"index": list(range(len(names))), "phase": list(names)},
+        "opacity": 0.6,
+        "metadata": {"matseg": {"role": "phases", "phases": list(names), **meta}},
+    }
+    return (EditableLabels(labels), kwargs, "labels")
+
+
+def segmentation_layers(path: str | os.PathLike, include_image: bool = True) -> list[tuple]:
+    """Layers of a ``matseg segment`` output: image, uncertainty, phases, decisions."""
+    segmentation = matseg.open_segmentation(path)
+    stem = _stem(path)
+    output = str(Path(path).absolute())
+    common = {"output": output, "report": segmentation.report}
+    layers = []
+    source = segmentation.image_source
+    if include_image and source and _exists(source):
+        layers.append(image_layer(source))
+    layers.append(
+        (
+            segmentation.uncertainty,
+            {
+                "name": f"{stem} uncertainty",
+                "colormap": "inferno",
+                "contrast_limits": (0, 255),
+                "opacity": 0.5,
+                "blending": "translucent",
+                "visible": False,
+                "metadata": {"matseg": {"role": "uncertainty", **common}},
+            },
+            "image",
+        )
+    )
+    names = segmentation.phase_names
+    layers.append(
+        phases_layer(
+            segmentation.phases,
+            names,
+            phase_colours(names, segmentation.colours.get("phases")),
+            f"{stem} phases",
+            {**common, "corrections": None},
+        )
+    )
+    candidates = segmentation.candidate_names
+    layers.append(
+        (
+            segmentation.decisions,
+            {
+                "name": f"{stem} decisions",
+                "colormap": label_colormap(candidate_colours(candidates)),
+                "features": {"index": list(range(len(candidates))), "candidate": list(candidates)},
+                "opacity": 0.4,
+                "visible": False,
+                "metadata": {"matseg": {"role": "decisions", "candidates": list(candidates), **common}},
+            },
+            "labels",
+        )
+    )
+    return layers
+
+
+def corrections_layers(path: str | os.PathLike) -> list[tuple]:
+    """Layers of a corrections store: the image, the corrected phases and the mask of changes."""
+    corrections = matseg.load_corrections(path)
+    stem = _stem(path)
+    layers = []
+    if corrections.image and _exists(corrections.image):
+        layers.append(image_layer(corrections.image))
+    names = corrections.phases
+    meta = {
+        "output": corrections.output,
+        "corrections": str(Path(path).absolute()),
+        "session": corrections.attrs.get("session"),
+        "reviewed": [list(t) for t in corrections.reviewed],
+        "weights": corrections.attrs.get("weights"),
+    }
+    layers.append(
+        phases_layer(corrections.labels, names, phase_colours(names), f"{stem} corrected phases", meta)
+    )
+    layers.append(
+        (
+            corrections.mask,
+            {
+                "name": f"{stem} corrections mask",
+                "colormap": label_colormap({1: MASK_COLOUR}),
+                "opacity": 0.5,
+                "visible": False,
+                "metadata": {"matseg": {"role": "mask", "corrections": meta["corrections"]}},
+            },
+            "labels",
+        )
+    )
+    return layers
+
+
+def volume_layers(path: str | os.PathLike) -> list[tuple]:
+    """Any volume :func:`matseg.open_volume` reads; an OME-Zarr's label image comes along."""
+    volume = matseg.open_volume(path)
+    layers = [image_layer(_absolute(path))]
+    if volume.kind == "ome-zarr" and (Path(os.fspath(path)) / "labels").is_dir():
+        try:
+            labels = matseg.open_volume(path, labels=True)
+        except matseg.MatsegError:
+            return layers
+        names = labels.phases or ()
+        kwargs = {"name": f"{_stem(path)} labels", "opacity": 0.5, "visible": False}
+        if names:
+            kwargs["colormap"] = label_colormap(phase_colours(names))
+            kwargs["features"] = {"index": list(range(len(names))), "phase": list(names)}
+        layers.append((labels.data, kwargs, "labels"))
+    return layers
+
+
+def _absolute(spec: str | os.PathLike) -> str:
+    """``spec`` with its file part made absolute (``scan.h5:/data`` keeps its dataset)."""
+    text = os.fspath(spec)
+    if Path(text).exists():
+        return str(Path(text).absolute())
+    outer, sep, inner = text.rpartition(":")
+    return f"{Path(outer).absolute()}:{inner}" if sep and Path(outer).exists() else text
+
+
+def _exists(spec: str) -> bool:
+    path = Path(spec)
+    return path.exists() or Path(spec.rsplit(":", 1)[0]).exists()

@@ -1,0 +1,149 @@
+"""Fine-tune the segmenters on the saved corrections, then segment with the new weights.
+
+Runs ``matseg train --from-corrections OUT.corrections.zarr -o NEW_WEIGHTS`` in a
+child process (cancellable, like segmenting). The weights start from those that
+produced the output and go to a folder of the user's, never over matseg's
+bundled weights; "Use these weights" hands them to the Segment panel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import napari
+from magicgui.widgets import Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from napari.qt.threading import create_worker
+
+from matseg_napari._review import phases_meta
+from matseg_napari._runner import CommandResult, CommandRun, matseg_command, on_close
+
+if TYPE_CHECKING:
+    from matseg_napari._review import ReviewPanel
+    from matseg_napari._widget import SegmentPanel
+
+DEFAULT_STEPS = 200
+DEFAULT_LR = 3e-3
+
+
+class RetrainPanel(Container):
+    """Fine-tune from the corrections of the phases layer under review."""
+
+    def __init__(self, viewer: napari.Viewer, review: ReviewPanel, segment: SegmentPanel):
+        super().__init__(labels=True)
+        self.viewer, self.review, self.segment = viewer, review, segment
+        self.init = FileEdit(
+            label="start from",
+            mode="d",
+            value="",
+            tooltip="empty: the weights that made the output (else the bundled ones)",
+        )
+        self.weights_out = FileEdit(label="new weights", mode="d", value="", tooltip="empty: OUT.weights")
+        self.steps = SpinBox(label="steps", value=DEFAULT_STEPS, min=1, max=100_000)
+        self.lr = FloatSpinBox(label="learning rate", value=DEFAULT_LR, min=1e-5, max=1e-1, step=1e-4)
+        self.run_button = PushButton(text="Fine-tune from corrections")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", value=0, min=0, max=100)
+        self.status = Label(label="status", value="")
+        self.use_button = PushButton(text="Use these weights for Segment", enabled=False)
+        self.extend(
+            [
+                self.init,
+                self.weights_out,
+                self.steps,
+                self.lr,
+                Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
+                self.progress,
+                self.status,
+                self.use_button,
+            ]
+        )
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.use_button.changed.connect(self.use_weights)
+        self.worker = None
+        self._run: CommandRun | None = None
+        self._trained: Path | None = None
+        self.closed = False
+        on_close(self, self._close)
+
+    def _close(self) -> None:
+        self.closed = True
+        self.cancel()
+
+    def arguments(self) -> list[str]:
+        from matseg_napari._widget import path_value
+
+        meta = phases_meta(self.review.layer.value)
+        corrections = meta.get("corrections")
+        if not corrections:
+            raise ValueError("save corrections first (Save corrections above)")
+        output = Path(meta["output"])
+        target = path_value(self.weights_out) or output.with_name(
+            output.name.removesuffix(".zarr") + ".weights"
+        )
+        args = ["train", "--from-corrections", corrections, "-o", str(target.absolute())]
+        args += ["--steps", str(self.steps.value), "--lr", f"{self.lr.value:g}"]
+        init = path_value(self.init)
+        if init is not None or meta.get("weights"):
+            args += ["--init", str(init.absolute()) if init is not None else meta["weights"]]
+        return args
+
+    def run(self, *_) -> None:
+        try:
+            args = self.arguments()
+        except ValueError as err:
+            self.status.value = str(err)
+            return
+        target = Path(args[args.index("-o") + 1])
+        self._run = CommandRun(matseg_command(*args))
+        self.worker = create_worker(self._run.steps, _start_thread=False)
+        self.worker.yielded.connect(self._show_progress)
+        self.worker.returned.connect(lambda result: self._finished(result, target))
+        self.worker.errored.connect(self._failed)
+        self.run_button.enabled, self.cancel_button.enabled, self.use_button.enabled = False, True, False
+        self.progress.value = 0
+        self.status.value = "fine-tuning..."
+        self.worker.start()
+
+    def cancel(self, *_) -> None:
+        if self._run is not None:
+            if not self.closed:
+                self.status.value = "cancelling..."
+            self._run.cancel()
+
+    def _show_progress(self, fraction: float) -> None:
+        if not self.closed:
+            self.progress.value = int(round(100 * fraction))
+
+    def _failed(self, error: Exception) -> None:
+        if self.closed:
+            return
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+        self.status.value = f"failed: {error}"
+
+    def _finished(self, result: CommandResult, target: Path) -> None:
+        if self.closed:
+            return
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+        if result.cancelled:
+            self.status.value = "cancelled"
+        elif result.returncode != 0:
+            self.status.value = result.error.removeprefix("matseg: error: ")
+        else:
+            self.progress.value = 100
+            self._trained = target
+            self.use_button.enabled = True
+            lines = [line.split(";")[0] for line in result.stdout.strip().splitlines() if line.strip()]
+            self.status.value = "; ".join(lines) + f" -> {target.name}"
+
+    def use_weights(self, *_) -> None:
+        if self._trained is not None:
+            self.segment.weights.value = self._trained
+            self.segment.overwrite.value = False
+            self.segment.output.value = self._next_output()
+
+    def _next_output(self) -> Path:
+        output = Path(phases_meta(self.review.layer.value).get("output") or "phases.zarr")
+        stem = output.name.removesuffix(".zarr")
+        return output.with_name(f"{stem}-finetuned.zarr")

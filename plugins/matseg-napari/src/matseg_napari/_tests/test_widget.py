@@ -1,0 +1,252 @@
+"""The dock widget, driven as a user would: segment, cancel, review, correct, retrain."""
+
+from __future__ import annotations
+
+import time
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+import matseg
+from matseg.metrics import confusion_matrix, summarize
+from matseg_napari import MatsegWidget
+from matseg_napari import _review as review_module
+
+RUN_TIMEOUT_MS = 240_000
+
+
+@pytest.fixture
+def viewer_and_widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = MatsegWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="matseg")
+    return viewer, widget
+
+
+def click(button):
+    button.native.click()
+
+
+def segment_with(qtbot, widget, image, weights, output, model="cheap", tile=(4, 32)):
+    panel = widget.segment
+    panel.reset_choices()
+    panel.image.value = image
+    panel.model.value = model
+    panel.tile_z.value, panel.tile_yx.value = tile
+    panel.weights.value = weights
+    panel.output.value = output
+    click(panel.run_button)
+    qtbot.waitUntil(lambda: panel.run_button.enabled, timeout=RUN_TIMEOUT_MS)
+
+
+def miou(pred, truth) -> float:
+    phases = ("pore", "carbon-binder", "active")
+    return summarize(confusion_matrix(da.from_array(pred), da.from_array(truth), 3), phases)["miou"]
+
+
+def test_segment_runs_in_the_background_and_opens_the_result(
+    qtbot, viewer_and_widget, sample, weights, tmp_path
+):
+    viewer, widget = viewer_and_widget
+    viewer.open(str(sample), plugin="matseg-napari")
+    assert [layer.name for layer in viewer.layers] == ["cathode", "cathode labels"]
+    output = tmp_path / "cathode-phases.zarr"
+    progress = []
+    panel = widget.segment
+    panel.reset_choices()
+    panel.image.value = viewer.layers["cathode"]
+    assert panel.output.value.name == "cathode-phases.zarr"  # suggested beside the image
+    panel.model.value, panel.tile_z.value, panel.tile_yx.value = "cheap", 4, 32
+    panel.weights.value, panel.output.value = weights, output
+    click(panel.run_button)
+    assert not panel.run_button.enabled and panel.cancel_button.enabled  # returned at once: a worker runs it
+    panel.worker.yielded.connect(progress.append)
+    qtbot.waitUntil(lambda: panel.run_button.enabled, timeout=RUN_TIMEOUT_MS)
+
+    assert panel.status.value == "done: cathode-phases.zarr", panel.status.value
+    assert panel.progress.value == 100
+    names = [layer.name for layer in viewer.layers]
+    assert names == [
+        "cathode",
+        "cathode labels",
+        "cathode-phases uncertainty",
+        "cathode-phases phases",
+        "cathode-phases decisions",
+    ]
+    phases = viewer.layers["cathode-phases phases"]
+    assert phases.metadata["matseg"]["weights"] == str(weights)
+    report = matseg.open_segmentation(output).report
+    assert report["models"][0]["name"] == "cheap"
+    assert panel.cost.value.startswith(f"GFLOPs spent: {report['gflops']:,.2f} = ")
+    assert "% of all-expensive" in panel.cost.value
+    # the review panel picked up the new phases layer and ranked its tiles
+    assert widget.review.layer.value is phases
+    qtbot.waitUntil(lambda: len(widget.review.queue) == 8, timeout=30_000)
+
+
+def test_cancel_stops_the_process(qtbot, viewer_and_widget, weights, tmp_path):
+    viewer, widget = viewer_and_widget
+    volume = tmp_path / "big.zarr"
+    data = np.random.default_rng(0).normal(100, 20, (32, 256, 256)).astype(np.float32)
+    zarr.create_array(str(volume), shape=data.shape, chunks=(8, 256, 256), dtype=data.dtype)[:] = data
+    viewer.open(str(volume), plugin="matseg-napari")
+    output = tmp_path / "big-phases.zarr"
+    panel = widget.segment
+    panel.reset_choices()
+    panel.image.value = viewer.layers["big"]
+    panel.model.value, panel.tile_z.value, panel.tile_yx.value = "expensive", 4, 128
+    panel.weights.value, panel.output.value = weights, output
+    click(panel.run_button)
+    qtbot.waitUntil(lambda: panel.progress.value > 0, timeout=RUN_TIMEOUT_MS)  # segmenting, not starting
+    process = panel._run.process
+    clicked = time.perf_counter()
+    click(panel.cancel_button)
+    qtbot.waitUntil(lambda: panel.run_button.enabled, timeout=30_000)
+    assert time.perf_counter() - clicked < 15
+    assert process.poll() is not None and process.returncode != 0
+    assert panel.status.value.startswith("cancelled"), panel.status.value
+    assert [layer.name for layer in viewer.layers] == ["big"]
+    with pytest.raises(matseg.MatsegError):
+        matseg.open_segmentation(output)  # no finished output was left behind
+
+
+def test_review_queue_orders_tiles_and_moves_the_camera(qtbot, viewer_and_widget, segmented):
+    viewer, widget = viewer_and_widget
+    viewer.open(str(segmented), plugin="matseg-napari")
+    phases = viewer.layers["cathode-phases phases"]
+    review = widget.review
+    review.select(phases)
+    qtbot.waitUntil(lambda: len(review.queue) == 8, timeout=30_000)
+
+    uncertainty = matseg.open_segmentation(segmented).uncertainty.compute()
+    means = {
+        (z, y, x): uncertainty[4 * z : 4 * z + 4, 32 * y : 32 * y + 32, 32 * x : 32 * x + 32].mean() / 255
+        for z in range(2)
+        for y in range(2)
+        for x in range(2)
+    }
+    expected = sorted(means, key=lambda k: -means[k])
+    assert [tile.index for tile in review.queue] == expected
+    assert np.allclose([tile.mean_uncertainty for tile in review.queue], [means[k] for k in expected])
+
+    click(review.next_button)
+    first = review.queue[0]
+    z, y, x = first.index
+    assert review.current == 0
+    assert viewer.dims.point[0] == pytest.approx(round(4 * z + 1.5))
+    assert tuple(viewer.camera.center[-2:]) == pytest.approx((32 * y + 15.5, 32 * x + 15.5))
+    outline = viewer.layers[review_module.REVIEW_LAYER].data[0]
+    assert outline[:, 0].min() == pytest.approx(32 * y - 0.5) and outline[:, 1].max() == pytest.approx(
+        32 * x + 31.5
+    )
+    assert "1/8" in review.position.value
+
+    click(review.next_button)
+    assert review.current == 1
+    click(review.previous_button)
+    assert review.current == 0
+    click(review.mark_button)
+    assert review.reviewed == {first.index} and review.current == 1
+    assert review.reviewed_label.value.startswith("1 of 8")
+
+
+def test_corrections_are_saved_beside_the_output_and_reload(
+    qtbot, viewer_and_widget, segmented, sample, monkeypatch
+):
+    viewer, widget = viewer_and_widget
+    viewer.open(str(segmented), plugin="matseg-napari")
+    phases = viewer.layers["cathode-phases phases"]
+    review = widget.review
+    review.select(phases)
+    qtbot.waitUntil(lambda: len(review.queue) == 8, timeout=30_000)
+    click(review.next_button)
+    click(review.mark_button)
+
+    original = matseg.open_segmentation(segmented).phases.compute()
+    truth = matseg.open_volume(sample, labels=True).data.compute()
+    z = 2
+    differs = np.nonzero(original[z] != truth[z])
+    assert differs[0].size > 0
+    indices = (np.full(differs[0].size, z), *differs)
+    phases.data_setitem(indices, truth[indices])  # what napari's paint and fill tools call
+    phases.selected_label = 1
+    phases.brush_size = 3
+    phases.paint((5, 40, 40), 1)  # and one real brush stroke
+    expected = original.copy()
+    expected[indices] = truth[indices]
+    expected[5, 39:42, 39:42][np.asarray(phases.data[5, 39:42, 39:42]) == 1] = 1
+
+    click(review.save_button)
+    qtbot.waitUntil(lambda: review.status.value.startswith("saved"), timeout=60_000)
+    store = matseg.corrections_path(segmented)
+    assert store.name == "cathode-phases.corrections.zarr" and store.parent == segmented.parent
+    corrections = matseg.load_corrections(store)
+    corrected = corrections.labels.compute()
+    assert np.array_equal(corrected, np.asarray(phases.data))
+    assert np.array_equal(corrected[z], truth[z])
+    assert np.array_equal(corrections.mask.compute(), (corrected != original).astype(np.uint8))
+    assert corrections.corrected_slices == [2, 5]
+    assert corrections.reviewed == [review.queue[0].index]
+    assert np.array_equal(matseg.open_segmentation(segmented).phases.compute(), original)  # untouched
+
+    # the same session saves again: the store is updated without a question
+    monkeypatch.setattr(review_module, "confirm", lambda *a: pytest.fail("asked within the same session"))
+    phases.paint((7, 10, 10), 2)
+    click(review.save_button)
+    qtbot.waitUntil(
+        lambda: review.status.value.startswith("saved") and review.save_button.enabled, timeout=60_000
+    )
+    assert 7 in matseg.load_corrections(store).corrected_slices
+
+    # reloading the store brings the corrected labels back, and continues its session
+    viewer.open(str(store), plugin="matseg-napari")
+    reloaded = viewer.layers["cathode-phases corrected phases"]
+    assert np.array_equal(np.asarray(reloaded.data), np.asarray(phases.data))
+    assert reloaded.metadata["matseg"]["session"] == review.session
+
+    # another session is asked before it replaces the store; "No" leaves it alone
+    other = MatsegWidget(viewer)
+    other.review.select(phases)
+    monkeypatch.setattr(review_module, "confirm", lambda *a: False)
+    click(other.review.save_button)
+    assert other.review.status.value.startswith("not saved")
+    assert matseg.load_corrections(store).attrs["session"] == review.session
+
+
+def test_retrain_from_corrections_raises_iou(qtbot, viewer_and_widget, sample, weights, tmp_path):
+    """The whole loop: segment, correct two slices to the truth, fine-tune, segment again."""
+    viewer, widget = viewer_and_widget
+    viewer.open(str(sample), plugin="matseg-napari")
+    image = viewer.layers["cathode"]
+    segment_with(qtbot, widget, image, weights, tmp_path / "phases.zarr")
+    assert widget.segment.status.value.startswith("done"), widget.segment.status.value
+    phases = viewer.layers["phases phases"]
+
+    truth = matseg.open_volume(sample, labels=True).data.compute()
+    before = np.asarray(phases.data).copy()
+    slices = [1, 6]
+    for z in slices:
+        differs = np.nonzero(before[z] != truth[z])
+        indices = (np.full(differs[0].size, z), *differs)
+        phases.data_setitem(indices, truth[indices])
+    click(widget.review.save_button)
+    qtbot.waitUntil(lambda: widget.review.status.value.startswith("saved"), timeout=60_000)
+
+    retrain = widget.retrain
+    retrain.steps.value = 100
+    retrain.weights_out.value = tmp_path / "tuned"
+    click(retrain.run_button)
+    qtbot.waitUntil(lambda: retrain.run_button.enabled, timeout=RUN_TIMEOUT_MS)
+    assert retrain.status.value.startswith("cheap: mIoU on the 2 corrected slice(s)"), retrain.status.value
+    click(retrain.use_button)
+    assert widget.segment.weights.value == tmp_path / "tuned"
+    assert widget.segment.output.value.name == "phases-finetuned.zarr"
+
+    click(widget.segment.run_button)
+    qtbot.waitUntil(lambda: widget.segment.run_button.enabled, timeout=RUN_TIMEOUT_MS)
+    after = np.asarray(viewer.layers["phases-finetuned phases"].data)
+    iou_before, iou_after = miou(before[slices], truth[slices]), miou(after[slices], truth[slices])
+    print(f"mIoU on the corrected slices: {iou_before:.4f} -> {iou_after:.4f}")
+    assert iou_after >= iou_before + 0.05

@@ -1,0 +1,285 @@
+"""The matseg dock widget: segment an image, review the uncertain tiles, correct, retrain.
+
+Three panels share one viewer: :class:`SegmentPanel` runs ``matseg segment`` in
+a child process (cancellable, never freezing napari) and opens the result with
+this plugin's reader; :class:`~matseg_napari._review.ReviewPanel` steps through
+the tiles by uncertainty and saves corrections; :class:`~matseg_napari._retrain.RetrainPanel`
+fine-tunes the segmenters on them. The widget owns no segmentation logic: it
+calls matseg's command line and public API.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import dask.array as da
+import napari
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from napari.layers import Layer
+from napari.qt.threading import create_worker
+
+import matseg
+from matseg.review import gflops_all
+from matseg_napari._reader import segmentation_layers
+from matseg_napari._retrain import RetrainPanel
+from matseg_napari._review import ReviewPanel
+from matseg_napari._runner import CommandResult, CommandRun, matseg_command, on_close
+
+
+def segment_model_choices() -> tuple[list[str], str]:
+    """The ``--model`` choices and default of ``matseg segment``, read from the command itself."""
+    from matseg.cli import cli
+
+    option = next(p for p in cli.commands["segment"].params if p.name == "model")
+    return list(option.type.choices), option.default
+
+
+def cost_text(report: dict, weights: str | None = None) -> str:
+    """GFLOPs spent by a run against running the expensive candidate on every tile."""
+    spent = float(report.get("gflops") or 0.0)
+    reference = report.get("all_expensive_gflops")
+    if reference is None:
+        try:
+            reference = gflops_all(report, "expensive", weights)
+        except matseg.MatsegError:
+            reference = None
+    text = f"GFLOPs spent: {spent:,.2f}"
+    if reference:
+        text += f" = {100 * spent / reference:.1f} % of all-expensive ({reference:,.2f})"
+    return text
+
+
+def path_value(edit: FileEdit) -> Path | None:
+    """A FileEdit's path, or None while it is empty."""
+    value = edit.value
+    text = os.fspath(value) if value is not None else ""
+    return Path(text) if text not in ("", ".") else None
+
+
+def add_layers(viewer: napari.Viewer, layer_data: list[tuple]) -> list[Layer]:
+    """Add reader output (data, kwargs, type) to the viewer."""
+    layers = []
+    for data, kwargs, layer_type in layer_data:
+        layer = Layer.create(data, kwargs, layer_type)
+        viewer.add_layer(layer)
+        layers.append(layer)
+    return layers
+
+
+def layer_source(layer: Layer) -> str | None:
+    """The file an image layer was read from, if any."""
+    meta = layer.metadata.get("matseg", {})
+    if meta.get("source"):
+        return meta["source"]
+    path = getattr(layer.source, "path", None)
+    return str(Path(path).absolute()) if path else None
+
+
+class SegmentPanel(Container):
+    """Pick an image, a model and a tile size; run ``matseg segment`` and open the result."""
+
+    def __init__(self, viewer: napari.Viewer, on_result: Callable[[list[Layer]], None] | None = None):
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self._on_result = on_result
+        models, default = segment_model_choices()
+        self.image = ComboBox(label="image", choices=self._image_choices, nullable=True)
+        self.model = ComboBox(label="model", choices=models, value=default)
+        self.tile_yx = SpinBox(label="tile Y, X", value=256, min=16, max=8192, step=16)
+        self.tile_z = SpinBox(label="tile Z", value=4, min=1, max=4096)
+        self.weights = FileEdit(
+            label="weights", mode="d", value="", tooltip="empty: matseg's bundled weights"
+        )
+        self.output = FileEdit(label="output", mode="w", filter="*.zarr", value="")
+        self.overwrite = CheckBox(text="overwrite output", value=False)
+        self.run_button = PushButton(text="Segment")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", value=0, min=0, max=100)
+        self.status = Label(label="status", value="")
+        self.cost = Label(label="cost", value="")
+        self.extend(
+            [
+                self.image,
+                self.model,
+                self.tile_z,
+                self.tile_yx,
+                *self._cost_widgets(),
+                self.weights,
+                self.output,
+                self.overwrite,
+                Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
+                self.progress,
+                self.status,
+                self.cost,
+            ]
+        )
+        self.image.changed.connect(self._suggest_output)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.worker = None
+        self._run: CommandRun | None = None
+        self.closed = False
+        on_close(self, self._close)
+        self._suggest_output()
+
+    def _close(self) -> None:
+        self.closed = True
+        self.cancel()
+
+    # Accuracy/cost control. `matseg segment` runs one model on every tile today; when
+    # it gains the selector's options (λ, GFLOP budget), their widgets are returned by
+    # `_cost_widgets` (shown between the tile size and the weights) and turned into
+    # command-line options by `_cost_arguments`. Nothing is offered before it exists.
+    def _cost_widgets(self) -> list:
+        return []
+
+    def _cost_arguments(self) -> list[str]:
+        return []
+
+    def _image_choices(self, _widget=None) -> list[tuple[str, Layer]]:
+        return [
+            (layer.name, layer)
+            for layer in self.viewer.layers
+            if isinstance(layer, napari.layers.Image)
+            and layer.metadata.get("matseg", {}).get("role") != "uncertainty"
+        ]
+
+    def _suggest_output(self, *_):
+        layer = self.image.value
+        if layer is None or path_value(self.output) is not None:
+            return
+        source = layer_source(layer)
+        folder = Path(source.rsplit(":", 1)[0]).parent if source else Path.cwd()
+        name = Path(source.rsplit(":", 1)[0]).name if source else layer.name
+        stem = name[: -len(".zarr")] if name.endswith(".zarr") else Path(name).stem
+        self.output.value = folder / f"{stem}-phases.zarr"
+
+    def arguments(self) -> list[str]:
+        """The ``matseg segment`` arguments for the current choices."""
+        layer = self.image.value
+        if layer is None:
+            raise matseg.MatsegError("choose an image layer to segment")
+        output = path_value(self.output)
+        if output is None:
+            raise matseg.MatsegError("choose an output store (e.g. phases.zarr)")
+        source = layer_source(layer) or self._save_layer(layer, output)
+        tile = [self.tile_yx.value] * 2
+        if layer.ndim == 3:
+            tile = [self.tile_z.value, *tile]
+        args = ["segment", source, "-o", str(output.absolute()), "--model", self.model.value]
+        args += ["--tile", ",".join(map(str, tile)), *self._cost_arguments()]
+        weights = path_value(self.weights)
+        if weights is not None:
+            args += ["--weights", str(weights.absolute())]
+        if self.overwrite.value:
+            args.append("--overwrite")
+        return args
+
+    def _save_layer(self, layer: Layer, output: Path) -> str:
+        """An image made in napari (no file) is saved beside the output, as matseg reads files."""
+        path = output.with_name(output.name.removesuffix(".zarr") + ".input.zarr")
+        if not path.exists():
+            da.asarray(layer.data).to_zarr(str(path))
+        layer.metadata.setdefault("matseg", {})["source"] = str(path.absolute())
+        return str(path.absolute())
+
+    def run(self, *_):
+        """Start ``matseg segment`` in the background."""
+        try:
+            args = self.arguments()
+        except matseg.MatsegError as err:
+            self.status.value = str(err)
+            return
+        output, weights = Path(args[args.index("-o") + 1]), path_value(self.weights)
+        self._run = CommandRun(matseg_command(*args))
+        self.worker = create_worker(self._run.steps, _start_thread=False)
+        self.worker.yielded.connect(self._show_progress)
+        self.worker.returned.connect(lambda result: self._finished(result, output, weights))
+        self.worker.errored.connect(self._failed)
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.progress.value, self.cost.value = 0, ""
+        self.status.value = f"segmenting with {self.model.value}..."
+        self.worker.start()
+
+    def cancel(self, *_):
+        if self._run is not None:
+            if not self.closed:
+                self.status.value = "cancelling..."
+            self._run.cancel()
+
+    def _show_progress(self, fraction: float):
+        if self.closed:
+            return
+        self.progress.value = int(round(100 * fraction))
+
+    def _failed(self, error: Exception):
+        if self.closed:
+            return
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+        self.status.value = f"failed: {error}"
+
+    def _finished(self, result: CommandResult, output: Path, weights: Path | None):
+        if self.closed:
+            return
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+        if result.cancelled:
+            left = " (an unfinished output is left there)" if output.exists() else ""
+            self.status.value = f"cancelled{left}"
+            return
+        if result.returncode != 0:
+            self.status.value = result.error.removeprefix("matseg: error: ")
+            return
+        self.progress.value = 100
+        image = self.image.value
+        layers = add_layers(self.viewer, segmentation_layers(output, include_image=image is None))
+        for layer in layers:
+            if layer.metadata["matseg"].get("role") == "phases":
+                layer.metadata["matseg"]["weights"] = str(weights.absolute()) if weights else None
+        segmentation = matseg.open_segmentation(output)
+        self.cost.value = cost_text(segmentation.report, str(weights) if weights else None)
+        self.status.value = f"done: {output.name}"
+        if self._on_result:
+            self._on_result(layers)
+
+
+class MatsegWidget(Container):
+    """Segment -> review -> correct -> retrain, in one dock widget."""
+
+    def __init__(self, napari_viewer: napari.Viewer):
+        super().__init__(labels=False)
+        self.viewer = napari_viewer
+        self.segment = SegmentPanel(napari_viewer, on_result=self._segmented)
+        self.review = ReviewPanel(napari_viewer)
+        self.retrain = RetrainPanel(napari_viewer, self.review, self.segment)
+        self.extend(
+            [
+                Label(value="<b>1 · Segment</b>"),
+                self.segment,
+                Label(value="<b>2 · Review and correct</b> (paint on the phases layer)"),
+                self.review,
+                Label(value="<b>3 · Retrain from corrections</b>"),
+                self.retrain,
+            ]
+        )
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(self._layers_changed)
+        self._layers_changed()
+
+    def _layers_changed(self, *_):
+        self.reset_choices()
+
+    def _segmented(self, layers: list[Layer]):
+        phases = [layer for layer in layers if layer.metadata["matseg"].get("role") == "phases"]
+        if phases:
+            self.review.select(phases[0])

@@ -124,10 +124,29 @@ def sample(output, shape, seed, config_path, profile, overwrite) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(), help="OME-Zarr store to create.")
 @click.option(
     "--model",
-    type=click.Choice(["cheap", "expensive"]),
-    default="expensive",
+    type=click.Choice(["auto", "cheap", "expensive", "expensive-2x", "classical"]),
+    default="auto",
     show_default=True,
-    help="Segmenter to run on every tile.",
+    help="auto: the selector picks a candidate per tile; otherwise this candidate on every tile.",
+)
+@click.option(
+    "--lambda",
+    "lam",
+    type=float,
+    help="Accuracy/cost trade-off in [0, 1] for --model auto; higher spends less "
+    "(default: the selector's own, recorded when it was trained).",
+)
+@click.option("--budget-gflops", type=float, help="Instead of --lambda: never spend more GFLOPs than this.")
+@click.option(
+    "--max-expensive-fraction",
+    type=float,
+    help="Instead of --lambda: at most this fraction of tiles gets a costlier candidate.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Run the cheap pass and the selector only; print the expected GFLOPs, time, memory "
+    "and mix. The cheap pass is kept in OUTPUT and reused by the real run.",
 )
 @click.option(
     "--weights",
@@ -135,30 +154,51 @@ def sample(output, shape, seed, config_path, profile, overwrite) -> None:
     help="Weights folder from 'matseg train' (default: bundled weights).",
 )
 @click.option("--tile", "tile_text", help="Tile size: 256 (in-plane) or Z,Y,X like 4,256,256.")
-@click.option("--halo", type=int, help="In-plane halo in voxels (default: the model's receptive radius).")
+@click.option("--halo", type=int, help="In-plane halo in voxels (default: the models' receptive radius).")
 @click.option("--workers", type=click.IntRange(min=1), help="Tiles processed at once (default: cores).")
 @click.option("--truth", help="Ground-truth labels (or a 'matseg sample' store) to score against.")
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (reusing its cheap pass).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def segment(input, output, model, weights, tile_text, halo, workers, truth, overwrite, quiet) -> None:
+def segment(
+    input,
+    output,
+    model,
+    lam,
+    budget_gflops,
+    max_expensive_fraction,
+    dry_run,
+    weights,
+    tile_text,
+    halo,
+    workers,
+    truth,
+    overwrite,
+    quiet,
+) -> None:
     """Segment INPUT into phases and write OUTPUT (OME-Zarr).
 
     OUTPUT holds labels/phases (uint8 phase labels), labels/decisions (the
-    model used on each tile), the uncertainty (uint8, 0 certain .. 255 uniform)
-    as its image, and the provenance report (matseg-report.json and attributes).
+    candidate used on each tile), the cheap pass's uncertainty (uint8, 0
+    certain .. 255 uniform) as its image, the selector's per-tile features,
+    expected gain and choice (selector/), and the provenance report
+    (matseg-report.json and attributes).
     """
     from matseg.segment import default_tile
     from matseg.segment import segment as run_segment
 
     tile = _ints(tile_text, "--tile")
     if tile is not None and len(tile) == 1:
-        tile = None if tile is None else tile * 2
+        tile = tile * 2
     if tile is not None and len(tile) == 2:
         tile = _tile_for(input, tile, default_tile)
     report = run_segment(
         input,
         output,
         model=model,
+        lam=lam,
+        budget_gflops=budget_gflops,
+        max_expensive_fraction=max_expensive_fraction,
+        dry_run=dry_run,
         weights=weights,
         tile=tile,
         halo=halo,
@@ -168,7 +208,7 @@ def segment(input, output, model, weights, tile_text, halo, workers, truth, over
         progress=not quiet,
         command=_command_line(),
     )
-    click.echo(format_report(report))
+    click.echo(format_dry_run(report) if dry_run else format_report(report))
 
 
 @cli.command()
@@ -311,6 +351,93 @@ def _finetune(corrections, output, models, steps, steps_expensive, batch, patch,
         )
 
 
+@cli.command("train-selector")
+@click.argument("images", nargs=-1, required=True)
+@click.option(
+    "--weights",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Weights folder from 'matseg train'; the selector is written into it.",
+)
+@click.option("--labels", multiple=True, help="Label volume for each IMAGE (255 = unlabelled).")
+@click.option("--slices", "slices_text", help="Only these Z slices are labelled, e.g. 0,10,20.")
+@click.option(
+    "--candidates",
+    default="cheap,expensive,expensive-2x,classical",
+    show_default=True,
+    help="Candidates to choose from, cheap first.",
+)
+@click.option("--tile", "tile_text", default="4,256,256", show_default=True, help="Tile size Z,Y,X.")
+@click.option("--steps", type=click.IntRange(min=1), default=4000, show_default=True, help="REINFORCE steps.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation and sampling.")
+def train_selector(images, weights, labels, slices_text, candidates, tile_text, steps, seed) -> None:
+    """Train the per-tile selector on labelled IMAGES for the segmenters in --weights.
+
+    Every candidate runs on every tile of IMAGES (use volumes the segmenters
+    were not trained on); the policy then learns by REINFORCE which candidate
+    pays at each lambda.
+    """
+    from matseg.selector.train import train_selector as run
+
+    record = run(
+        list(images),
+        weights,
+        labels=list(labels) or None,
+        slices=_ints(slices_text, "--slices"),
+        candidates=[c.strip() for c in candidates.split(",")],
+        tile=_ints(tile_text, "--tile"),
+        steps=steps,
+        seed=seed,
+        command=_command_line(),
+        log=lambda m: click.echo(m, err=True),
+    )
+    last = record["history"][-1]
+    rewards = ", ".join(f"{k[7:]} {v:+.4f}" for k, v in last.items() if k.startswith("reward@"))
+    click.echo(
+        f"selector: {record['tiles']} tiles, {record['steps']} steps, {record['seconds']:.0f} s; "
+        f"greedy reward by lambda: {rewards} -> {weights}"
+    )
+
+
+@cli.command()
+@click.argument("volumes", nargs=-1, required=True)
+@click.option(
+    "-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for the results."
+)
+@click.option("--truth", "truths", multiple=True, help="Label volume for each VOLUME (default: its own).")
+@click.option("--weights", type=click.Path(file_okay=False), help="Weights folder (default: bundled).")
+@click.option(
+    "--lambdas",
+    default="0,0.002,0.005,0.01,0.015,0.02,0.03,0.05,0.1,0.3,1",
+    show_default=True,
+    help="λ sweep (the selector's default λ is always added).",
+)
+@click.option("--tile", "tile_text", default="4,256,256", show_default=True, help="Tile size Z,Y,X.")
+@click.option("--no-real-run", is_flag=True, help="Skip the real segment runs (table numbers only).")
+def evaluate(volumes, output, truths, weights, lambdas, tile_text, no_real_run) -> None:
+    """Compare the selector with all-cheap, all-expensive, random, cascade and oracle.
+
+    Writes OUTPUT/evaluation.json and the Pareto plot OUTPUT/pareto.png.
+    """
+    from matseg.evaluate import evaluate as run
+
+    try:
+        sweep = [float(v) for v in lambdas.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, got {lambdas!r}") from None
+    result = run(
+        list(volumes),
+        output,
+        truths=list(truths) or None,
+        weights=weights,
+        lambdas=sweep,
+        tile=_ints(tile_text, "--tile"),
+        real_run=not no_real_run,
+        log=lambda m: click.echo(m, err=True),
+    )
+    click.echo(format_evaluation(result))
+
+
 def _tile_for(input, tile, default_tile):
     from matseg.io.read import open_volume
 
@@ -335,6 +462,16 @@ def format_report(report: dict) -> str:
         f"  GFLOPs     {report['gflops']:,.1f} ({report['gflops_per_megavoxel']:.1f} per megavoxel)",
         "  phases     " + "  ".join(f"{k} {v:.3f}" for k, v in report["volume_fractions"].items()),
     ]
+    if "selector" in report:
+        s = report["selector"]
+        mix = ", ".join(f"{n} {c}" for n, c in report["decisions"].items())
+        trade = f"lambda {s['lambda']}" if s["lambda"] is not None else _budget_text(s)
+        lines.insert(2, f"  selector   {trade}: {mix} tiles; expected gain {s['expected_gain']:+.4f}")
+        lines.append(
+            f"  cost       {100 * report['gflops_fraction_of_all_expensive']:.1f} % of an all-expensive "
+            f"run ({report['all_expensive_gflops']:,.1f} GFLOPs)"
+        )
+    lines.append(f"  seams      score {report['seam']['score']:.2f} (1 = no seam at tile borders)")
     metrics = report.get("metrics")
     if metrics:
         per_phase = ", ".join(f"{k} {v:.3f}" for k, v in metrics["iou"].items() if v is not None)
@@ -345,6 +482,52 @@ def format_report(report: dict) -> str:
                 f"clean regions {metrics['clean']['miou']:.4f}"
             )
     return "\n".join(lines)
+
+
+def format_evaluation(result: dict) -> str:
+    """The evaluation table: every method's mIoU, GFLOPs and IoU/GFLOP gain over all-expensive."""
+    lines = [f"{'method':<14}{'lambda':>7}{'mIoU':>8}{'GFLOPs':>10}{'% exp':>7}{'IoU/GF x':>10}"]
+
+    def row(name, lam, p):
+        lines.append(
+            f"{name:<14}{lam:>7}{p['miou']:>8.4f}{p['gflops']:>10.1f}"
+            f"{100 * p['gflops_fraction']:>7.1f}{p['gain_over_all_expensive']:>10.2f}"
+        )
+
+    row("all-cheap", "", result["all_cheap"])
+    row("all-expensive", "", result["all_expensive"])
+    for r in result["sweep"]:
+        for method in ("selector", "cascade", "random", "oracle"):
+            row(method, f"{r['lambda']:g}", r[method])
+    for model, run in result.get("real", {}).items():
+        lines.append(
+            f"real run --model {model}: mIoU {run['miou']:.4f}, {run['gflops']:.1f} GFLOPs, "
+            f"{run['seconds']:.1f} s, seam score {max(run['seam']):.2f}"
+        )
+    return "\n".join(lines)
+
+
+def _budget_text(selector: dict) -> str:
+    if selector["budget_gflops"] is not None:
+        return f"budget {selector['budget_gflops']:g} GFLOPs"
+    return f"at most {selector['max_expensive_fraction']:g} of tiles upgraded"
+
+
+def format_dry_run(report: dict) -> str:
+    """What a --dry-run expects the real run to cost."""
+    e = report["estimate"]
+    mix = ", ".join(f"{n} {c}" for n, c in report["decisions"].items())
+    return "\n".join(
+        [
+            f"matseg segment --dry-run: {report['input']['source']} ({report['tiles']} tiles)",
+            f"  mix        {mix}",
+            f"  GFLOPs     {e['gflops']:,.1f} expected "
+            f"({report['cheap_pass_gflops']:,.1f} spent on the cheap pass)",
+            f"  time       ~{e['seconds']:.1f} s more for the costlier candidates and blending",
+            f"  memory     ~{e['peak_rss_mb']:,.0f} MB peak",
+            f"  cheap pass kept in {report['output']}: the real run reuses it",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,11 @@
 """``matseg.segment``: a volume in, an OME-Zarr of phase labels out, tile by tile.
 
-open -> intensity range (one streaming pass) -> tile grid -> per tile: normalise,
-segment slice-wise, crop the halo, write whole chunks -> report.
+open -> intensity range (one streaming pass) -> tile grid -> stage 1, per tile:
+the cheap pass (labels, uncertainty, selector features) -> the selector picks a
+candidate per tile (by λ or under a budget) -> stage 2, only where needed: the
+chosen candidates, blended across borders with neighbours that ran another one
+-> whole chunks written -> report. With ``model`` set to one candidate, every
+tile runs that candidate and nothing is blended (exactly whole-volume inference).
 """
 
 from __future__ import annotations
@@ -19,16 +23,23 @@ import dask
 import dask.array as da
 import numpy as np
 import torch
+import zarr
 
 from matseg import __version__
 from matseg.errors import MatsegError
 from matseg.io.read import Volume, open_volume
 from matseg.io.write import check_output, create_ome_store, remove_store, write_region
 from matseg.metrics import confusion_matrix, summarize, volume_fractions
-from matseg.models.weights import Segmenter, load_segmenter, segment_tile
+from matseg.models.weights import load_segmenter
+from matseg.selector.candidates import CANDIDATES, Candidate, Context, multiotsu_thresholds
+from matseg.selector.plan import all_expensive_gflops, make_plan
+from matseg.selector.policy import check_pairing, load_selector
+from matseg.stitch import extended_region, neighbour_indices, seam_score
+from matseg.tiles import blended_labels, candidate_probs, cheap_pass, tile_input
 from matseg.tiling import TileGrid, overlapped_tiles, plan_tiles
 
-CANDIDATES = ("cheap", "expensive")
+MODES = ("auto", *CANDIDATES)
+BLEND_BAND = 16
 DEFAULT_TILE = (4, 256, 256)
 REPORT_NAME = "matseg-report.json"
 PERCENTILES = (0.5, 99.5)
@@ -41,13 +52,14 @@ class Normalization:
 
     low: float
     high: float
+    thresholds: tuple[float, ...] = ()  # multi-Otsu thresholds between phases, normalised units
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         scale = self.high - self.low if self.high > self.low else 1.0
         return (raw.astype(np.float32) - np.float32(self.low)) / np.float32(scale)
 
 
-def intensity_range(volume: Volume) -> Normalization:
+def intensity_range(volume: Volume, n_phases: int | None = None) -> Normalization:
     """Robust intensity range of a volume in one streaming pass over all its chunks.
 
     The pass also proves every chunk is readable and finite, so bad data is
@@ -73,40 +85,97 @@ def intensity_range(volume: Volume) -> Normalization:
     if not all_finite:
         raise MatsegError(f"{volume.source} contains NaN or infinite values; clean or mask them first")
     low, high = np.percentile(sample.astype(np.float64), PERCENTILES)
-    return Normalization(float(low), float(high))
+    norm = Normalization(float(low), float(high))
+    if n_phases:
+        norm = Normalization(norm.low, norm.high, multiotsu_thresholds(norm(sample), n_phases))
+    return norm
 
 
 def default_tile(ndim: int) -> tuple[int, ...]:
     return DEFAULT_TILE[-ndim:]
 
 
-def _segment_block(
-    block, index, grid: TileGrid, model: Segmenter, norm: Normalization, arrays: dict, candidate: int
-) -> dict:
-    """Segment one tile with its halo, crop the halo, write its chunks; return its stats."""
-    halo = grid.halo_of(index)
-    x = norm(block)
-    if x.ndim == 2:
-        x = x[None]
-    started = time.perf_counter()
-    probs, uncertainty = segment_tile(model, x)
-    seconds = time.perf_counter() - started
-    (y0, y1), (x0, x1) = halo[-2:]
-    crop = (slice(None), slice(y0, probs.shape[-2] - y1), slice(x0, probs.shape[-1] - x1))
-    labels = probs.argmax(axis=1).astype(np.uint8)[crop]
-    uncertainty = np.rint(uncertainty[crop] * 255).astype(np.uint8)
-    if len(grid.shape) == 2:
-        labels, uncertainty = labels[0], uncertainty[0]
+def _entropy(probs: np.ndarray) -> np.ndarray:
+    return -(probs * np.log(np.clip(probs, 1e-8, None))).sum(axis=1) / np.log(probs.shape[1])
+
+
+def _write_tile(arrays: dict, grid: TileGrid, index, **values: np.ndarray) -> None:
     region = grid.region(index)
-    write_region(arrays["phases"], region, labels)
-    write_region(arrays["uncertainty"], region, uncertainty)
-    write_region(arrays["decisions"], region, np.full(labels.shape, candidate, np.uint8))
+    for name, value in values.items():
+        write_region(arrays[name], region, value if len(grid.shape) == 3 else value[0])
+
+
+def _single_task(block, index, grid, norm, context, candidate: Candidate, k: int, arrays) -> dict:
+    """Every tile runs ``candidate``: no selector, no blending."""
+    tile = tile_input(block, index, grid, norm)
+    started = time.perf_counter()
+    probs, gflops = candidate_probs(tile, candidate, context, grid.region(index))
+    seconds = time.perf_counter() - started
+    labels = probs.argmax(axis=1).astype(np.uint8)
+    uncertainty = np.rint(_entropy(probs) * 255).astype(np.uint8)
+    _write_tile(
+        arrays, grid, index, phases=labels, uncertainty=uncertainty, decisions=np.full_like(labels, k)
+    )
+    counts = np.bincount(labels.ravel(), minlength=context.n_phases)
+    return {"counts": counts, "gflops": gflops, "seconds": {candidate.name: seconds}}
+
+
+def _cheap_task(block, index, grid, norm, context, arrays) -> dict:
+    """Stage 1: the cheap pass on a tile, written as the tile's provisional result."""
+    tile = tile_input(block, index, grid, norm)
+    started = time.perf_counter()
+    result = cheap_pass(tile, context)
+    seconds = time.perf_counter() - started
+    labels = result["labels"]
+    uncertainty = np.rint(result["uncertainty"] * 255).astype(np.uint8)
+    _write_tile(arrays, grid, index, phases=labels, uncertainty=uncertainty, decisions=np.zeros_like(labels))
     return {
-        "index": list(index),
-        "candidate": candidate,
-        "gflops": model.gflops(x.shape),
-        "model_seconds": seconds,
-        "counts": np.bincount(labels.ravel(), minlength=len(model.phases)),
+        "counts": np.bincount(labels.ravel(), minlength=context.n_phases),
+        "gflops": result["gflops"],
+        "features": result["features"],
+        "seconds": {"cheap": seconds},
+    }
+
+
+def _candidate_task(block, index, grid, norm, context, candidate: Candidate, band: int):
+    """Stage 2: a costlier candidate on a tile, over its core plus the blending band."""
+    tile = tile_input(block, index, grid, norm)
+    started = time.perf_counter()
+    probs, gflops = candidate_probs(tile, candidate, context, extended_region(grid, index, band))
+    return probs, gflops, time.perf_counter() - started
+
+
+def _finish_task(
+    block, index, grid, norm, context, names, band, choice, own, neighbour_probs, arrays
+) -> dict:
+    """Stage 2: a tile's final labels, blended with neighbours that ran another candidate."""
+    index = tuple(index)
+    mine = choice[index]
+    neighbours = neighbour_indices(grid, index)
+    seconds, gflops = {}, 0.0
+    others = {}
+    needs_cheap = mine == 0 or any(choice[j] == 0 for j in neighbours.values())
+    if needs_cheap:
+        tile = tile_input(block, index, grid, norm)
+        started = time.perf_counter()
+        cheap, gflops = candidate_probs(
+            tile, CANDIDATES["cheap"], context, extended_region(grid, index, band)
+        )
+        seconds["cheap"] = time.perf_counter() - started
+        others[0] = cheap
+    if mine == 0:
+        own = others[0]
+    else:
+        own, own_gflops, own_seconds = own
+        gflops += own_gflops
+        seconds[names[mine]] = own_seconds
+    neighbour_probs = {j: p[0] for j, p in neighbour_probs.items()}
+    labels = blended_labels(index, grid, band, choice, own, others, neighbour_probs)
+    _write_tile(arrays, grid, index, phases=labels, decisions=np.full_like(labels, mine))
+    return {
+        "counts": np.bincount(labels.ravel(), minlength=context.n_phases),
+        "gflops": gflops,
+        "seconds": seconds,
     }
 
 
@@ -115,11 +184,43 @@ def _configure_threads(workers: int) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+def _check_options(model, lam, budget_gflops, max_expensive_fraction) -> None:
+    if model not in MODES:
+        raise MatsegError(f"unknown model '{model}'; choose from {', '.join(MODES)}")
+    chosen = [n for n, v in (("--lambda", lam), ("--budget-gflops", budget_gflops)) if v is not None]
+    if max_expensive_fraction is not None:
+        chosen.append("--max-expensive-fraction")
+    if model != "auto" and chosen:
+        raise MatsegError(f"{', '.join(chosen)} only apply with --model auto (the selector)")
+    if lam is not None and not 0.0 <= lam <= 1.0:
+        raise MatsegError(f"--lambda must be between 0 and 1, got {lam}")
+    if lam is not None and len(chosen) > 1:
+        raise MatsegError("give either --lambda or a budget (--budget-gflops / --max-expensive-fraction)")
+    if budget_gflops is not None and budget_gflops <= 0:
+        raise MatsegError(f"--budget-gflops must be positive, got {budget_gflops}")
+    if max_expensive_fraction is not None and not 0.0 <= max_expensive_fraction <= 1.0:
+        raise MatsegError(f"--max-expensive-fraction must be between 0 and 1, got {max_expensive_fraction}")
+
+
+def _halo_of(model: str, context: Context) -> int:
+    models = context.models
+    if model == "auto":
+        return max(m.halo for m in models.values())
+    if model == "expensive-2x":
+        return 2 * models["expensive"].halo
+    if model == "classical":
+        return next(iter(models.values())).halo
+    return models[model].halo
+
+
 def segment(
     input: str | os.PathLike,
     output: str | os.PathLike,
     *,
-    model: str = "expensive",
+    model: str = "auto",
+    lam: float | None = None,
+    budget_gflops: float | None = None,
+    max_expensive_fraction: float | None = None,
     weights: str | os.PathLike | None = None,
     tile: Sequence[int] | None = None,
     halo: int | None = None,
@@ -127,6 +228,7 @@ def segment(
     workers: int | None = None,
     truth: str | os.PathLike | None = None,
     progress: bool = False,
+    dry_run: bool = False,
     command: str | None = None,
 ) -> dict:
     """Segment a volume into phases and write an OME-Zarr of labels, decisions and uncertainty.
@@ -137,94 +239,166 @@ def segment(
         Anything :func:`matseg.open_volume` reads (Zarr, OME-Zarr, ``file.h5:/dataset``, TIFF).
     output : str or path
         OME-Zarr store to create: ``labels/phases`` (uint8 phase labels),
-        ``labels/decisions`` (candidate per tile), uncertainty as the image.
-    model : {"cheap", "expensive"}
-        The segmenter to run on every tile.
+        ``labels/decisions`` (candidate per tile), the cheap pass's uncertainty as
+        the image, and with the selector ``selector/`` (features, expected gain
+        and choice per tile).
+    model : str
+        ``auto`` (default): the cheap pass everywhere and, where the selector
+        says so, a costlier candidate. Or one candidate for every tile:
+        ``cheap``, ``expensive``, ``expensive-2x``, ``classical``.
+    lam : float, optional
+        Accuracy/cost trade-off λ in [0, 1] for ``auto``: higher spends less.
+        Default: the selector's own, picked at training time as the largest λ
+        that stayed within 0.005 mIoU of all-expensive on its training tiles.
+    budget_gflops : float, optional
+        Instead of λ: a hard cap on the GFLOPs of the whole run.
+    max_expensive_fraction : float, optional
+        Instead of λ: at most this fraction of tiles runs a costlier candidate.
     weights : path, optional
-        A folder written by ``matseg train``; default: the bundled weights.
+        A folder written by ``matseg train`` (and ``train-selector``); default: the bundled weights.
     tile : sequence of int, optional
         Tile size per axis (default 4 x 256 x 256, in-plane multiples of the stride).
     halo : int, optional
-        In-plane halo; default and minimum: the model's receptive radius.
+        In-plane halo; default and minimum: the models' receptive radius.
     overwrite : bool
-        Replace an existing output.
+        Replace an existing output (for ``auto``, its stored cheap pass is reused
+        when input, weights and tiling match).
     workers : int, optional
         Tiles segmented at once (dask threads); default: number of cores.
     truth : str or path, optional
         Ground-truth labels (or a ``matseg sample`` store) to score the result against.
     progress : bool
         Show dask's progress bar on stderr.
+    dry_run : bool
+        Run only the cheap pass and the selector (stored in ``output`` for the
+        real run to reuse) and return the estimated GFLOPs, time, memory and mix.
 
     Returns
     -------
     dict
         The report, also saved in the output (``matseg-report.json`` and attributes).
     """
-    if model not in CANDIDATES:
-        raise MatsegError(f"unknown model '{model}'; choose from {', '.join(CANDIDATES)}")
+    _check_options(model, lam, budget_gflops, max_expensive_fraction)
+    if dry_run and model != "auto":
+        raise MatsegError("--dry-run estimates a selector run; use it with --model auto")
     started = time.perf_counter()
     volume = open_volume(input)
-    out = check_output(output, overwrite, inputs=[str(input)])
-    segmenter = load_segmenter(model, weights)
+    selector = load_selector(weights) if model == "auto" else None
+    names = selector.candidates if selector else (model,)
+    needed = {m for n in names for m in CANDIDATES[n].needs} or {"cheap"}
+    if selector is not None:
+        needed.add("cheap")
+    models = {m: load_segmenter(m, weights) for m in sorted(needed)}
+    if selector is not None:
+        check_pairing(selector, models)
+    phases = next(iter(models.values())).phases
     truth_volume = open_volume(truth, labels=True) if truth is not None else None
     if truth_volume is not None and truth_volume.shape != volume.shape:
         raise MatsegError(f"truth {truth} has shape {truth_volume.shape}; the input has {volume.shape}")
+    context = Context(models, phase_order=selector.phase_order if selector else ())
     tile = tuple(tile) if tile else default_tile(volume.ndim)
+    min_halo = _halo_of(model, context)
     if halo is None:
-        halo = segmenter.halo
-    elif halo < segmenter.halo:
+        halo = min_halo
+    elif halo < min_halo:
         raise MatsegError(
-            f"halo {halo} is smaller than the {model} model's receptive radius; use at least {segmenter.halo}"
+            f"halo {halo} is smaller than the receptive radius of --model {model}; use {min_halo}"
         )
-    grid = plan_tiles(volume.shape, tile, halo, segmenter.stride)
-    norm = intensity_range(volume)
+    stride = max(m.stride for m in models.values())
+    grid = plan_tiles(volume.shape, tile, halo, stride)
+    fingerprint = _fingerprint(input, volume, models["cheap"], tile, halo) if selector else None
+    out = Path(str(output))
+    stored = _stored_cheap_pass(out, fingerprint, overwrite) if selector else None
+    if stored is None:
+        check_output(output, overwrite, inputs=[str(input)])
+        needs_thresholds = "classical" in names
+        norm = intensity_range(volume, len(phases) if needs_thresholds else None)
+    else:
+        saved = stored["normalization"]
+        norm = Normalization(saved["low"], saved["high"], tuple(saved.get("thresholds", ())))
+    context = Context(models, norm.thresholds, context.phase_order)
 
     workers = int(workers or os.cpu_count() or 1)
     _configure_threads(workers)
-    if out.exists():
-        remove_store(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    phases = segmenter.phases
-    root = create_ome_store(
-        out,
-        volume.shape,
-        grid.write_chunks,
-        image=("uncertainty", "uint8"),
-        labels={"phases": phases, "decisions": CANDIDATES},
-        attrs={"status": "running", "version": __version__},
-    )
+    blocks = overlapped_tiles(volume.data, grid).to_delayed()
+    indices = list(grid.indices())
+    compute_started = time.perf_counter()
+    if stored is None:
+        if out.exists():
+            remove_store(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        root = create_ome_store(
+            out,
+            volume.shape,
+            grid.write_chunks,
+            image=("uncertainty", "uint8"),
+            labels={"phases": phases, "decisions": names},
+            attrs={"status": "running", "version": __version__},
+        )
+    else:
+        root = zarr.open_group(str(out), mode="r+")
     arrays = {
         "uncertainty": root["0"],
         "phases": root["labels/phases/0"],
         "decisions": root["labels/decisions/0"],
     }
-    blocks = overlapped_tiles(volume.data, grid).to_delayed()
-    candidate = CANDIDATES.index(model)
-    tasks = [
-        dask.delayed(_segment_block)(
-            blocks[idx],
-            idx,
-            grid,
-            segmenter,
-            norm,
-            arrays,
-            candidate,
-            dask_key_name=f"matseg-tile-{'-'.join(map(str, idx))}",
-        )
-        for idx in grid.indices()
-    ]
-    compute_started = time.perf_counter()
+
     try:
-        with _progress(progress):
-            results = dask.compute(*tasks, scheduler="threads", num_workers=workers)
+        if selector is None:
+            candidate = CANDIDATES[model]
+            tasks = [
+                dask.delayed(_single_task)(
+                    blocks[i], i, grid, norm, context, candidate, 0, arrays, dask_key_name=_key("tile", i)
+                )
+                for i in indices
+            ]
+            with _progress(progress):
+                results = dask.compute(*tasks, scheduler="threads", num_workers=workers)
+            stats = _sum_stats(results)
+            counts, plan = stats["counts"], None
+        else:
+            if stored is None:
+                # the cheap pass needs only its own receptive radius: its own, smaller halo
+                cheap_grid = grid.with_halo(models["cheap"].halo)
+                cheap_blocks = overlapped_tiles(volume.data, cheap_grid).to_delayed()
+                cheap = _run_cheap_pass(
+                    root, cheap_blocks, indices, cheap_grid, norm, context, arrays, workers, progress
+                )
+                root.attrs["matseg"] = {
+                    "status": "cheap-pass",
+                    "version": __version__,
+                    "cheap_pass": fingerprint,
+                    "normalization": _norm_dict(norm),
+                    "rewritten": [],
+                }
+            else:
+                cheap = _load_cheap_pass(root)
+            plan = make_plan(
+                selector, cheap, grid, context, names, lam, budget_gflops, max_expensive_fraction
+            )
+            root["selector/gain"][:] = plan["gain"]
+            root["selector/choice"][:] = plan["choice"].astype(np.uint8)
+            if dry_run:
+                estimate = _estimate(plan, cheap, blocks, grid, norm, context, names, workers)
+                return _dry_run_report(
+                    input, output, volume, grid, halo, tile, plan, cheap, estimate, names, models, selector
+                )
+            previous = set(map(tuple, root.attrs["matseg"].get("rewritten", [])))
+            rewrite = {indices[t] for t in np.flatnonzero(plan["rewritten"])} | previous
+            attrs = dict(root.attrs["matseg"])
+            attrs.update(status="running-candidates", rewritten=sorted(map(list, rewrite)))
+            root.attrs["matseg"] = attrs
+            stats = _run_stage2(
+                plan, rewrite, cheap, blocks, indices, grid, norm, context, names, arrays, workers, progress
+            )
+            counts = stats["counts"]
     except BaseException:
-        remove_store(out)  # nothing half-written is left behind
+        if stored is None:
+            remove_store(out)  # nothing half-written is left behind
         raise
     compute_seconds = time.perf_counter() - compute_started
 
-    counts = np.sum([r["counts"] for r in results], axis=0)
     voxels = int(np.prod(volume.shape))
-    gflops = float(sum(r["gflops"] for r in results))
     report = {
         "command": command or "matseg.segment",
         "input": {
@@ -234,38 +408,255 @@ def segment(
             "dtype": str(volume.data.dtype),
         },
         "output": str(output),
-        "models": [segmenter.describe()],
+        "model": model,
+        "models": [m.describe() for m in models.values()],
         "tile": list(tile),
         "halo": halo,
         "grid": list(grid.grid_shape),
-        "normalization": {"percentiles": list(PERCENTILES), "low": norm.low, "high": norm.high},
-        "decisions": {model: grid.n_tiles},
+        "normalization": {"percentiles": list(PERCENTILES), **_norm_dict(norm)},
+        "candidates": list(names),
         "tiles": grid.n_tiles,
         "voxels": voxels,
-        "gflops": gflops,
-        "gflops_per_megavoxel": gflops / (voxels / 1e6),
-        "timings": {
-            "total_s": None,
-            "segment_s": compute_seconds,
-            "model_s": float(sum(r["model_seconds"] for r in results)),
-        },
+        "gflops": stats["gflops"],
+        "gflops_per_megavoxel": stats["gflops"] / (voxels / 1e6),
+        "timings": {"total_s": None, "segment_s": compute_seconds, "model_s": stats["seconds"]},
         "workers": workers,
         "phases": list(phases),
         "volume_fractions": volume_fractions(counts, phases),
         "versions": _versions(),
     }
+    if plan is None:
+        report["decisions"] = {model: grid.n_tiles}
+    else:
+        report["decisions"] = {n: int((plan["choice"] == k).sum()) for k, n in enumerate(names)}
+        report["selector"] = {
+            **selector.describe(),
+            "lambda": plan["lambda"],
+            "budget_gflops": budget_gflops,
+            "max_expensive_fraction": max_expensive_fraction,
+            "expected_gain": float(plan["gain"][np.arange(grid.n_tiles), plan["choice"]].mean()),
+            "cheap_pass_reused": stored is not None,
+            "band": BLEND_BAND,
+        }
+        report["gflops_breakdown"] = stats["breakdown"]
+        report["all_expensive_gflops"] = all_expensive_gflops(grid, context)
+        report["gflops_fraction_of_all_expensive"] = stats["gflops"] / report["all_expensive_gflops"]
+    report["seam"] = seam_score(da.from_zarr(arrays["phases"]), grid)
     if truth_volume is not None:
         report["truth"] = str(truth)
-        report["metrics"] = evaluate(root["labels/phases/0"], truth, phases)
-    total = time.perf_counter() - started
-    report["timings"]["total_s"] = total
+        report["metrics"] = score_labels(arrays["phases"], truth, phases)
+    report["timings"]["total_s"] = time.perf_counter() - started
     report["voxels_per_s"] = voxels / compute_seconds
-    root.attrs["matseg"] = {**report, "status": "complete"}
+    root.attrs["matseg"] = {
+        **report,
+        "status": "complete",
+        "cheap_pass": fingerprint,
+        "rewritten": root.attrs["matseg"].get("rewritten", []) if plan is not None else [],
+    }
     (out / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
-def evaluate(pred, truth: str | os.PathLike, phases: Sequence[str]) -> dict:
+def _key(stage: str, index) -> str:
+    return f"matseg-{stage}-{'-'.join(map(str, index))}"
+
+
+def _norm_dict(norm: Normalization) -> dict:
+    return {"low": norm.low, "high": norm.high, "thresholds": list(norm.thresholds)}
+
+
+def _sum_stats(results) -> dict:
+    seconds: dict[str, float] = {}
+    for r in results:
+        for name, s in r["seconds"].items():
+            seconds[name] = seconds.get(name, 0.0) + s
+    return {
+        "counts": np.sum([r["counts"] for r in results], axis=0),
+        "gflops": float(sum(r["gflops"] for r in results)),
+        "seconds": seconds,
+    }
+
+
+def _fingerprint(input, volume: Volume, cheap, tile, halo) -> dict:
+    """What a stored cheap pass depends on: the same input, cheap weights and tiling."""
+    source = str(input)
+    path = Path(source.split(":")[0] if not Path(source).exists() else source)
+    return {
+        "input": str(path.resolve()) + (source[len(str(path)) :] if source.startswith(str(path)) else ""),
+        "shape": list(volume.shape),
+        "dtype": str(volume.data.dtype),
+        "cheap_sha256": cheap.sha256,
+        "tile": list(tile),
+        "halo": halo,
+        "version": __version__,
+    }
+
+
+def _stored_cheap_pass(out: Path, fingerprint: dict, overwrite: bool) -> dict | None:
+    """The attributes of a reusable cheap pass in ``out``, or None to start afresh."""
+    if not (out / "zarr.json").is_file():
+        return None
+    try:
+        attrs = dict(zarr.open_group(str(out), mode="r").attrs.get("matseg", {}))
+    except Exception:
+        return None
+    if attrs.get("cheap_pass") != fingerprint or attrs.get("status") not in (
+        "cheap-pass",
+        "running-candidates",
+        "complete",
+    ):
+        return None
+    if attrs["status"] != "cheap-pass" and not overwrite:
+        raise MatsegError(
+            f"output {out} exists; pass --overwrite to replace it (its cheap pass will be reused)"
+        )
+    return attrs
+
+
+def _run_cheap_pass(root, blocks, indices, grid, norm, context, arrays, workers, progress) -> dict:
+    tasks = [
+        dask.delayed(_cheap_task)(blocks[i], i, grid, norm, context, arrays, dask_key_name=_key("cheap", i))
+        for i in indices
+    ]
+    with _progress(progress):
+        results = dask.compute(*tasks, scheduler="threads", num_workers=workers)
+    cheap = {
+        "features": np.stack([r["features"] for r in results]),
+        "counts": np.stack([r["counts"] for r in results]).astype(np.int64),
+        "gflops": np.array([r["gflops"] for r in results]),
+        "seconds": np.array([r["seconds"]["cheap"] for r in results]),
+    }
+    group = root.require_group("selector")
+    for name, values in cheap.items():
+        group.create_array(name, data=values, overwrite=True)
+    n_cand = len(root["labels/decisions"].attrs["matseg"]["candidates"])
+    group.create_array("gain", shape=(len(indices), n_cand), dtype="float32", overwrite=True)
+    group.create_array("choice", shape=(len(indices),), dtype="uint8", overwrite=True)
+    return cheap
+
+
+def _load_cheap_pass(root) -> dict:
+    group = root["selector"]
+    return {name: group[name][:] for name in ("features", "counts", "gflops", "seconds")}
+
+
+def _run_stage2(
+    plan, rewrite, cheap, blocks, indices, grid, norm, context, names, arrays, workers, progress
+) -> dict:
+    choice = {idx: int(c) for idx, c in zip(indices, plan["choice"])}
+    costly = {
+        idx: dask.delayed(_candidate_task)(
+            blocks[idx],
+            idx,
+            grid,
+            norm,
+            context,
+            CANDIDATES[names[k]],
+            BLEND_BAND,
+            dask_key_name=_key("candidate", idx),
+        )
+        for idx, k in choice.items()
+        if k > 0
+    }
+    tasks = []
+    for idx in sorted(rewrite):
+        mine = choice[idx]
+        neighbours = {
+            j: costly[j] for j in neighbour_indices(grid, idx).values() if choice[j] not in (0, mine)
+        }
+        tasks.append(
+            dask.delayed(_finish_task)(
+                blocks[idx],
+                idx,
+                grid,
+                norm,
+                context,
+                names,
+                BLEND_BAND,
+                choice,
+                costly.get(idx),
+                neighbours,
+                arrays,
+                dask_key_name=_key("finish", idx),
+            )
+        )
+    with _progress(progress):
+        results = dask.compute(*tasks, scheduler="threads", num_workers=workers)
+    position = {idx: t for t, idx in enumerate(indices)}
+    counts = cheap["counts"].copy()
+    for idx, r in zip(sorted(rewrite), results):
+        counts[position[idx]] = r["counts"]
+    stage2 = _sum_stats(results) if results else {"gflops": 0.0, "seconds": {}}
+    seconds = dict(stage2["seconds"])
+    seconds["cheap"] = seconds.get("cheap", 0.0) + float(cheap["seconds"].sum())
+    cheap_gflops = float(cheap["gflops"].sum())
+    breakdown = {
+        "cheap_pass": cheap_gflops,
+        "selector": plan["policy_gflops"],
+        "candidates_and_blending": stage2["gflops"],
+    }
+    return {
+        "counts": counts.sum(axis=0),
+        "gflops": cheap_gflops + plan["policy_gflops"] + stage2["gflops"],
+        "seconds": seconds,
+        "breakdown": breakdown,
+    }
+
+
+def _estimate(plan, cheap, blocks, grid, norm, context, names, workers) -> dict:
+    """Expected cost of stage 2: GFLOPs exactly from the plan; time and memory from one
+    sampled tile per candidate."""
+    import resource
+
+    indices = list(grid.indices())
+    per_gflop = {}
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for k in sorted(set(plan["choice"].tolist()) - {0}):
+        t = int(np.flatnonzero(plan["choice"] == k)[0])
+        idx = indices[t]
+        _, gflops, seconds = _candidate_task(
+            blocks[idx].compute(), idx, grid, norm, context, CANDIDATES[names[k]], BLEND_BAND
+        )
+        per_gflop[names[k]] = seconds / max(gflops, 1e-9)
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cheap_rate = float(cheap["seconds"].sum()) / max(float(cheap["gflops"].sum()), 1e-9)
+    seconds = 0.0
+    for t, k in enumerate(plan["choice"]):
+        if k:
+            seconds += plan["candidate_gflops"][t, k] * per_gflop[names[k]]
+    blend_gflops = plan["stage2_gflops"] - sum(
+        plan["candidate_gflops"][t, k] for t, k in enumerate(plan["choice"]) if k
+    )
+    seconds += blend_gflops * cheap_rate
+    return {
+        "gflops": float(cheap["gflops"].sum()) + plan["policy_gflops"] + plan["stage2_gflops"],
+        "stage2_gflops": plan["stage2_gflops"],
+        "seconds": seconds / workers,
+        "peak_rss_mb": (rss_after + (workers - 1) * max(0, rss_after - rss_before)) / 1024,
+        "sampled_seconds_per_gflop": per_gflop,
+    }
+
+
+def _dry_run_report(
+    input, output, volume, grid, halo, tile, plan, cheap, estimate, names, models, selector
+) -> dict:
+    return {
+        "dry_run": True,
+        "input": {"source": str(input), "shape": list(volume.shape)},
+        "output": str(output),
+        "models": [m.describe() for m in models.values()],
+        "selector": selector.describe() | {"lambda": plan["lambda"]},
+        "tile": list(tile),
+        "halo": halo,
+        "tiles": grid.n_tiles,
+        "voxels": int(np.prod(volume.shape)),
+        "decisions": {n: int((plan["choice"] == k).sum()) for k, n in enumerate(names)},
+        "cheap_pass_gflops": float(cheap["gflops"].sum()),
+        "estimate": estimate,
+    }
+
+
+def score_labels(pred, truth: str | os.PathLike, phases: Sequence[str]) -> dict:
     """mIoU and per-phase IoU of ``pred`` against ``truth``, overall and, for a
     ``matseg sample`` store, on its hard and clean regions."""
     truth_volume = open_volume(truth, labels=True)

@@ -55,6 +55,11 @@ class TileGrid:
             for a, i in enumerate(index)
         )
 
+    def with_halo(self, halo: int) -> TileGrid:
+        """The same tiles with another in-plane halo (at most the planned one)."""
+        depth = (0,) * (len(self.shape) - 2) + (min(halo, self.depth[-1]),) * 2
+        return TileGrid(self.shape, self.chunks, depth)
+
     def indices(self) -> Iterator[tuple[int, ...]]:
         return product(*(range(len(c)) for c in self.chunks))
 

@@ -209,5 +209,6 @@ def test_unfinished_run_is_named(tmp_path, capsys, random_weights):
     store = good_zarr(tmp_path / "in.zarr")
     out = tmp_path / "o.zarr"
     zarr.open_group(str(out), mode="w").attrs["matseg"] = {"status": "running"}
-    assert_refused(tmp_path, ["segment", store, "-o", out, "--weights", random_weights], capsys,
-                   "unfinished matseg run")
+    assert_refused(
+        tmp_path, ["segment", store, "-o", out, "--weights", random_weights], capsys, "unfinished matseg run"
+    )

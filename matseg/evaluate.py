@@ -1,0 +1,291 @@
+"""``matseg evaluate``: the selector against every baseline, on volumes with ground truth.
+
+Every candidate runs once on every tile (the tile table); any plan is then
+scored exactly from the chosen tiles' confusion matrices, and its GFLOPs are
+those ``matseg segment`` would spend (cheap pass, selector, candidates and the
+blending recomputation). Baselines at the selector's GFLOPs: random tiles and
+an uncertainty-threshold cascade upgraded to the expensive net; the oracle
+takes the best candidate per tile under the same reward. Finally the default λ
+is run for real, to check the table's numbers against an actual output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from matseg.errors import MatsegError
+from matseg.models.weights import load_segmenter
+from matseg.selector.candidates import CANDIDATES, Context
+from matseg.selector.policy import check_pairing, choose_by_lambda, load_selector
+from matseg.selector.table import reward, tile_iou, tile_table
+
+LAMBDAS = (0.0, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.3, 1.0)
+RANDOM_REPEATS = 20
+
+
+class _Volumes:
+    """Tile tables of several volumes, scored together (confusions summed over volumes)."""
+
+    def __init__(self, tables: Sequence[dict], selector, policy_gflops_per_tile: float):
+        from matseg.selector.plan import stage2_gflops
+
+        self.tables = tables
+        self.names = tables[0]["names"]
+        self.confusion = np.concatenate([t["confusion"] for t in tables])
+        self.gflops = np.concatenate([t["gflops"] for t in tables])
+        self.features = np.concatenate([t["features"] for t in tables])
+        self.iou = tile_iou(self.confusion)
+        self.offsets = np.cumsum([0] + [len(t["features"]) for t in tables])
+        self.policy_gflops = policy_gflops_per_tile * len(self.features)
+        self._stage2 = stage2_gflops
+        self.selector = selector
+
+    def cost(self, choice: np.ndarray) -> float:
+        """GFLOPs ``matseg segment`` spends on this plan (cheap pass + selector + stage 2)."""
+        total = float(self.gflops[:, 0].sum()) + self.policy_gflops
+        for t, (a, b) in zip(self.tables, zip(self.offsets[:-1], self.offsets[1:])):
+            extra = t["gflops"] - t["gflops"][:, :1]
+            total += self._stage2(choice[a:b], t["grid"], extra, t["gflops"][:, 0])[0]
+        return total
+
+    def miou(self, choice: np.ndarray) -> tuple[float, dict]:
+        total = self.confusion[np.arange(len(choice)), choice].sum(axis=0)
+        tp = np.diag(total).astype(float)
+        union = total.sum(0) + total.sum(1) - tp
+        per_phase = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+        return float(np.nanmean(per_phase)), per_phase
+
+    def point(self, label: str, choice: np.ndarray, gflops: float | None = None) -> dict:
+        miou, per_phase = self.miou(choice)
+        gflops = self.cost(choice) if gflops is None else gflops
+        mix = {n: int((choice == k).sum()) for k, n in enumerate(self.names)}
+        return {"method": label, "miou": miou, "iou": per_phase.tolist(), "gflops": gflops, "mix": mix}
+
+    def upgrade_until(self, order: np.ndarray, target: float) -> np.ndarray:
+        """Upgrade tiles to the expensive net in ``order`` until the plan costs ``target`` GFLOPs."""
+        k = self.names.index("expensive")
+        lo, hi = 0, len(order)
+        while lo < hi:  # the cost grows with every tile added: bisect on the count
+            mid = (lo + hi + 1) // 2
+            choice = np.zeros(len(self.features), int)
+            choice[order[:mid]] = k
+            if self.cost(choice) <= target:
+                lo = mid
+            else:
+                hi = mid - 1
+        choice = np.zeros(len(self.features), int)
+        choice[order[:lo]] = k
+        return choice
+
+
+def evaluate(
+    volumes: Sequence[str],
+    output: str | os.PathLike,
+    *,
+    truths: Sequence[str] | None = None,
+    weights: str | os.PathLike | None = None,
+    lambdas: Sequence[float] = LAMBDAS,
+    tile: Sequence[int] = (4, 256, 256),
+    real_run: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Sweep λ and compare the selector with all baselines; write JSON and a Pareto plot.
+
+    Parameters
+    ----------
+    volumes : sequence of str
+        Image volumes with ground truth (``matseg sample`` stores carry their own).
+    output : path
+        Folder for ``evaluation.json``, ``pareto.png`` and the real run's output.
+    truths : sequence of str, optional
+        Label volume per image; default: each store's own ``labels/truth``.
+    lambdas : sequence of float
+        The λ sweep.
+    real_run : bool
+        Also run ``matseg segment`` at the default λ and with the expensive net
+        everywhere, for real (wall time, seam score, mIoU with blending).
+
+    Returns
+    -------
+    dict
+        Everything written to ``evaluation.json``.
+    """
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    selector = load_selector(weights)
+    lambdas = sorted(set(lambdas) | {selector.default_lambda})
+    names = selector.candidates
+    needed = {"cheap"} | {m for n in names for m in CANDIDATES[n].needs}
+    models = {m: load_segmenter(m, weights) for m in sorted(needed)}
+    check_pairing(selector, models)
+    if "expensive" not in names:
+        raise MatsegError("evaluate compares with the expensive net: the selector must offer 'expensive'")
+    context = Context(models, phase_order=selector.phase_order)
+    halo = max(m.halo for m in models.values())
+    started = time.perf_counter()
+    tables = []
+    for i, volume in enumerate(volumes):
+        if log:
+            log(f"evaluate: every candidate on every tile of {volume}")
+        tables.append(tile_table(volume, truths[i] if truths else None, context, names, tile, halo))
+    data = _Volumes(tables, selector, selector.gflops(1))
+    table_seconds = time.perf_counter() - started
+    k_exp = names.index("expensive")
+    n = len(data.features)
+    cheap_only = np.zeros(n, int)
+    all_expensive = data.point(
+        "all-expensive", np.full(n, k_exp), float((data.gflops[:, k_exp] - data.gflops[:, 0]).sum())
+    )
+    all_cheap = data.point("all-cheap", cheap_only, float(data.gflops[:, 0].sum()))
+    uncertainty_order = np.argsort(-data.features[:, 0], kind="stable")
+    rng = np.random.default_rng(0)
+    sweep = []
+    for lam in lambdas:
+        choice = choose_by_lambda(selector, data.features, lam)
+        policy = data.point("selector", choice)
+        target = policy["gflops"]
+        cascade = data.point("cascade", data.upgrade_until(uncertainty_order, target))
+        randoms = [
+            data.point("random", data.upgrade_until(rng.permutation(n), target))
+            for _ in range(RANDOM_REPEATS)
+        ]
+        random_point = {
+            "method": "random",
+            "miou": float(np.mean([r["miou"] for r in randoms])),
+            "miou_std": float(np.std([r["miou"] for r in randoms])),
+            "gflops": float(np.mean([r["gflops"] for r in randoms])),
+        }
+        oracle_choice = reward(data.iou, data.gflops, lam).argmax(axis=1)
+        oracle = data.point("oracle", oracle_choice)
+        row = {
+            "lambda": lam,
+            "selector": policy,
+            "cascade": cascade,
+            "random": random_point,
+            "oracle": oracle,
+        }
+        for point in (policy, cascade, random_point, oracle):
+            _add_efficiency(point, all_expensive)
+        sweep.append(row)
+        if log:
+            log(
+                f"evaluate: lambda {lam:g}: selector mIoU {policy['miou']:.4f} "
+                f"at {policy['gflops']:.0f} GFLOPs "
+                f"({100 * policy['gflops'] / all_expensive['gflops']:.1f} % of all-expensive); cascade "
+                f"{cascade['miou']:.4f}, random {random_point['miou']:.4f}, oracle {oracle['miou']:.4f}"
+            )
+    for point in (all_cheap, all_expensive):
+        _add_efficiency(point, all_expensive)
+    result = {
+        "volumes": list(volumes),
+        "tile": list(tile),
+        "halo": halo,
+        "tiles": n,
+        "candidates": list(names),
+        "phases": list(models["cheap"].phases),
+        "selector": selector.describe(),
+        "default_lambda": selector.default_lambda,
+        "all_cheap": all_cheap,
+        "all_expensive": all_expensive,
+        "sweep": sweep,
+        "table_seconds": table_seconds,
+    }
+    if real_run:
+        result["real"] = _real_runs(volumes, truths, output, weights, tile, log)
+    (output / "evaluation.json").write_text(json.dumps(result, indent=2, default=_json) + "\n")
+    pareto_plot(result, output / "pareto.png")
+    return result
+
+
+def _add_efficiency(point: dict, all_expensive: dict) -> None:
+    point["iou_per_gflop"] = point["miou"] / point["gflops"]
+    point["gain_over_all_expensive"] = point["iou_per_gflop"] / (
+        all_expensive["miou"] / all_expensive["gflops"]
+    )
+    point["gflops_fraction"] = point["gflops"] / all_expensive["gflops"]
+
+
+def _real_runs(volumes, truths, output, weights, tile, log) -> dict:
+    """The default λ and all-expensive, run for real on every volume."""
+    from matseg.io.read import open_volume
+    from matseg.metrics import confusion_matrix, summarize
+    from matseg.segment import segment
+
+    runs = {}
+    for model in ("auto", "expensive"):
+        total_cm, gflops, seconds, seams = None, 0.0, 0.0, []
+        for i, volume in enumerate(volumes):
+            out = output / f"{model}-{i}.zarr"
+            report = segment(volume, out, model=model, weights=weights, tile=tile, overwrite=True)
+            truth = open_volume(truths[i] if truths else volume, labels=True).data
+            import dask.array as da
+            import zarr
+
+            pred = da.from_zarr(zarr.open_group(str(out), mode="r")["labels/phases/0"])
+            cm = confusion_matrix(pred, truth.rechunk(pred.chunksize), len(report["phases"]))
+            total_cm = cm if total_cm is None else total_cm + cm
+            gflops += report["gflops"]
+            seconds += report["timings"]["total_s"]
+            seams.append(report["seam"]["score"])
+        summary = summarize(total_cm, report["phases"])
+        runs[model] = {
+            "miou": summary["miou"],
+            "iou": summary["iou"],
+            "gflops": gflops,
+            "seconds": seconds,
+            "seam": seams,
+        }
+        if log:
+            log(
+                f"evaluate: real run --model {model}: mIoU {summary['miou']:.4f}, "
+                f"{gflops:.0f} GFLOPs, {seconds:.1f} s"
+            )
+    return runs
+
+
+def _json(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(type(value))
+
+
+def pareto_plot(result: dict, path: str | os.PathLike) -> None:
+    """mIoU against GFLOPs: the selector's λ sweep, the baselines at equal GFLOPs, the oracle."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    sweep = result["sweep"]
+    for method, style in (("selector", "o-"), ("cascade", "s--"), ("random", "^:"), ("oracle", "d-")):
+        points = sorted((row[method]["gflops"], row[method]["miou"]) for row in sweep)
+        ax.plot(*zip(*points), style, label=method, alpha=0.9)
+    for key, marker in (("all_cheap", "X"), ("all_expensive", "P")):
+        p = result[key]
+        ax.plot(p["gflops"], p["miou"], marker, markersize=11, label=key.replace("_", "-"))
+    default = next((row for row in sweep if row["lambda"] == result["default_lambda"]), None)
+    if default:
+        p = default["selector"]
+        ax.annotate(
+            f"default λ={result['default_lambda']}",
+            (p["gflops"], p["miou"]),
+            textcoords="offset points",
+            xytext=(8, -14),
+        )
+    ax.set_xlabel("GFLOPs spent (whole test set)")
+    ax.set_ylabel("mIoU")
+    ax.set_title("matseg selector vs baselines at equal GFLOPs")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

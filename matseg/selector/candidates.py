@@ -1,0 +1,139 @@
+"""Candidates: the ways a tile can be segmented, and what each costs.
+
+A candidate turns a batch of normalised slices (halo included) into phase
+probabilities. ``cheap`` always runs; the selector decides per tile whether one
+of the others should run as well. Adding a candidate is one entry in
+:data:`CANDIDATES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from skimage.filters import gaussian, threshold_multiotsu
+from skimage.filters.rank import majority
+from skimage.morphology import disk
+
+from matseg.errors import MatsegError
+from matseg.models.weights import Segmenter, segment_tile
+
+# Honest operation count of the classical pipeline per voxel: a separable
+# Gaussian (sigma 1, 9 taps per axis: 2 x 9 x 2 FLOPs), the threshold
+# comparisons, and a 21-voxel majority vote (a compare and an add per voxel of
+# the footprint), rounded up.
+CLASSICAL_FLOPS_PER_VOXEL = 100.0
+CLASSICAL_SMOOTHING = 1.0
+CLASSICAL_FOOTPRINT = 2
+
+
+@dataclass(frozen=True)
+class Context:
+    """What candidates share for one volume: the loaded models and the classical thresholds."""
+
+    models: Mapping[str, Segmenter]
+    thresholds: tuple[float, ...] = ()  # normalised intensities between phases, dark to bright
+    phase_order: tuple[int, ...] = ()  # phase of each intensity class, dark to bright
+
+    @property
+    def n_phases(self) -> int:
+        return len(next(iter(self.models.values())).phases)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to segment a tile: ``run(context, tile) -> probs`` and its cost in GFLOPs."""
+
+    name: str
+    run: Callable[[Context, np.ndarray], np.ndarray]
+    gflops: Callable[[Context, tuple[int, int, int]], float]
+    needs: tuple[str, ...] = ()  # models it uses
+    description: str = ""
+
+
+def _model_run(name: str) -> Callable[[Context, np.ndarray], np.ndarray]:
+    def run(context: Context, tile: np.ndarray) -> np.ndarray:
+        return segment_tile(context.models[name], tile)[0]
+
+    return run
+
+
+def _model_gflops(name: str) -> Callable[[Context, tuple[int, int, int]], float]:
+    return lambda context, shape: context.models[name].gflops(shape)
+
+
+def _downscaled_run(context: Context, tile: np.ndarray) -> np.ndarray:
+    """The expensive net on a 2x down-scaled tile; probabilities upsampled back (data slimming)."""
+    n, h, w = tile.shape
+    x = torch.from_numpy(np.ascontiguousarray(tile, dtype=np.float32))[:, None]
+    small = torch.nn.functional.avg_pool2d(x, 2, ceil_mode=True)[:, 0].numpy()
+    probs = torch.from_numpy(segment_tile(context.models["expensive"], small)[0])
+    up = torch.nn.functional.interpolate(probs, scale_factor=2, mode="bilinear", align_corners=False)
+    return up[..., :h, :w].numpy()
+
+
+def _downscaled_gflops(context: Context, shape: tuple[int, int, int]) -> float:
+    n, h, w = shape
+    return context.models["expensive"].gflops((n, -(-h // 2), -(-w // 2)))
+
+
+def _classical_run(context: Context, tile: np.ndarray) -> np.ndarray:
+    """Multi-Otsu classes (thresholds of the whole volume) on a smoothed slice, cleaned by a majority vote."""
+    if not context.thresholds:
+        raise MatsegError("the classical candidate needs the volume's multi-Otsu thresholds")
+    n_phases = context.n_phases
+    order = np.asarray(context.phase_order or range(n_phases))
+    footprint = disk(CLASSICAL_FOOTPRINT)
+    probs = np.zeros((tile.shape[0], n_phases) + tile.shape[1:], np.float32)
+    for z, image in enumerate(tile):
+        smooth = gaussian(image, sigma=CLASSICAL_SMOOTHING, preserve_range=True)
+        classes = np.digitize(smooth, context.thresholds).astype(np.uint8)
+        classes = majority(classes, footprint)
+        phase = order[classes]
+        np.put_along_axis(probs[z], phase[None], 1.0, axis=0)
+    return probs
+
+
+def _classical_gflops(context: Context, shape: tuple[int, int, int]) -> float:
+    return float(np.prod(shape)) * CLASSICAL_FLOPS_PER_VOXEL / 1e9
+
+
+CANDIDATES: dict[str, Candidate] = {
+    c.name: c
+    for c in (
+        Candidate("cheap", _model_run("cheap"), _model_gflops("cheap"), ("cheap",), "tiny UNet, always run"),
+        Candidate(
+            "expensive", _model_run("expensive"), _model_gflops("expensive"), ("expensive",), "large UNet"
+        ),
+        Candidate(
+            "expensive-2x",
+            _downscaled_run,
+            _downscaled_gflops,
+            ("expensive",),
+            "large UNet on a 2x down-scaled tile, upsampled back",
+        ),
+        Candidate(
+            "classical", _classical_run, _classical_gflops, (), "multi-Otsu + majority filter (scikit-image)"
+        ),
+    )
+}
+
+
+def get_candidates(names: Sequence[str]) -> list[Candidate]:
+    """The candidates called ``names``; ``cheap`` must come first."""
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        raise MatsegError(f"unknown candidate(s) {', '.join(unknown)}; choose from {', '.join(CANDIDATES)}")
+    if not names or names[0] != "cheap":
+        raise MatsegError("the first candidate must be 'cheap' (it always runs)")
+    return [CANDIDATES[n] for n in names]
+
+
+def multiotsu_thresholds(sample: np.ndarray, n_phases: int) -> tuple[float, ...]:
+    """Thresholds between ``n_phases`` intensity classes of a (normalised) subsample of the volume."""
+    values = np.asarray(sample, np.float32).ravel()
+    if np.unique(values[: 1 << 20]).size < n_phases:
+        return tuple(float(q) for q in np.quantile(values, np.linspace(0, 1, n_phases + 1)[1:-1]))
+    return tuple(float(t) for t in threshold_multiotsu(values, classes=n_phases))

@@ -1,0 +1,96 @@
+"""The plan: which candidate runs on which tile, and what that costs in GFLOPs.
+
+Pure bookkeeping over the tile grid: the per-tile cost of each candidate (halo
+included), the cost of a whole plan including the blending it causes, and the
+choice itself, by λ through the policy or under a budget by expected gain per
+GFLOP.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from matseg.errors import MatsegError
+from matseg.selector.candidates import CANDIDATES, Context
+from matseg.selector.policy import Selector, choose_by_budget, choose_by_lambda
+from matseg.tiling import TileGrid
+
+
+def tile_shapes(grid: TileGrid) -> list[tuple[int, int, int]]:
+    """(slices, height, width) of every tile with its halo, in grid order."""
+    shapes = []
+    for index in grid.indices():
+        region = grid.region(index)
+        halo = grid.halo_of(index)
+        n = region[0].stop - region[0].start if len(region) == 3 else 1
+        h = region[-2].stop - region[-2].start + sum(halo[-2])
+        w = region[-1].stop - region[-1].start + sum(halo[-1])
+        shapes.append((n, h, w))
+    return shapes
+
+
+def stage2_gflops(choice: np.ndarray, grid: TileGrid, candidate_gflops: np.ndarray, cheap_gflops: np.ndarray):
+    """GFLOPs stage 2 adds for a plan, and which tiles it rewrites.
+
+    Costly tiles run their candidate; a tile is rewritten when it or a neighbour
+    ran a costly candidate; the cheap pass is recomputed (for blending) on
+    rewritten cheap tiles and on costly tiles with a cheap neighbour.
+    """
+    from scipy.ndimage import maximum_filter
+
+    footprint = np.zeros((1,) * (len(grid.grid_shape) - 2) + (3, 3), bool)
+    footprint[..., :, :] = True
+    plan = choice.reshape(grid.grid_shape)
+    costly = plan > 0
+    near_costly = maximum_filter(costly, footprint=footprint, mode="constant")
+    near_cheap = maximum_filter(~costly, footprint=footprint, mode="constant")
+    rewritten = costly | near_costly
+    recompute = (rewritten & ~costly) | (costly & near_cheap)
+    flat = choice.astype(int)
+    total = float(candidate_gflops[np.arange(len(flat)), flat][flat > 0].sum())
+    total += float(cheap_gflops[recompute.ravel()].sum())
+    return total, rewritten.ravel()
+
+
+def candidate_gflops(grid: TileGrid, context: Context, names) -> np.ndarray:
+    shapes = tile_shapes(grid)
+    return np.array([[CANDIDATES[n].gflops(context, s) for n in names] for s in shapes])
+
+
+def all_expensive_gflops(grid: TileGrid, context: Context) -> float:
+    return float(candidate_gflops(grid, context, ["expensive"]).sum())
+
+
+def make_plan(selector: Selector, cheap, grid, context, names, lam, budget_gflops, max_fraction) -> dict:
+    features = cheap["features"]
+    gain = selector.expected_gain(features)
+    gain[:, 0] = 0.0
+    cand_gflops = candidate_gflops(grid, context, names)
+    policy_gflops = selector.gflops(len(features))
+
+    def cost_of(choice):
+        return stage2_gflops(choice, grid, cand_gflops, cheap["gflops"])[0]
+
+    if budget_gflops is None and max_fraction is None:
+        lam = selector.default_lambda if lam is None else lam
+        choice = choose_by_lambda(selector, features, lam)
+    else:
+        base = float(cheap["gflops"].sum()) + policy_gflops
+        if budget_gflops is not None and budget_gflops < base:
+            raise MatsegError(
+                f"--budget-gflops {budget_gflops:g} is below the cheap pass alone "
+                f"({base:.1f} GFLOPs); raise it"
+            )
+        extra = None if budget_gflops is None else budget_gflops - base
+        slots = None if max_fraction is None else int(np.floor(max_fraction * len(features) + 1e-9))
+        choice = choose_by_budget(gain, cost_of, extra, slots, cand_gflops)
+    stage2, rewritten = stage2_gflops(choice, grid, cand_gflops, cheap["gflops"])
+    return {
+        "choice": choice,
+        "gain": gain,
+        "lambda": lam,
+        "candidate_gflops": cand_gflops,
+        "policy_gflops": policy_gflops,
+        "stage2_gflops": stage2,
+        "rewritten": rewritten,
+    }

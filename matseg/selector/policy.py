@@ -1,0 +1,218 @@
+"""The selector's policy network and how its decisions are turned into a plan.
+
+One small network reads a tile's features and the trade-off ``lam`` (λ) and
+gives a distribution over candidates; a second head predicts each candidate's
+gain in IoU over the cheap pass (used to rank tiles under a hard budget); a
+third is the REINFORCE baseline. λ is an input, so one trained policy serves
+every accuracy/cost trade-off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from matseg.errors import MatsegError
+from matseg.models.weights import MANIFEST, default_weights_dir, read_manifest, sha256_of
+from matseg.selector.features import FEATURE_NAMES
+
+SELECTOR_FILE = "selector.pt"
+LAMBDA_FLOOR = 1e-3
+DEFAULT_LAMBDA = 0.02  # when a selector records none of its own
+
+
+def lambda_input(lam: torch.Tensor) -> torch.Tensor:
+    """λ as the network sees it: log-scaled, since useful values span decades."""
+    return torch.log10(lam.clamp_min(LAMBDA_FLOOR))[:, None]
+
+
+class PolicyNet(nn.Module):
+    def __init__(self, n_features: int, n_candidates: int, hidden: int = 64):
+        super().__init__()
+        self.register_buffer("feature_mean", torch.zeros(n_features))
+        self.register_buffer("feature_std", torch.ones(n_features))
+        self.trunk = nn.Sequential(
+            nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
+        self.policy = nn.Sequential(nn.Linear(hidden + 1, hidden), nn.ReLU(), nn.Linear(hidden, n_candidates))
+        self.value = nn.Sequential(nn.Linear(hidden + 1, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.gain = nn.Linear(hidden, n_candidates)
+
+    def forward(self, features: torch.Tensor, lam: torch.Tensor):
+        h = self.trunk((features - self.feature_mean) / self.feature_std)
+        hl = torch.cat([h, lambda_input(lam)], dim=1)
+        return self.policy(hl), self.value(hl)[:, 0], self.gain(h)
+
+
+@dataclass
+class Selector:
+    """A trained policy over ``candidates`` (``cheap`` first)."""
+
+    net: PolicyNet
+    candidates: tuple[str, ...]
+    phase_order: tuple[int, ...] = ()
+    sha256: str = ""
+    record: dict = field(default_factory=dict)
+
+    def probabilities(self, features: np.ndarray, lam: float) -> np.ndarray:
+        """Distribution over candidates, shape (tiles, candidates)."""
+        x = torch.as_tensor(np.asarray(features, np.float32))
+        with torch.inference_mode():
+            logits, _, _ = self.net(x, torch.full((len(x),), float(lam)))
+            return logits.softmax(dim=1).numpy()
+
+    def expected_gain(self, features: np.ndarray) -> np.ndarray:
+        """Predicted IoU gain of each candidate over the cheap pass, shape (tiles, candidates)."""
+        x = torch.as_tensor(np.asarray(features, np.float32))
+        with torch.inference_mode():
+            return self.net(x, torch.zeros(len(x)))[2].numpy()
+
+    def gflops(self, n_tiles: int) -> float:
+        """GFLOPs of running the policy on ``n_tiles`` tiles (a few multiply-adds per tile)."""
+        from matseg.models.flops import count_flops
+
+        x = torch.zeros(max(1, n_tiles), self.net.feature_mean.numel())
+        return count_flops(self.net, x, torch.zeros(len(x))) / 1e9
+
+    @property
+    def default_lambda(self) -> float:
+        """The λ chosen at training time (see ``matseg train-selector``)."""
+        return float(self.record.get("default_lambda", DEFAULT_LAMBDA))
+
+    def describe(self) -> dict:
+        return {
+            "name": "selector",
+            "sha256": self.sha256,
+            "candidates": list(self.candidates),
+            "params": sum(p.numel() for p in self.net.parameters()),
+        }
+
+
+def choose_by_lambda(selector: Selector, features: np.ndarray, lam: float) -> np.ndarray:
+    """Per tile, the most probable candidate at trade-off ``lam`` (index into candidates)."""
+    if not 0.0 <= lam <= 1.0:
+        raise MatsegError(f"--lambda must be between 0 and 1, got {lam}")
+    return selector.probabilities(features, lam).argmax(axis=1)
+
+
+def choose_by_budget(
+    gain: np.ndarray,
+    cost_of: Callable[[np.ndarray], float],
+    budget_gflops: float | None,
+    max_tiles: int | None,
+    extra_gflops: np.ndarray,
+) -> np.ndarray:
+    """Upgrade the tiles with the best expected gain per GFLOP while the budget lasts.
+
+    Parameters
+    ----------
+    gain : ndarray, shape (tiles, candidates)
+        Expected IoU gain over the cheap pass (column 0, the cheap pass, is ignored).
+    cost_of : callable
+        GFLOPs a whole plan (candidate per tile) adds to the cheap pass, blending included.
+    budget_gflops : float or None
+        GFLOPs available beyond the cheap pass.
+    max_tiles : int or None
+        At most this many tiles get a candidate other than cheap.
+    extra_gflops : ndarray, shape (tiles, candidates)
+        GFLOPs of each candidate on each tile, to rank by gain per GFLOP.
+
+    Returns
+    -------
+    ndarray of int, shape (tiles,)
+        The chosen candidate per tile; ``cost_of`` of it never exceeds the budget.
+    """
+    n_tiles, n_cand = gain.shape
+    choice = np.zeros(n_tiles, int)
+    budget = np.inf if budget_gflops is None else float(budget_gflops)
+    slots = n_tiles if max_tiles is None else int(max_tiles)
+    ratio = gain[:, 1:] / np.maximum(extra_gflops[:, 1:], 1e-12)
+    for flat in np.argsort(-ratio, axis=None, kind="stable"):
+        if slots <= 0:
+            break
+        tile, k = divmod(int(flat), n_cand - 1)
+        k += 1
+        if choice[tile] or gain[tile, k] <= 0:
+            continue
+        choice[tile] = k
+        if cost_of(choice) > budget:
+            choice[tile] = 0
+            continue
+        slots -= 1
+    return choice
+
+
+def save_selector(selector: Selector, folder: str | os.PathLike, record: dict | None = None) -> Path:
+    """Write ``<folder>/selector.pt`` (tensors only) and its manifest entry."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / SELECTOR_FILE
+    torch.save({k: v.detach().contiguous() for k, v in selector.net.state_dict().items()}, path)
+    manifest = read_manifest(folder) if (folder / MANIFEST).exists() else {}
+    entry = {
+        "file": SELECTOR_FILE,
+        "sha256": sha256_of(path),
+        "candidates": list(selector.candidates),
+        "features": list(FEATURE_NAMES),
+        "hidden": selector.net.gain.in_features,
+        "phase_order": list(selector.phase_order),
+    }
+    entry.update(record or {})
+    manifest["selector"] = entry
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def load_selector(folder: str | os.PathLike | None = None) -> Selector:
+    """Load the selector of a weights folder (default: bundled), checking its sha256."""
+    folder = Path(folder) if folder is not None else default_weights_dir()
+    manifest = read_manifest(folder)
+    entry = manifest.get("selector")
+    if entry is None:
+        raise MatsegError(
+            f"{folder / MANIFEST} has no selector; train one with 'matseg train-selector' "
+            "or pick a single model with --model cheap|expensive"
+        )
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise MatsegError(f"selector file {path} is missing")
+    digest = sha256_of(path)
+    if digest != entry["sha256"]:
+        raise MatsegError(
+            f"selector file {path} has sha256 {digest[:12]}..., manifest says {entry['sha256'][:12]}...; "
+            "the file was changed or corrupted"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise MatsegError(
+            f"selector file {path} holds more than tensors; refusing it ({type(err).__name__})"
+        ) from None
+    if list(entry.get("features", [])) != list(FEATURE_NAMES):
+        raise MatsegError(f"selector in {folder} was trained on other features; retrain it with this matseg")
+    net = PolicyNet(len(FEATURE_NAMES), len(entry["candidates"]), entry.get("hidden", 64))
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError) as err:
+        raise MatsegError(f"selector file {path} does not fit its manifest: {err}") from None
+    net.eval()
+    return Selector(net, tuple(entry["candidates"]), tuple(entry.get("phase_order", ())), digest, entry)
+
+
+def check_pairing(selector: Selector, models: dict) -> None:
+    """The selector must have been trained for exactly these segmenters."""
+    trained_for = selector.record.get("segmenters", {})
+    for name, model in models.items():
+        if name in trained_for and trained_for[name] != model.sha256:
+            raise MatsegError(
+                f"the selector was trained for another '{name}' segmenter "
+                f"(sha256 {trained_for[name][:12]}...); "
+                "retrain it with 'matseg train-selector' after 'matseg train'"
+            )

@@ -1,0 +1,163 @@
+"""The tile table: every candidate run on every tile of labelled volumes.
+
+For training the selector and for evaluating it against baselines, each tile of
+a labelled volume is segmented by every candidate once; the table keeps the
+cheap pass's features, each candidate's confusion matrix against the truth and
+its GFLOPs. Any plan (a candidate per tile) is then scored exactly by summing
+the chosen confusion matrices, so a λ sweep costs nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dask
+import numpy as np
+
+from matseg.errors import MatsegError
+from matseg.io.read import open_volume
+from matseg.selector.candidates import CANDIDATES, Context
+from matseg.tiles import candidate_probs, cheap_pass, tile_input
+from matseg.tiling import overlapped_tiles, plan_tiles
+
+IGNORE = 255
+
+
+def _confusion(pred: np.ndarray, truth: np.ndarray, n_rows: int, n_phases: int) -> np.ndarray:
+    keep = truth != IGNORE
+    index = pred[keep].astype(np.int64) * n_phases + truth[keep].astype(np.int64)
+    return np.bincount(index, minlength=n_rows * n_phases).reshape(n_rows, n_phases)
+
+
+def _table_task(block, cheap_block, truth_block, index, grid, cheap_grid, norm, context, names) -> dict:
+    tile = tile_input(block, index, grid, norm)
+    truth = truth_block if truth_block.ndim == 3 else truth_block[None]
+    n = context.n_phases
+    cheap = cheap_pass(tile, context)
+    # segment's cheap pass runs on a smaller halo (same labels and features, fewer FLOPs)
+    cheap["gflops"] = context.models["cheap"].gflops(
+        tile_input(cheap_block, index, cheap_grid, norm).image.shape
+    )
+    region = grid.region(index)
+    confusions, gflops = [], []
+    for name in names:
+        if name == "cheap":
+            labels, cost = cheap["labels"], 0.0
+        else:
+            probs, cost = candidate_probs(tile, CANDIDATES[name], context, region)
+            labels = probs.argmax(axis=1)
+        confusions.append(_confusion(labels, truth, n, n))
+        gflops.append(cheap["gflops"] + cost)
+    return {"features": cheap["features"], "confusion": np.stack(confusions), "gflops": np.array(gflops)}
+
+
+def tile_table(
+    image: str,
+    truth: str | None,
+    context: Context,
+    names: Sequence[str],
+    tile: Sequence[int],
+    halo: int,
+    slices: Sequence[int] | None = None,
+) -> dict:
+    """Run every candidate in ``names`` on every tile of a labelled volume.
+
+    Parameters
+    ----------
+    image, truth : str
+        Image volume and its labels (255 = unlabelled); ``truth`` None means the
+        image store's own label image (``labels/truth`` of a sample).
+    context : Context
+        Loaded models; the classical thresholds are computed here from the image.
+    names : sequence of str
+        Candidate names, ``cheap`` first.
+    tile : sequence of int
+        Tile size (as for ``segment``).
+    halo : int
+        In-plane halo.
+    slices : sequence of int, optional
+        Only these Z slices are labelled.
+
+    Returns
+    -------
+    dict
+        ``features`` (tiles, F), ``confusion`` (tiles, candidates, C, C) with
+        rows = predicted, columns = true phase, ``gflops`` (tiles, candidates)
+        spent on each tile when that candidate is chosen (cheap pass included).
+    """
+    from matseg.segment import intensity_range
+
+    volume = open_volume(image)
+    labels = open_volume(truth if truth is not None else image, labels=True)
+    if labels.shape != volume.shape:
+        raise MatsegError(f"labels {labels.source} have shape {labels.shape}; {image} has {volume.shape}")
+    if volume.ndim == 2:
+        tile = tuple(tile)[-2:]
+    stride = max(m.stride for m in context.models.values())
+    grid = plan_tiles(volume.shape, tile, halo, stride)
+    norm = intensity_range(volume, context.n_phases)
+    context = Context(context.models, norm.thresholds, context.phase_order)
+    label_data = labels.data
+    if slices is not None:
+        import dask.array as da
+
+        keep = np.zeros(volume.shape[0], bool)
+        keep[list(slices)] = True
+        label_data = da.where(da.from_array(keep, chunks=-1)[:, None, None], label_data, IGNORE)
+    blocks = overlapped_tiles(volume.data, grid).to_delayed()
+    cheap_grid = grid.with_halo(context.models["cheap"].halo)
+    cheap_blocks = overlapped_tiles(volume.data, cheap_grid).to_delayed()
+    truths = label_data.rechunk(grid.chunks).to_delayed()
+    tasks = [
+        dask.delayed(_table_task)(
+            blocks[i], cheap_blocks[i], truths[i], i, grid, cheap_grid, norm, context, tuple(names)
+        )
+        for i in grid.indices()
+    ]
+    results = dask.compute(*tasks, scheduler="threads")
+    table = {key: np.stack([r[key] for r in results]) for key in ("features", "confusion", "gflops")}
+    labelled = table["confusion"][:, 0].sum(axis=(1, 2)) > 0
+    table = {key: value[labelled] for key, value in table.items()}
+    return table | {"names": tuple(names), "grid": grid, "labelled": labelled, "thresholds": norm.thresholds}
+
+
+def merge_tables(tables: Sequence[dict]) -> dict:
+    """Concatenate tile tables of several volumes (same candidates)."""
+    merged = {key: np.concatenate([t[key] for t in tables]) for key in ("features", "confusion", "gflops")}
+    return merged | {"names": tables[0]["names"]}
+
+
+def class_to_phase(confusion: np.ndarray) -> np.ndarray:
+    """Majority phase of each intensity class (rows) over a table's classical confusion matrices."""
+    totals = confusion.reshape(-1, *confusion.shape[-2:]).sum(axis=0)
+    return totals.argmax(axis=1)
+
+
+def remap_rows(confusion: np.ndarray, mapping: np.ndarray) -> np.ndarray:
+    """Confusion matrices whose predicted classes (rows) are relabelled by ``mapping``."""
+    out = np.zeros_like(confusion)
+    for c, phase in enumerate(mapping):
+        out[..., phase, :] += confusion[..., c, :]
+    return out
+
+
+def tile_iou(confusion: np.ndarray) -> np.ndarray:
+    """mIoU per confusion matrix (last two axes), over phases present in prediction or truth."""
+    tp = np.diagonal(confusion, axis1=-2, axis2=-1).astype(np.float64)
+    union = confusion.sum(axis=-1) + confusion.sum(axis=-2) - tp
+    present = union > 0
+    iou = np.where(present, tp / np.maximum(union, 1), 0.0)
+    return iou.sum(axis=-1) / np.maximum(present.sum(axis=-1), 1)
+
+
+def plan_miou(confusion: np.ndarray, choice: np.ndarray) -> float:
+    """mIoU of the volume(s) when tile ``t`` uses candidate ``choice[t]``."""
+    total = confusion[np.arange(len(choice)), choice].sum(axis=0)
+    return float(tile_iou(total))
+
+
+def reward(iou: np.ndarray, gflops: np.ndarray, lam) -> np.ndarray:
+    """Per tile and candidate: (1 - λ)(IoU_k - IoU_cheap) - λ GFLOPs_k / max_k GFLOPs."""
+    lam = np.asarray(lam, np.float64)[..., None] if np.ndim(lam) else lam
+    cost = gflops / gflops.max(axis=-1, keepdims=True)
+    return (1 - lam) * (iou - iou[..., :1]) - lam * cost

@@ -1,0 +1,237 @@
+"""Training the selector by policy gradient on tile tables of labelled volumes.
+
+REINFORCE with a learned baseline and an entropy bonus: per step a batch of
+tiles and a λ per tile are drawn, the policy samples a candidate for each, and
+the reward (1 - λ)(IoU_chosen - IoU_cheap) - λ cost_chosen / cost_max pushes
+the log-probability of that candidate up or down by its advantage over the
+baseline. A second head learns each candidate's expected IoU gain (for budget
+runs) by regression on the same tiles.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from matseg.errors import MatsegError
+from matseg.models.weights import load_segmenter
+from matseg.selector.candidates import CANDIDATES, Context, get_candidates
+from matseg.selector.policy import LAMBDA_FLOOR, PolicyNet, Selector, save_selector
+from matseg.selector.table import class_to_phase, merge_tables, remap_rows, reward, tile_iou, tile_table
+
+DEFAULT_CANDIDATES = ("cheap", "expensive", "expensive-2x", "classical")
+EVAL_LAMBDAS = (0.0, 0.01, 0.03, 0.1, 0.3)
+DEFAULT_LAMBDA_GRID = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5)
+DEFAULT_TOLERANCE = 0.005  # mIoU the default λ may lose to all-expensive on the training tiles
+
+
+def pick_default_lambda(
+    net: PolicyNet, features: np.ndarray, confusion: np.ndarray, k_expensive: int, tolerance: float
+) -> tuple[float, list[dict]]:
+    """The largest λ whose plan on the training tiles stays within ``tolerance`` mIoU of all-expensive.
+
+    Scale-free users of their own data get a default that fits their gains and costs.
+    """
+    from matseg.selector.table import plan_miou
+
+    target = plan_miou(confusion, np.full(len(features), k_expensive)) - tolerance
+    best, curve = DEFAULT_LAMBDA_GRID[0], []
+    for lam in DEFAULT_LAMBDA_GRID:
+        with torch.inference_mode():
+            logits = net(torch.as_tensor(features), torch.full((len(features),), lam))[0]
+        choice = logits.argmax(dim=1).numpy()
+        miou = plan_miou(confusion, choice)
+        curve.append({"lambda": lam, "miou": miou, "upgraded": float(np.mean(choice > 0))})
+        if miou >= target:
+            best = lam
+    return best, curve
+
+
+def sample_lambdas(rng: np.random.Generator, n: int) -> np.ndarray:
+    """λ per tile: log-uniform over [1e-3, 1], and exactly 0 one time in ten."""
+    lam = 10 ** rng.uniform(np.log10(LAMBDA_FLOOR), 0, n)
+    lam[rng.random(n) < 0.1] = 0.0
+    return lam
+
+
+def greedy_reward(
+    net: PolicyNet, features: np.ndarray, iou: np.ndarray, gflops: np.ndarray, lam: float
+) -> float:
+    """Mean reward per tile when the policy takes its most probable candidate at ``lam``."""
+    with torch.inference_mode():
+        logits = net(torch.as_tensor(features), torch.full((len(features),), float(lam)))[0]
+    choice = logits.argmax(dim=1).numpy()
+    return float(reward(iou, gflops, lam)[np.arange(len(choice)), choice].mean())
+
+
+def fit_policy(
+    features: np.ndarray,
+    iou: np.ndarray,
+    gflops: np.ndarray,
+    *,
+    steps: int = 4000,
+    batch: int = 256,
+    lr: float = 3e-3,
+    entropy: tuple[float, float] = (0.05, 0.001),
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> tuple[PolicyNet, list[dict]]:
+    """REINFORCE on a tile table.
+
+    Parameters
+    ----------
+    features : ndarray (tiles, F)
+    iou : ndarray (tiles, candidates)
+        mIoU of each candidate on each tile.
+    gflops : ndarray (tiles, candidates)
+        GFLOPs spent on the tile when each candidate is chosen.
+    steps, batch, lr : int, int, float
+        Optimiser steps, tiles per step, Adam learning rate.
+    entropy : (float, float)
+        Entropy bonus at the first and the last step (annealed geometrically).
+
+    Returns
+    -------
+    net, history
+        The trained policy and its greedy reward at a few λ, logged during training.
+    """
+    if len(features) < 2:
+        raise MatsegError("the selector needs at least 2 labelled tiles to train on")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    features = np.asarray(features, np.float32)
+    net = PolicyNet(features.shape[1], iou.shape[1])
+    net.feature_mean.copy_(torch.as_tensor(features.mean(axis=0)))
+    net.feature_std.copy_(torch.as_tensor(features.std(axis=0) + 1e-6))
+    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
+    x_all = torch.as_tensor(features)
+    gain_all = torch.as_tensor(iou - iou[:, :1], dtype=torch.float32)
+    history = []
+
+    def record(step: int) -> None:
+        net.eval()
+        entry = {"step": step}
+        entry.update(
+            {f"reward@{lam}": greedy_reward(net, features, iou, gflops, lam) for lam in EVAL_LAMBDAS}
+        )
+        history.append(entry)
+        net.train()
+        if log:
+            log(
+                f"selector: step {step}/{steps} "
+                + " ".join(f"{k} {v:+.4f}" for k, v in entry.items() if k != "step")
+            )
+
+    record(0)
+    for step in range(steps):
+        idx = rng.integers(len(features), size=batch)
+        lam = sample_lambdas(rng, batch)
+        logits, value, gain = net(x_all[idx], torch.as_tensor(lam, dtype=torch.float32))
+        dist = torch.distributions.Categorical(logits=logits)
+        action = dist.sample()
+        r = torch.as_tensor(
+            reward(iou[idx], gflops[idx], lam)[np.arange(batch), action.numpy()], dtype=torch.float32
+        )
+        advantage = r - value.detach()
+        advantage = advantage / (advantage.std() + 1e-6)
+        beta = entropy[0] * (entropy[1] / entropy[0]) ** (step / max(1, steps - 1))
+        loss = (
+            -(dist.log_prob(action) * advantage).mean()
+            - beta * dist.entropy().mean()
+            + 100 * torch.nn.functional.mse_loss(value, r)
+            + 100 * torch.nn.functional.mse_loss(gain, gain_all[idx])
+        )
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if (step + 1) % max(1, steps // 8) == 0 or step + 1 == steps:
+            record(step + 1)
+    net.eval()
+    return net, history
+
+
+def train_selector(
+    images: Sequence[str],
+    weights: str | os.PathLike,
+    *,
+    labels: Sequence[str] | None = None,
+    slices: Sequence[int] | None = None,
+    candidates: Sequence[str] = DEFAULT_CANDIDATES,
+    tile: Sequence[int] = (4, 256, 256),
+    steps: int = 4000,
+    seed: int = 0,
+    command: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Train the selector for the segmenters in ``weights`` and save it there.
+
+    Parameters
+    ----------
+    images : sequence of str
+        Labelled image volumes (any format :func:`matseg.open_volume` reads),
+        not the ones the segmenters were trained on.
+    weights : path
+        Weights folder holding ``cheap`` and ``expensive`` (from ``matseg train``);
+        ``selector.pt`` is written into it.
+    labels : sequence of str, optional
+        Label volume per image (255 = unlabelled); default: the image store's own labels.
+    candidates : sequence of str
+        Candidates the selector chooses from, ``cheap`` first.
+    tile : sequence of int
+        Tile size used to cut the training tiles (use the one you segment with).
+
+    Returns
+    -------
+    dict
+        The training record (also in the weights manifest): tiles, history, time.
+    """
+    started = time.perf_counter()
+    if labels and len(labels) != len(images):
+        raise MatsegError(f"{len(images)} image(s) but {len(labels)} label volume(s); give one per image")
+    names = tuple(c.name for c in get_candidates(list(candidates)))
+    needed = {"cheap"} | {m for n in names for m in CANDIDATES[n].needs}
+    models = {m: load_segmenter(m, weights) for m in sorted(needed)}
+    context = Context(models)
+    halo = max(m.halo for m in models.values())
+    tables = []
+    for i, image in enumerate(images):
+        if log:
+            log(f"selector: running {len(names)} candidates on every tile of {image}")
+        tables.append(tile_table(image, labels[i] if labels else None, context, names, tile, halo, slices))
+    table = merge_tables(tables)
+    confusion = table["confusion"]
+    mapping = np.arange(context.n_phases)
+    if "classical" in names:
+        k = names.index("classical")
+        mapping = class_to_phase(confusion[:, k])
+        confusion[:, k] = remap_rows(confusion[:, k], mapping)
+    iou = tile_iou(confusion)
+    net, history = fit_policy(table["features"], iou, table["gflops"], steps=steps, seed=seed, log=log)
+    default_lambda, curve = DEFAULT_LAMBDA_GRID[0], []
+    if "expensive" in names:
+        default_lambda, curve = pick_default_lambda(
+            net, table["features"], confusion, names.index("expensive"), DEFAULT_TOLERANCE
+        )
+    if log:
+        log(f"selector: default lambda {default_lambda} (within {DEFAULT_TOLERANCE} mIoU of all-expensive)")
+    record = {
+        "default_lambda": default_lambda,
+        "default_lambda_curve": curve,
+        "tiles": len(iou),
+        "tile": list(tile),
+        "steps": steps,
+        "seed": seed,
+        "trained_on": [str(i) for i in images],
+        "segmenters": {m: models[m].sha256 for m in models},
+        "mean_tile_iou": {n: float(iou[:, k].mean()) for k, n in enumerate(names)},
+        "history": history,
+        "seconds": time.perf_counter() - started,
+        "command": command,
+    }
+    selector = Selector(net, names, tuple(int(m) for m in mapping))
+    save_selector(selector, weights, record)
+    return record

@@ -1,0 +1,173 @@
+"""The cost-aware selector: reward, training, λ, budgets, dry runs, seams."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+
+import matseg
+from matseg.models.weights import default_weights_dir
+from matseg.sample import write_sample
+from matseg.selector.candidates import CANDIDATES
+from matseg.selector.policy import choose_by_budget
+from matseg.selector.table import reward, tile_iou
+from matseg.selector.train import fit_policy, greedy_reward
+from matseg.synth import SampleConfig
+
+from .test_bad_input import snapshot
+from .test_segment import run
+
+TILE = (4, 128, 128)
+
+
+def test_reward_formula():
+    iou = np.array([[0.8, 0.9, 0.7]])
+    gflops = np.array([[1.0, 10.0, 2.0]])
+    r = reward(iou, gflops, 0.2)
+    np.testing.assert_allclose(r, [[-0.2 * 0.1, 0.8 * 0.1 - 0.2, 0.8 * -0.1 - 0.2 * 0.2]])
+    np.testing.assert_allclose(reward(iou, gflops, 0.0), [[0.0, 0.1, -0.1]])
+
+
+def test_tile_iou_ignores_absent_phases():
+    confusion = np.zeros((3, 3), int)
+    confusion[0, 0], confusion[1, 1], confusion[0, 1] = 6, 2, 2  # phase 2 absent everywhere
+    assert tile_iou(confusion) == pytest.approx((6 / 8 + 2 / 4) / 2)
+
+
+def test_policy_training_improves_reward():
+    """A small problem: the expensive candidate pays on half the tiles, told by feature 0."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, 13)).astype(np.float32)
+    helps = features[:, 0] > 0
+    iou = np.stack([np.full(400, 0.8), 0.8 + 0.1 * helps], axis=1)
+    gflops = np.tile([1.0, 11.0], (400, 1))
+    net, history = fit_policy(features, iou, gflops, steps=1500, batch=128, seed=1)
+    best = np.mean(np.where(helps, 0.95 * 0.1 - 0.05, -0.05 / 11))
+    after = greedy_reward(net, features, iou, gflops, 0.05)
+    assert after > history[0]["reward@0.1"] or after > 0.8 * best
+    assert after > 0.8 * best  # close to the best possible plan
+    # when cost is all that counts, cheap everywhere
+    assert greedy_reward(net, features, iou, gflops, 1.0) == pytest.approx(-1 / 11)
+
+
+def test_budget_allocation_never_exceeds_the_budget():
+    rng = np.random.default_rng(3)
+    gain = rng.uniform(-0.02, 0.1, size=(50, 3))
+    extra = np.column_stack([np.zeros(50), rng.uniform(5, 10, 50), rng.uniform(1, 3, 50)])
+
+    def cost(choice):
+        return float(extra[np.arange(50), choice].sum())
+
+    for budget in (0.0, 7.0, 60.0, 1e9):
+        choice = choose_by_budget(gain, cost, budget, None, extra)
+        assert cost(choice) <= budget
+        assert (gain[np.arange(50), choice][choice > 0] > 0).all()
+    assert (choose_by_budget(gain, cost, None, 5, extra) > 0).sum() <= 5
+
+
+def test_adding_a_candidate_is_one_registry_entry():
+    assert {"cheap", "expensive", "expensive-2x", "classical"} <= set(CANDIDATES)
+    for candidate in CANDIDATES.values():
+        assert callable(candidate.run) and callable(candidate.gflops)
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory):
+    """A held-out 8 x 256 x 256 test-profile volume with hard and clean regions."""
+    path = tmp_path_factory.mktemp("selector") / "test.zarr"
+    write_sample(path, (8, 256, 256), seed=4321, config=SampleConfig(profile="test"))
+    return path
+
+
+def test_lambda_monotone_and_dry_run_reuses_the_cheap_pass(tmp_path, volume):
+    out = tmp_path / "dry.zarr"
+    spent = []
+    for lam in (0.0, 0.01, 0.03, 0.1, 0.3, 1.0):
+        report = matseg.segment(volume, out, tile=TILE, lam=lam, dry_run=True)
+        spent.append(report["estimate"]["gflops"])
+    assert all(a >= b for a, b in zip(spent, spent[1:])), spent
+    assert spent[0] > spent[-1], "lambda changed nothing"
+    real = matseg.segment(volume, out, tile=TILE, lam=0.0)
+    assert real["selector"]["cheap_pass_reused"]
+    assert abs(real["gflops"] - spent[0]) <= 0.25 * real["gflops"]
+
+
+def test_budget_is_never_exceeded(tmp_path, volume):
+    full = matseg.segment(volume, tmp_path / "all.zarr", tile=TILE, lam=0.0)
+    cheap_pass = full["gflops_breakdown"]["cheap_pass"] + full["gflops_breakdown"]["selector"]
+    budget = cheap_pass + 0.3 * (full["gflops"] - cheap_pass)
+    capped = matseg.segment(volume, tmp_path / "capped.zarr", tile=TILE, budget_gflops=budget)
+    assert capped["gflops"] <= budget
+    assert sum(v for k, v in capped["decisions"].items() if k != "cheap") > 0
+    fraction = matseg.segment(volume, tmp_path / "frac.zarr", tile=TILE, max_expensive_fraction=0.25)
+    assert sum(v for k, v in fraction["decisions"].items() if k != "cheap") <= 0.25 * fraction["tiles"]
+
+
+def test_selector_run_writes_decisions_gain_and_no_seams(tmp_path, volume):
+    auto = matseg.segment(volume, tmp_path / "auto.zarr", tile=TILE, lam=0.01, truth=volume)
+    expensive = matseg.segment(volume, tmp_path / "exp.zarr", tile=TILE, model="expensive", truth=volume)
+    root = zarr.open_group(str(tmp_path / "auto.zarr"), mode="r")
+    decisions = root["labels/decisions/0"][:]
+    choice = root["selector/choice"][:]
+    assert root["selector/gain"].shape == (auto["tiles"], len(auto["candidates"]))
+    assert len(np.unique(choice)) > 1, "the test needs a mixed plan"
+    assert set(np.unique(decisions)) == set(np.unique(choice))
+    assert auto["gflops"] < expensive["gflops"]
+    assert auto["seam"]["score"] < expensive["seam"]["score"] + 0.15
+    assert auto["metrics"]["miou"] > expensive["metrics"]["miou"] - 0.03
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lambda", "1.5"], "--lambda must be between 0 and 1"),
+        (["--model", "cheap", "--lambda", "0.2"], "only apply with --model auto"),
+        (["--lambda", "0.2", "--budget-gflops", "10"], "either --lambda or a budget"),
+        (["--budget-gflops", "0.001"], "below the cheap pass"),
+        (["--max-expensive-fraction", "2"], "between 0 and 1"),
+    ],
+)
+def test_bad_selector_options(tmp_path, volume, capsys, args, message):
+    before = snapshot(volume)
+    out = tmp_path / "out.zarr"
+    assert run(["segment", volume, "-o", out, "--tile", "4,128,128", "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and snapshot(volume) == before
+
+
+def test_altered_selector_is_refused(tmp_path, volume, capsys):
+    weights = tmp_path / "weights"
+    shutil.copytree(default_weights_dir(), weights)
+    with open(weights / "selector.pt", "ab") as fh:
+        fh.write(b"\0")
+    assert run(["segment", volume, "-o", tmp_path / "o.zarr", "--weights", weights, "--quiet"]) == 2
+    assert "sha256" in capsys.readouterr().err
+    manifest = json.loads((weights / "manifest.json").read_text())
+    shutil.copy(default_weights_dir() / "selector.pt", weights / "selector.pt")
+    manifest["selector"]["segmenters"]["expensive"] = "0" * 64
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    assert run(["segment", volume, "-o", tmp_path / "o.zarr", "--weights", weights, "--quiet"]) == 2
+    assert "trained for another 'expensive'" in capsys.readouterr().err
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_evaluate_compares_every_baseline(tmp_path, volume):
+    from matseg.evaluate import evaluate
+
+    result = evaluate([str(volume)], tmp_path / "eval", lambdas=(0.0, 0.05, 1.0), tile=TILE, real_run=False)
+    assert (tmp_path / "eval" / "pareto.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert saved["all_expensive"]["miou"] == pytest.approx(result["all_expensive"]["miou"])
+    for row in result["sweep"]:
+        policy = row["selector"]
+        for baseline in ("cascade", "random"):
+            assert row[baseline]["gflops"] <= policy["gflops"] * 1.0001  # equal cost, never more
+        assert row["oracle"]["miou"] >= result["all_cheap"]["miou"] - 1e-9
+    zero, one = result["sweep"][0]["selector"], result["sweep"][-1]["selector"]
+    assert zero["gflops"] >= one["gflops"]
+    assert one["mix"]["cheap"] == result["tiles"]  # cost is everything: cheap everywhere

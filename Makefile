@@ -6,7 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.matseg-installed
 DEMO   ?= demo-out
 
-.PHONY: install xvfb demo test lint bench clean
+.PHONY: install xvfb demo test lint weights weights-segmenters weights-selector bench-models clean
+
+WORK   ?= work-out
 
 PLUGIN := plugins/matseg-napari
 # Xvfb and the Qt (xcb) and Mesa OpenGL libraries napari needs to draw without a screen.
@@ -52,8 +54,30 @@ test: install
 		$(BIN)/python -m pytest -q tests $(PLUGIN); \
 	fi; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
+# Reproduces the bundled weights (see docs/models.md): ~17 min on 2 CPU cores.
+TRAIN_SEEDS    := 101 102 103
+SELECTOR_SEEDS := 401 402 403 404 405 406 407 408
+WEIGHTS        := matseg/models/weights
+weights: weights-segmenters weights-selector
+
+weights-segmenters: install
+	for s in $(TRAIN_SEEDS); do $(BIN)/matseg sample $(WORK)/train-$$s.zarr --shape 24 256 256 --seed $$s \
+		--config data/segmenter-training.yaml --overwrite; done
+	$(BIN)/matseg sample $(WORK)/val-201.zarr --shape 16 256 256 --seed 201 --config data/segmenter-training.yaml --overwrite
+	$(BIN)/matseg train $(foreach s,$(TRAIN_SEEDS),$(WORK)/train-$(s).zarr) --val $(WORK)/val-201.zarr \
+		--steps 2000 --steps-expensive 1500 --batch 8 --patch 128 --lr 3e-3 --seed 0 -o $(WEIGHTS)
+
+# The selector learns on volumes the segmenters never saw (default sample settings).
+weights-selector: install
+	for s in $(SELECTOR_SEEDS); do $(BIN)/matseg sample $(WORK)/sel-$$s.zarr --shape 16 512 512 --seed $$s --overwrite; done
+	$(BIN)/matseg train-selector $(foreach s,$(SELECTOR_SEEDS),$(WORK)/sel-$(s).zarr) --weights $(WEIGHTS) \
+		--tile 4,256,256 --steps 4000 --seed 0
+
+bench-models: install
+	$(BIN)/python benchmarks/segmenters.py --out docs/segmenters.json
+
 lint: install
 	$(BIN)/ruff check matseg tests $(PLUGIN)
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache
+	rm -rf $(VENV) $(DEMO) $(WORK) .pytest_cache

@@ -92,8 +92,8 @@ class SampleConfig:
     binder_thickness: float = 2.5
     free_binder_fraction: float = 0.04
     profile: str = "train"
-    hard_fraction: float = 0.5
-    difficulty_wavelength: tuple[float, float] = (60.0, 200.0)
+    hard_fraction: float = 0.25
+    difficulty_wavelength: tuple[float, float] = (150.0, 400.0)
     pore_level: tuple[float, float] = (25.0, 45.0)
     binder_level: tuple[float, float] = (75.0, 95.0)
     active_level: tuple[float, float] = (175.0, 205.0)

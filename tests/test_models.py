@@ -1,0 +1,51 @@
+"""The bundled segmenters: integrity, cost, and the accuracy gap the selector exploits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import matseg
+from matseg.models.weights import default_weights_dir, load_segmenter, sha256_of
+from matseg.sample import write_sample
+from matseg.synth import SampleConfig
+
+
+@pytest.mark.parametrize("name", ["cheap", "expensive"])
+def test_bundled_weights_match_manifest(name):
+    folder = default_weights_dir()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert sha256_of(folder / manifest[name]["file"]) == manifest[name]["sha256"]
+    model = load_segmenter(name)
+    assert model.phases == ("pore", "carbon-binder", "active")
+    assert "training" in manifest[name] and manifest[name]["training"]["seed"] == 0
+
+
+def test_sizes_and_cost():
+    cheap, expensive = load_segmenter("cheap"), load_segmenter("expensive")
+    assert 10_000 <= cheap.n_params <= 20_000
+    assert 1_000_000 <= expensive.n_params <= 8_000_000
+    shape = (1, 256, 256)
+    assert expensive.gflops(shape) > 10 * cheap.gflops(shape)
+
+
+@pytest.fixture(scope="module")
+def test_volume(tmp_path_factory):
+    """A held-out volume: a seed and imaging profile never used in training, half of it hard."""
+    path = tmp_path_factory.mktemp("heldout") / "test.zarr"
+    write_sample(path, (8, 192, 192), seed=999, config=SampleConfig(profile="test", hard_fraction=0.5))
+    return path
+
+
+def test_expensive_pays_on_hard_regions(tmp_path, test_volume):
+    scores = {
+        name: matseg.segment(test_volume, tmp_path / f"{name}.zarr", model=name, truth=test_volume)["metrics"]
+        for name in ("cheap", "expensive")
+    }
+    cheap, expensive = scores["cheap"], scores["expensive"]
+    assert expensive["miou"] > 0.8
+    assert expensive["hard"]["miou"] > cheap["hard"]["miou"] + 0.05
+    assert cheap["clean"]["miou"] > expensive["clean"]["miou"] - 0.05
+    assert np.isfinite([cheap["hard"]["miou"], cheap["clean"]["miou"]]).all()

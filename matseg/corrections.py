@@ -8,8 +8,10 @@ A corrections store sits beside the output it corrects (``phases.zarr`` ->
 - attributes under ``matseg-corrections``: who saved it and when, the output and
   image it belongs to, the reviewed tiles, the slices holding corrections.
 
-Fine-tuning treats every slice holding a correction as labelled (its corrected
-labels, whole) and starts from the weights that produced the output.
+Fine-tuning learns from the slices holding a correction: in each, the tiles of
+the run's grid that hold a correction or were marked reviewed are labelled by
+their corrected labels, the rest is unlabelled (255: what nobody looked at is
+not taught). It starts from the weights that produced the output.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from zarr.storage import LocalStore
 from matseg import __version__
 from matseg.errors import MatsegError
 from matseg.io.write import remove_store
-from matseg.review import open_segmentation
-from matseg.train import LabelledSlices, fit, load_labelled, score
+from matseg.review import open_segmentation, tile_grid
+from matseg.train import UNLABELLED, LabelledSlices, fit, load_labelled, score
 
 ATTRIBUTE = "matseg-corrections"
 SUFFIX = ".corrections.zarr"
@@ -166,6 +168,8 @@ def save_corrections(
     mask = da.from_zarr(stored["mask"])
     per_slice = mask.sum(axis=tuple(range(mask.ndim - 2, mask.ndim)))
     counts = np.atleast_1d(per_slice.compute())
+    reviewed = sorted({tuple(int(i) for i in t) for t in reviewed})
+    slices = [int(z) for z in np.flatnonzero(counts)]
     root.attrs[ATTRIBUTE] = {
         "user": getpass.getuser(),
         "time": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
@@ -176,15 +180,33 @@ def save_corrections(
         "models": list(segmentation.report.get("models") or []),
         "weights": str(Path(weights).absolute()) if weights else None,
         "tile": segmentation.report.get("tile"),
-        "reviewed": sorted({tuple(int(i) for i in t) for t in reviewed}),
+        "reviewed": reviewed,
         "corrected_voxels": int(counts.sum()),
-        "corrected_slices": [int(z) for z in np.flatnonzero(counts)],
+        "corrected_slices": slices,
+        "labelled": _labelled_regions(mask, segmentation, reviewed, slices),
         "session": session,
         "version": __version__,
     }
     remove_store(target)
     partial.rename(target)
     return target
+
+
+def _labelled_regions(mask: da.Array, segmentation, reviewed, slices) -> list[list[int]]:
+    """``[z, y0, y1, x0, x1]`` of the tiles, in corrected slices, holding a correction or reviewed."""
+    grid = tile_grid(segmentation)
+    reviewed = set(reviewed)
+    regions = []
+    for z in slices:
+        plane = np.asarray(mask[z] if mask.ndim == 3 else mask)
+        for index in grid.indices():
+            region = grid.region(index)
+            if mask.ndim == 3 and not region[0].start <= z < region[0].stop:
+                continue
+            ys, xs = region[-2:]
+            if tuple(index) in reviewed or plane[ys, xs].any():
+                regions.append([z, ys.start, ys.stop, xs.start, xs.stop])
+    return regions
 
 
 def _stored_attrs(path: Path) -> dict:
@@ -231,8 +253,9 @@ def load_corrections(path: str | os.PathLike) -> Corrections:
 def training_data_from_corrections(corrections: Corrections | str | os.PathLike) -> LabelledSlices:
     """The labelled slices fine-tuning learns from: every slice holding a correction.
 
-    Each such slice is labelled whole by its corrected labels (what the reviewer
-    accepted or fixed); slices without corrections are not used.
+    In each such slice, the tiles holding a correction or marked reviewed are
+    labelled by their corrected labels (what the reviewer fixed or accepted); the
+    rest of the slice is unlabelled (255). Slices without corrections are not used.
 
     Parameters
     ----------
@@ -260,6 +283,12 @@ def training_data_from_corrections(corrections: Corrections | str | os.PathLike)
         data, _ = load_labelled(image, f"{corrections.path}:labels", slices)
     except MatsegError as err:
         raise MatsegError(f"image of {corrections.path}: {err}") from None
+    regions = corrections.attrs.get("labelled")
+    if regions is not None:
+        looked_at = np.zeros(data.labels.shape, bool)
+        for z, y0, y1, x0, x1 in regions:
+            looked_at[slices.index(z), y0:y1, x0:x1] = True
+        data.labels[~looked_at] = UNLABELLED
     return data
 
 

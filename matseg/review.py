@@ -20,7 +20,7 @@ from zarr.storage import LocalStore
 
 from matseg.errors import MatsegError
 from matseg.io.read import label_phase_names, ome_attrs, split_spec
-from matseg.tiling import plan_tiles
+from matseg.tiling import TileGrid, plan_tiles
 
 REPORT_NAME = "matseg-report.json"
 
@@ -172,12 +172,8 @@ def review_queue(segmentation: Segmentation) -> list[ReviewTile]:
     list of ReviewTile
         Sorted by decreasing mean uncertainty (ties: grid order).
     """
-    report = segmentation.report
     shape = segmentation.shape
-    tile = report.get("tile") or shape
-    halo = int(report.get("halo") or 0)
-    # The grid depends on shape, tile and halo only; stride 1 skips the models' stride check.
-    grid = plan_tiles(shape, tile, halo, stride=1)
+    grid = tile_grid(segmentation)
     means = (
         segmentation.uncertainty.rechunk(grid.chunks)
         .map_blocks(_block_mean, chunks=(1,) * len(shape), dtype=np.float64)
@@ -185,6 +181,14 @@ def review_queue(segmentation: Segmentation) -> list[ReviewTile]:
     )
     tiles = [ReviewTile(tuple(idx), grid.region(idx), float(means[idx]) / 255.0) for idx in grid.indices()]
     return sorted(tiles, key=lambda t: -t.mean_uncertainty)
+
+
+def tile_grid(segmentation: Segmentation) -> TileGrid:
+    """The tile grid the run used (from the tile size and halo in its report)."""
+    report = segmentation.report
+    shape = segmentation.shape
+    # The grid depends on shape, tile and halo only; stride 1 skips the models' stride check.
+    return plan_tiles(shape, report.get("tile") or shape, int(report.get("halo") or 0), stride=1)
 
 
 def _block_mean(block: np.ndarray) -> np.ndarray:

@@ -131,6 +131,24 @@ def test_training_data_is_the_corrected_slices(output, segmented_sample):
         matseg.training_data_from_corrections(untouched)
 
 
+def test_only_the_tiles_looked_at_are_labelled(output, segmented_sample):
+    """A correction in one tile labels that tile (and reviewed ones) of its slice, not the rest."""
+    truth = truth_of(segmented_sample[0])
+    labels = matseg.open_segmentation(output).phases.compute()
+    tile = (slice(4, 8), slice(32, 64), slice(0, 32))  # tile (1, 1, 0) of the 4 x 32 x 32 grid
+    labels[5, 32:64, 0:32] = truth[5, 32:64, 0:32]
+    assert (labels[tile] != matseg.open_segmentation(output).phases[tile].compute()).any()
+    path = matseg.save_corrections(output, labels, reviewed=[(1, 0, 1), (0, 0, 0)])
+    corrections = matseg.load_corrections(path)
+    assert corrections.corrected_slices == [5]
+    assert corrections.attrs["labelled"] == [[5, 0, 32, 32, 64], [5, 32, 64, 0, 32]]  # reviewed, corrected
+    data = matseg.training_data_from_corrections(path)
+    assert data.labels.shape == (1, 64, 64)
+    assert np.array_equal(data.labels[0, 32:64, 0:32], truth[5, 32:64, 0:32])
+    assert np.array_equal(data.labels[0, 0:32, 32:64], labels[5, 0:32, 32:64])
+    assert (data.labels[0, 0:32, 0:32] == 255).all() and (data.labels[0, 32:64, 32:64] == 255).all()
+
+
 def test_finetune_raises_iou_on_the_corrected_slices(output, segmented_sample, fair_weights, tmp_path):
     """Correct two slices to the ground truth, fine-tune cheap 100 steps, segment again."""
     sample = segmented_sample[0]

@@ -173,6 +173,7 @@ def corrections_layers(path: str | os.PathLike) -> list[tuple]:
         "session": corrections.attrs.get("session"),
         "reviewed": [list(t) for t in corrections.reviewed],
         "weights": corrections.attrs.get("weights"),
+        "report": {"models": corrections.attrs.get("models") or []},
     }
     layers.append(
         phases_layer(corrections.labels, names, phase_colours(names), f"{stem} corrected phases", meta)

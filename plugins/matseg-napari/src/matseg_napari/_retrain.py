@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import napari
-from magicgui.widgets import Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    Select,
+    SpinBox,
+)
 from napari.qt.threading import create_worker
 
 from matseg_napari._review import phases_meta
@@ -39,17 +48,21 @@ class RetrainPanel(Container):
             tooltip="empty: the weights that made the output (else the bundled ones)",
         )
         self.weights_out = FileEdit(label="new weights", mode="d", value="", tooltip="empty: OUT.weights")
+        self.models = Select(label="models", choices=self._model_choices, allow_multiple=True)
+        self.models.native.setMaximumHeight(60)
         self.steps = SpinBox(label="steps", value=DEFAULT_STEPS, min=1, max=100_000)
         self.lr = FloatSpinBox(label="learning rate", value=DEFAULT_LR, min=1e-5, max=1e-1, step=1e-4)
         self.run_button = PushButton(text="Fine-tune from corrections")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=100)
         self.status = Label(label="status", value="")
+        self.status.native.setWordWrap(True)
         self.use_button = PushButton(text="Use these weights for Segment", enabled=False)
         self.extend(
             [
                 self.init,
                 self.weights_out,
+                self.models,
                 self.steps,
                 self.lr,
                 Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
@@ -61,6 +74,7 @@ class RetrainPanel(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.use_button.changed.connect(self.use_weights)
+        review.layer.changed.connect(self._layer_changed)
         self.worker = None
         self._run: CommandRun | None = None
         self._trained: Path | None = None
@@ -70,6 +84,16 @@ class RetrainPanel(Container):
     def _close(self) -> None:
         self.closed = True
         self.cancel()
+
+    def _model_choices(self, _widget=None) -> list[str]:
+        """The segmenters that made the output under review: those fine-tuning can start from."""
+        report = phases_meta(self.review.layer.value).get("report") or {}
+        models = [m["name"] for m in report.get("models") or [] if "name" in m]
+        return models or ["cheap"]
+
+    def _layer_changed(self, *_) -> None:
+        self.models.reset_choices()
+        self.models.value = list(self.models.choices)
 
     def arguments(self) -> list[str]:
         from matseg_napari._widget import path_value
@@ -84,6 +108,8 @@ class RetrainPanel(Container):
         )
         args = ["train", "--from-corrections", corrections, "-o", str(target.absolute())]
         args += ["--steps", str(self.steps.value), "--lr", f"{self.lr.value:g}"]
+        for model in self.models.value:
+            args += ["--model", model]
         init = path_value(self.init)
         if init is not None or meta.get("weights"):
             args += ["--init", str(init.absolute()) if init is not None else meta["weights"]]

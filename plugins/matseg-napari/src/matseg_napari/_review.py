@@ -51,6 +51,8 @@ class ReviewPanel(Container):
         self.save_button = PushButton(text="Save corrections")
         self.open_button = PushButton(text="Open saved corrections", visible=False)
         self.status = Label(label="status", value="")
+        for label in (self.position, self.status):
+            label.native.setWordWrap(True)
         buttons = [self.previous_button, self.next_button, self.mark_button]
         self.extend(
             [

@@ -36,6 +36,8 @@ from matseg_napari._retrain import RetrainPanel
 from matseg_napari._review import ReviewPanel
 from matseg_napari._runner import CommandResult, CommandRun, matseg_command, on_close
 
+WIDTH = 440
+
 
 def segment_model_choices() -> tuple[list[str], str]:
     """The ``--model`` choices and default of ``matseg segment``, read from the command itself."""
@@ -108,6 +110,8 @@ class SegmentPanel(Container):
         self.progress = ProgressBar(label="progress", value=0, min=0, max=100)
         self.status = Label(label="status", value="")
         self.cost = Label(label="cost", value="")
+        for label in (self.status, self.cost):
+            label.native.setWordWrap(True)
         self.extend(
             [
                 self.image,
@@ -272,6 +276,7 @@ class MatsegWidget(Container):
                 self.retrain,
             ]
         )
+        self.native.setMaximumWidth(WIDTH)  # long paths and messages wrap instead of squeezing the canvas
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._layers_changed)
         self._layers_changed()

@@ -21,6 +21,7 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
+    FloatSpinBox,
     Label,
     ProgressBar,
     PushButton,
@@ -37,6 +38,27 @@ from matseg_napari._review import ReviewPanel
 from matseg_napari._runner import CommandResult, CommandRun, matseg_command, on_close
 
 WIDTH = 440
+
+
+DEFAULT_COST = "selector's default"
+# Cost controls by their label: the `matseg segment` parameter, range, step and a starting value.
+COST_CONTROLS = {
+    "λ (higher spends less)": ("lam", 0.0, 1.0, 0.01, 0.1),
+    "GFLOP budget": ("budget_gflops", 0.0, 1e9, 1.0, 100.0),
+    "max costlier fraction": ("max_expensive_fraction", 0.0, 1.0, 0.05, 0.25),
+}
+
+
+def segment_cost_options() -> dict[str, str]:
+    """Cost controls ``matseg segment`` offers: label -> option flag (e.g. ``--lambda``)."""
+    from matseg.cli import cli
+
+    params = {p.name: p for p in cli.commands["segment"].params}
+    return {
+        label: max(params[name].opts, key=len)
+        for label, (name, *_) in COST_CONTROLS.items()
+        if name in params
+    }
 
 
 def segment_model_choices() -> tuple[list[str], str]:
@@ -141,15 +163,33 @@ class SegmentPanel(Container):
         self.closed = True
         self.cancel()
 
-    # Accuracy/cost control. `matseg segment` runs one model on every tile today; when
-    # it gains the selector's options (λ, GFLOP budget), their widgets are returned by
-    # `_cost_widgets` (shown between the tile size and the weights) and turned into
-    # command-line options by `_cost_arguments`. Nothing is offered before it exists.
+    # Accuracy/cost control of `--model auto` (the selector): whichever of λ, a GFLOP budget
+    # or a cap on the fraction of costlier tiles `matseg segment` offers, read from the
+    # command itself; "selector's default" passes none (the λ recorded with the selector).
     def _cost_widgets(self) -> list:
-        return []
+        options = segment_cost_options()
+        self.cost_mode = ComboBox(label="cost control", choices=[DEFAULT_COST, *options])
+        self.cost_value = FloatSpinBox(label="value", value=0.0, min=0.0, max=1.0, step=0.01)
+        self.cost_mode.changed.connect(self._cost_mode_changed)
+        self.model.changed.connect(self._cost_mode_changed)
+        self._cost_mode_changed()
+        return [self.cost_mode, self.cost_value] if options else []
+
+    def _cost_mode_changed(self, *_) -> None:
+        auto = self.model.value == "auto"
+        self.cost_mode.enabled = auto
+        mode = COST_CONTROLS.get(self.cost_mode.value)
+        self.cost_value.enabled = auto and mode is not None
+        if mode is not None:
+            _, low, high, step, default = mode
+            self.cost_value.min, self.cost_value.max, self.cost_value.step = low, high, step
+            self.cost_value.value = default
 
     def _cost_arguments(self) -> list[str]:
-        return []
+        flag = segment_cost_options().get(self.cost_mode.value)
+        if self.model.value != "auto" or flag is None:
+            return []
+        return [flag, f"{self.cost_value.value:g}"]
 
     def _image_choices(self, _widget=None) -> list[tuple[str, Layer]]:
         return [

@@ -86,6 +86,28 @@ def test_segment_runs_in_the_background_and_opens_the_result(
     qtbot.waitUntil(lambda: len(widget.review.queue) == 8, timeout=30_000)
 
 
+def test_cost_control_becomes_command_options(viewer_and_widget, sample, tmp_path):
+    viewer, widget = viewer_and_widget
+    viewer.open(str(sample), plugin="matseg-napari")
+    panel = widget.segment
+    panel.reset_choices()
+    panel.image.value = viewer.layers["cathode"]
+    panel.output.value = tmp_path / "out.zarr"
+    panel.model.value = "auto"
+    assert panel.cost_mode.enabled and not panel.cost_value.enabled  # the selector's own λ
+    assert not any(a.startswith(("--lambda", "--budget")) for a in panel.arguments())
+    panel.cost_mode.value = "λ (higher spends less)"
+    panel.cost_value.value = 0.3
+    args = panel.arguments()
+    assert args[args.index("--lambda") + 1] == "0.3"
+    panel.cost_mode.value = "GFLOP budget"
+    panel.cost_value.value = 50
+    args = panel.arguments()
+    assert args[args.index("--budget-gflops") + 1] == "50" and "--lambda" not in args
+    panel.model.value = "cheap"  # one candidate everywhere: nothing to trade
+    assert not panel.cost_mode.enabled and "--budget-gflops" not in panel.arguments()
+
+
 def test_cancel_stops_the_process(qtbot, viewer_and_widget, weights, tmp_path):
     viewer, widget = viewer_and_widget
     volume = tmp_path / "big.zarr"

@@ -34,8 +34,9 @@ def fair_weights(tmp_path_factory):
     from matseg.sample import write_sample
 
     folder = tmp_path_factory.mktemp("fair-weights")
-    write_sample(folder.parent / "train.zarr", (8, 64, 64), seed=11)
-    data, _ = load_labelled(folder.parent / "train.zarr")
+    train = tmp_path_factory.mktemp("fair-train") / "train.zarr"
+    write_sample(train, (8, 64, 64), seed=11)
+    data, _ = load_labelled(train)
     model = new_segmenter("cheap", PHASES, seed=1)
     fit(model, [data], 40, batch=8, patch=64, lr=3e-3, seed=0)
     save_segmenter(model, folder)

@@ -27,11 +27,12 @@ PHASE_COLOURS = ((40, 40, 60, 255), (230, 160, 40, 255), (90, 170, 240, 255), (2
 # Decision-map colours by candidate name; others take the palette in order.
 CANDIDATE_COLOURS = {
     "cheap": (70, 150, 255, 255),
+    "medium": (200, 80, 255, 255),
     "expensive": (255, 60, 40, 255),
     "expensive-2x": (255, 170, 0, 255),
     "classical": (80, 220, 120, 255),
 }
-CANDIDATE_PALETTE = ((200, 80, 255, 255), (255, 255, 80, 255), (80, 255, 255, 255))
+CANDIDATE_PALETTE = ((255, 255, 80, 255), (80, 255, 255, 255), (255, 120, 200, 255))
 MASK_COLOUR = (255, 230, 0, 255)
 
 

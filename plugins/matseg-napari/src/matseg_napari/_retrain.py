@@ -35,6 +35,14 @@ DEFAULT_STEPS = 200
 DEFAULT_LR = 3e-3
 
 
+def train_model_choices() -> list[str]:
+    """The segmenters ``matseg train --model`` accepts, read from the command itself."""
+    from matseg.cli import cli
+
+    option = next(p for p in cli.commands["train"].params if p.name == "models")
+    return list(option.type.choices)
+
+
 class RetrainPanel(Container):
     """Fine-tune from the corrections of the phases layer under review."""
 
@@ -88,8 +96,9 @@ class RetrainPanel(Container):
     def _model_choices(self, _widget=None) -> list[str]:
         """The segmenters that made the output under review: those fine-tuning can start from."""
         report = phases_meta(self.review.layer.value).get("report") or {}
-        models = [m["name"] for m in report.get("models") or [] if "name" in m]
-        return models or ["cheap"]
+        trainable = train_model_choices()
+        models = [m["name"] for m in report.get("models") or [] if m.get("name") in trainable]
+        return models or trainable[:1]
 
     def _layer_changed(self, *_) -> None:
         self.models.reset_choices()

@@ -49,7 +49,7 @@ def weights(tmp_path_factory) -> Path:
     from matseg.train import fit, load_labelled
 
     folder = tmp_path_factory.mktemp("weights")
-    train = folder.parent / "train.zarr"
+    train = tmp_path_factory.mktemp("train") / "train.zarr"
     write_sample(train, (8, 64, 64), seed=11)
     data, _ = load_labelled(train)
     for name, steps in (("cheap", 40), ("expensive", 2)):

@@ -39,9 +39,9 @@ xvfb:
 	fi
 
 demo: install
-	$(BIN)/matseg sample $(DEMO)/cathode.zarr --shape 32 256 256 --seed 4242 --profile test --overwrite
-	$(BIN)/matseg segment $(DEMO)/cathode.zarr -o $(DEMO)/phases-cheap.zarr --model cheap \
-		--truth $(DEMO)/cathode.zarr --overwrite --quiet
+	$(BIN)/matseg sample $(DEMO)/cathode.zarr --shape 32 512 512 --seed 4242 --profile test --overwrite
+	$(BIN)/matseg segment $(DEMO)/cathode.zarr -o $(DEMO)/phases.zarr --dry-run --overwrite --quiet
+	$(BIN)/matseg segment $(DEMO)/cathode.zarr -o $(DEMO)/phases.zarr --truth $(DEMO)/cathode.zarr --quiet
 	$(BIN)/matseg segment $(DEMO)/cathode.zarr -o $(DEMO)/phases-expensive.zarr --model expensive \
 		--truth $(DEMO)/cathode.zarr --overwrite --quiet
 
@@ -65,7 +65,10 @@ weights-segmenters: install
 		--config data/segmenter-training.yaml --overwrite; done
 	$(BIN)/matseg sample $(WORK)/val-201.zarr --shape 16 256 256 --seed 201 --config data/segmenter-training.yaml --overwrite
 	$(BIN)/matseg train $(foreach s,$(TRAIN_SEEDS),$(WORK)/train-$(s).zarr) --val $(WORK)/val-201.zarr \
-		--steps 2000 --steps-expensive 1500 --batch 8 --patch 128 --lr 3e-3 --seed 0 -o $(WEIGHTS)
+		--model cheap --model expensive --steps 2000 --steps-expensive 1500 --batch 8 --patch 128 --lr 3e-3 \
+		--seed 0 -o $(WEIGHTS)
+	$(BIN)/matseg train $(foreach s,$(TRAIN_SEEDS),$(WORK)/train-$(s).zarr) --val $(WORK)/val-201.zarr \
+		--model medium --steps 2000 --batch 8 --patch 128 --lr 3e-3 --seed 0 -o $(WEIGHTS)
 
 # The selector learns on volumes the segmenters never saw (default sample settings).
 weights-selector: install

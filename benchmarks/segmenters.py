@@ -1,4 +1,4 @@
-"""Accuracy and cost of the bundled segmenters on held-out test volumes.
+"""Accuracy and cost of the bundled segmenters (cheap, medium, expensive) on held-out test volumes.
 
     python benchmarks/segmenters.py [--out docs/segmenters.json] [--weights DIR]
 
@@ -37,7 +37,7 @@ def main() -> None:
             sample = write_sample(
                 Path(tmp) / f"test-{seed}.zarr", TEST_SHAPE, seed, SampleConfig(profile="test")
             )
-            for model in ("cheap", "expensive"):
+            for model in ("cheap", "medium", "expensive"):
                 report = matseg.segment(
                     sample,
                     Path(tmp) / f"{model}-{seed}.zarr",

@@ -25,10 +25,11 @@ from matseg.io.read import open_volume
 from matseg.metrics import confusion_matrix, summarize
 from matseg.models.weights import load_segmenter
 from matseg.sample import write_sample
-from matseg.segment import intensity_range
+from matseg.segment import intensity_range, segment
 from matseg.synth import SampleConfig
 
 TEST_SEEDS = (301, 302)
+MAP_LAMBDA = 0.02
 
 
 def monai_run(path: Path, roi: int = 256, overlap: float = 0.25) -> tuple[np.ndarray, float]:
@@ -60,7 +61,7 @@ def decision_map_picture(volume: Path, output: Path, picture: Path) -> None:
     root = zarr.open_group(str(output), mode="r")
     z = root["labels/phases/0"].shape[0] // 2
     image = zarr.open_group(str(volume), mode="r")["0"][z]
-    difficulty = zarr.open_group(str(volume), mode="r")["difficulty/0"][z]
+    difficulty = zarr.open_group(str(volume), mode="r")["difficulty"][z]
     phases = root["labels/phases/0"][z]
     decisions = root["labels/decisions/0"][z]
     names = root["labels/decisions"].attrs["matseg"]["candidates"]
@@ -70,15 +71,25 @@ def decision_map_picture(volume: Path, output: Path, picture: Path) -> None:
     axes[0].set_title(f"test volume, slice {z} (orange: hard regions)")
     axes[1].imshow(phases, cmap=ListedColormap(["#202020", "#3fa7d6", "#f2c14e"]), vmin=0, vmax=2)
     axes[1].set_title("phases (pore, carbon-binder, active)")
-    colours = ["#d9d9d9", "#d62728", "#9467bd", "#2ca02c"][: len(names)]
+    palette = {
+        "cheap": "#d9d9d9",
+        "medium": "#1f77b4",
+        "expensive": "#d62728",
+        "expensive-2x": "#9467bd",
+        "classical": "#2ca02c",
+    }
+    colours = [palette.get(n, "#8c564b") for n in names]
     axes[2].imshow(decisions, cmap=ListedColormap(colours), vmin=0, vmax=len(names) - 1)
     axes[2].contour(difficulty > 0.5, levels=[0.5], colors="orange", linewidths=1)
-    legend = ", ".join(f"{n}={c}" for n, c in zip(names, ("grey", "red", "purple", "green")))
-    axes[2].set_title("decision map: " + legend, fontsize=8)
+    axes[2].set_title("decision map (which candidate ran on each tile)")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=c, label=n) for n, c in zip(names, colours)]
+    axes[2].legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=3, fontsize=8)
     for ax in axes:
         ax.set_axis_off()
     fig.tight_layout()
-    fig.savefig(picture)
+    fig.savefig(picture, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -116,8 +127,10 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
     args.images.mkdir(parents=True, exist_ok=True)
     pareto_plot(result, args.images / "pareto.png")
-    auto_output = args.work / "evaluation" / "auto-0.zarr"
-    decision_map_picture(Path(volumes[0]), auto_output, args.images / "decision-map.png")
+    # the decision map at a λ where the choice varies from tile to tile
+    mixed = args.work / f"lambda-{MAP_LAMBDA}.zarr"
+    segment(volumes[0], mixed, lam=MAP_LAMBDA, overwrite=True)
+    decision_map_picture(Path(volumes[0]), mixed, args.images / "decision-map.png")
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def sample(output, shape, seed, config_path, profile, overwrite) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(), help="OME-Zarr store to create.")
 @click.option(
     "--model",
-    type=click.Choice(["auto", "cheap", "expensive", "expensive-2x", "classical"]),
+    type=click.Choice(["auto", "cheap", "medium", "expensive", "expensive-2x", "classical"]),
     default="auto",
     show_default=True,
     help="auto: the selector picks a candidate per tile; otherwise this candidate on every tile.",
@@ -230,7 +230,7 @@ def segment(
     "--model",
     "models",
     multiple=True,
-    type=click.Choice(["cheap", "expensive"]),
+    type=click.Choice(["cheap", "medium", "expensive"]),
     help="Segmenter(s) to train (repeat the option); default: both.",
 )
 @click.option(
@@ -301,7 +301,7 @@ def train(
         return
     if not images:
         raise click.UsageError("give the labelled IMAGES to train on, or --from-corrections PATH")
-    models = models or ("cheap", "expensive")
+    models = models or ("cheap", "medium", "expensive")
     step_counts = {m: (steps_expensive if m == "expensive" and steps_expensive else steps) for m in models}
     results = run_train(
         list(images),
@@ -363,9 +363,8 @@ def _finetune(corrections, output, models, steps, steps_expensive, batch, patch,
 @click.option("--slices", "slices_text", help="Only these Z slices are labelled, e.g. 0,10,20.")
 @click.option(
     "--candidates",
-    default="cheap,expensive,expensive-2x,classical",
-    show_default=True,
-    help="Candidates to choose from, cheap first.",
+    help="Candidates to choose from, cheap first, e.g. cheap,expensive,classical "
+    "(default: cheap, medium, expensive, expensive-2x, classical, as far as --weights holds them).",
 )
 @click.option("--tile", "tile_text", default="4,256,256", show_default=True, help="Tile size Z,Y,X.")
 @click.option("--steps", type=click.IntRange(min=1), default=4000, show_default=True, help="REINFORCE steps.")
@@ -384,7 +383,7 @@ def train_selector(images, weights, labels, slices_text, candidates, tile_text, 
         weights,
         labels=list(labels) or None,
         slices=_ints(slices_text, "--slices"),
-        candidates=[c.strip() for c in candidates.split(",")],
+        candidates=[c.strip() for c in candidates.split(",")] if candidates else None,
         tile=_ints(tile_text, "--tile"),
         steps=steps,
         seed=seed,

@@ -35,6 +35,9 @@ class _Volumes:
     def __init__(self, tables: Sequence[dict], selector, policy_gflops_per_tile: float):
         from matseg.selector.plan import stage2_gflops
 
+        for t in tables:
+            if not t["labelled"].all():
+                raise MatsegError("evaluate needs volumes labelled everywhere; some tiles have no labels")
         self.tables = tables
         self.names = tables[0]["names"]
         self.confusion = np.concatenate([t["confusion"] for t in tables])
@@ -51,7 +54,7 @@ class _Volumes:
         total = float(self.gflops[:, 0].sum()) + self.policy_gflops
         for t, (a, b) in zip(self.tables, zip(self.offsets[:-1], self.offsets[1:])):
             extra = t["gflops"] - t["gflops"][:, :1]
-            total += self._stage2(choice[a:b], t["grid"], extra, t["gflops"][:, 0])[0]
+            total += self._stage2(choice[a:b], t["grid"], extra, t["recompute"])[0]
         return total
 
     def miou(self, choice: np.ndarray) -> tuple[float, dict]:

@@ -27,19 +27,18 @@ import zarr
 
 from matseg import __version__
 from matseg.errors import MatsegError
-from matseg.io.read import Volume, open_volume
+from matseg.io.read import Volume, open_volume, split_spec
 from matseg.io.write import check_output, create_ome_store, remove_store, write_region
 from matseg.metrics import confusion_matrix, summarize, volume_fractions
 from matseg.models.weights import load_segmenter
 from matseg.selector.candidates import CANDIDATES, Candidate, Context, multiotsu_thresholds
-from matseg.selector.plan import all_expensive_gflops, make_plan
+from matseg.selector.plan import all_expensive_gflops, candidate_grid, make_plan
 from matseg.selector.policy import check_pairing, load_selector
-from matseg.stitch import extended_region, neighbour_indices, seam_score
+from matseg.stitch import BAND, extended_region, neighbour_indices, seam_score
 from matseg.tiles import blended_labels, candidate_probs, cheap_pass, tile_input
 from matseg.tiling import TileGrid, overlapped_tiles, plan_tiles
 
 MODES = ("auto", *CANDIDATES)
-BLEND_BAND = 16
 DEFAULT_TILE = (4, 256, 256)
 REPORT_NAME = "matseg-report.json"
 PERCENTILES = (0.5, 99.5)
@@ -202,14 +201,14 @@ def _check_options(model, lam, budget_gflops, max_expensive_fraction) -> None:
         raise MatsegError(f"--max-expensive-fraction must be between 0 and 1, got {max_expensive_fraction}")
 
 
-def _halo_of(model: str, context: Context) -> int:
+def _halo_of(model: str, context: Context, names: Sequence[str]) -> int:
     models = context.models
     if model == "auto":
-        return max(m.halo for m in models.values())
+        return max(CANDIDATES[n].halo(context) for n in names)
     if model == "expensive-2x":
         return 2 * models["expensive"].halo
     if model == "classical":
-        return next(iter(models.values())).halo
+        return CANDIDATES["classical"].halo(context)
     return models[model].halo
 
 
@@ -297,7 +296,7 @@ def segment(
         raise MatsegError(f"truth {truth} has shape {truth_volume.shape}; the input has {volume.shape}")
     context = Context(models, phase_order=selector.phase_order if selector else ())
     tile = tuple(tile) if tile else default_tile(volume.ndim)
-    min_halo = _halo_of(model, context)
+    min_halo = _halo_of(model, context, names)
     if halo is None:
         halo = min_halo
     elif halo < min_halo:
@@ -306,7 +305,7 @@ def segment(
         )
     stride = max(m.stride for m in models.values())
     grid = plan_tiles(volume.shape, tile, halo, stride)
-    fingerprint = _fingerprint(input, volume, models["cheap"], tile, halo) if selector else None
+    fingerprint = _fingerprint(input, volume, models["cheap"], names, tile, halo) if selector else None
     out = Path(str(output))
     stored = _stored_cheap_pass(out, fingerprint, overwrite) if selector else None
     if stored is None:
@@ -379,7 +378,10 @@ def segment(
             root["selector/gain"][:] = plan["gain"]
             root["selector/choice"][:] = plan["choice"].astype(np.uint8)
             if dry_run:
-                estimate = _estimate(plan, cheap, blocks, grid, norm, context, names, workers)
+                estimate = _estimate(plan, cheap, volume.data, grid, norm, context, names, workers)
+                # what is kept is a cheap pass for the real run to finish (a finished output
+                # given with --overwrite becomes one too: its rewritten tiles are redone)
+                root.attrs["matseg"] = {**root.attrs["matseg"], "status": "cheap-pass"}
                 return _dry_run_report(
                     input, output, volume, grid, halo, tile, plan, cheap, estimate, names, models, selector
                 )
@@ -389,7 +391,18 @@ def segment(
             attrs.update(status="running-candidates", rewritten=sorted(map(list, rewrite)))
             root.attrs["matseg"] = attrs
             stats = _run_stage2(
-                plan, rewrite, cheap, blocks, indices, grid, norm, context, names, arrays, workers, progress
+                plan,
+                rewrite,
+                cheap,
+                volume.data,
+                indices,
+                grid,
+                norm,
+                context,
+                names,
+                arrays,
+                workers,
+                progress,
             )
             counts = stats["counts"]
     except BaseException:
@@ -436,7 +449,7 @@ def segment(
             "max_expensive_fraction": max_expensive_fraction,
             "expected_gain": float(plan["gain"][np.arange(grid.n_tiles), plan["choice"]].mean()),
             "cheap_pass_reused": stored is not None,
-            "band": BLEND_BAND,
+            "band": BAND,
         }
         report["gflops_breakdown"] = stats["breakdown"]
         report["all_expensive_gflops"] = all_expensive_gflops(grid, context)
@@ -477,12 +490,12 @@ def _sum_stats(results) -> dict:
     }
 
 
-def _fingerprint(input, volume: Volume, cheap, tile, halo) -> dict:
-    """What a stored cheap pass depends on: the same input, cheap weights and tiling."""
-    source = str(input)
-    path = Path(source.split(":")[0] if not Path(source).exists() else source)
+def _fingerprint(input, volume: Volume, cheap, names, tile, halo) -> dict:
+    """What a stored cheap pass depends on: the same input, cheap weights, candidates and tiling."""
+    path, inner = split_spec(input)
     return {
-        "input": str(path.resolve()) + (source[len(str(path)) :] if source.startswith(str(path)) else ""),
+        "input": str(path.resolve()) + (f":{inner}" if inner else ""),
+        "candidates": list(names),
         "shape": list(volume.shape),
         "dtype": str(volume.data.dtype),
         "cheap_sha256": cheap.sha256,
@@ -540,19 +553,25 @@ def _load_cheap_pass(root) -> dict:
     return {name: group[name][:] for name in ("features", "counts", "gflops", "seconds")}
 
 
+def _halo_blocks(data: da.Array, grid: TileGrid) -> tuple[TileGrid, np.ndarray]:
+    return grid, overlapped_tiles(data, grid).to_delayed()
+
+
 def _run_stage2(
-    plan, rewrite, cheap, blocks, indices, grid, norm, context, names, arrays, workers, progress
+    plan, rewrite, cheap, data, indices, grid, norm, context, names, arrays, workers, progress
 ) -> dict:
     choice = {idx: int(c) for idx, c in zip(indices, plan["choice"])}
+    # every candidate reads its tiles with its own halo; blending needs the band only
+    tiles = {n: _halo_blocks(data, candidate_grid(grid, n, context)) for n in names}
     costly = {
         idx: dask.delayed(_candidate_task)(
-            blocks[idx],
+            tiles[names[k]][1][idx],
             idx,
-            grid,
+            tiles[names[k]][0],
             norm,
             context,
             CANDIDATES[names[k]],
-            BLEND_BAND,
+            BAND,
             dask_key_name=_key("candidate", idx),
         )
         for idx, k in choice.items()
@@ -566,13 +585,13 @@ def _run_stage2(
         }
         tasks.append(
             dask.delayed(_finish_task)(
-                blocks[idx],
+                tiles["cheap"][1][idx],
                 idx,
-                grid,
+                tiles["cheap"][0],
                 norm,
                 context,
                 names,
-                BLEND_BAND,
+                BAND,
                 choice,
                 costly.get(idx),
                 neighbours,
@@ -603,7 +622,7 @@ def _run_stage2(
     }
 
 
-def _estimate(plan, cheap, blocks, grid, norm, context, names, workers) -> dict:
+def _estimate(plan, cheap, data, grid, norm, context, names, workers) -> dict:
     """Expected cost of stage 2: GFLOPs exactly from the plan; time and memory from one
     sampled tile per candidate."""
     import resource
@@ -614,8 +633,9 @@ def _estimate(plan, cheap, blocks, grid, norm, context, names, workers) -> dict:
     for k in sorted(set(plan["choice"].tolist()) - {0}):
         t = int(np.flatnonzero(plan["choice"] == k)[0])
         idx = indices[t]
+        own_grid, blocks = _halo_blocks(data, candidate_grid(grid, names[k], context))
         _, gflops, seconds = _candidate_task(
-            blocks[idx].compute(), idx, grid, norm, context, CANDIDATES[names[k]], BLEND_BAND
+            blocks[idx].compute(), idx, own_grid, norm, context, CANDIDATES[names[k]], BAND
         )
         per_gflop[names[k]] = seconds / max(gflops, 1e-9)
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -19,6 +19,7 @@ import numpy as np
 
 from matseg.tiling import TileGrid
 
+BAND = 16  # voxels on each side of a border over which candidates are blended
 NEIGHBOURS = tuple(o for o in product((-1, 0, 1), repeat=2))  # in-plane offsets, (0, 0) included
 
 

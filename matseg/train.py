@@ -162,7 +162,7 @@ def train(
     output: str | os.PathLike,
     *,
     labels: Sequence[str] | None = None,
-    models: Sequence[str] = ("cheap", "expensive"),
+    models: Sequence[str] = ("cheap", "medium", "expensive"),
     phases: Sequence[str] | None = None,
     val: Sequence[str] | None = None,
     slices: Sequence[int] | None = None,

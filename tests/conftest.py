@@ -13,12 +13,14 @@ PHASES = ("pore", "carbon-binder", "active")
 
 
 @pytest.fixture(scope="session")
-def random_weights(tmp_path_factory):
-    """Cheap + expensive nets fitted for a few steps to threshold smooth noise into 3 phases.
+def random_weights(tmp_path_factory, small_sample):
+    """Cheap + expensive nets fitted for a few steps to threshold smooth noise into 3 phases,
+    and a selector fitted for a few steps on a small sample.
 
-    Not good segmenters, but their label maps are non-trivial: enough to test
+    Not good models, but their label maps are non-trivial: enough to test
     stitching, I/O and errors without waiting for real training.
     """
+    from matseg.selector.train import train_selector
     from matseg.train import LabelledSlices, fit
 
     folder = tmp_path_factory.mktemp("weights")
@@ -30,6 +32,7 @@ def random_weights(tmp_path_factory):
         model = new_segmenter(name, PHASES, seed=i + 1)
         fit(model, data, steps=12, batch=4, patch=64, lr=1e-2, seed=i)
         save_segmenter(model, folder)
+    train_selector([str(small_sample)], folder, tile=(4, 64, 64), steps=50)
     return folder
 
 

@@ -29,7 +29,9 @@ def volume_3d():
 
 @pytest.fixture(scope="module")
 def difficult_volume():
-    return render_region((32, 192, 192), full((32, 192, 192)), seed=3)
+    """Half hard, in patches smaller than the volume (the segmenters' training settings)."""
+    config = SampleConfig(hard_fraction=0.5, difficulty_wavelength=(60.0, 200.0))
+    return render_region((32, 192, 192), full((32, 192, 192)), seed=3, config=config)
 
 
 def test_outputs_have_right_dtypes_shapes_and_ranges(volume_3d):

@@ -52,7 +52,6 @@ def test_tiled_equals_whole(tmp_path, random_weights, model_name, shape, chunks,
 
 def test_too_small_halo_breaks_exactness(tmp_path, random_weights):
     """Control: the same comparison fails when the halo is forced below the receptive field."""
-    from matseg.segment import _segment_block  # noqa: F401  (same code path, smaller halo)
     from matseg.tiling import TileGrid
 
     model = load_segmenter("expensive", random_weights)

@@ -22,9 +22,10 @@ from matseg.models.flops import count_flops
 from matseg.models.unet import UNet2d, pad_to_stride
 
 MANIFEST = "manifest.json"
-# The two default candidates: tiny always-run net, big accurate net.
+# The default segmenters: a tiny always-run net, a mid-size net, a big accurate net.
 ARCHITECTURES = {
     "cheap": {"width": 10, "depth": 1, "dropout": 0.1},
+    "medium": {"width": 12, "depth": 2, "dropout": 0.0},
     "expensive": {"width": 24, "depth": 3, "dropout": 0.0},
 }
 MC_PASSES = 4

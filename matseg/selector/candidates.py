@@ -51,6 +51,17 @@ class Candidate:
     gflops: Callable[[Context, tuple[int, int, int]], float]
     needs: tuple[str, ...] = ()  # models it uses
     description: str = ""
+    context_radius: Callable[[Context], int] = lambda context: 8  # in-plane context it needs
+
+    def halo(self, context: Context) -> int:
+        """The halo this candidate runs with: its context, and at least the blending band."""
+        from matseg.stitch import BAND
+
+        return max(self.context_radius(context), BAND)
+
+
+def _model_radius(name: str) -> Callable[[Context], int]:
+    return lambda context: context.models[name].halo
 
 
 def _model_run(name: str) -> Callable[[Context, np.ndarray], np.ndarray]:
@@ -103,16 +114,39 @@ def _classical_gflops(context: Context, shape: tuple[int, int, int]) -> float:
 CANDIDATES: dict[str, Candidate] = {
     c.name: c
     for c in (
-        Candidate("cheap", _model_run("cheap"), _model_gflops("cheap"), ("cheap",), "tiny UNet, always run"),
         Candidate(
-            "expensive", _model_run("expensive"), _model_gflops("expensive"), ("expensive",), "large UNet"
+            "cheap",
+            _model_run("cheap"),
+            _model_gflops("cheap"),
+            ("cheap",),
+            "tiny UNet, always run",
+            _model_radius("cheap"),
         ),
+        Candidate(
+            "medium",
+            _model_run("medium"),
+            _model_gflops("medium"),
+            ("medium",),
+            "mid-size UNet",
+            _model_radius("medium"),
+        ),
+        Candidate(
+            "expensive",
+            _model_run("expensive"),
+            _model_gflops("expensive"),
+            ("expensive",),
+            "large UNet",
+            _model_radius("expensive"),
+        ),
+        # the expensive net's own radius, in full-resolution voxels (it would need twice that
+        # for exactness at half scale; blending covers what the smaller halo misses)
         Candidate(
             "expensive-2x",
             _downscaled_run,
             _downscaled_gflops,
             ("expensive",),
             "large UNet on a 2x down-scaled tile, upsampled back",
+            _model_radius("expensive"),
         ),
         Candidate(
             "classical", _classical_run, _classical_gflops, (), "multi-Otsu + majority filter (scikit-image)"

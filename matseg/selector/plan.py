@@ -29,7 +29,9 @@ def tile_shapes(grid: TileGrid) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def stage2_gflops(choice: np.ndarray, grid: TileGrid, candidate_gflops: np.ndarray, cheap_gflops: np.ndarray):
+def stage2_gflops(
+    choice: np.ndarray, grid: TileGrid, candidate_gflops: np.ndarray, recompute_gflops: np.ndarray
+) -> tuple[float, np.ndarray]:
     """GFLOPs stage 2 adds for a plan, and which tiles it rewrites.
 
     Costly tiles run their candidate; a tile is rewritten when it or a neighbour
@@ -48,13 +50,27 @@ def stage2_gflops(choice: np.ndarray, grid: TileGrid, candidate_gflops: np.ndarr
     recompute = (rewritten & ~costly) | (costly & near_cheap)
     flat = choice.astype(int)
     total = float(candidate_gflops[np.arange(len(flat)), flat][flat > 0].sum())
-    total += float(cheap_gflops[recompute.ravel()].sum())
+    total += float(recompute_gflops[recompute.ravel()].sum())
     return total, rewritten.ravel()
 
 
+def candidate_grid(grid: TileGrid, name: str, context: Context) -> TileGrid:
+    """The tiles with the halo candidate ``name`` runs with."""
+    return grid.with_halo(CANDIDATES[name].halo(context))
+
+
 def candidate_gflops(grid: TileGrid, context: Context, names) -> np.ndarray:
-    shapes = tile_shapes(grid)
-    return np.array([[CANDIDATES[n].gflops(context, s) for n in names] for s in shapes])
+    """GFLOPs of each candidate (columns) on each tile (rows), on the candidate's own halo."""
+    columns = []
+    for name in names:
+        shapes = tile_shapes(candidate_grid(grid, name, context))
+        columns.append([CANDIDATES[name].gflops(context, s) for s in shapes])
+    return np.array(columns).T
+
+
+def blend_gflops(grid: TileGrid, context: Context) -> np.ndarray:
+    """GFLOPs of recomputing the cheap pass on each tile for blending (cheap on its blending halo)."""
+    return candidate_gflops(grid, context, ["cheap"])[:, 0]
 
 
 def all_expensive_gflops(grid: TileGrid, context: Context) -> float:
@@ -66,10 +82,11 @@ def make_plan(selector: Selector, cheap, grid, context, names, lam, budget_gflop
     gain = selector.expected_gain(features)
     gain[:, 0] = 0.0
     cand_gflops = candidate_gflops(grid, context, names)
+    recompute = blend_gflops(grid, context)
     policy_gflops = selector.gflops(len(features))
 
     def cost_of(choice):
-        return stage2_gflops(choice, grid, cand_gflops, cheap["gflops"])[0]
+        return stage2_gflops(choice, grid, cand_gflops, recompute)[0]
 
     if budget_gflops is None and max_fraction is None:
         lam = selector.default_lambda if lam is None else lam
@@ -84,12 +101,13 @@ def make_plan(selector: Selector, cheap, grid, context, names, lam, budget_gflop
         extra = None if budget_gflops is None else budget_gflops - base
         slots = None if max_fraction is None else int(np.floor(max_fraction * len(features) + 1e-9))
         choice = choose_by_budget(gain, cost_of, extra, slots, cand_gflops)
-    stage2, rewritten = stage2_gflops(choice, grid, cand_gflops, cheap["gflops"])
+    stage2, rewritten = stage2_gflops(choice, grid, cand_gflops, recompute)
     return {
         "choice": choice,
         "gain": gain,
         "lambda": lam,
         "candidate_gflops": cand_gflops,
+        "recompute_gflops": recompute,
         "policy_gflops": policy_gflops,
         "stage2_gflops": stage2,
         "rewritten": rewritten,

@@ -17,6 +17,7 @@ import numpy as np
 from matseg.errors import MatsegError
 from matseg.io.read import open_volume
 from matseg.selector.candidates import CANDIDATES, Context
+from matseg.selector.plan import blend_gflops, candidate_gflops
 from matseg.tiles import candidate_probs, cheap_pass, tile_input
 from matseg.tiling import overlapped_tiles, plan_tiles
 
@@ -39,16 +40,15 @@ def _table_task(block, cheap_block, truth_block, index, grid, cheap_grid, norm, 
         tile_input(cheap_block, index, cheap_grid, norm).image.shape
     )
     region = grid.region(index)
-    confusions, gflops = [], []
+    confusions = []
     for name in names:
         if name == "cheap":
-            labels, cost = cheap["labels"], 0.0
+            labels = cheap["labels"]
         else:
-            probs, cost = candidate_probs(tile, CANDIDATES[name], context, region)
-            labels = probs.argmax(axis=1)
+            # on the largest halo: the same core prediction as on the candidate's own halo
+            labels = candidate_probs(tile, CANDIDATES[name], context, region)[0].argmax(axis=1)
         confusions.append(_confusion(labels, truth, n, n))
-        gflops.append(cheap["gflops"] + cost)
-    return {"features": cheap["features"], "confusion": np.stack(confusions), "gflops": np.array(gflops)}
+    return {"features": cheap["features"], "confusion": np.stack(confusions), "cheap_gflops": cheap["gflops"]}
 
 
 def tile_table(
@@ -115,7 +115,13 @@ def tile_table(
         for i in grid.indices()
     ]
     results = dask.compute(*tasks, scheduler="threads")
-    table = {key: np.stack([r[key] for r in results]) for key in ("features", "confusion", "gflops")}
+    table = {key: np.stack([r[key] for r in results]) for key in ("features", "confusion")}
+    # what segment spends when each candidate is chosen: the cheap pass plus the candidate
+    # on its own halo; and the cheap pass recomputed on the band, where tiles are blended
+    extra = candidate_gflops(grid, context, names)
+    extra[:, 0] = 0.0
+    table["gflops"] = np.array([r["cheap_gflops"] for r in results])[:, None] + extra
+    table["recompute"] = blend_gflops(grid, context)
     labelled = table["confusion"][:, 0].sum(axis=(1, 2)) > 0
     table = {key: value[labelled] for key, value in table.items()}
     return table | {"names": tuple(names), "grid": grid, "labelled": labelled, "thresholds": norm.thresholds}
@@ -123,7 +129,8 @@ def tile_table(
 
 def merge_tables(tables: Sequence[dict]) -> dict:
     """Concatenate tile tables of several volumes (same candidates)."""
-    merged = {key: np.concatenate([t[key] for t in tables]) for key in ("features", "confusion", "gflops")}
+    keys = ("features", "confusion", "gflops", "recompute")
+    merged = {key: np.concatenate([t[key] for t in tables]) for key in keys}
     return merged | {"names": tables[0]["names"]}
 
 

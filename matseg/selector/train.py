@@ -23,10 +23,21 @@ from matseg.selector.candidates import CANDIDATES, Context, get_candidates
 from matseg.selector.policy import LAMBDA_FLOOR, PolicyNet, Selector, save_selector
 from matseg.selector.table import class_to_phase, merge_tables, remap_rows, reward, tile_iou, tile_table
 
-DEFAULT_CANDIDATES = ("cheap", "expensive", "expensive-2x", "classical")
+DEFAULT_CANDIDATES = ("cheap", "medium", "expensive", "expensive-2x", "classical")
+
+
+def available_candidates(weights: str | os.PathLike) -> tuple[str, ...]:
+    """The default candidates whose segmenters the weights folder holds."""
+    from matseg.models.weights import read_manifest
+
+    present = set(read_manifest(weights))
+    return tuple(n for n in DEFAULT_CANDIDATES if set(CANDIDATES[n].needs) <= present)
+
+
 EVAL_LAMBDAS = (0.0, 0.01, 0.03, 0.1, 0.3)
 DEFAULT_LAMBDA_GRID = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5)
-DEFAULT_TOLERANCE = 0.005  # mIoU the default λ may lose to all-expensive on the training tiles
+# mIoU the default λ may lose to all-expensive on the training tiles: "almost the same accuracy"
+DEFAULT_TOLERANCE = 0.01
 
 
 def pick_default_lambda(
@@ -75,8 +86,9 @@ def fit_policy(
     *,
     steps: int = 4000,
     batch: int = 256,
-    lr: float = 3e-3,
-    entropy: tuple[float, float] = (0.05, 0.001),
+    lr: float = 1e-3,
+    entropy: tuple[float, float] = (1.0, 0.01),
+    samples: int = 8,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> tuple[PolicyNet, list[dict]]:
@@ -93,6 +105,8 @@ def fit_policy(
         Optimiser steps, tiles per step, Adam learning rate.
     entropy : (float, float)
         Entropy bonus at the first and the last step (annealed geometrically).
+    samples : int
+        Candidates sampled per tile and step (more samples, less variance).
 
     Returns
     -------
@@ -103,6 +117,15 @@ def fit_policy(
         raise MatsegError("the selector needs at least 2 labelled tiles to train on")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny network: threads cost more than they bring
+    try:
+        return _fit(features, iou, gflops, steps, batch, lr, entropy, samples, rng, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(features, iou, gflops, steps, batch, lr, entropy, samples, rng, log) -> tuple[PolicyNet, list[dict]]:
     features = np.asarray(features, np.float32)
     net = PolicyNet(features.shape[1], iou.shape[1])
     net.feature_mean.copy_(torch.as_tensor(features.mean(axis=0)))
@@ -110,6 +133,10 @@ def fit_policy(
     optimiser = torch.optim.Adam(net.parameters(), lr=lr)
     x_all = torch.as_tensor(features)
     gain_all = torch.as_tensor(iou - iou[:, :1], dtype=torch.float32)
+    # rewards at small λ are IoU differences (~0.01), at large λ cost fractions (~1): scale
+    # each sample by its λ's typical magnitude so every λ gets a comparable learning signal
+    # (a positive factor per λ changes no optimal choice)
+    gain_scale = float(np.std(iou - iou[:, :1])) + 1e-6
     history = []
 
     def record(step: int) -> None:
@@ -132,17 +159,17 @@ def fit_policy(
         lam = sample_lambdas(rng, batch)
         logits, value, gain = net(x_all[idx], torch.as_tensor(lam, dtype=torch.float32))
         dist = torch.distributions.Categorical(logits=logits)
-        action = dist.sample()
-        r = torch.as_tensor(
-            reward(iou[idx], gflops[idx], lam)[np.arange(batch), action.numpy()], dtype=torch.float32
-        )
-        advantage = r - value.detach()
+        action = dist.sample((samples,))  # (samples, batch)
+        scale = (1 - lam) * gain_scale + lam
+        rewards = reward(iou[idx], gflops[idx], lam) / scale[:, None]
+        r = torch.as_tensor(np.take_along_axis(rewards, action.numpy().T, axis=1).T, dtype=torch.float32)
+        advantage = r - value.detach()[None]
         advantage = advantage / (advantage.std() + 1e-6)
         beta = entropy[0] * (entropy[1] / entropy[0]) ** (step / max(1, steps - 1))
         loss = (
             -(dist.log_prob(action) * advantage).mean()
             - beta * dist.entropy().mean()
-            + 100 * torch.nn.functional.mse_loss(value, r)
+            + torch.nn.functional.mse_loss(value, r.mean(dim=0))
             + 100 * torch.nn.functional.mse_loss(gain, gain_all[idx])
         )
         optimiser.zero_grad()
@@ -160,7 +187,7 @@ def train_selector(
     *,
     labels: Sequence[str] | None = None,
     slices: Sequence[int] | None = None,
-    candidates: Sequence[str] = DEFAULT_CANDIDATES,
+    candidates: Sequence[str] | None = None,
     tile: Sequence[int] = (4, 256, 256),
     steps: int = 4000,
     seed: int = 0,
@@ -179,8 +206,9 @@ def train_selector(
         ``selector.pt`` is written into it.
     labels : sequence of str, optional
         Label volume per image (255 = unlabelled); default: the image store's own labels.
-    candidates : sequence of str
-        Candidates the selector chooses from, ``cheap`` first.
+    candidates : sequence of str, optional
+        Candidates the selector chooses from, ``cheap`` first; default: every
+        default candidate whose segmenters ``weights`` holds.
     tile : sequence of int
         Tile size used to cut the training tiles (use the one you segment with).
 
@@ -192,7 +220,7 @@ def train_selector(
     started = time.perf_counter()
     if labels and len(labels) != len(images):
         raise MatsegError(f"{len(images)} image(s) but {len(labels)} label volume(s); give one per image")
-    names = tuple(c.name for c in get_candidates(list(candidates)))
+    names = tuple(c.name for c in get_candidates(list(candidates or available_candidates(weights))))
     needed = {"cheap"} | {m for n in names for m in CANDIDATES[n].needs}
     models = {m: load_segmenter(m, weights) for m in sorted(needed)}
     context = Context(models)

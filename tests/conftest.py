@@ -36,6 +36,17 @@ def random_weights(tmp_path_factory, small_sample):
     return folder
 
 
+def run(args) -> int:
+    """Run the matseg CLI in-process; return its exit code."""
+    from matseg.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as done:
+        return done.code
+    return 0
+
+
 def smooth_noise(shape, seed=0, dtype=np.float32) -> np.ndarray:
     rng = np.random.default_rng(seed)
     data = ndi.gaussian_filter(rng.normal(size=shape), 2.0) * 40 + 100

@@ -11,21 +11,14 @@ import pytest
 
 import matseg
 from matseg import MatsegError
-from matseg.cli import main
 from matseg.metrics import confusion_matrix, summarize
 from matseg.models.weights import default_weights_dir, new_segmenter, save_segmenter
 from matseg.train import fit, load_labelled
 
+from .conftest import run
+
 PHASES = ("pore", "carbon-binder", "active")
 CORRECTED = [1, 6]
-
-
-def run(args):
-    try:
-        main([str(a) for a in args])
-    except SystemExit as done:
-        return done.code
-    return 0
 
 
 @pytest.fixture(scope="module")

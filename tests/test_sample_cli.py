@@ -6,15 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from matseg.cli import main
-
-
-def run(args):
-    try:
-        main([str(a) for a in args])
-    except SystemExit as done:
-        return done.code
-    return 0
+from .conftest import run
 
 
 @pytest.mark.parametrize("shape", [(6, 40, 48), (40, 48)])

@@ -11,17 +11,8 @@ import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Label, Reader
 
-from matseg.cli import main
-
+from .conftest import run
 from .test_bad_input import snapshot
-
-
-def run(args):
-    try:
-        main([str(a) for a in args])
-    except SystemExit as done:
-        return done.code
-    return 0
 
 
 def test_segment_sample_contract(tmp_path, small_sample, random_weights, capsys):

@@ -18,8 +18,8 @@ from matseg.selector.table import reward, tile_iou
 from matseg.selector.train import fit_policy, greedy_reward
 from matseg.synth import SampleConfig
 
+from .conftest import run
 from .test_bad_input import snapshot
-from .test_segment import run
 
 TILE = (4, 128, 128)
 

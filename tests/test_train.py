@@ -10,19 +10,12 @@ import pytest
 import zarr
 
 from matseg import MatsegError
-from matseg.cli import main
 from matseg.models.weights import load_segmenter, new_segmenter
 from matseg.train import UNLABELLED, load_labelled, score
 
+from .conftest import run
+
 EMPS = Path(__file__).resolve().parents[1] / "data" / "emps"
-
-
-def run(args):
-    try:
-        main([str(a) for a in args])
-    except SystemExit as done:
-        return done.code
-    return 0
 
 
 def test_train_on_real_emps_two_phases(tmp_path, capsys):

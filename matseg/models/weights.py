@@ -147,6 +147,30 @@ def read_manifest(folder: str | os.PathLike) -> dict:
         raise MatsegError(f"{path} is not valid JSON: {err}") from None
 
 
+def load_tensors(path: Path, sha256: str, what: str) -> tuple[dict, str]:
+    """A state dict from ``path``, after checking its sha256; tensors only (``weights_only=True``).
+
+    Returns the state and the file's sha256; raises MatsegError naming ``what``
+    when the file is missing, altered, or holds pickled objects.
+    """
+    if not path.is_file():
+        raise MatsegError(f"{what} {path} is missing")
+    digest = sha256_of(path)
+    if digest != sha256:
+        raise MatsegError(
+            f"{what} {path} has sha256 {digest[:12]}..., manifest says "
+            f"{sha256[:12]}...; the file was changed or corrupted"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = next(
+            (line.strip() for line in str(err).splitlines() if "Unpickler error" in line), type(err).__name__
+        )
+        raise MatsegError(f"{what} {path} holds more than tensors; refusing it ({reason})") from None
+    return state, digest
+
+
 def load_segmenter(name: str, folder: str | os.PathLike | None = None) -> Segmenter:
     """Load segmenter ``name`` from a weights folder (default: the bundled weights).
 
@@ -167,21 +191,7 @@ def load_segmenter(name: str, folder: str | os.PathLike | None = None) -> Segmen
         )
     entry = manifest[name]
     path = folder / entry["file"]
-    if not path.is_file():
-        raise MatsegError(f"weights file {path} is missing")
-    digest = sha256_of(path)
-    if digest != entry["sha256"]:
-        raise MatsegError(
-            f"weights file {path} has sha256 {digest[:12]}..., manifest says "
-            f"{entry['sha256'][:12]}...; the file was changed or corrupted"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        reason = next(
-            (line.strip() for line in str(err).splitlines() if "Unpickler error" in line), type(err).__name__
-        )
-        raise MatsegError(f"weights file {path} holds more than tensors; refusing it ({reason})") from None
+    state, digest = load_tensors(path, entry["sha256"], "weights file")
     arch = entry["architecture"]
     net = UNet2d(**arch)
     try:

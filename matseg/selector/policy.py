@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from matseg.errors import MatsegError
-from matseg.models.weights import MANIFEST, default_weights_dir, read_manifest, sha256_of
+from matseg.models.weights import MANIFEST, default_weights_dir, load_tensors, read_manifest, sha256_of
 from matseg.selector.features import FEATURE_NAMES
 
 SELECTOR_FILE = "selector.pt"
@@ -181,20 +181,7 @@ def load_selector(folder: str | os.PathLike | None = None) -> Selector:
             "or pick a single model with --model cheap|expensive"
         )
     path = folder / entry["file"]
-    if not path.is_file():
-        raise MatsegError(f"selector file {path} is missing")
-    digest = sha256_of(path)
-    if digest != entry["sha256"]:
-        raise MatsegError(
-            f"selector file {path} has sha256 {digest[:12]}..., manifest says {entry['sha256'][:12]}...; "
-            "the file was changed or corrupted"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise MatsegError(
-            f"selector file {path} holds more than tensors; refusing it ({type(err).__name__})"
-        ) from None
+    state, digest = load_tensors(path, entry["sha256"], "selector file")
     if list(entry.get("features", [])) != list(FEATURE_NAMES):
         raise MatsegError(f"selector in {folder} was trained on other features; retrain it with this matseg")
     net = PolicyNet(len(FEATURE_NAMES), len(entry["candidates"]), entry.get("hidden", 64))

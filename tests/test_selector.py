@@ -171,3 +171,48 @@ def test_evaluate_compares_every_baseline(tmp_path, volume):
     zero, one = result["sweep"][0]["selector"], result["sweep"][-1]["selector"]
     assert zero["gflops"] >= one["gflops"]
     assert one["mix"]["cheap"] == result["tiles"]  # cost is everything: cheap everywhere
+
+
+def test_selector_trains_on_a_labs_own_two_phase_data(tmp_path, capsys):
+    """Real EMPS electron micrographs (particle vs background): segmenters, then the selector,
+    trained on the lab's own labels, then segment with them."""
+    from pathlib import Path
+
+    emps = Path(__file__).resolve().parents[1] / "data" / "emps"
+    image, labels, weights = emps / "image.tif", emps / "labels.tif", tmp_path / "lab-weights"
+    common = ["--labels", labels, "--phases", "background,particle", "--batch", "8", "--patch", "96"]
+    assert (
+        run(
+            ["train", image, *common, "--slices", "0,2,4,6", "--model", "cheap", "--model", "expensive"]
+            + ["--steps", "200", "--steps-expensive", "60", "-o", weights]
+        )
+        == 0
+    ), capsys.readouterr().err
+    # the selector learns on slices the segmenters never saw
+    assert (
+        run(
+            ["train-selector", image, "--labels", labels, "--slices", "1,3,5,7", "--weights", weights]
+            + ["--tile", "2,128,128", "--steps", "300"]
+        )
+        == 0
+    ), capsys.readouterr().err
+    manifest = json.loads((weights / "manifest.json").read_text())
+    selector = manifest["selector"]
+    assert selector["candidates"] == ["cheap", "expensive", "expensive-2x", "classical"]
+    assert len(selector["phase_order"]) == 2 and selector["tiles"] == 64
+    history = selector["history"]
+    assert history[-1]["reward@0.0"] >= history[0]["reward@0.0"]
+    reports = {}
+    for lam in (0.0, 1.0):
+        reports[lam] = matseg.segment(
+            image, tmp_path / f"lab-{lam}.zarr", weights=weights, lam=lam, tile=(2, 128, 128), truth=labels
+        )
+        assert reports[lam]["phases"] == ["background", "particle"]
+    accurate, thrifty = reports[0.0], reports[1.0]
+    cheap = matseg.segment(image, tmp_path / "cheap.zarr", weights=weights, model="cheap", truth=labels)
+    assert accurate["metrics"]["miou"] > cheap["metrics"]["miou"]  # the selector pays on the lab's data
+    assert accurate["gflops"] >= thrifty["gflops"]
+    # when cost is all that counts, the expensive net runs nowhere
+    assert thrifty["decisions"]["expensive"] == thrifty["decisions"]["expensive-2x"] == 0
+    out = zarr.open_group(str(tmp_path / "lab-0.0.zarr"), mode="r")
+    assert set(np.unique(out["labels/phases/0"][:])) <= {0, 1}

@@ -16,6 +16,7 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import zarr
 
 from matseg import __version__
 from matseg.errors import MatsegError
+from matseg.io.lock import OutputLock
 from matseg.io.read import Volume, open_volume, split_spec
 from matseg.io.write import check_output, create_ome_store, remove_store, write_region
 from matseg.metrics import confusion_matrix, summarize, volume_fractions
@@ -277,6 +279,47 @@ def segment(
     dict
         The report, also saved in the output (``matseg-report.json`` and attributes).
     """
+    with ExitStack() as lock:
+        return _segment(
+            input,
+            output,
+            model=model,
+            lam=lam,
+            budget_gflops=budget_gflops,
+            max_expensive_fraction=max_expensive_fraction,
+            weights=weights,
+            tile=tile,
+            halo=halo,
+            overwrite=overwrite,
+            workers=workers,
+            truth=truth,
+            progress=progress,
+            dry_run=dry_run,
+            command=command,
+            lock=lock,
+        )
+
+
+def _segment(
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    model: str = "auto",
+    lam: float | None = None,
+    budget_gflops: float | None = None,
+    max_expensive_fraction: float | None = None,
+    weights: str | os.PathLike | None = None,
+    tile: Sequence[int] | None = None,
+    halo: int | None = None,
+    overwrite: bool = False,
+    workers: int | None = None,
+    truth: str | os.PathLike | None = None,
+    progress: bool = False,
+    dry_run: bool = False,
+    command: str | None = None,
+    lock: ExitStack,
+) -> dict:
+    """The body of :func:`segment`; ``lock`` holds the output lock once taken."""
     _check_options(model, lam, budget_gflops, max_expensive_fraction)
     if dry_run and model != "auto":
         raise MatsegError("--dry-run estimates a selector run; use it with --model auto")
@@ -322,10 +365,11 @@ def segment(
     blocks = overlapped_tiles(volume.data, grid).to_delayed()
     indices = list(grid.indices())
     compute_started = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock.enter_context(OutputLock(out))  # one writer at a time, from here on
     if stored is None:
         if out.exists():
             remove_store(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         root = create_ome_store(
             out,
             volume.shape,

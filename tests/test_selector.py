@@ -216,3 +216,25 @@ def test_selector_trains_on_a_labs_own_two_phase_data(tmp_path, capsys):
     assert thrifty["decisions"]["expensive"] == thrifty["decisions"]["expensive-2x"] == 0
     out = zarr.open_group(str(tmp_path / "lab-0.0.zarr"), mode="r")
     assert set(np.unique(out["labels/phases/0"][:])) <= {0, 1}
+
+
+def test_new_lambda_on_a_finished_output_reuses_its_cheap_pass(tmp_path, volume):
+    out = tmp_path / "out.zarr"
+    first = matseg.segment(volume, out, tile=TILE, lam=0.0)
+    second = matseg.segment(volume, out, tile=TILE, lam=1.0, overwrite=True)
+    assert not first["selector"]["cheap_pass_reused"] and second["selector"]["cheap_pass_reused"]
+    fresh = matseg.segment(volume, tmp_path / "fresh.zarr", tile=TILE, lam=1.0)
+    for name in ("labels/phases/0", "labels/decisions/0", "0"):
+        reused = zarr.open_group(str(out), mode="r")[name][:]
+        np.testing.assert_array_equal(reused, zarr.open_group(str(tmp_path / "fresh.zarr"), mode="r")[name][:])
+    # the stored cheap pass is counted, not recomputed: the same figure as in the first run
+    assert second["gflops_breakdown"]["cheap_pass"] == first["gflops_breakdown"]["cheap_pass"]
+
+
+def test_selector_on_a_2d_image(tmp_path):
+    image = tmp_path / "slice.zarr"
+    write_sample(image, (256, 320), seed=77, config=SampleConfig(profile="test"))
+    report = matseg.segment(image, tmp_path / "out.zarr", tile=(128, 128), lam=0.01, truth=image)
+    labels = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["labels/phases/0"]
+    assert labels.shape == (256, 320) and report["tiles"] == 6
+    assert report["metrics"]["miou"] > 0.6

@@ -223,10 +223,10 @@ def test_new_lambda_on_a_finished_output_reuses_its_cheap_pass(tmp_path, volume)
     first = matseg.segment(volume, out, tile=TILE, lam=0.0)
     second = matseg.segment(volume, out, tile=TILE, lam=1.0, overwrite=True)
     assert not first["selector"]["cheap_pass_reused"] and second["selector"]["cheap_pass_reused"]
-    fresh = matseg.segment(volume, tmp_path / "fresh.zarr", tile=TILE, lam=1.0)
+    matseg.segment(volume, tmp_path / "fresh.zarr", tile=TILE, lam=1.0)
+    reused, fresh = (zarr.open_group(str(p), mode="r") for p in (out, tmp_path / "fresh.zarr"))
     for name in ("labels/phases/0", "labels/decisions/0", "0"):
-        reused = zarr.open_group(str(out), mode="r")[name][:]
-        np.testing.assert_array_equal(reused, zarr.open_group(str(tmp_path / "fresh.zarr"), mode="r")[name][:])
+        np.testing.assert_array_equal(reused[name][:], fresh[name][:])
     # the stored cheap pass is counted, not recomputed: the same figure as in the first run
     assert second["gflops_breakdown"]["cheap_pass"] == first["gflops_breakdown"]["cheap_pass"]
 

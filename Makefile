@@ -28,13 +28,17 @@ $(STAMP): pyproject.toml $(PLUGIN)/pyproject.toml
 
 install: $(STAMP) xvfb
 
-# Only when xvfb-run is missing, and only as root (apt-get); otherwise say what is missing.
+# A single-node SLURM for the workflow tests (tests/test_slurm.py starts and stops it).
+SLURM_PACKAGES := slurm-wlm munge
+
+# Only when xvfb-run or sbatch is missing, and only as root (apt-get); otherwise say what is missing.
 xvfb:
-	@if ! command -v xvfb-run >/dev/null 2>&1; then \
+	@if ! command -v xvfb-run >/dev/null 2>&1 || ! command -v sbatch >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -q && apt-get install -y -q $(XVFB_PACKAGES); \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+				$(XVFB_PACKAGES) $(SLURM_PACKAGES); \
 		else \
-			echo "xvfb-run is missing (not root): the napari plugin's GUI tests will be skipped"; \
+			echo "xvfb-run or sbatch is missing (not root): GUI and SLURM tests will be skipped"; \
 		fi; \
 	fi
 

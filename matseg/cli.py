@@ -351,6 +351,64 @@ def _finetune(corrections, output, models, steps, steps_expensive, batch, patch,
         )
 
 
+@cli.command()
+@click.argument("manifest", required=False)
+@click.option(
+    "--glob", "pattern", help="Instead of MANIFEST: every input matching this pattern, e.g. 'scans/*.zarr'."
+)
+@click.option(
+    "--output-dir", type=click.Path(file_okay=False), help="With --glob: outputs go here as NAME-phases.zarr."
+)
+@click.option(
+    "--index", type=click.IntRange(min=0), help="Run only job INDEX (0-based), e.g. $SLURM_ARRAY_TASK_ID."
+)
+@click.option(
+    "--model",
+    type=click.Choice(["auto", "cheap", "medium", "expensive", "expensive-2x", "classical"]),
+    default="auto",
+    show_default=True,
+    help="As for 'matseg segment'.",
+)
+@click.option("--lambda", "lam", type=float, help="As for 'matseg segment'.")
+@click.option("--weights", type=click.Path(file_okay=False), help="Weights folder (default: bundled).")
+@click.option("--tile", "tile_text", help="Tile size Z,Y,X (default 4,256,256).")
+@click.option("--workers", type=click.IntRange(min=1), help="Tiles processed at once (default: cores).")
+def batch(manifest, pattern, output_dir, index, model, lam, weights, tile_text, workers) -> None:
+    """Segment many volumes: the jobs of MANIFEST (YAML list of {input, output},
+    or CSV with columns input,output) or of --glob; finished outputs are skipped.
+
+    \b
+    Examples:
+      matseg batch jobs.yaml
+      matseg batch --glob 'scans/*.zarr' --output-dir phases/
+      matseg batch jobs.csv --index $SLURM_ARRAY_TASK_ID     # one job per array task
+    """
+    from matseg.batch import batch as run
+    from matseg.batch import glob_jobs, read_jobs
+
+    if bool(manifest) == bool(pattern):
+        raise click.UsageError("give a MANIFEST or --glob PATTERN (with --output-dir), not both")
+    if pattern and not output_dir:
+        raise click.UsageError("--glob needs --output-dir")
+    jobs = read_jobs(manifest) if manifest else glob_jobs(pattern, output_dir)
+    results = run(
+        jobs,
+        index=index,
+        model=model,
+        lam=lam,
+        weights=weights,
+        tile=_ints(tile_text, "--tile"),
+        workers=workers,
+        command=_command_line(),
+        log=lambda m: click.echo(m, err=True),
+    )
+    states = [r["state"] for r in results]
+    click.echo(", ".join(f"{states.count(s)} {s}" for s in ("done", "skipped", "failed")))
+    failed = [r for r in results if r["state"] == "failed"]
+    if failed:
+        raise MatsegError(f"{len(failed)} of {len(results)} jobs failed; first: {failed[0]['error']}")
+
+
 @cli.command("train-selector")
 @click.argument("images", nargs=-1, required=True)
 @click.option(

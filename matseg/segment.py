@@ -376,7 +376,7 @@ def _segment(
             grid.write_chunks,
             image=("uncertainty", "uint8"),
             labels={"phases": phases, "decisions": names},
-            attrs={"status": "running", "version": __version__},
+            attrs={"status": "running", "version": __version__, "input": {"source": str(input)}},
         )
     else:
         root = zarr.open_group(str(out), mode="r+")

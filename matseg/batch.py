@@ -1,0 +1,137 @@
+"""``matseg batch``: many volumes, one command, finished outputs skipped.
+
+Jobs come from a manifest (YAML: a list of ``{input, output}``; CSV: columns
+``input,output``) or from a glob of inputs with an output folder. Each job is
+one :func:`matseg.segment` call; a job whose output is already a finished run
+of the same input is skipped, so a batch killed half-way is simply run again.
+``index`` runs one job only: the task id of a SLURM job array.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob as globbing
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+import zarr
+
+from matseg.errors import MatsegError
+from matseg.io.read import split_spec
+
+
+def read_jobs(manifest: str | os.PathLike) -> list[tuple[str, str]]:
+    """(input, output) pairs of a YAML or CSV manifest, relative paths taken from the manifest's folder."""
+    path = Path(manifest)
+    if not path.is_file():
+        raise MatsegError(f"manifest {manifest} not found")
+    try:
+        if path.suffix.lower() == ".csv":
+            with open(path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+        else:
+            rows = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, csv.Error, UnicodeDecodeError) as err:
+        raise MatsegError(f"manifest {manifest} cannot be parsed: {err}") from None
+    if not isinstance(rows, list) or not rows:
+        raise MatsegError(f"manifest {manifest} must list jobs, each with 'input' and 'output'")
+    jobs = []
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or not row.get("input") or not row.get("output"):
+            raise MatsegError(f"manifest {manifest}, job {number}: needs both 'input' and 'output'")
+        jobs.append(tuple(_relative_to(path.parent, str(row[key])) for key in ("input", "output")))
+    return jobs
+
+
+def _relative_to(folder: Path, spec: str) -> str:
+    outer, inner = split_spec(spec) if ":" in spec else (Path(spec), "")
+    outer = outer if outer.is_absolute() else folder / outer
+    return f"{outer}:{inner}" if inner else str(outer)
+
+
+def glob_jobs(
+    pattern: str, output_dir: str | os.PathLike, suffix: str = "-phases.zarr"
+) -> list[tuple[str, str]]:
+    """One job per input matching ``pattern``: ``output_dir/<input name><suffix>``."""
+    inputs = sorted(globbing.glob(pattern))
+    if not inputs:
+        raise MatsegError(f"no input matches {pattern!r}")
+    out = Path(output_dir)
+    return [(i, str(out / f"{Path(i).name.split('.')[0]}{suffix}")) for i in inputs]
+
+
+def finished(input: str, output: str) -> bool:
+    """Whether ``output`` is a complete matseg run of ``input``."""
+    try:
+        attrs = dict(zarr.open_group(str(output), mode="r").attrs.get("matseg", {}))
+    except Exception:
+        return False
+    source = attrs.get("input", {}).get("source")
+    return attrs.get("status") == "complete" and source is not None and _same(source, input)
+
+
+def _same(a: str, b: str) -> bool:
+    (pa, ia), (pb, ib) = split_spec(a), split_spec(b)
+    return pa.resolve() == pb.resolve() and ia == ib
+
+
+def batch(
+    jobs: list[tuple[str, str]],
+    *,
+    index: int | None = None,
+    log: Callable[[str], None] | None = None,
+    **segment_options,
+) -> list[dict]:
+    """Run :func:`matseg.segment` on each job, skipping finished outputs.
+
+    Parameters
+    ----------
+    jobs : list of (input, output)
+    index : int, optional
+        Run only this job (0-based), e.g. ``$SLURM_ARRAY_TASK_ID``.
+    **segment_options
+        Passed to :func:`matseg.segment` (``model``, ``lam``, ``weights``, ``tile``...).
+
+    Returns
+    -------
+    list of dict
+        Per job: ``input``, ``output``, ``state`` (done, skipped, failed) and ``report`` or ``error``.
+    """
+    from matseg.segment import segment
+
+    if index is not None:
+        if not 0 <= index < len(jobs):
+            raise MatsegError(f"--index {index} is outside the {len(jobs)} jobs (0 to {len(jobs) - 1})")
+        jobs = [jobs[index]]
+    results = []
+    for input, output in jobs:
+        if finished(input, output):
+            results.append({"input": input, "output": output, "state": "skipped"})
+            if log:
+                log(f"skip {output}: already a finished run of {input}")
+            continue
+        # an unfinished run of this input is started again; anything else is left alone
+        restart = Path(output).exists() and _unfinished_of(input, output)
+        try:
+            report = segment(input, output, overwrite=restart, **segment_options)
+        except MatsegError as err:
+            results.append({"input": input, "output": output, "state": "failed", "error": str(err)})
+            if log:
+                log(f"failed {input}: {err}")
+            continue
+        results.append({"input": input, "output": output, "state": "done", "report": report})
+        if log:
+            log(f"done {output} ({report['voxels']:,} voxels, {report['timings']['total_s']:.1f} s)")
+    return results
+
+
+def _unfinished_of(input: str, output: str) -> bool:
+    try:
+        attrs = dict(zarr.open_group(str(output), mode="r").attrs.get("matseg", {}))
+    except Exception:
+        return False
+    status = attrs.get("status")
+    source = attrs.get("input", {}).get("source") or attrs.get("cheap_pass", {}).get("input")
+    return status not in (None, "complete") and source is not None and _same(source, input)

@@ -20,7 +20,7 @@ from pathlib import Path
 from matseg.sample import write_sample
 from matseg.synth import SampleConfig
 
-SHAPES = {"1x": (16, 256, 512), "8x": (32, 1024, 1024)}
+SHAPES = {"1x": (16, 256, 512), "8x": (32, 512, 1024)}
 
 
 def measured_run(args: list[str]) -> dict:

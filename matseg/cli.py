@@ -59,6 +59,12 @@ def _command_line() -> str:
     return "matseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+def _model_option(help: str):
+    """``--model``: the selector (auto) or one candidate on every tile."""
+    choices = ["auto", "cheap", "medium", "expensive", "expensive-2x", "classical"]
+    return click.option("--model", type=click.Choice(choices), default="auto", show_default=True, help=help)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="matseg")
 def cli() -> None:
@@ -122,13 +128,7 @@ def sample(output, shape, seed, config_path, profile, overwrite) -> None:
 @cli.command()
 @click.argument("input", type=str)
 @click.option("-o", "--output", required=True, type=click.Path(), help="OME-Zarr store to create.")
-@click.option(
-    "--model",
-    type=click.Choice(["auto", "cheap", "medium", "expensive", "expensive-2x", "classical"]),
-    default="auto",
-    show_default=True,
-    help="auto: the selector picks a candidate per tile; otherwise this candidate on every tile.",
-)
+@_model_option("auto: the selector picks a candidate per tile; otherwise this candidate on every tile.")
 @click.option(
     "--lambda",
     "lam",
@@ -362,13 +362,7 @@ def _finetune(corrections, output, models, steps, steps_expensive, batch, patch,
 @click.option(
     "--index", type=click.IntRange(min=0), help="Run only job INDEX (0-based), e.g. $SLURM_ARRAY_TASK_ID."
 )
-@click.option(
-    "--model",
-    type=click.Choice(["auto", "cheap", "medium", "expensive", "expensive-2x", "classical"]),
-    default="auto",
-    show_default=True,
-    help="As for 'matseg segment'.",
-)
+@_model_option("As for 'matseg segment'.")
 @click.option("--lambda", "lam", type=float, help="As for 'matseg segment'.")
 @click.option("--weights", type=click.Path(file_okay=False), help="Weights folder (default: bundled).")
 @click.option("--tile", "tile_text", help="Tile size Z,Y,X (default 4,256,256).")

@@ -368,6 +368,7 @@ def _segment(
     out.parent.mkdir(parents=True, exist_ok=True)
     lock.enter_context(OutputLock(out))  # one writer at a time, from here on
     if stored is None:
+        check_output(output, overwrite, inputs=[str(input)])  # again: another run may have finished it
         if out.exists():
             remove_store(out)
         root = create_ome_store(

@@ -22,10 +22,9 @@ from magicgui.widgets import (
     Select,
     SpinBox,
 )
-from napari.qt.threading import create_worker
 
 from matseg_napari._review import phases_meta
-from matseg_napari._runner import CommandResult, CommandRun, matseg_command, on_close
+from matseg_napari._runner import CommandPanel, CommandResult
 
 if TYPE_CHECKING:
     from matseg_napari._review import ReviewPanel
@@ -43,7 +42,7 @@ def train_model_choices() -> list[str]:
     return list(option.type.choices)
 
 
-class RetrainPanel(Container):
+class RetrainPanel(CommandPanel, Container):
     """Fine-tune from the corrections of the phases layer under review."""
 
     def __init__(self, viewer: napari.Viewer, review: ReviewPanel, segment: SegmentPanel):
@@ -83,15 +82,8 @@ class RetrainPanel(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.use_button.changed.connect(self.use_weights)
         review.layer.changed.connect(self._layer_changed)
-        self.worker = None
-        self._run: CommandRun | None = None
         self._trained: Path | None = None
-        self.closed = False
-        on_close(self, self._close)
-
-    def _close(self) -> None:
-        self.closed = True
-        self.cancel()
+        self.watch_close()
 
     def _model_choices(self, _widget=None) -> list[str]:
         """The segmenters that made the output under review: those fine-tuning can start from."""
@@ -131,46 +123,16 @@ class RetrainPanel(Container):
             self.status.value = str(err)
             return
         target = Path(args[args.index("-o") + 1])
-        self._run = CommandRun(matseg_command(*args))
-        self.worker = create_worker(self._run.steps, _start_thread=False)
-        self.worker.yielded.connect(self._show_progress)
-        self.worker.returned.connect(lambda result: self._finished(result, target))
-        self.worker.errored.connect(self._failed)
-        self.run_button.enabled, self.cancel_button.enabled, self.use_button.enabled = False, True, False
-        self.progress.value = 0
-        self.status.value = "fine-tuning..."
-        self.worker.start()
-
-    def cancel(self, *_) -> None:
-        if self._run is not None:
-            if not self.closed:
-                self.status.value = "cancelling..."
-            self._run.cancel()
-
-    def _show_progress(self, fraction: float) -> None:
-        if not self.closed:
-            self.progress.value = int(round(100 * fraction))
-
-    def _failed(self, error: Exception) -> None:
-        if self.closed:
-            return
-        self.run_button.enabled, self.cancel_button.enabled = True, False
-        self.status.value = f"failed: {error}"
+        self.use_button.enabled = False
+        self.start_command(args, lambda result: self._finished(result, target), "fine-tuning...")
 
     def _finished(self, result: CommandResult, target: Path) -> None:
-        if self.closed:
+        if not self.command_succeeded(result):
             return
-        self.run_button.enabled, self.cancel_button.enabled = True, False
-        if result.cancelled:
-            self.status.value = "cancelled"
-        elif result.returncode != 0:
-            self.status.value = result.error.removeprefix("matseg: error: ")
-        else:
-            self.progress.value = 100
-            self._trained = target
-            self.use_button.enabled = True
-            lines = [line.split(";")[0] for line in result.stdout.strip().splitlines() if line.strip()]
-            self.status.value = "; ".join(lines) + f" -> {target.name}"
+        self._trained = target
+        self.use_button.enabled = True
+        lines = [line.split(";")[0] for line in result.stdout.strip().splitlines() if line.strip()]
+        self.status.value = "; ".join(lines) + f" -> {target.name}"
 
     def use_weights(self, *_) -> None:
         if self._trained is not None:

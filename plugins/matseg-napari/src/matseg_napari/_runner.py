@@ -109,3 +109,68 @@ def _last_fraction(text: bytes) -> float | None:
 def on_close(widget, callback) -> None:
     """Call ``callback`` when a magicgui widget's Qt object is destroyed (its dock was closed)."""
     widget.native.destroyed.connect(lambda *_: callback())
+
+
+class CommandPanel:
+    """One matseg command at a time, in a worker thread, for a magicgui Container.
+
+    Mixed into a panel that has ``run_button``, ``cancel_button``, ``progress``
+    and ``status`` widgets: starting, progress, cancelling, closing and the
+    common ends of a run (closed, cancelled, failed) are handled here once.
+    """
+
+    worker = None
+    _run: CommandRun | None = None
+    closed = False
+
+    def watch_close(self) -> None:
+        """Cancel a running command when the panel's dock is closed."""
+        on_close(self, self._close)
+
+    def _close(self) -> None:
+        self.closed = True
+        self.cancel()
+
+    def start_command(self, args: list[str], on_finished, status: str) -> None:
+        """Run ``matseg *args``; ``on_finished(result)`` is called in the GUI thread at the end."""
+        from napari.qt.threading import create_worker
+
+        self._run = CommandRun(matseg_command(*args))
+        self.worker = create_worker(self._run.steps, _start_thread=False)
+        self.worker.yielded.connect(self._show_progress)
+        self.worker.returned.connect(on_finished)
+        self.worker.errored.connect(self._failed)
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.progress.value = 0
+        self.status.value = status
+        self.worker.start()
+
+    def cancel(self, *_) -> None:
+        if self._run is not None:
+            if not self.closed:
+                self.status.value = "cancelling..."
+            self._run.cancel()
+
+    def _show_progress(self, fraction: float) -> None:
+        if not self.closed:
+            self.progress.value = int(round(100 * fraction))
+
+    def _failed(self, error: Exception) -> None:
+        if self.closed:
+            return
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+        self.status.value = f"failed: {error}"
+
+    def command_succeeded(self, result: CommandResult, cancelled: str = "cancelled") -> bool:
+        """The common end of a run: False, with the status said, unless it ended well."""
+        if self.closed:
+            return False
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+        if result.cancelled:
+            self.status.value = cancelled
+            return False
+        if result.returncode != 0:
+            self.status.value = result.error.removeprefix("matseg: error: ")
+            return False
+        self.progress.value = 100
+        return True

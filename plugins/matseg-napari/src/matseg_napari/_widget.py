@@ -28,14 +28,13 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.layers import Layer
-from napari.qt.threading import create_worker
 
 import matseg
 from matseg.review import gflops_all
 from matseg_napari._reader import segmentation_layers
 from matseg_napari._retrain import RetrainPanel
 from matseg_napari._review import ReviewPanel
-from matseg_napari._runner import CommandResult, CommandRun, matseg_command, on_close
+from matseg_napari._runner import CommandPanel, CommandResult
 
 WIDTH = 440
 
@@ -110,7 +109,7 @@ def layer_source(layer: Layer) -> str | None:
     return str(Path(path).absolute()) if path else None
 
 
-class SegmentPanel(Container):
+class SegmentPanel(CommandPanel, Container):
     """Pick an image, a model and a tile size; run ``matseg segment`` and open the result."""
 
     def __init__(self, viewer: napari.Viewer, on_result: Callable[[list[Layer]], None] | None = None):
@@ -153,15 +152,8 @@ class SegmentPanel(Container):
         self.image.changed.connect(self._suggest_output)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
-        self.worker = None
-        self._run: CommandRun | None = None
-        self.closed = False
-        on_close(self, self._close)
+        self.watch_close()
         self._suggest_output()
-
-    def _close(self) -> None:
-        self.closed = True
-        self.cancel()
 
     # Accuracy/cost control of `--model auto` (the selector): whichever of λ, a GFLOP budget
     # or a cap on the fraction of costlier tiles `matseg segment` offers, read from the
@@ -246,45 +238,17 @@ class SegmentPanel(Container):
             self.status.value = str(err)
             return
         output, weights = Path(args[args.index("-o") + 1]), path_value(self.weights)
-        self._run = CommandRun(matseg_command(*args))
-        self.worker = create_worker(self._run.steps, _start_thread=False)
-        self.worker.yielded.connect(self._show_progress)
-        self.worker.returned.connect(lambda result: self._finished(result, output, weights))
-        self.worker.errored.connect(self._failed)
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.progress.value, self.cost.value = 0, ""
-        self.status.value = f"segmenting with {self.model.value}..."
-        self.worker.start()
-
-    def cancel(self, *_):
-        if self._run is not None:
-            if not self.closed:
-                self.status.value = "cancelling..."
-            self._run.cancel()
-
-    def _show_progress(self, fraction: float):
-        if self.closed:
-            return
-        self.progress.value = int(round(100 * fraction))
-
-    def _failed(self, error: Exception):
-        if self.closed:
-            return
-        self.run_button.enabled, self.cancel_button.enabled = True, False
-        self.status.value = f"failed: {error}"
+        self.cost.value = ""
+        self.start_command(
+            args,
+            lambda result: self._finished(result, output, weights),
+            f"segmenting with {self.model.value}...",
+        )
 
     def _finished(self, result: CommandResult, output: Path, weights: Path | None):
-        if self.closed:
+        left = " (an unfinished output is left there)" if output.exists() else ""
+        if not self.command_succeeded(result, cancelled=f"cancelled{left}"):
             return
-        self.run_button.enabled, self.cancel_button.enabled = True, False
-        if result.cancelled:
-            left = " (an unfinished output is left there)" if output.exists() else ""
-            self.status.value = f"cancelled{left}"
-            return
-        if result.returncode != 0:
-            self.status.value = result.error.removeprefix("matseg: error: ")
-            return
-        self.progress.value = 100
         image = self.image.value
         layers = add_layers(self.viewer, segmentation_layers(output, include_image=image is None))
         for layer in layers:

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-import zarr
 
 from matseg.errors import MatsegError
-from matseg.io.read import split_spec
+from matseg.io.read import canonical_source, split_spec
+from matseg.io.write import run_attrs
 
 
 def read_jobs(manifest: str | os.PathLike) -> list[tuple[str, str]]:
@@ -64,17 +64,21 @@ def glob_jobs(
 
 def finished(input: str, output: str) -> bool:
     """Whether ``output`` is a complete matseg run of ``input``."""
-    try:
-        attrs = dict(zarr.open_group(str(output), mode="r").attrs.get("matseg", {}))
-    except Exception:
-        return False
+    attrs = run_attrs(output)
+    return attrs.get("status") == "complete" and _run_of(attrs, input)
+
+
+def _unfinished_of(input: str, output: str) -> bool:
+    attrs = run_attrs(output)
+    return attrs.get("status") not in (None, "complete") and _run_of(attrs, input)
+
+
+def _run_of(attrs: dict, input: str) -> bool:
+    """Whether a store's recorded run read ``input`` (its report, or the fingerprint of its cheap pass)."""
     source = attrs.get("input", {}).get("source")
-    return attrs.get("status") == "complete" and source is not None and _same(source, input)
-
-
-def _same(a: str, b: str) -> bool:
-    (pa, ia), (pb, ib) = split_spec(a), split_spec(b)
-    return pa.resolve() == pb.resolve() and ia == ib
+    if source is not None:
+        return canonical_source(source) == canonical_source(input)
+    return attrs.get("cheap_pass", {}).get("input") == canonical_source(input)
 
 
 def batch(
@@ -125,13 +129,3 @@ def batch(
         if log:
             log(f"done {output} ({report['voxels']:,} voxels, {report['timings']['total_s']:.1f} s)")
     return results
-
-
-def _unfinished_of(input: str, output: str) -> bool:
-    try:
-        attrs = dict(zarr.open_group(str(output), mode="r").attrs.get("matseg", {}))
-    except Exception:
-        return False
-    status = attrs.get("status")
-    source = attrs.get("input", {}).get("source") or attrs.get("cheap_pass", {}).get("input")
-    return status not in (None, "complete") and source is not None and _same(source, input)

@@ -29,8 +29,8 @@ import zarr
 from matseg import __version__
 from matseg.errors import MatsegError
 from matseg.io.lock import OutputLock
-from matseg.io.read import Volume, open_volume, split_spec
-from matseg.io.write import check_output, create_ome_store, remove_store, write_region
+from matseg.io.read import Volume, canonical_source, open_volume
+from matseg.io.write import check_output, create_ome_store, remove_store, run_attrs, write_region
 from matseg.metrics import confusion_matrix, summarize, volume_fractions
 from matseg.models.weights import load_segmenter
 from matseg.selector.candidates import CANDIDATES, Candidate, Context, multiotsu_thresholds
@@ -537,9 +537,8 @@ def _sum_stats(results) -> dict:
 
 def _fingerprint(input, volume: Volume, cheap, names, tile, halo) -> dict:
     """What a stored cheap pass depends on: the same input, cheap weights, candidates and tiling."""
-    path, inner = split_spec(input)
     return {
-        "input": str(path.resolve()) + (f":{inner}" if inner else ""),
+        "input": canonical_source(input),
         "candidates": list(names),
         "shape": list(volume.shape),
         "dtype": str(volume.data.dtype),
@@ -552,12 +551,7 @@ def _fingerprint(input, volume: Volume, cheap, names, tile, halo) -> dict:
 
 def _stored_cheap_pass(out: Path, fingerprint: dict, overwrite: bool) -> dict | None:
     """The attributes of a reusable cheap pass in ``out``, or None to start afresh."""
-    if not (out / "zarr.json").is_file():
-        return None
-    try:
-        attrs = dict(zarr.open_group(str(out), mode="r").attrs.get("matseg", {}))
-    except Exception:
-        return None
+    attrs = run_attrs(out)
     if attrs.get("cheap_pass") != fingerprint or attrs.get("status") not in (
         "cheap-pass",
         "running-candidates",

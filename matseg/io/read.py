@@ -51,6 +51,12 @@ def split_spec(spec: str | os.PathLike) -> tuple[Path, str]:
     return Path(text), ""
 
 
+def canonical_source(spec: str | os.PathLike) -> str:
+    """``spec`` with its file part made absolute and resolved: the same input, however it was named."""
+    path, inner = split_spec(spec)
+    return str(path.resolve()) + (f":{inner}" if inner else "")
+
+
 def open_volume(spec: str | os.PathLike, labels: bool = False) -> Volume:
     """Open an image (or, with ``labels=True``, a label) volume lazily and read-only.
 

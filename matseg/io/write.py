@@ -18,6 +18,7 @@ from ome_zarr.format import FormatV05
 from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
 
 from matseg.errors import MatsegError
+from matseg.io.read import split_spec
 
 # Fixed phase colours (RGBA 0-255), so every viewer shows phase i the same way.
 PHASE_COLOURS = (
@@ -41,11 +42,11 @@ def check_output(path: str | os.PathLike, overwrite: bool, inputs: Sequence[str]
     """
     out = Path(path).absolute()
     for source in inputs:
-        src = Path(str(source).split(":")[0] if not Path(source).exists() else source).absolute()
+        src = split_spec(source)[0].absolute()
         if out == src or src.is_relative_to(out):
             raise MatsegError(f"output {path} would overwrite the input {source}; choose another")
     if out.exists() and not overwrite:
-        if _run_status(out) == "running":
+        if run_attrs(out).get("status") == "running":
             raise MatsegError(
                 f"output {path} is an unfinished matseg run (killed or still running); "
                 "pass --overwrite to start it again"
@@ -59,12 +60,12 @@ def check_output(path: str | os.PathLike, overwrite: bool, inputs: Sequence[str]
     return out
 
 
-def _run_status(path: Path) -> str | None:
-    """The ``status`` matseg recorded in a store's root attributes, if any."""
+def run_attrs(path: str | os.PathLike) -> dict:
+    """What matseg recorded in a store's root attributes (``status``, provenance); {} if none."""
     try:
-        return zarr.open_group(str(path), mode="r").attrs.get("matseg", {}).get("status")
+        return dict(zarr.open_group(str(path), mode="r").attrs.get("matseg", {}))
     except Exception:  # not a store of ours: the caller treats it as any existing path
-        return None
+        return {}
 
 
 def remove_store(path: str | os.PathLike) -> None:

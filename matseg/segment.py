@@ -32,7 +32,7 @@ from matseg.io.lock import OutputLock
 from matseg.io.read import Volume, canonical_source, open_volume
 from matseg.io.write import check_output, create_ome_store, remove_store, run_attrs, write_region
 from matseg.metrics import confusion_matrix, summarize, volume_fractions
-from matseg.models.weights import load_segmenter
+from matseg.models.weights import load_segmenter, normalized_entropy
 from matseg.selector.candidates import CANDIDATES, Candidate, Context, multiotsu_thresholds
 from matseg.selector.plan import all_expensive_gflops, candidate_grid, make_plan
 from matseg.selector.policy import check_pairing, load_selector
@@ -96,10 +96,6 @@ def default_tile(ndim: int) -> tuple[int, ...]:
     return DEFAULT_TILE[-ndim:]
 
 
-def _entropy(probs: np.ndarray) -> np.ndarray:
-    return -(probs * np.log(np.clip(probs, 1e-8, None))).sum(axis=1) / np.log(probs.shape[1])
-
-
 def _write_tile(arrays: dict, grid: TileGrid, index, **values: np.ndarray) -> None:
     region = grid.region(index)
     for name, value in values.items():
@@ -113,7 +109,7 @@ def _single_task(block, index, grid, norm, context, candidate: Candidate, k: int
     probs, gflops = candidate_probs(tile, candidate, context, grid.region(index))
     seconds = time.perf_counter() - started
     labels = probs.argmax(axis=1).astype(np.uint8)
-    uncertainty = np.rint(_entropy(probs) * 255).astype(np.uint8)
+    uncertainty = np.rint(normalized_entropy(probs) * 255).astype(np.uint8)
     _write_tile(
         arrays, grid, index, phases=labels, uncertainty=uncertainty, decisions=np.full_like(labels, k)
     )

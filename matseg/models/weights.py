@@ -111,9 +111,13 @@ def segment_tile(model: Segmenter, tile: np.ndarray) -> tuple[np.ndarray, np.nda
     x, (h, w) = pad_to_stride(x, model.stride)
     with torch.inference_mode():
         probs = model.net.mc_logits(x, model.passes).softmax(dim=2).mean(dim=0)
-        probs = probs[..., :h, :w]
-        entropy = -(probs * probs.clamp_min(1e-8).log()).sum(dim=1) / np.log(probs.shape[1])
-    return probs.numpy(), entropy.numpy()
+        probs = probs[..., :h, :w].numpy()
+    return probs, normalized_entropy(probs)
+
+
+def normalized_entropy(probs: np.ndarray) -> np.ndarray:
+    """Entropy of phase probabilities (axis 1) divided by log(C): 0 certain, 1 uniform."""
+    return -(probs * np.log(np.clip(probs, 1e-8, None))).sum(axis=1) / np.float32(np.log(probs.shape[1]))
 
 
 def save_segmenter(model: Segmenter, folder: str | os.PathLike, record: dict | None = None) -> Path:

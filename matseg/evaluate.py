@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from matseg.errors import MatsegError
+from matseg.metrics import iou_per_phase
 from matseg.models.weights import load_segmenter
 from matseg.selector.candidates import CANDIDATES, Context
 from matseg.selector.policy import check_pairing, choose_by_lambda, load_selector
@@ -58,10 +59,7 @@ class _Volumes:
         return total
 
     def miou(self, choice: np.ndarray) -> tuple[float, dict]:
-        total = self.confusion[np.arange(len(choice)), choice].sum(axis=0)
-        tp = np.diag(total).astype(float)
-        union = total.sum(0) + total.sum(1) - tp
-        per_phase = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+        per_phase = iou_per_phase(self.confusion[np.arange(len(choice)), choice].sum(axis=0))
         return float(np.nanmean(per_phase)), per_phase
 
     def point(self, label: str, choice: np.ndarray, gflops: float | None = None) -> dict:

@@ -27,9 +27,12 @@ def confusion_matrix(
 
 
 def iou_per_phase(cm: np.ndarray) -> np.ndarray:
-    """IoU_k = TP_k / (TP_k + FP_k + FN_k); NaN where a phase is absent from both."""
-    tp = np.diag(cm).astype(float)
-    union = cm.sum(0) + cm.sum(1) - tp
+    """IoU_k = TP_k / (TP_k + FP_k + FN_k); NaN where a phase is absent from both.
+
+    ``cm`` is one confusion matrix, or a stack of them (the last two axes).
+    """
+    tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(float)
+    union = cm.sum(axis=-2) + cm.sum(axis=-1) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, tp / union, np.nan)
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from matseg.errors import MatsegError
 from matseg.io.read import open_volume
+from matseg.metrics import iou_per_phase
 from matseg.selector.candidates import CANDIDATES, Context
 from matseg.selector.plan import blend_gflops, candidate_gflops
 from matseg.tiles import candidate_probs, cheap_pass, tile_input
@@ -150,11 +151,9 @@ def remap_rows(confusion: np.ndarray, mapping: np.ndarray) -> np.ndarray:
 
 def tile_iou(confusion: np.ndarray) -> np.ndarray:
     """mIoU per confusion matrix (last two axes), over phases present in prediction or truth."""
-    tp = np.diagonal(confusion, axis1=-2, axis2=-1).astype(np.float64)
-    union = confusion.sum(axis=-1) + confusion.sum(axis=-2) - tp
-    present = union > 0
-    iou = np.where(present, tp / np.maximum(union, 1), 0.0)
-    return iou.sum(axis=-1) / np.maximum(present.sum(axis=-1), 1)
+    iou = iou_per_phase(confusion)
+    present = ~np.isnan(iou)
+    return np.where(present, iou, 0.0).sum(axis=-1) / np.maximum(present.sum(axis=-1), 1)
 
 
 def plan_miou(confusion: np.ndarray, choice: np.ndarray) -> float:

@@ -16,6 +16,7 @@ from matseg.train import UNLABELLED, load_labelled, score
 from .conftest import run
 
 EMPS = Path(__file__).resolve().parents[1] / "data" / "emps"
+QUICK = ["--model", "cheap", "--patch", "64", "--batch", "2"]  # a few steps, to test plumbing
 
 
 def test_train_on_real_emps_two_phases(tmp_path, capsys):
@@ -101,14 +102,9 @@ def test_few_labelled_slices(tmp_path, small_sample):
             labels,
             "--phases",
             "pore,carbon-binder,active",
-            "--model",
-            "cheap",
+            *QUICK,
             "--steps",
             "5",
-            "--patch",
-            "64",
-            "--batch",
-            "2",
             "-o",
             tmp_path / "w",
         ]
@@ -119,22 +115,7 @@ def test_few_labelled_slices(tmp_path, small_sample):
 
 def test_phases_read_from_label_metadata(tmp_path, small_sample):
     """A sample store names its phases in NGFF label metadata: no --phases needed."""
-    code = run(
-        [
-            "train",
-            small_sample,
-            "--model",
-            "cheap",
-            "--steps",
-            "3",
-            "--patch",
-            "64",
-            "--batch",
-            "2",
-            "-o",
-            tmp_path / "w",
-        ]
-    )
+    code = run(["train", small_sample, *QUICK, "--steps", "3", "-o", tmp_path / "w"])
     assert code == 0
     assert load_segmenter("cheap", tmp_path / "w").phases == ("pore", "carbon-binder", "active")
 
@@ -142,22 +123,7 @@ def test_phases_read_from_label_metadata(tmp_path, small_sample):
 def test_fine_tune_from_init_writes_new_folder(tmp_path, small_sample, random_weights):
     before = (Path(random_weights) / "cheap.pt").read_bytes()
     code = run(
-        [
-            "train",
-            small_sample,
-            "--model",
-            "cheap",
-            "--steps",
-            "3",
-            "--patch",
-            "64",
-            "--batch",
-            "2",
-            "--init",
-            random_weights,
-            "-o",
-            tmp_path / "tuned",
-        ]
+        ["train", small_sample, *QUICK, "--steps", "3", "--init", random_weights, "-o", tmp_path / "tuned"]
     )
     assert code == 0
     assert (Path(random_weights) / "cheap.pt").read_bytes() == before

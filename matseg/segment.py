@@ -242,11 +242,11 @@ def segment(
     model : str
         ``auto`` (default): the cheap pass everywhere and, where the selector
         says so, a costlier candidate. Or one candidate for every tile:
-        ``cheap``, ``expensive``, ``expensive-2x``, ``classical``.
+        ``cheap``, ``medium``, ``expensive``, ``expensive-2x``, ``classical``.
     lam : float, optional
         Accuracy/cost trade-off λ in [0, 1] for ``auto``: higher spends less.
         Default: the selector's own, picked at training time as the largest λ
-        that stayed within 0.005 mIoU of all-expensive on its training tiles.
+        that stayed within 0.01 mIoU of all-expensive on its training tiles.
     budget_gflops : float, optional
         Instead of λ: a hard cap on the GFLOPs of the whole run.
     max_expensive_fraction : float, optional

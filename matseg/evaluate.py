@@ -214,6 +214,9 @@ def _add_efficiency(point: dict, all_expensive: dict) -> None:
 
 def _real_runs(volumes, truths, output, weights, tile, log) -> dict:
     """The default λ and all-expensive, run for real on every volume."""
+    import dask.array as da
+    import zarr
+
     from matseg.io.read import open_volume
     from matseg.metrics import confusion_matrix, summarize
     from matseg.segment import segment
@@ -225,9 +228,6 @@ def _real_runs(volumes, truths, output, weights, tile, log) -> dict:
             out = output / f"{model}-{i}.zarr"
             report = segment(volume, out, model=model, weights=weights, tile=tile, overwrite=True)
             truth = open_volume(truths[i] if truths else volume, labels=True).data
-            import dask.array as da
-            import zarr
-
             pred = da.from_zarr(zarr.open_group(str(out), mode="r")["labels/phases/0"])
             cm = confusion_matrix(pred, truth.rechunk(pred.chunksize), len(report["phases"]))
             total_cm = cm if total_cm is None else total_cm + cm

@@ -358,7 +358,6 @@ def _segment(
 
     workers = int(workers or os.cpu_count() or 1)
     _configure_threads(workers)
-    blocks = overlapped_tiles(volume.data, grid).to_delayed()
     indices = list(grid.indices())
     compute_started = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -386,6 +385,7 @@ def _segment(
     try:
         if selector is None:
             candidate = CANDIDATES[model]
+            blocks = overlapped_tiles(volume.data, grid).to_delayed()
             tasks = [
                 dask.delayed(_single_task)(
                     blocks[i], i, grid, norm, context, candidate, 0, arrays, dask_key_name=_key("tile", i)

@@ -18,7 +18,7 @@ from matseg.errors import MatsegError
 from matseg.io.read import open_volume
 from matseg.metrics import iou_per_phase
 from matseg.selector.candidates import CANDIDATES, Context
-from matseg.selector.plan import blend_gflops, candidate_gflops
+from matseg.selector.plan import blend_gflops, candidate_gflops, tile_shapes
 from matseg.tiles import candidate_probs, cheap_pass, tile_input
 from matseg.tiling import overlapped_tiles, plan_tiles
 
@@ -31,15 +31,11 @@ def _confusion(pred: np.ndarray, truth: np.ndarray, n_rows: int, n_phases: int) 
     return np.bincount(index, minlength=n_rows * n_phases).reshape(n_rows, n_phases)
 
 
-def _table_task(block, cheap_block, truth_block, index, grid, cheap_grid, norm, context, names) -> dict:
+def _table_task(block, truth_block, index, grid, norm, context, names) -> dict:
     tile = tile_input(block, index, grid, norm)
     truth = truth_block if truth_block.ndim == 3 else truth_block[None]
     n = context.n_phases
     cheap = cheap_pass(tile, context)
-    # segment's cheap pass runs on a smaller halo (same labels and features, fewer FLOPs)
-    cheap["gflops"] = context.models["cheap"].gflops(
-        tile_input(cheap_block, index, cheap_grid, norm).image.shape
-    )
     region = grid.region(index)
     confusions = []
     for name in names:
@@ -49,7 +45,7 @@ def _table_task(block, cheap_block, truth_block, index, grid, cheap_grid, norm, 
             # on the largest halo: the same core prediction as on the candidate's own halo
             labels = candidate_probs(tile, CANDIDATES[name], context, region)[0].argmax(axis=1)
         confusions.append(_confusion(labels, truth, n, n))
-    return {"features": cheap["features"], "confusion": np.stack(confusions), "cheap_gflops": cheap["gflops"]}
+    return {"features": cheap["features"], "confusion": np.stack(confusions)}
 
 
 def tile_table(
@@ -106,13 +102,9 @@ def tile_table(
         keep[list(slices)] = True
         label_data = da.where(da.from_array(keep, chunks=-1)[:, None, None], label_data, IGNORE)
     blocks = overlapped_tiles(volume.data, grid).to_delayed()
-    cheap_grid = grid.with_halo(context.models["cheap"].halo)
-    cheap_blocks = overlapped_tiles(volume.data, cheap_grid).to_delayed()
     truths = label_data.rechunk(grid.chunks).to_delayed()
     tasks = [
-        dask.delayed(_table_task)(
-            blocks[i], cheap_blocks[i], truths[i], i, grid, cheap_grid, norm, context, tuple(names)
-        )
+        dask.delayed(_table_task)(blocks[i], truths[i], i, grid, norm, context, tuple(names))
         for i in grid.indices()
     ]
     results = dask.compute(*tasks, scheduler="threads")
@@ -121,7 +113,10 @@ def tile_table(
     # on its own halo; and the cheap pass recomputed on the band, where tiles are blended
     extra = candidate_gflops(grid, context, names)
     extra[:, 0] = 0.0
-    table["gflops"] = np.array([r["cheap_gflops"] for r in results])[:, None] + extra
+    # segment's cheap pass runs on the cheap net's own, smaller halo (same labels and features)
+    cheap = context.models["cheap"]
+    stage1 = np.array([cheap.gflops(s) for s in tile_shapes(grid.with_halo(cheap.halo))])
+    table["gflops"] = stage1[:, None] + extra
     table["recompute"] = blend_gflops(grid, context)
     labelled = table["confusion"][:, 0].sum(axis=(1, 2)) > 0
     table = {key: value[labelled] for key, value in table.items()}

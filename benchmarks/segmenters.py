@@ -57,7 +57,7 @@ def main() -> None:
                         "iou": report["metrics"]["iou"],
                         "gflops": report["gflops"],
                         "gflops_per_megavoxel": report["gflops_per_megavoxel"],
-                        "voxels_per_s": report["voxels_per_s"],
+                        "voxels_per_s": report["timings"]["voxels_per_s"],
                     }
                 )
     print(f"test volumes: seeds {TEST_SEEDS}, shape {TEST_SHAPE}, profile 'test'")

@@ -65,6 +65,53 @@ def _model_option(help: str):
     return click.option("--model", type=click.Choice(choices), default="auto", show_default=True, help=help)
 
 
+def _cluster_options(command):
+    """``--cluster`` and the settings of the dask cluster it starts."""
+    options = [
+        click.option(
+            "--cluster",
+            "kind",
+            metavar="local|slurm|tcp://HOST:PORT",
+            help="Run on dask.distributed: worker processes here, SLURM jobs (dask-jobqueue), "
+            "or a running scheduler (default: threads in this process).",
+        ),
+        click.option(
+            "--cluster-config",
+            "config",
+            type=click.Path(dir_okay=False),
+            help="YAML of cluster settings (SLURMCluster's: queue, account, walltime, cores, memory, "
+            "job_extra_directives...; and workers, costly_workers, costly).",
+        ),
+        click.option(
+            "--costly-workers",
+            type=click.IntRange(min=0),
+            help="A second pool of this many workers (jobs) for the costlier candidates; the cheap "
+            "pass and blending stay on the first (dask worker resources).",
+        ),
+        click.option("--memory", help="Memory per worker (local) or job (slurm), e.g. 4GB."),
+        click.option("--cores", type=click.IntRange(min=1), help="slurm: cores per job."),
+        click.option("--queue", help="slurm: partition."),
+        click.option("--account", help="slurm: account to charge."),
+        click.option("--walltime", help="slurm: time limit per worker job, e.g. 01:00:00."),
+        click.option(
+            "--job-extra",
+            "job_extra_directives",
+            multiple=True,
+            help="slurm: extra #SBATCH directive for worker jobs (repeatable), e.g. '--gres=gpu:1'.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _cluster_spec(workers, options: dict):
+    from matseg.cluster import ClusterSpec
+
+    options = dict(options)
+    return ClusterSpec.from_options(options.pop("kind"), options.pop("config"), workers=workers, **options)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="matseg")
 def cli() -> None:
@@ -155,10 +202,20 @@ def sample(output, shape, seed, config_path, profile, overwrite) -> None:
 )
 @click.option("--tile", "tile_text", help="Tile size: 256 (in-plane) or Z,Y,X like 4,256,256.")
 @click.option("--halo", type=int, help="In-plane halo in voxels (default: the models' receptive radius).")
-@click.option("--workers", type=click.IntRange(min=1), help="Tiles processed at once (default: cores).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Tiles processed at once (default: cores); with --cluster: worker processes (local) "
+    "or jobs (slurm).",
+)
 @click.option("--truth", help="Ground-truth labels (or a 'matseg sample' store) to score against.")
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (reusing its cheap pass).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace OUTPUT if it is finished or of other settings (reusing its cheap pass).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@_cluster_options
 def segment(
     input,
     output,
@@ -174,14 +231,25 @@ def segment(
     truth,
     overwrite,
     quiet,
+    **cluster,
 ) -> None:
     """Segment INPUT into phases and write OUTPUT (OME-Zarr).
 
     OUTPUT holds labels/phases (uint8 phase labels), labels/decisions (the
     candidate used on each tile), the cheap pass's uncertainty (uint8, 0
     certain .. 255 uniform) as its image, the selector's per-tile features,
-    expected gain and choice (selector/), and the provenance report
-    (matseg-report.json and attributes).
+    expected gain and choice (selector/), per-tile progress records
+    (progress/) and the provenance report (matseg-report.json and attributes).
+
+    A run that was killed resumes when the same command is run again: only
+    its unfinished tiles are computed, and the result is the same as an
+    uninterrupted run's.
+
+    \b
+    On a cluster (dask.distributed):
+      matseg segment big.zarr -o phases.zarr --cluster local --workers 4
+      matseg segment big.zarr -o phases.zarr --cluster slurm --cluster-config cluster.yaml
+      matseg segment big.zarr -o phases.zarr --cluster tcp://scheduler:8786
     """
     from matseg.segment import default_tile
     from matseg.segment import segment as run_segment
@@ -203,10 +271,12 @@ def segment(
         tile=tile,
         halo=halo,
         overwrite=overwrite,
-        workers=workers,
+        workers=workers if not cluster["kind"] else None,
+        cluster=_cluster_spec(workers, cluster),
         truth=truth,
         progress=not quiet,
         command=_command_line(),
+        log=lambda m: click.echo(m, err=True),
     )
     click.echo(format_dry_run(report) if dry_run else format_report(report))
 
@@ -509,10 +579,20 @@ def format_report(report: dict) -> str:
         f"  model      {models}",
         f"  voxels     {report['voxels']:,} ({shape}) in {report['tiles']} tiles",
         f"  time       {t['total_s']:.1f} s total, {t['segment_s']:.1f} s segmenting "
-        f"({report['voxels_per_s']:,.0f} voxels/s)",
+        f"({t['voxels_per_s']:,.0f} voxels/s)",
         f"  GFLOPs     {report['gflops']:,.1f} ({report['gflops_per_megavoxel']:.1f} per megavoxel)",
         "  phases     " + "  ".join(f"{k} {v:.3f}" for k, v in report["volume_fractions"].items()),
     ]
+    run = report.get("run", {})
+    if run.get("started_as") == "resume":
+        done = ", ".join(f"{n} {stage}" for stage, n in run["computed_tiles"].items())
+        lines.insert(2, f"  resumed    from its finished tiles; computed now: {done} tiles")
+    if run.get("scheduler") not in (None, "threads"):
+        lines.insert(
+            2,
+            f"  cluster    {run['scheduler']} at {run['address']}: {run['workers']} workers, "
+            f"{run['threads']} threads" + (", placement by cost" if run["placement_by_cost"] else ""),
+        )
     if "selector" in report:
         s = report["selector"]
         mix = ", ".join(f"{n} {c}" for n, c in report["decisions"].items())

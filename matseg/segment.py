@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,15 +25,24 @@ import torch
 import zarr
 
 from matseg import __version__
+from matseg.cluster import CHEAP, COSTLY, Backend, ClusterSpec, backend
 from matseg.errors import MatsegError
 from matseg.io.lock import OutputLock
+from matseg.io.progress import TileRecords
 from matseg.io.read import Volume, canonical_source, open_volume
 from matseg.io.write import check_output, create_ome_store, remove_store, run_attrs, write_region
 from matseg.metrics import confusion_matrix, summarize, volume_fractions
 from matseg.models.weights import load_segmenter, normalized_entropy
 from matseg.selector.candidates import CANDIDATES, Candidate, Context, multiotsu_thresholds
-from matseg.selector.plan import all_expensive_gflops, candidate_grid, make_plan
-from matseg.selector.policy import check_pairing, load_selector
+from matseg.selector.features import FEATURE_NAMES
+from matseg.selector.plan import (
+    all_expensive_gflops,
+    candidate_grid,
+    cheap_pass_gflops,
+    check_budget,
+    make_plan,
+)
+from matseg.selector.policy import Selector, check_pairing, load_selector
 from matseg.stitch import BAND, extended_region, neighbour_indices, seam_score
 from matseg.tiles import blended_labels, candidate_probs, cheap_pass, tile_input
 from matseg.tiling import TileGrid, overlapped_tiles, plan_tiles
@@ -102,7 +109,10 @@ def _write_tile(arrays: dict, grid: TileGrid, index, **values: np.ndarray) -> No
         write_region(arrays[name], region, value if len(grid.shape) == 3 else value[0])
 
 
-def _single_task(block, index, grid, norm, context, candidate: Candidate, k: int, arrays) -> dict:
+# Each task writes its tile's output chunks, then its progress record (the tile is done).
+
+
+def _single_task(block, t, index, grid, norm, context, candidate: Candidate, arrays, records) -> None:
     """Every tile runs ``candidate``: no selector, no blending."""
     tile = tile_input(block, index, grid, norm)
     started = time.perf_counter()
@@ -110,14 +120,11 @@ def _single_task(block, index, grid, norm, context, candidate: Candidate, k: int
     seconds = time.perf_counter() - started
     labels = probs.argmax(axis=1).astype(np.uint8)
     uncertainty = np.rint(normalized_entropy(probs) * 255).astype(np.uint8)
-    _write_tile(
-        arrays, grid, index, phases=labels, uncertainty=uncertainty, decisions=np.full_like(labels, k)
-    )
-    counts = np.bincount(labels.ravel(), minlength=context.n_phases)
-    return {"counts": counts, "gflops": gflops, "seconds": {candidate.name: seconds}}
+    _write_tile(arrays, grid, index, phases=labels, uncertainty=uncertainty, decisions=np.zeros_like(labels))
+    records.write(t, gflops=gflops, counts=_counts(labels, context), seconds=[seconds])
 
 
-def _cheap_task(block, index, grid, norm, context, arrays) -> dict:
+def _cheap_task(block, t, index, grid, norm, context, arrays, records) -> None:
     """Stage 1: the cheap pass on a tile, written as the tile's provisional result."""
     tile = tile_input(block, index, grid, norm)
     started = time.perf_counter()
@@ -126,12 +133,13 @@ def _cheap_task(block, index, grid, norm, context, arrays) -> dict:
     labels = result["labels"]
     uncertainty = np.rint(result["uncertainty"] * 255).astype(np.uint8)
     _write_tile(arrays, grid, index, phases=labels, uncertainty=uncertainty, decisions=np.zeros_like(labels))
-    return {
-        "counts": np.bincount(labels.ravel(), minlength=context.n_phases),
-        "gflops": result["gflops"],
-        "features": result["features"],
-        "seconds": {"cheap": seconds},
-    }
+    records.write(
+        t,
+        gflops=result["gflops"],
+        counts=_counts(labels, context),
+        seconds=[seconds],
+        features=result["features"],
+    )
 
 
 def _candidate_task(block, index, grid, norm, context, candidate: Candidate, band: int):
@@ -143,13 +151,13 @@ def _candidate_task(block, index, grid, norm, context, candidate: Candidate, ban
 
 
 def _finish_task(
-    block, index, grid, norm, context, names, band, choice, own, neighbour_probs, arrays
-) -> dict:
+    block, t, index, grid, norm, context, names, band, choice, own, neighbour_probs, arrays, records
+) -> None:
     """Stage 2: a tile's final labels, blended with neighbours that ran another candidate."""
     index = tuple(index)
     mine = choice[index]
     neighbours = neighbour_indices(grid, index)
-    seconds, gflops = {}, 0.0
+    seconds, gflops = np.zeros(len(names)), 0.0
     others = {}
     needs_cheap = mine == 0 or any(choice[j] == 0 for j in neighbours.values())
     if needs_cheap:
@@ -158,27 +166,21 @@ def _finish_task(
         cheap, gflops = candidate_probs(
             tile, CANDIDATES["cheap"], context, extended_region(grid, index, band)
         )
-        seconds["cheap"] = time.perf_counter() - started
+        seconds[0] = time.perf_counter() - started
         others[0] = cheap
     if mine == 0:
         own = others[0]
     else:
-        own, own_gflops, own_seconds = own
+        own, own_gflops, seconds[mine] = own
         gflops += own_gflops
-        seconds[names[mine]] = own_seconds
     neighbour_probs = {j: p[0] for j, p in neighbour_probs.items()}
     labels = blended_labels(index, grid, band, choice, own, others, neighbour_probs)
     _write_tile(arrays, grid, index, phases=labels, decisions=np.full_like(labels, mine))
-    return {
-        "counts": np.bincount(labels.ravel(), minlength=context.n_phases),
-        "gflops": gflops,
-        "seconds": seconds,
-    }
+    records.write(t, gflops=gflops, counts=_counts(labels, context), seconds=seconds)
 
 
-def _configure_threads(workers: int) -> None:
-    # dask threads x torch threads should not exceed the cores we have.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+def _counts(labels: np.ndarray, context: Context) -> np.ndarray:
+    return np.bincount(labels.ravel(), minlength=context.n_phases)
 
 
 def _check_options(model, lam, budget_gflops, max_expensive_fraction) -> None:
@@ -210,6 +212,34 @@ def _halo_of(model: str, context: Context, names: Sequence[str]) -> int:
     return models[model].halo
 
 
+@dataclass
+class _Job:
+    """A run's inputs and settings, checked before anything is written."""
+
+    input: str | os.PathLike
+    output: Path
+    volume: Volume
+    model: str
+    selector: Selector | None
+    names: tuple[str, ...]
+    models: dict
+    phases: tuple[str, ...]
+    context: Context
+    tile: tuple[int, ...]
+    halo: int
+    grid: TileGrid
+    lam: float | None
+    budget_gflops: float | None
+    max_expensive_fraction: float | None
+    truth: str | os.PathLike | None
+    identity: dict  # an unfinished output with the same identity is resumed
+    cheap_identity: dict | None  # what a stored cheap pass depends on (reused across λ and budgets)
+
+    @property
+    def indices(self) -> list[tuple[int, ...]]:
+        return list(self.grid.indices())
+
+
 def segment(
     input: str | os.PathLike,
     output: str | os.PathLike,
@@ -223,12 +253,19 @@ def segment(
     halo: int | None = None,
     overwrite: bool = False,
     workers: int | None = None,
+    cluster: str | ClusterSpec | None = None,
     truth: str | os.PathLike | None = None,
     progress: bool = False,
     dry_run: bool = False,
     command: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Segment a volume into phases and write an OME-Zarr of labels, decisions and uncertainty.
+
+    A run killed at any point (kill -9, a job's time limit) is resumed by the
+    same call: an unfinished output of the same input and settings is
+    recognised from its provenance and only its unfinished tiles are computed;
+    the result equals an uninterrupted run's.
 
     Parameters
     ----------
@@ -237,8 +274,8 @@ def segment(
     output : str or path
         OME-Zarr store to create: ``labels/phases`` (uint8 phase labels),
         ``labels/decisions`` (candidate per tile), the cheap pass's uncertainty as
-        the image, and with the selector ``selector/`` (features, expected gain
-        and choice per tile).
+        the image, with the selector ``selector/`` (features, expected gain
+        and choice per tile), and ``progress/`` (per-tile records for resuming).
     model : str
         ``auto`` (default): the cheap pass everywhere and, where the selector
         says so, a costlier candidate. Or one candidate for every tile:
@@ -258,10 +295,14 @@ def segment(
     halo : int, optional
         In-plane halo; default and minimum: the models' receptive radius.
     overwrite : bool
-        Replace an existing output (for ``auto``, its stored cheap pass is reused
-        when input, weights and tiling match).
+        Replace an existing output of other settings or a finished one (for
+        ``auto``, its stored cheap pass is reused when input, weights and tiling match).
     workers : int, optional
-        Tiles segmented at once (dask threads); default: number of cores.
+        Without ``cluster``: tiles segmented at once (dask threads); default: number of cores.
+    cluster : str or ClusterSpec, optional
+        ``local``, ``slurm`` or ``tcp://host:port`` to run on dask.distributed
+        (see :class:`matseg.cluster.ClusterSpec` for workers, memory, SLURM
+        settings and a costly-candidate pool); default: threads in this process.
     truth : str or path, optional
         Ground-truth labels (or a ``matseg sample`` store) to score the result against.
     progress : bool
@@ -269,70 +310,59 @@ def segment(
     dry_run : bool
         Run only the cheap pass and the selector (stored in ``output`` for the
         real run to reuse) and return the estimated GFLOPs, time, memory and mix.
+    log : callable, optional
+        Receives one-line messages (resumed tiles, the cluster's dashboard).
 
     Returns
     -------
     dict
         The report, also saved in the output (``matseg-report.json`` and attributes).
     """
-    with ExitStack() as lock:
-        return _segment(
-            input,
-            output,
-            model=model,
-            lam=lam,
-            budget_gflops=budget_gflops,
-            max_expensive_fraction=max_expensive_fraction,
-            weights=weights,
-            tile=tile,
-            halo=halo,
-            overwrite=overwrite,
-            workers=workers,
-            truth=truth,
-            progress=progress,
-            dry_run=dry_run,
-            command=command,
-            lock=lock,
-        )
-
-
-def _segment(
-    input: str | os.PathLike,
-    output: str | os.PathLike,
-    *,
-    model: str = "auto",
-    lam: float | None = None,
-    budget_gflops: float | None = None,
-    max_expensive_fraction: float | None = None,
-    weights: str | os.PathLike | None = None,
-    tile: Sequence[int] | None = None,
-    halo: int | None = None,
-    overwrite: bool = False,
-    workers: int | None = None,
-    truth: str | os.PathLike | None = None,
-    progress: bool = False,
-    dry_run: bool = False,
-    command: str | None = None,
-    lock: ExitStack,
-) -> dict:
-    """The body of :func:`segment`; ``lock`` holds the output lock once taken."""
-    _check_options(model, lam, budget_gflops, max_expensive_fraction)
+    started = time.perf_counter()
+    job = _prepare(
+        input, output, model, lam, budget_gflops, max_expensive_fraction, weights, tile, halo, truth
+    )
     if dry_run and model != "auto":
         raise MatsegError("--dry-run estimates a selector run; use it with --model auto")
-    started = time.perf_counter()
+    spec = cluster if isinstance(cluster, ClusterSpec) else ClusterSpec(kind=cluster)
+    spec.check()
+    start, stored = _start_of(job, overwrite)
+    if stored is None:
+        norm = intensity_range(job.volume, len(job.phases) if "classical" in job.names else None)
+    else:
+        saved = stored["normalization"]
+        norm = Normalization(saved["low"], saved["high"], tuple(saved.get("thresholds", ())))
+    job.context = Context(job.models, norm.thresholds, job.context.phase_order)
+    job.output.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(job.output):  # one writer at a time, from here on
+        if _start_of(job, overwrite)[0] != start:  # another run changed it meanwhile
+            raise MatsegError(f"output {output} changed while this run started; run it again")
+        root = _open_output(job, start, norm)
+        try:
+            with backend(spec, workers, log) as runner:
+                return _run(job, root, start, norm, runner, progress, dry_run, command, started, log)
+        except BaseException:
+            if start == "new" and run_attrs(job.output).get("status") == "running" and not _any_done(root):
+                remove_store(job.output)  # nothing finished: nothing half-written is left behind
+            raise
+
+
+def _prepare(input, output, model, lam, budget_gflops, max_expensive_fraction, weights, tile, halo, truth):
+    _check_options(model, lam, budget_gflops, max_expensive_fraction)
     volume = open_volume(input)
     selector = load_selector(weights) if model == "auto" else None
-    names = selector.candidates if selector else (model,)
+    names = tuple(selector.candidates) if selector else (model,)
     needed = {m for n in names for m in CANDIDATES[n].needs} or {"cheap"}
     if selector is not None:
         needed.add("cheap")
     models = {m: load_segmenter(m, weights) for m in sorted(needed)}
     if selector is not None:
         check_pairing(selector, models)
-    phases = next(iter(models.values())).phases
-    truth_volume = open_volume(truth, labels=True) if truth is not None else None
-    if truth_volume is not None and truth_volume.shape != volume.shape:
-        raise MatsegError(f"truth {truth} has shape {truth_volume.shape}; the input has {volume.shape}")
+    phases = tuple(next(iter(models.values())).phases)
+    if truth is not None:
+        truth_volume = open_volume(truth, labels=True)
+        if truth_volume.shape != volume.shape:
+            raise MatsegError(f"truth {truth} has shape {truth_volume.shape}; the input has {volume.shape}")
     context = Context(models, phase_order=selector.phase_order if selector else ())
     tile = tuple(tile) if tile else default_tile(volume.ndim)
     min_halo = _halo_of(model, context, names)
@@ -344,170 +374,297 @@ def _segment(
         )
     stride = max(m.stride for m in models.values())
     grid = plan_tiles(volume.shape, tile, halo, stride)
-    fingerprint = _fingerprint(input, volume, models["cheap"], names, tile, halo) if selector else None
-    out = Path(str(output))
-    stored = _stored_cheap_pass(out, fingerprint, overwrite) if selector else None
-    if stored is None:
-        check_output(output, overwrite, inputs=[str(input)])
-        needs_thresholds = "classical" in names
-        norm = intensity_range(volume, len(phases) if needs_thresholds else None)
-    else:
-        saved = stored["normalization"]
-        norm = Normalization(saved["low"], saved["high"], tuple(saved.get("thresholds", ())))
-    context = Context(models, norm.thresholds, context.phase_order)
-
-    workers = int(workers or os.cpu_count() or 1)
-    _configure_threads(workers)
-    indices = list(grid.indices())
-    compute_started = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock.enter_context(OutputLock(out))  # one writer at a time, from here on
-    if stored is None:
-        check_output(output, overwrite, inputs=[str(input)])  # again: another run may have finished it
-        if out.exists():
-            remove_store(out)
-        root = create_ome_store(
-            out,
-            volume.shape,
-            grid.write_chunks,
-            image=("uncertainty", "uint8"),
-            labels={"phases": phases, "decisions": names},
-            attrs={"status": "running", "version": __version__, "input": {"source": str(input)}},
+    if selector is not None:  # known before anything runs: the cheap pass's cost is its tiles' shapes
+        check_budget(
+            budget_gflops, float(cheap_pass_gflops(grid, context).sum()) + selector.gflops(grid.n_tiles)
         )
+    out = Path(str(output))
+    check_output(out, overwrite=True, inputs=[str(input)])  # not an input, and writable
+    cheap_identity = None
+    if selector is not None:
+        cheap_identity = {
+            "input": canonical_source(input),
+            "candidates": list(names),
+            "shape": list(volume.shape),
+            "dtype": str(volume.data.dtype),
+            "cheap_sha256": models["cheap"].sha256,
+            "tile": list(tile),
+            "halo": halo,
+            "version": __version__,
+        }
+    identity = {
+        "input": canonical_source(input),
+        "shape": list(volume.shape),
+        "dtype": str(volume.data.dtype),
+        "model": model,
+        "candidates": list(names),
+        "weights_sha256": {name: m.sha256 for name, m in models.items()},
+        "selector_sha256": selector.sha256 if selector else None,
+        "tile": list(tile),
+        "halo": halo,
+        "lambda": lam,
+        "budget_gflops": budget_gflops,
+        "max_expensive_fraction": max_expensive_fraction,
+        "version": __version__,
+    }
+    return _Job(
+        input, out, volume, model, selector, names, models, phases, context, tile, halo, grid,
+        lam, budget_gflops, max_expensive_fraction, truth, identity, cheap_identity,
+    )  # fmt: skip
+
+
+def _start_of(job: _Job, overwrite: bool) -> tuple[str, dict | None]:
+    """How a run starts on what is at its output: ``new``, ``resume`` (the same run,
+    unfinished) or ``reuse-cheap`` (a selector run over a stored cheap pass); with the
+    stored attributes when something is kept.
+
+    Raises
+    ------
+    MatsegError
+        If the output holds something else and ``overwrite`` is not given.
+    """
+    out = job.output
+    if not out.exists():
+        return "new", None
+    attrs = run_attrs(out)
+    status = attrs.get("status")
+    unfinished = status in ("running", "cheap-pass", "running-candidates")
+    if unfinished and attrs.get("settings") == job.identity and "normalization" in attrs:
+        return "resume", attrs
+    cheap_kept = status in ("cheap-pass", "running-candidates", "complete")
+    if job.cheap_identity and cheap_kept and attrs.get("cheap_pass") == job.cheap_identity:
+        if status == "cheap-pass" or overwrite:
+            return "reuse-cheap", attrs
+    if overwrite:
+        return "new", None
+    if unfinished:
+        stored = attrs.get("settings") or {}
+        differs = sorted(k for k, v in job.identity.items() if stored.get(k) != v)
+        raise MatsegError(
+            f"output {out} is an unfinished matseg run with other settings ({', '.join(differs)}); "
+            "run its own command to resume it, or pass --overwrite to start again"
+        )
+    if status == "complete" and job.cheap_identity and attrs.get("cheap_pass") == job.cheap_identity:
+        raise MatsegError(
+            f"output {out} exists; pass --overwrite to replace it (its cheap pass will be reused)"
+        )
+    raise MatsegError(f"output {out} exists; pass --overwrite to replace it")
+
+
+def _open_output(job: _Job, start: str, norm: Normalization) -> zarr.Group:
+    """The output store, created for a new run; progress records reset where they no longer hold."""
+    if start != "new":
+        root = zarr.open_group(str(job.output), mode="r+")
+        if start == "reuse-cheap":  # a new plan: the previous candidates' records do not hold
+            TileRecords.create(root, "finish", job.grid.n_tiles, _finish_fields(job))
+            root.attrs["matseg"] = {**root.attrs["matseg"], "status": "cheap-pass", "settings": job.identity}
+        return root
+    remove_store(job.output)
+    root = create_ome_store(
+        job.output,
+        job.volume.shape,
+        job.grid.write_chunks,
+        image=("uncertainty", "uint8"),
+        labels={"phases": job.phases, "decisions": job.names},
+    )
+    n = job.grid.n_tiles
+    if job.selector is None:
+        TileRecords.create(root, "tiles", n, {"gflops": 1, "counts": len(job.phases), "seconds": 1})
     else:
-        root = zarr.open_group(str(out), mode="r+")
+        fields = {"gflops": 1, "counts": len(job.phases), "seconds": 1, "features": len(FEATURE_NAMES)}
+        TileRecords.create(root, "cheap", n, fields)
+        TileRecords.create(root, "finish", n, _finish_fields(job))
+    root.attrs["matseg"] = {
+        "status": "running",
+        "version": __version__,
+        "input": {"source": str(job.input)},
+        "settings": job.identity,
+        "cheap_pass": job.cheap_identity,
+        "normalization": _norm_dict(norm),
+        "rewritten": [],
+    }
+    return root
+
+
+def _finish_fields(job: _Job) -> dict:
+    return {"gflops": 1, "counts": len(job.phases), "seconds": len(job.names)}
+
+
+def _any_done(root) -> bool:
+    return any(TileRecords(a).done().any() for _, a in root["progress"].arrays())
+
+
+def _todo(records: TileRecords, indices, wanted=None) -> list[tuple[int, tuple[int, ...]]]:
+    """(position, index) of the tiles still to compute (of ``wanted``, if given)."""
+    done = records.done()
+    return [(t, idx) for t, idx in enumerate(indices) if not done[t] and (wanted is None or idx in wanted)]
+
+
+def _set_status(root, **changes) -> None:
+    root.attrs["matseg"] = {**root.attrs["matseg"], **changes}
+
+
+def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, command, started, log) -> dict:
+    """The stages of a run on an open output; each computes only the tiles not yet recorded."""
+    grid, indices, context = job.grid, job.indices, job.context
     arrays = {
         "uncertainty": root["0"],
         "phases": root["labels/phases/0"],
         "decisions": root["labels/decisions/0"],
     }
-
-    try:
-        if selector is None:
-            candidate = CANDIDATES[model]
-            blocks = overlapped_tiles(volume.data, grid).to_delayed()
+    compute_started = time.perf_counter()
+    computed = {}
+    ctx = dask.delayed(context, name="matseg-context")  # sent to each worker once, not per task
+    if job.selector is None:
+        records = TileRecords.open(root, "tiles")
+        todo = _todo(records, indices)
+        computed["tiles"] = len(todo)
+        blocks = overlapped_tiles(job.volume.data, grid).to_delayed()
+        cost = CHEAP if job.model in ("cheap", "classical") else COSTLY
+        with runner.annotate(cost):
             tasks = [
                 dask.delayed(_single_task)(
-                    blocks[i], i, grid, norm, context, candidate, 0, arrays, dask_key_name=_key("tile", i)
-                )
-                for i in indices
+                    blocks[i],
+                    t,
+                    i,
+                    grid,
+                    norm,
+                    ctx,
+                    CANDIDATES[job.model],
+                    arrays,
+                    records,
+                    dask_key_name=_key("tile", i),
+                )  # fmt: skip
+                for t, i in todo
             ]
-            with _progress(progress):
-                results = dask.compute(*tasks, scheduler="threads", num_workers=workers)
-            stats = _sum_stats(results)
-            counts, plan = stats["counts"], None
-        else:
-            if stored is None:
-                # the cheap pass needs only its own receptive radius: its own, smaller halo
-                cheap_grid = grid.with_halo(models["cheap"].halo)
-                cheap_blocks = overlapped_tiles(volume.data, cheap_grid).to_delayed()
-                cheap = _run_cheap_pass(
-                    root, cheap_blocks, indices, cheap_grid, norm, context, arrays, workers, progress
+        runner.compute(tasks, progress)
+        rows = records.read()
+        counts, plan = rows["counts"].sum(axis=0), None
+        stats = {"gflops": float(rows["gflops"].sum()), "seconds": {job.model: float(rows["seconds"].sum())}}
+    else:
+        cheap_records = TileRecords.open(root, "cheap")
+        todo = _todo(cheap_records, indices)
+        computed["cheap"] = len(todo)
+        if todo:
+            # the cheap pass needs only its own receptive radius: its own, smaller halo
+            cheap_grid = grid.with_halo(job.models["cheap"].halo)
+            blocks = overlapped_tiles(job.volume.data, cheap_grid).to_delayed()
+            with runner.annotate(CHEAP):
+                tasks = [
+                    dask.delayed(_cheap_task)(
+                        blocks[i],
+                        t,
+                        i,
+                        cheap_grid,
+                        norm,
+                        ctx,
+                        arrays,
+                        cheap_records,
+                        dask_key_name=_key("cheap", i),
+                    )  # fmt: skip
+                    for t, i in todo
+                ]
+            runner.compute(tasks, progress)
+        cheap = _cheap_results(root, cheap_records)
+        if root.attrs["matseg"]["status"] == "running":
+            _set_status(root, status="cheap-pass")
+        plan = make_plan(
+            job.selector, cheap, grid, context, job.names, job.lam, job.budget_gflops,
+            job.max_expensive_fraction,
+        )  # fmt: skip
+        attrs = root.attrs["matseg"]
+        if attrs["status"] == "running-candidates":
+            if not np.array_equal(root["selector/choice"][:], plan["choice"]):
+                raise MatsegError(
+                    f"output {job.output}: the selector's plan differs from the stored one; "
+                    "pass --overwrite to start the candidates again"
                 )
-                root.attrs["matseg"] = {
-                    "status": "cheap-pass",
-                    "version": __version__,
-                    "cheap_pass": fingerprint,
-                    "normalization": _norm_dict(norm),
-                    "rewritten": [],
-                }
-            else:
-                cheap = _load_cheap_pass(root)
-            plan = make_plan(
-                selector, cheap, grid, context, names, lam, budget_gflops, max_expensive_fraction
-            )
+            rewrite = set(map(tuple, attrs["rewritten"]))
+        else:
             root["selector/gain"][:] = plan["gain"]
             root["selector/choice"][:] = plan["choice"].astype(np.uint8)
             if dry_run:
-                estimate = _estimate(plan, cheap, volume.data, grid, norm, context, names, workers)
+                estimate = _estimate(
+                    plan, cheap, job.volume.data, grid, norm, context, job.names, runner.workers
+                )
                 # what is kept is a cheap pass for the real run to finish (a finished output
                 # given with --overwrite becomes one too: its rewritten tiles are redone)
-                root.attrs["matseg"] = {**root.attrs["matseg"], "status": "cheap-pass"}
-                return _dry_run_report(
-                    input, output, volume, grid, halo, tile, plan, cheap, estimate, names, models, selector
-                )
-            previous = set(map(tuple, root.attrs["matseg"].get("rewritten", [])))
+                _set_status(root, status="cheap-pass")
+                return _dry_run_report(job, plan, cheap, estimate)
+            previous = set(map(tuple, attrs.get("rewritten", [])))
             rewrite = {indices[t] for t in np.flatnonzero(plan["rewritten"])} | previous
-            attrs = dict(root.attrs["matseg"])
-            attrs.update(status="running-candidates", rewritten=sorted(map(list, rewrite)))
-            root.attrs["matseg"] = attrs
-            stats = _run_stage2(
-                plan,
-                rewrite,
-                cheap,
-                volume.data,
-                indices,
-                grid,
-                norm,
-                context,
-                names,
-                arrays,
-                workers,
-                progress,
-            )
-            counts = stats["counts"]
-    except BaseException:
-        if stored is None:
-            remove_store(out)  # nothing half-written is left behind
-        raise
+            _set_status(root, status="running-candidates", rewritten=sorted(map(list, rewrite)))
+        finish_records = TileRecords.open(root, "finish")
+        todo = _todo(finish_records, indices, rewrite)
+        computed["candidates"] = len(todo)
+        _run_stage2(job, plan, todo, norm, ctx, arrays, finish_records, runner, progress)
+        stats = _selector_stats(job, plan, cheap, finish_records, rewrite)
+        counts = stats["counts"]
+    if log and start == "resume":
+        log(f"resumed {job.output}: computed " + ", ".join(f"{n} {s} tiles" for s, n in computed.items()))
     compute_seconds = time.perf_counter() - compute_started
+    report = _report(job, norm, plan, stats, counts, command)
+    report["seam"] = seam_score(da.from_zarr(arrays["phases"]), grid)
+    if job.truth is not None:
+        report["truth"] = str(job.truth)
+        report["metrics"] = score_labels(arrays["phases"], job.truth, job.phases)
+    report["timings"] = {
+        "total_s": time.perf_counter() - started,
+        "segment_s": compute_seconds,
+        "model_s": stats["seconds"],
+        "voxels_per_s": report["voxels"] / compute_seconds,
+    }
+    report["run"] = {**runner.description, "started_as": start, "computed_tiles": computed}
+    if plan is not None:
+        report["run"]["cheap_pass_reused"] = computed["cheap"] == 0
+    root.attrs["matseg"] = {**root.attrs["matseg"], **report, "status": "complete"}
+    (job.output / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
-    voxels = int(np.prod(volume.shape))
+
+def _report(job: _Job, norm: Normalization, plan, stats, counts, command) -> dict:
+    """What a run did, the same whether it ran at one go or was resumed (timings and ``run`` aside)."""
+    grid = job.grid
+    voxels = int(np.prod(job.volume.shape))
     report = {
         "command": command or "matseg.segment",
         "input": {
-            "source": str(input),
-            "kind": volume.kind,
-            "shape": list(volume.shape),
-            "dtype": str(volume.data.dtype),
+            "source": str(job.input),
+            "kind": job.volume.kind,
+            "shape": list(job.volume.shape),
+            "dtype": str(job.volume.data.dtype),
         },
-        "output": str(output),
-        "model": model,
-        "models": [m.describe() for m in models.values()],
-        "tile": list(tile),
-        "halo": halo,
+        "output": str(job.output),
+        "model": job.model,
+        "models": [m.describe() for m in job.models.values()],
+        "tile": list(job.tile),
+        "halo": job.halo,
         "grid": list(grid.grid_shape),
         "normalization": {"percentiles": list(PERCENTILES), **_norm_dict(norm)},
-        "candidates": list(names),
+        "candidates": list(job.names),
         "tiles": grid.n_tiles,
         "voxels": voxels,
         "gflops": stats["gflops"],
         "gflops_per_megavoxel": stats["gflops"] / (voxels / 1e6),
-        "timings": {"total_s": None, "segment_s": compute_seconds, "model_s": stats["seconds"]},
-        "workers": workers,
-        "phases": list(phases),
-        "volume_fractions": volume_fractions(counts, phases),
+        "phases": list(job.phases),
+        "volume_fractions": volume_fractions(counts, job.phases),
         "versions": _versions(),
     }
     if plan is None:
-        report["decisions"] = {model: grid.n_tiles}
-    else:
-        report["decisions"] = {n: int((plan["choice"] == k).sum()) for k, n in enumerate(names)}
-        report["selector"] = {
-            **selector.describe(),
-            "lambda": plan["lambda"],
-            "budget_gflops": budget_gflops,
-            "max_expensive_fraction": max_expensive_fraction,
-            "expected_gain": float(plan["gain"][np.arange(grid.n_tiles), plan["choice"]].mean()),
-            "cheap_pass_reused": stored is not None,
-            "band": BAND,
-        }
-        report["gflops_breakdown"] = stats["breakdown"]
-        report["all_expensive_gflops"] = all_expensive_gflops(grid, context)
-        report["gflops_fraction_of_all_expensive"] = stats["gflops"] / report["all_expensive_gflops"]
-    report["seam"] = seam_score(da.from_zarr(arrays["phases"]), grid)
-    if truth_volume is not None:
-        report["truth"] = str(truth)
-        report["metrics"] = score_labels(arrays["phases"], truth, phases)
-    report["timings"]["total_s"] = time.perf_counter() - started
-    report["voxels_per_s"] = voxels / compute_seconds
-    root.attrs["matseg"] = {
-        **report,
-        "status": "complete",
-        "cheap_pass": fingerprint,
-        "rewritten": root.attrs["matseg"].get("rewritten", []) if plan is not None else [],
+        report["decisions"] = {job.model: grid.n_tiles}
+        return report
+    report["decisions"] = {n: int((plan["choice"] == k).sum()) for k, n in enumerate(job.names)}
+    report["selector"] = {
+        **job.selector.describe(),
+        "lambda": plan["lambda"],
+        "budget_gflops": job.budget_gflops,
+        "max_expensive_fraction": job.max_expensive_fraction,
+        "expected_gain": float(plan["gain"][np.arange(grid.n_tiles), plan["choice"]].mean()),
+        "band": BAND,
     }
-    (out / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    report["gflops_breakdown"] = stats["breakdown"]
+    report["all_expensive_gflops"] = all_expensive_gflops(grid, job.context)
+    report["gflops_fraction_of_all_expensive"] = stats["gflops"] / report["all_expensive_gflops"]
     return report
 
 
@@ -519,141 +676,103 @@ def _norm_dict(norm: Normalization) -> dict:
     return {"low": norm.low, "high": norm.high, "thresholds": list(norm.thresholds)}
 
 
-def _sum_stats(results) -> dict:
-    seconds: dict[str, float] = {}
-    for r in results:
-        for name, s in r["seconds"].items():
-            seconds[name] = seconds.get(name, 0.0) + s
-    return {
-        "counts": np.sum([r["counts"] for r in results], axis=0),
-        "gflops": float(sum(r["gflops"] for r in results)),
-        "seconds": seconds,
-    }
-
-
-def _fingerprint(input, volume: Volume, cheap, names, tile, halo) -> dict:
-    """What a stored cheap pass depends on: the same input, cheap weights, candidates and tiling."""
-    return {
-        "input": canonical_source(input),
-        "candidates": list(names),
-        "shape": list(volume.shape),
-        "dtype": str(volume.data.dtype),
-        "cheap_sha256": cheap.sha256,
-        "tile": list(tile),
-        "halo": halo,
-        "version": __version__,
-    }
-
-
-def _stored_cheap_pass(out: Path, fingerprint: dict, overwrite: bool) -> dict | None:
-    """The attributes of a reusable cheap pass in ``out``, or None to start afresh."""
-    attrs = run_attrs(out)
-    if attrs.get("cheap_pass") != fingerprint or attrs.get("status") not in (
-        "cheap-pass",
-        "running-candidates",
-        "complete",
-    ):
-        return None
-    if attrs["status"] != "cheap-pass" and not overwrite:
-        raise MatsegError(
-            f"output {out} exists; pass --overwrite to replace it (its cheap pass will be reused)"
-        )
-    return attrs
-
-
-def _run_cheap_pass(root, blocks, indices, grid, norm, context, arrays, workers, progress) -> dict:
-    tasks = [
-        dask.delayed(_cheap_task)(blocks[i], i, grid, norm, context, arrays, dask_key_name=_key("cheap", i))
-        for i in indices
-    ]
-    with _progress(progress):
-        results = dask.compute(*tasks, scheduler="threads", num_workers=workers)
+def _cheap_results(root, records: TileRecords) -> dict:
+    """The cheap pass of every tile from its records, also kept as ``selector/`` arrays."""
+    rows = records.read()
     cheap = {
-        "features": np.stack([r["features"] for r in results]),
-        "counts": np.stack([r["counts"] for r in results]).astype(np.int64),
-        "gflops": np.array([r["gflops"] for r in results]),
-        "seconds": np.array([r["seconds"]["cheap"] for r in results]),
+        "features": rows["features"].astype(np.float32),
+        "counts": rows["counts"].astype(np.int64),
+        "gflops": rows["gflops"][:, 0],
+        "seconds": rows["seconds"][:, 0],
     }
     group = root.require_group("selector")
-    for name, values in cheap.items():
-        group.create_array(name, data=values, overwrite=True)
-    n_cand = len(root["labels/decisions"].attrs["matseg"]["candidates"])
-    group.create_array("gain", shape=(len(indices), n_cand), dtype="float32", overwrite=True)
-    group.create_array("choice", shape=(len(indices),), dtype="uint8", overwrite=True)
+    if "choice" not in group:
+        for name, values in cheap.items():
+            group.create_array(name, data=values, overwrite=True)
+        n_tiles, n_cand = len(cheap["gflops"]), len(root["labels/decisions"].attrs["matseg"]["candidates"])
+        group.create_array("gain", shape=(n_tiles, n_cand), dtype="float32", overwrite=True)
+        group.create_array("choice", shape=(n_tiles,), dtype="uint8", overwrite=True)
     return cheap
-
-
-def _load_cheap_pass(root) -> dict:
-    group = root["selector"]
-    return {name: group[name][:] for name in ("features", "counts", "gflops", "seconds")}
 
 
 def _halo_blocks(data: da.Array, grid: TileGrid) -> tuple[TileGrid, np.ndarray]:
     return grid, overlapped_tiles(data, grid).to_delayed()
 
 
-def _run_stage2(
-    plan, rewrite, cheap, data, indices, grid, norm, context, names, arrays, workers, progress
-) -> dict:
-    choice = {idx: int(c) for idx, c in zip(indices, plan["choice"])}
+def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backend, progress) -> None:
+    """The tiles of ``todo`` (position, index): their candidates, blended with their neighbours'."""
+    if not todo:
+        return
+    grid, names, context = job.grid, job.names, job.context
+    choice = {idx: int(c) for idx, c in zip(job.indices, plan["choice"])}
     # every candidate reads its tiles with its own halo; blending needs the band only
-    tiles = {n: _halo_blocks(data, candidate_grid(grid, n, context)) for n in names}
-    costly = {
-        idx: dask.delayed(_candidate_task)(
-            tiles[names[k]][1][idx],
-            idx,
-            tiles[names[k]][0],
-            norm,
-            context,
-            CANDIDATES[names[k]],
-            BAND,
-            dask_key_name=_key("candidate", idx),
-        )
-        for idx, k in choice.items()
-        if k > 0
-    }
-    tasks = []
-    for idx in sorted(rewrite):
-        mine = choice[idx]
-        neighbours = {
-            j: costly[j] for j in neighbour_indices(grid, idx).values() if choice[j] not in (0, mine)
-        }
-        tasks.append(
-            dask.delayed(_finish_task)(
-                tiles["cheap"][1][idx],
+    tiles = {n: _halo_blocks(job.volume.data, candidate_grid(grid, n, context)) for n in names}
+    needed = set()
+    for _, idx in todo:
+        needed |= {j for j in neighbour_indices(grid, idx).values() if choice[j] > 0}
+    with runner.annotate(COSTLY):
+        costly = {
+            idx: dask.delayed(_candidate_task)(
+                tiles[names[choice[idx]]][1][idx],
                 idx,
-                tiles["cheap"][0],
+                tiles[names[choice[idx]]][0],
                 norm,
-                context,
-                names,
+                ctx,
+                CANDIDATES[names[choice[idx]]],
                 BAND,
-                choice,
-                costly.get(idx),
-                neighbours,
-                arrays,
-                dask_key_name=_key("finish", idx),
+                dask_key_name=_key("candidate", idx),
             )
-        )
-    with _progress(progress):
-        results = dask.compute(*tasks, scheduler="threads", num_workers=workers)
-    position = {idx: t for t, idx in enumerate(indices)}
+            for idx in sorted(needed)
+        }
+    tasks = []
+    with runner.annotate(CHEAP):
+        for t, idx in todo:
+            mine = choice[idx]
+            neighbours = {
+                j: costly[j] for j in neighbour_indices(grid, idx).values() if choice[j] not in (0, mine)
+            }
+            tasks.append(
+                dask.delayed(_finish_task)(
+                    tiles["cheap"][1][idx],
+                    t,
+                    idx,
+                    tiles["cheap"][0],
+                    norm,
+                    ctx,
+                    names,
+                    BAND,
+                    choice,
+                    costly.get(idx),
+                    neighbours,
+                    arrays,
+                    records,
+                    dask_key_name=_key("finish", idx),
+                )  # fmt: skip
+            )
+    runner.compute(tasks, progress)
+
+
+def _selector_stats(job: _Job, plan, cheap, records: TileRecords, rewrite) -> dict:
+    """Counts, GFLOPs and model seconds of a selector run: the cheap pass, then the rewritten tiles."""
+    rows = records.read()
+    rewritten = np.array([idx in rewrite for idx in job.indices])
+    if not records.done()[rewritten].all():
+        raise MatsegError(f"output {job.output}: some tiles were not finished; run the same command again")
     counts = cheap["counts"].copy()
-    for idx, r in zip(sorted(rewrite), results):
-        counts[position[idx]] = r["counts"]
-    stage2 = _sum_stats(results) if results else {"gflops": 0.0, "seconds": {}}
-    seconds = dict(stage2["seconds"])
+    counts[rewritten] = rows["counts"][rewritten]
+    stage2_gflops = float(rows["gflops"][rewritten].sum())
+    seconds = dict(zip(job.names, rows["seconds"][rewritten].sum(axis=0).tolist()))
     seconds["cheap"] = seconds.get("cheap", 0.0) + float(cheap["seconds"].sum())
     cheap_gflops = float(cheap["gflops"].sum())
-    breakdown = {
-        "cheap_pass": cheap_gflops,
-        "selector": plan["policy_gflops"],
-        "candidates_and_blending": stage2["gflops"],
-    }
     return {
         "counts": counts.sum(axis=0),
-        "gflops": cheap_gflops + plan["policy_gflops"] + stage2["gflops"],
-        "seconds": seconds,
-        "breakdown": breakdown,
+        "gflops": cheap_gflops + plan["policy_gflops"] + stage2_gflops,
+        "seconds": {n: s for n, s in seconds.items() if s},
+        "breakdown": {
+            "cheap_pass": cheap_gflops,
+            "selector": plan["policy_gflops"],
+            "candidates_and_blending": stage2_gflops,
+        },
     }
 
 
@@ -692,20 +811,18 @@ def _estimate(plan, cheap, data, grid, norm, context, names, workers) -> dict:
     }
 
 
-def _dry_run_report(
-    input, output, volume, grid, halo, tile, plan, cheap, estimate, names, models, selector
-) -> dict:
+def _dry_run_report(job: _Job, plan, cheap, estimate) -> dict:
     return {
         "dry_run": True,
-        "input": {"source": str(input), "shape": list(volume.shape)},
-        "output": str(output),
-        "models": [m.describe() for m in models.values()],
-        "selector": selector.describe() | {"lambda": plan["lambda"]},
-        "tile": list(tile),
-        "halo": halo,
-        "tiles": grid.n_tiles,
-        "voxels": int(np.prod(volume.shape)),
-        "decisions": {n: int((plan["choice"] == k).sum()) for k, n in enumerate(names)},
+        "input": {"source": str(job.input), "shape": list(job.volume.shape)},
+        "output": str(job.output),
+        "models": [m.describe() for m in job.models.values()],
+        "selector": job.selector.describe() | {"lambda": plan["lambda"]},
+        "tile": list(job.tile),
+        "halo": job.halo,
+        "tiles": job.grid.n_tiles,
+        "voxels": int(np.prod(job.volume.shape)),
+        "decisions": {n: int((plan["choice"] == k).sum()) for k, n in enumerate(job.names)},
         "cheap_pass_gflops": float(cheap["gflops"].sum()),
         "estimate": estimate,
     }
@@ -731,14 +848,6 @@ def _difficulty(spec: str | os.PathLike) -> da.Array | None:
     if (path / "difficulty").is_dir():
         return open_volume(f"{path}:difficulty").data
     return None
-
-
-def _progress(enabled: bool):
-    from contextlib import nullcontext
-
-    from dask.diagnostics import ProgressBar
-
-    return ProgressBar(out=sys.stderr, minimum=1.0) if enabled else nullcontext()
 
 
 def _versions() -> dict:

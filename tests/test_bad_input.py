@@ -205,7 +205,7 @@ def test_usage_error_exit_code(tmp_path, capsys):
 
 
 def test_unfinished_run_is_named(tmp_path, capsys, random_weights):
-    """A killed run leaves status 'running': the message says so (resume comes later)."""
+    """An unfinished run of other settings is named, with what differs."""
     store = good_zarr(tmp_path / "in.zarr")
     out = tmp_path / "o.zarr"
     zarr.open_group(str(out), mode="w").attrs["matseg"] = {"status": "running"}

@@ -47,7 +47,7 @@ def test_segment_sample_contract(tmp_path, small_sample, random_weights, capsys)
     assert set(np.unique(labels[:])) <= {0, 1, 2}
     assert (root["labels/decisions/0"][:] == 0).all()  # cheap everywhere
     report = json.loads((out / "matseg-report.json").read_text())
-    internal = ("status", "cheap_pass", "rewritten")  # what a re-run needs, beside the report
+    internal = ("status", "version", "settings", "cheap_pass", "rewritten")  # what a re-run needs
     assert report == {k: v for k, v in root.attrs["matseg"].items() if k not in internal}
     assert root.attrs["matseg"]["status"] == "complete"
     assert report["models"][0]["sha256"] and report["gflops"] > 0

@@ -92,7 +92,7 @@ def test_lambda_monotone_and_dry_run_reuses_the_cheap_pass(tmp_path, volume):
     assert all(a >= b for a, b in zip(spent, spent[1:])), spent
     assert spent[0] > spent[-1], "lambda changed nothing"
     real = matseg.segment(volume, out, tile=TILE, lam=0.0)
-    assert real["selector"]["cheap_pass_reused"]
+    assert real["run"]["cheap_pass_reused"]
     assert abs(real["gflops"] - spent[0]) <= 0.25 * real["gflops"]
 
 
@@ -222,7 +222,7 @@ def test_new_lambda_on_a_finished_output_reuses_its_cheap_pass(tmp_path, volume)
     out = tmp_path / "out.zarr"
     first = matseg.segment(volume, out, tile=TILE, lam=0.0)
     second = matseg.segment(volume, out, tile=TILE, lam=1.0, overwrite=True)
-    assert not first["selector"]["cheap_pass_reused"] and second["selector"]["cheap_pass_reused"]
+    assert not first["run"]["cheap_pass_reused"] and second["run"]["cheap_pass_reused"]
     matseg.segment(volume, tmp_path / "fresh.zarr", tile=TILE, lam=1.0)
     reused, fresh = (zarr.open_group(str(p), mode="r") for p in (out, tmp_path / "fresh.zarr"))
     for name in ("labels/phases/0", "labels/decisions/0", "0"):

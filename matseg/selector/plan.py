@@ -73,6 +73,21 @@ def blend_gflops(grid: TileGrid, context: Context) -> np.ndarray:
     return candidate_gflops(grid, context, ["cheap"])[:, 0]
 
 
+def cheap_pass_gflops(grid: TileGrid, context: Context) -> np.ndarray:
+    """GFLOPs of stage 1 on each tile: the cheap net on its own, smaller halo."""
+    cheap = context.models["cheap"]
+    return np.array([cheap.gflops(s) for s in tile_shapes(grid.with_halo(cheap.halo))])
+
+
+def check_budget(budget_gflops: float | None, base_gflops: float) -> None:
+    """A budget must at least pay for the cheap pass and the selector."""
+    if budget_gflops is not None and budget_gflops < base_gflops:
+        raise MatsegError(
+            f"--budget-gflops {budget_gflops:g} is below the cheap pass alone "
+            f"({base_gflops:.1f} GFLOPs); raise it"
+        )
+
+
 def all_expensive_gflops(grid: TileGrid, context: Context) -> float:
     return float(candidate_gflops(grid, context, ["expensive"]).sum())
 
@@ -93,11 +108,7 @@ def make_plan(selector: Selector, cheap, grid, context, names, lam, budget_gflop
         choice = choose_by_lambda(selector, features, lam)
     else:
         base = float(cheap["gflops"].sum()) + policy_gflops
-        if budget_gflops is not None and budget_gflops < base:
-            raise MatsegError(
-                f"--budget-gflops {budget_gflops:g} is below the cheap pass alone "
-                f"({base:.1f} GFLOPs); raise it"
-            )
+        check_budget(budget_gflops, base)
         extra = None if budget_gflops is None else budget_gflops - base
         slots = None if max_fraction is None else int(np.floor(max_fraction * len(features) + 1e-9))
         choice = choose_by_budget(gain, cost_of, extra, slots, cand_gflops)

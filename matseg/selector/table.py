@@ -18,7 +18,7 @@ from matseg.errors import MatsegError
 from matseg.io.read import open_volume
 from matseg.metrics import iou_per_phase
 from matseg.selector.candidates import CANDIDATES, Context
-from matseg.selector.plan import blend_gflops, candidate_gflops, tile_shapes
+from matseg.selector.plan import blend_gflops, candidate_gflops, cheap_pass_gflops
 from matseg.tiles import candidate_probs, cheap_pass, tile_input
 from matseg.tiling import overlapped_tiles, plan_tiles
 
@@ -114,9 +114,7 @@ def tile_table(
     extra = candidate_gflops(grid, context, names)
     extra[:, 0] = 0.0
     # segment's cheap pass runs on the cheap net's own, smaller halo (same labels and features)
-    cheap = context.models["cheap"]
-    stage1 = np.array([cheap.gflops(s) for s in tile_shapes(grid.with_halo(cheap.halo))])
-    table["gflops"] = stage1[:, None] + extra
+    table["gflops"] = cheap_pass_gflops(grid, context)[:, None] + extra
     table["recompute"] = blend_gflops(grid, context)
     labelled = table["confusion"][:, 0].sum(axis=(1, 2)) > 0
     table = {key: value[labelled] for key, value in table.items()}

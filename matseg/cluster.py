@@ -1,0 +1,282 @@
+"""Where tiles run: dask's threads in this process, or a dask.distributed cluster.
+
+``--cluster local`` starts worker processes on this machine (distributed's
+LocalCluster), ``--cluster slurm`` submits worker jobs to SLURM (dask-jobqueue's
+SLURMCluster), and ``--cluster tcp://host:port`` joins a running scheduler. The
+same dask graph runs on all of them; only the scheduler differs.
+
+Placement by cost: with ``costly_workers`` (or, on a running scheduler, workers
+started with ``--resources costly=N`` and ``--resources cheap=N``) the tasks
+of the cheap pass and the blending ask for the worker resource ``cheap`` and
+the costlier candidates' tasks for ``costly``, so each runs on its own pool
+(e.g. CPU nodes for the cheap pass, GPU nodes for the expensive net).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import dask
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from matseg.errors import MatsegError
+
+CHEAP, COSTLY = "cheap", "costly"
+# keys of a cluster YAML that are matseg's own; every other key goes to SLURMCluster as it is
+_OWN_KEYS = {"workers", "costly_workers", "costly", "threads", "memory"}
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """What to run on: ``kind`` is None (threads here), ``local``, ``slurm`` or a ``tcp://`` address.
+
+    ``workers`` is the number of worker processes (``local``) or jobs (``slurm``)
+    of the cheap pool; ``costly_workers`` adds a second pool for the costlier
+    candidates, with ``costly`` overriding its SLURM settings (e.g. a GPU queue).
+    ``slurm`` holds SLURMCluster's own settings (queue, account, walltime,
+    cores, job_extra_directives, ...).
+    """
+
+    kind: str | None = None
+    workers: int | None = None
+    threads: int | None = None
+    memory: str | None = None
+    costly_workers: int = 0
+    costly: Mapping = field(default_factory=dict)
+    slurm: Mapping = field(default_factory=dict)
+
+    @classmethod
+    def from_options(cls, kind: str | None, config: str | os.PathLike | None = None, **flags) -> ClusterSpec:
+        """From ``--cluster``, an optional YAML config and flags (flags win; None = not given)."""
+        if kind is None and config is None and not any(v for v in flags.values()):
+            return cls()
+        settings = _read_config(config) if config else {}
+        slurm = {k: v for k, v in settings.items() if k not in _OWN_KEYS}
+        own = {k: settings[k] for k in _OWN_KEYS & settings.keys()}
+        for name in ("queue", "account", "walltime", "cores", "job_extra_directives"):
+            value = flags.pop(name, None)
+            if value:
+                slurm[name] = list(value) if name == "job_extra_directives" else value
+        own.update({k: v for k, v in flags.items() if v is not None})
+        unknown = set(own) - {f.name for f in fields(cls)}
+        if unknown:
+            raise MatsegError(f"unknown cluster settings: {', '.join(sorted(unknown))}")
+        spec = cls(kind=kind, slurm=slurm, **own)
+        spec.check()
+        return spec
+
+    def check(self) -> None:
+        kind = self.kind
+        if kind not in (None, "local", "slurm") and not str(kind).startswith(("tcp://", "tls://")):
+            raise MatsegError(f"--cluster must be local, slurm or tcp://HOST:PORT, got '{kind}'")
+        if kind is None and (self.costly_workers or self.slurm or self.memory):
+            raise MatsegError("cluster settings need --cluster local, slurm or tcp://HOST:PORT")
+        if kind != "slurm" and (self.slurm or self.costly):
+            raise MatsegError(f"SLURM settings ({', '.join(sorted(self.slurm))}) need --cluster slurm")
+        if str(kind).startswith(("tcp://", "tls://")) and (self.workers or self.costly_workers):
+            raise MatsegError("a running scheduler brings its own workers: drop --workers/--costly-workers")
+        for name in ("workers", "threads", "costly_workers"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise MatsegError(f"cluster setting {name} must be a whole number >= 0, got {value!r}")
+
+
+def _read_config(path) -> dict:
+    import yaml
+
+    try:
+        settings = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise MatsegError(f"cannot read cluster config {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise MatsegError(f"cluster config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(settings, dict):
+        raise MatsegError(f"cluster config {path} must be a mapping of settings")
+    return settings
+
+
+@dataclass
+class Backend:
+    """Runs dask graphs: with ``client`` on a distributed cluster, else on threads here."""
+
+    client: object | None = None
+    workers: int = 1
+    by_cost: bool = False  # tasks ask for the 'cheap' / 'costly' worker resource
+    description: dict = field(default_factory=dict)
+
+    def annotate(self, cost: str):
+        """Context in which built tasks ask for the worker resource of their cost (``cheap``/``costly``)."""
+        if not self.by_cost:
+            return contextlib.nullcontext()
+        return dask.annotate(resources={cost: 1})
+
+    def compute(self, tasks: Sequence, progress: bool = False) -> list:
+        if not tasks:
+            return []
+        if self.client is None:
+            with _progress_bar(progress):
+                return list(dask.compute(*tasks, scheduler="threads", num_workers=self.workers))
+        futures = self.client.compute(list(tasks))
+        if progress:
+            from distributed import progress as show
+
+            with contextlib.redirect_stdout(sys.stderr):
+                show(futures, notebook=False)
+        return self.client.gather(futures)
+
+
+def _progress_bar(enabled: bool):
+    from dask.diagnostics import ProgressBar
+
+    return ProgressBar(out=sys.stderr, minimum=1.0) if enabled else contextlib.nullcontext()
+
+
+class TorchThreads(WorkerPlugin):
+    """Worker plugin: torch threads per worker so that dask threads x torch threads fit the cores."""
+
+    name = "matseg-torch-threads"
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def setup(self, worker) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)
+
+
+def torch_threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+@contextlib.contextmanager
+def backend(spec: ClusterSpec, workers: int | None = None, log=None) -> Iterator[Backend]:
+    """The backend ``spec`` asks for, started for the duration of the block and closed after it.
+
+    ``workers`` (dask threads here) is used when ``spec`` has no cluster.
+    """
+    if spec.kind is None:
+        n = int(workers or os.cpu_count() or 1)
+        import torch
+
+        torch.set_num_threads(torch_threads(n))
+        yield Backend(None, n, description={"scheduler": "threads", "workers": n})
+        return
+    from distributed import Client
+
+    with contextlib.ExitStack() as stack:
+        if spec.kind == "local":
+            cluster = stack.enter_context(_local_cluster(spec))
+        elif spec.kind == "slurm":
+            cluster = stack.enter_context(_slurm_cluster(spec))
+        else:
+            cluster = spec.kind
+        try:
+            client = stack.enter_context(Client(cluster, timeout="60s"))
+        except OSError as err:
+            raise MatsegError(f"cannot reach the dask scheduler at {spec.kind}: {err}") from None
+        n_expected = (spec.workers or 1) + spec.costly_workers if spec.kind in ("local", "slurm") else 1
+        if spec.kind == "local":
+            client.register_plugin(TorchThreads(torch_threads(n_expected * (spec.threads or 1))))
+        elif spec.kind == "slurm":
+            client.register_plugin(TorchThreads(1))  # a job's cores are its dask threads
+        try:
+            client.wait_for_workers(n_expected, timeout=_wait_s(spec))
+        except TimeoutError:
+            raise MatsegError(
+                f"no dask workers joined {spec.kind} within {_wait_s(spec):.0f} s "
+                "(check the queue with squeue, or the scheduler's address)"
+            ) from None
+        info = client.scheduler_info()["workers"].values()
+        resources = [set(w.get("resources", {})) for w in info]
+        by_cost = any(CHEAP in r for r in resources) and any(COSTLY in r for r in resources)
+        n_threads = sum(w.get("nthreads", 1) for w in info)
+        description = {
+            "scheduler": spec.kind if spec.kind in ("local", "slurm") else "distributed",
+            "address": client.scheduler.address,
+            "workers": len(resources),
+            "threads": n_threads,
+            "placement_by_cost": by_cost,
+        }
+        if log:
+            link = client.dashboard_link if _has_dashboard(client) else "not running (install bokeh)"
+            log(f"dask {description['scheduler']}: {len(resources)} workers; dashboard {link}")
+        yield Backend(client, n_threads, by_cost, description)
+
+
+def _wait_s(spec: ClusterSpec) -> float:
+    return 600.0 if spec.kind == "slurm" else 60.0
+
+
+def _has_dashboard(client) -> bool:
+    try:
+        return bool(client.scheduler_info().get("services", {}).get("dashboard"))
+    except Exception:  # an old scheduler that does not say
+        return False
+
+
+@contextlib.contextmanager
+def _local_cluster(spec: ClusterSpec):
+    from distributed import LocalCluster
+
+    threads = spec.threads or 1
+    workers = spec.workers or max(1, (os.cpu_count() or 1) // threads - spec.costly_workers)
+    spec = replace(spec, workers=workers)
+    cluster = LocalCluster(
+        n_workers=0,
+        threads_per_worker=threads,
+        memory_limit=spec.memory or "auto",
+        dashboard_address=":0",
+        silence_logs=40,
+    )
+
+    def with_resources(options, name):
+        return {**options, "resources": {name: options.get("nthreads", threads)}}
+
+    with cluster:
+        _scale_pools(cluster, spec, with_resources)
+        yield cluster
+
+
+@contextlib.contextmanager
+def _slurm_cluster(spec: ClusterSpec):
+    from dask_jobqueue import SLURMCluster
+
+    settings = {"cores": 1, "processes": 1, "memory": spec.memory or "2GB", **spec.slurm}
+    settings.setdefault("job_name", "matseg-worker")
+    try:
+        cluster = SLURMCluster(**settings)
+    except (TypeError, ValueError) as err:
+        raise MatsegError(f"SLURM settings not accepted by dask-jobqueue: {err}") from None
+
+    def with_resources(options, name):
+        threads = max(1, int(options.get("cores", 1)) // int(options.get("processes") or 1))
+        extra = [*options.get("worker_extra_args", []), "--resources", f"{name}={threads}"]
+        return {**options, "worker_extra_args": extra}
+
+    with cluster:
+        _scale_pools(cluster, replace(spec, workers=spec.workers or 1), with_resources)
+        yield cluster
+
+
+def _scale_pools(cluster, spec: ClusterSpec, with_resources) -> None:
+    """Start ``spec.workers`` workers, and ``spec.costly_workers`` more for the costly pool.
+
+    With a costly pool, the first pool offers the resource ``cheap`` and the
+    second ``costly`` (one unit per thread), each through the cluster's own
+    worker spec (dask's SpecCluster), so dask places and restarts them.
+    """
+    if not spec.costly_workers:
+        cluster.scale(spec.workers)
+        return
+    base = dict(cluster.new_spec)
+    cluster.new_spec = {**base, "options": with_resources(base["options"], CHEAP)}
+    cluster.scale(spec.workers)
+    costly = {**base["options"], **dict(spec.costly)}
+    cluster.new_spec = {**base, "options": with_resources(costly, COSTLY)}
+    cluster.scale(spec.workers + spec.costly_workers)

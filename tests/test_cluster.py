@@ -1,0 +1,95 @@
+"""The same run on dask.distributed: a local cluster from the CLI, and a running scheduler whose
+workers form two pools, the cheap pass on one and the costlier candidates on the other."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+import matseg
+from matseg.cluster import ClusterSpec, _local_cluster
+
+from .conftest import run
+
+TILE = (4, 128, 128)
+MIX = {"max_expensive_fraction": 0.5}  # some tiles run a costlier candidate, the rest stay cheap
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory):
+    from matseg.sample import write_sample
+
+    path = tmp_path_factory.mktemp("cluster") / "volume.zarr"
+    write_sample(path, (8, 256, 256), seed=2)
+    return path
+
+
+@pytest.fixture(scope="module")
+def threaded(tmp_path_factory, volume):
+    out = tmp_path_factory.mktemp("threads") / "phases.zarr"
+    return out, matseg.segment(volume, out, tile=TILE, workers=1, **MIX)
+
+
+def _same_labels(a, b) -> None:
+    ra, rb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
+    for name in ("labels/phases/0", "labels/decisions/0"):
+        np.testing.assert_array_equal(ra[name][:], rb[name][:], err_msg=name)
+
+
+def test_cli_local_cluster_gives_the_threaded_result(tmp_path, volume, threaded, capsys):
+    out = tmp_path / "phases.zarr"
+    args = ["segment", volume, "-o", out, "--tile", "4,128,128", "--max-expensive-fraction", "0.5"]
+    assert run([*args, "--cluster", "local", "--workers", "2", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "dashboard" in captured.err and "cluster    local" in captured.out
+    report = json.loads((out / "matseg-report.json").read_text())
+    assert report["run"]["scheduler"] == "local" and report["run"]["workers"] == 2
+    assert report["decisions"] == threaded[1]["decisions"]
+    _same_labels(out, threaded[0])
+
+
+def test_cheap_and_costly_tasks_run_on_their_own_worker_pools(tmp_path, volume, threaded):
+    from distributed import Client, get_task_stream
+
+    pools = ClusterSpec("local", workers=1, costly_workers=1)
+    with _local_cluster(pools) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        resources = {w["name"]: set(w["resources"]) for w in client.scheduler_info()["workers"].values()}
+        assert sorted(map(sorted, resources.values())) == [["cheap"], ["costly"]]
+        address = {w["name"]: a for a, w in client.scheduler_info()["workers"].items()}
+        cheap_worker = next(address[n] for n, r in resources.items() if "cheap" in r)
+        out = tmp_path / "phases.zarr"
+        with get_task_stream(client) as stream:
+            report = matseg.segment(volume, out, tile=TILE, cluster=cluster.scheduler_address, **MIX)
+    assert report["run"]["placement_by_cost"] and report["run"]["scheduler"] == "distributed"
+    where: dict[str, set] = {}
+    for task in stream.data:
+        key = str(task["key"])
+        stage = key.split("-")[1] if key.startswith("matseg-") else "other"
+        where.setdefault(stage, set()).add(task["worker"] == cheap_worker)
+    assert where["cheap"] == {True} and where["finish"] == {True}  # cheap pass and blending: cheap pool
+    assert where["candidate"] == {False}  # the costlier candidates: the costly pool only
+    _same_labels(out, threaded[0])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cluster", "mars"], "--cluster must be local, slurm or tcp://HOST:PORT"),
+        (["--queue", "gpu"], "cluster settings need --cluster"),
+        (["--cluster", "local", "--queue", "gpu"], "SLURM settings (queue) need --cluster slurm"),
+        (["--cluster", "local", "--cluster-config", "missing.yaml"], "cannot read cluster config"),
+    ],
+)
+def test_bad_cluster_options(tmp_path, volume, capsys, args, message):
+    from .test_bad_input import snapshot
+
+    before = snapshot(tmp_path)
+    out = tmp_path / "out.zarr"
+    assert run(["segment", volume, "-o", out, "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert snapshot(tmp_path) == before

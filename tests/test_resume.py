@@ -1,0 +1,154 @@
+"""Killed at any moment (kill -9), the same command resumes and ends with an uninterrupted run's output."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from matseg.io.lock import lock_path
+
+from .conftest import run
+
+ARRAYS = ("0", "labels/phases/0", "labels/decisions/0")
+SELECTOR_ARRAYS = ("selector/features", "selector/gain", "selector/choice")
+# what differs between two runs of the same work: when and where it ran, and the output's name
+RUN_SPECIFIC = ("timings", "run", "output", "command")
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory):
+    from matseg.sample import write_sample
+
+    path = tmp_path_factory.mktemp("resume") / "volume.zarr"
+    write_sample(path, (16, 256, 256), seed=5)
+    return path
+
+
+def _args(volume, out, weights, *extra):
+    """``weights`` None: the bundled ones (slow enough to be killed in the middle of either stage)."""
+    chosen = ["--weights", weights] if weights else []
+    return ["segment", volume, "-o", out, *chosen, "--tile", "4,64,64", "--quiet", *extra]
+
+
+def _done_rows(out) -> int:
+    """Finished tiles recorded so far, over every stage."""
+    try:
+        progress = zarr.open_group(str(out), mode="r")["progress"]
+        return sum(int((~np.isnan(a[:, 0])).sum()) for _, a in progress.arrays())
+    except Exception:  # not created yet
+        return 0
+
+
+def _kill_after(args, out, rows: int, timeout: float = 120.0) -> bool:
+    """Start the command in a child process and kill -9 it once ``rows`` tiles are recorded.
+
+    Returns whether it was killed (False: it finished first).
+    """
+    child = subprocess.Popen(
+        [sys.executable, "-m", "matseg.cli", *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + timeout
+    while child.poll() is None and time.monotonic() < deadline:
+        if _done_rows(out) >= rows:
+            child.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    child.wait()
+    if child.returncode not in (0, -signal.SIGKILL):
+        raise AssertionError(child.stderr.read().decode())
+    return child.returncode == -signal.SIGKILL
+
+
+def _same_output(a, b, arrays) -> None:
+    ra, rb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
+    for name in arrays:
+        np.testing.assert_array_equal(ra[name][:], rb[name][:], err_msg=name)
+    reports = [json.loads((p / "matseg-report.json").read_text()) for p in (a, b)]
+    for report in reports:
+        for key in RUN_SPECIFIC:
+            report.pop(key)
+    assert reports[0] == reports[1]
+
+
+def _reference(tmp_path_factory, volume, weights, *extra):
+    """An uninterrupted run of the same command (same --workers: torch threads change float rounding)."""
+    out = tmp_path_factory.mktemp("reference") / "phases.zarr"
+    assert run(_args(volume, out, weights, *extra)) == 0
+    report = json.loads((out / "matseg-report.json").read_text())
+    return out, report
+
+
+SELECTOR = ("--max-expensive-fraction", "0.5")  # a mix of candidates: both stages have work
+
+
+@pytest.fixture(scope="module")
+def selector_reference(tmp_path_factory, volume):
+    return _reference(tmp_path_factory, volume, None, *SELECTOR, "--workers", "1")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_selector_run_killed_at_a_random_point_resumes_to_the_same_output(
+    tmp_path, volume, selector_reference, seed, capsys
+):
+    reference, report = selector_reference
+    tiles = report["tiles"]
+    rewritten = len(zarr.open_group(str(reference), mode="r").attrs["matseg"]["rewritten"])
+    assert len([n for n in report["decisions"].values() if n]) > 1 and rewritten > 0
+    # a random point over both stages: after some cheap-pass tiles, or some candidate tiles
+    rows = int(np.random.default_rng(seed).integers(1, tiles + rewritten - 1))
+    out = tmp_path / "phases.zarr"
+    args = _args(volume, out, None, *SELECTOR, "--workers", "1")
+    assert _kill_after(args, out, rows), "the run finished before it could be killed"
+    assert lock_path(out).exists()  # kill -9 leaves its lock behind: the next run takes it over
+    left = _done_rows(out)
+    assert rows <= left < tiles + rewritten
+
+    assert run(args) == 0  # the same command, no --overwrite
+    captured = capsys.readouterr()
+    assert "resumed" in captured.err and "resumed" in captured.out
+    resumed = json.loads((out / "matseg-report.json").read_text())["run"]
+    assert resumed["started_as"] == "resume"
+    computed = resumed["computed_tiles"]
+    assert computed["cheap"] + computed["candidates"] == tiles + rewritten - left  # only missing tiles
+    _same_output(out, reference, ARRAYS + SELECTOR_ARRAYS)
+    assert not lock_path(out).exists()
+
+
+def test_single_model_run_resumes_to_the_same_output(tmp_path_factory, tmp_path, volume, random_weights):
+    reference, report = _reference(
+        tmp_path_factory, volume, random_weights, "--model", "expensive", "--workers", "1"
+    )
+    out = tmp_path / "phases.zarr"
+    args = _args(volume, out, random_weights, "--model", "expensive", "--workers", "1")
+    assert _kill_after(args, out, report["tiles"] // 3)
+    assert run(args) == 0
+    run_info = json.loads((out / "matseg-report.json").read_text())["run"]
+    assert 0 < run_info["computed_tiles"]["tiles"] < report["tiles"]
+    _same_output(out, reference, ARRAYS)
+
+
+def test_unfinished_run_of_other_settings_needs_overwrite(tmp_path, volume, random_weights, capsys):
+    from .test_bad_input import snapshot
+
+    out = tmp_path / "phases.zarr"
+    args = _args(volume, out, random_weights, "--max-expensive-fraction", "0.5", "--workers", "1")
+    assert _kill_after(args, out, 3)
+    before = snapshot(tmp_path)
+    other = _args(volume, out, random_weights, "--max-expensive-fraction", "0.25")
+    assert run(other) == 2
+    err = capsys.readouterr().err
+    assert "unfinished matseg run with other settings (max_expensive_fraction)" in err
+    assert len(err.strip().splitlines()) == 1
+    assert snapshot(tmp_path) == before  # nothing lost or changed
+    assert run([*other, "--overwrite"]) == 0
+    report = json.loads((out / "matseg-report.json").read_text())
+    assert report["selector"]["max_expensive_fraction"] == 0.25

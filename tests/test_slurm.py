@@ -162,3 +162,54 @@ def test_workflow_scripts_run_on_slurm(slurm, tmp_path, random_weights):
     for out in outputs:
         assert out.exists(), logs
         assert zarr.open_group(str(out), mode="r").attrs["matseg"]["status"] == "complete", logs
+
+
+def _cluster_config(tmp_path: Path, **more) -> Path:
+    """Worker jobs small enough for the test node (1 core, 1 GB each)."""
+    settings = {
+        "cores": 1,
+        "processes": 1,
+        "memory": "1GB",
+        "walltime": "00:10:00",
+        "queue": "debug",
+        "log_directory": str(tmp_path / "dask-logs"),
+        **more,
+    }
+    path = tmp_path / "cluster.yaml"
+    path.write_text(json.dumps(settings))  # JSON is YAML
+    return path
+
+
+def test_cluster_slurm_run_with_a_costly_pool(slurm, tmp_path):
+    """`--cluster slurm` from here: a cheap-pass worker job and a costly-candidate worker job."""
+    volume = tmp_path / "scan.zarr"
+    write_sample(volume, (8, 256, 256), seed=7)
+    out = tmp_path / "phases.zarr"
+    config = _cluster_config(tmp_path, workers=1, costly_workers=1)
+    args = ["segment", str(volume), "-o", str(out), "--tile", "4,128,128", "--max-expensive-fraction", "0.5"]
+    cmd = [sys.executable, "-m", "matseg.cli", *args, "--cluster", "slurm", "--cluster-config", str(config)]
+    done = subprocess.run([*cmd, "--quiet"], env=slurm, capture_output=True, text=True, timeout=600)
+    logs = "".join(p.read_text()[-2000:] for p in (tmp_path / "dask-logs").glob("*"))
+    assert done.returncode == 0, done.stderr + logs
+    report = json.loads((out / "matseg-report.json").read_text())
+    assert report["run"]["scheduler"] == "slurm" and report["run"]["workers"] == 2
+    assert report["run"]["placement_by_cost"]
+    assert sum(n for name, n in report["decisions"].items() if name != "cheap") > 0
+    assert len(list((tmp_path / "dask-logs").glob("*.err"))) == 2  # two worker jobs ran
+
+
+def test_driver_job_runs_a_dask_jobqueue_cluster(slurm, tmp_path, random_weights):
+    """workflows/slurm/segment-cluster.sbatch: a driver job whose workers are SLURM jobs."""
+    env = {**slurm, "MATSEG": str(Path(sys.executable).with_name("matseg"))}
+    volume = tmp_path / "scan.zarr"
+    write_sample(volume, (4, 128, 128), seed=8)
+    config = _cluster_config(tmp_path, workers=1)
+    options = ["--weights", str(random_weights), "--model", "cheap", "--tile", "4,64,64"]
+    script = str(SCRIPTS / "segment-cluster.sbatch")
+    job = _submit([script, str(volume), "phases.zarr", str(config), *options], env, tmp_path)
+    _wait(job, env, timeout=300)
+    logs = "".join(p.read_text() for p in tmp_path.glob("matseg-driver-*.log"))
+    out = tmp_path / "phases.zarr"
+    assert out.exists(), logs
+    attrs = zarr.open_group(str(out), mode="r").attrs["matseg"]
+    assert attrs["status"] == "complete" and attrs["run"]["scheduler"] == "slurm", logs

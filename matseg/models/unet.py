@@ -100,7 +100,8 @@ class UNet2d(nn.Module):
         if passes <= 1 or p <= 0:
             return self.head(feats)[None]
         gen = torch.Generator().manual_seed(20261125)
-        masks = (torch.rand(passes, feats.shape[1], generator=gen) >= p).to(feats.dtype) / (1 - p)
+        keep = torch.rand(passes, feats.shape[1], generator=gen) >= p
+        masks = keep.to(feats.device, feats.dtype) / (1 - p)
         return torch.stack([self.head(feats * m[None, :, None, None]) for m in masks])
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -107,12 +108,34 @@ def segment_tile(model: Segmenter, tile: np.ndarray) -> tuple[np.ndarray, np.nda
     uncertainty : ndarray, shape (N, H, W), float32
         Predictive entropy of ``probs`` divided by log(C): 0 certain, 1 uniform.
     """
+    device = inference_device()
+    net = _on(model.net, device)
     x = torch.from_numpy(np.ascontiguousarray(tile, dtype=np.float32))[:, None]
     x, (h, w) = pad_to_stride(x, model.stride)
     with torch.inference_mode():
-        probs = model.net.mc_logits(x, model.passes).softmax(dim=2).mean(dim=0)
-        probs = probs[..., :h, :w].numpy()
+        probs = net.mc_logits(x.to(device), model.passes).softmax(dim=2).mean(dim=0)
+        probs = probs[..., :h, :w].cpu().numpy()
     return probs, normalized_entropy(probs)
+
+
+_MOVING = threading.Lock()
+
+
+def inference_device() -> torch.device:
+    """Where segmenters run: ``$MATSEG_DEVICE`` if set, else the GPU when there is one, else the CPU.
+
+    On a cluster with a GPU pool (``--costly-workers``), the costlier candidates
+    run on the GPU workers' devices and the cheap pass on the CPU workers.
+    """
+    return torch.device(os.environ.get("MATSEG_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _on(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``net`` on ``device`` (moved once, in place; the first tile on a worker pays for it)."""
+    if next(net.parameters()).device.type != device.type:
+        with _MOVING:
+            net.to(device)
+    return net
 
 
 def normalized_entropy(probs: np.ndarray) -> np.ndarray:

@@ -1,81 +1,179 @@
-"""Memory and time as the volume grows, overhead over pure model time, 1 vs 2 workers.
+"""Memory as the volume grows, time over pure model compute, and 1 vs 2 workers, side by side.
 
     python benchmarks/scaling.py [--out docs/scaling.json]
 
-Each measurement is a separate `matseg segment` process (default selector
-settings) on a generated sample; peak RSS is that process's maximum resident
-set size (getrusage of the child), measured side by side in one run.
+Each `matseg segment` run (default selector settings) is its own process;
+its peak RSS is that process's maximum resident set size (getrusage). The
+pure-model baseline runs the very model calls of that run (the cheap pass on
+every tile, each chosen candidate, the cheap net again where the run blended
+with it) on tiles already in memory, either one after another with torch on every
+core or one per core (the faster counts): no reading, writing, dask, plan or
+seams. Ratios are taken within one
+run of this script, on the same machine and data.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
+import zarr
+
+from matseg.cluster import one_malloc_arena
+from matseg.io.read import open_volume
 from matseg.sample import write_sample
+from matseg.segment import Normalization
+from matseg.selector.candidates import CANDIDATES, Context
+from matseg.selector.plan import candidate_grid
+from matseg.stitch import BAND, extended_region, neighbour_indices
 from matseg.synth import SampleConfig
+from matseg.tiles import candidate_probs, cheap_pass, tile_input
+from matseg.tiling import plan_tiles
 
-SHAPES = {"1x": (16, 256, 512), "8x": (32, 512, 1024)}
+SHAPES = {"1x": (16, 256, 512), "8x": (32, 512, 1024), "16x": (64, 512, 1024)}
 
 
-def measured_run(args: list[str]) -> dict:
-    """Run one matseg command in a child process; its wall time and peak RSS."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def measured_run(args: list[str], env: dict | None = None) -> dict:
+    """Run one matseg command in a child process; its wall time and peak RSS.
+
+    A fresh wrapper process runs it, so that getrusage of the wrapper's children
+    is this run's alone.
+    """
+    wrapper = (
+        "import resource, subprocess, sys; "
+        "code = subprocess.run(sys.argv[1:]).returncode; "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
+    )
+    command = [sys.executable, "-c", wrapper, sys.executable, "-m", "matseg.cli", *args]
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "matseg.cli", *args], capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(done.stderr)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of children is the largest child so far: runs go from small to large
-    return {"seconds": seconds, "peak_rss_mb": max(peak, before) / 1024}
+    peak_kb = int(done.stdout.strip().splitlines()[-1])
+    return {"seconds": seconds, "peak_rss_mb": peak_kb / 1024}
+
+
+def pure_model_seconds(volume: Path, output: Path) -> float:
+    """The model calls of the run that wrote ``output``, on in-memory tiles, timed alone."""
+    from matseg.models.weights import load_segmenter
+
+    attrs = zarr.open_group(str(output), mode="r").attrs["matseg"]
+    names = attrs["candidates"]
+    models = {m["name"]: load_segmenter(m["name"]) for m in attrs["models"]}
+    saved = attrs["normalization"]
+    norm = Normalization(saved["low"], saved["high"], tuple(saved["thresholds"]))
+    context = Context(models, norm.thresholds)
+    data = open_volume(str(volume)).data
+    raw = data.compute()  # the benchmark volumes fit in memory; the run never loads them whole
+    grid = plan_tiles(data.shape, attrs["tile"], attrs["halo"], max(m.stride for m in models.values()))
+    indices = list(grid.indices())
+    choice = dict(zip(indices, zarr.open_group(str(output), mode="r")["selector/choice"][:].tolist()))
+    rewritten = set(map(tuple, attrs["rewritten"]))
+    calls = []  # (candidate, its grid, tile index, region wanted); the cheap pass marked by None
+    cheap_grid = grid.with_halo(models["cheap"].halo)
+    calls += [(None, cheap_grid, idx, None) for idx in indices]
+    for idx in indices:
+        mine = choice[idx]
+        if mine:
+            calls.append((names[mine], candidate_grid(grid, names[mine], context), idx, BAND))
+        if idx in rewritten and (
+            mine == 0 or any(choice[j] == 0 for j in neighbour_indices(grid, idx).values())
+        ):
+            calls.append(("cheap", candidate_grid(grid, "cheap", context), idx, BAND))
+    tiles = []
+    for _, own, idx, _ in calls:
+        halo = own.halo_of(idx)
+        region = own.region(idx)
+        grown = tuple(slice(r.start - h[0], r.stop + h[1]) for r, h in zip(region, halo))
+        tiles.append(tile_input(raw[grown], idx, own, norm))
+
+    def call(job):
+        (name, own, idx, band), tile = job
+        if name is None:
+            cheap_pass(tile, context)
+        else:
+            candidate_probs(tile, CANDIDATES[name], context, extended_region(own, idx, band))
+
+    # the faster of: one call at a time with torch on every core, or one call per core
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(cores)
+    started = time.perf_counter()
+    for job in zip(calls, tiles):
+        call(job)
+    sequential = time.perf_counter() - started
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(cores) as pool:
+        list(pool.map(call, zip(calls, tiles)))
+    parallel = time.perf_counter() - started
+    return min(sequential, parallel)
 
 
 def main() -> None:
+    one_malloc_arena()  # the baseline's allocator set as the matseg command sets its own
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/scaling.json"))
     parser.add_argument("--work", type=Path, default=Path("work-out/scaling"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    results = {}
+    results = {"cores": os.cpu_count()}
     for name, shape in SHAPES.items():
         volume = args.work / f"volume-{name}.zarr"
         write_sample(volume, shape, seed=11, config=SampleConfig(profile="test"), overwrite=True)
         out = args.work / f"phases-{name}.zarr"
         run = measured_run(["segment", str(volume), "-o", str(out), "--overwrite", "--quiet"])
         report = json.loads((out / "matseg-report.json").read_text())
-        workers = report["workers"]
-        model_wall = sum(report["timings"]["model_s"].values()) / workers
+        pure = pure_model_seconds(volume, out)
+        timings = report["timings"]
         results[name] = {
             "shape": list(shape),
             "voxels": report["voxels"],
             **run,
-            "total_s": report["timings"]["total_s"],
-            "model_s_per_worker": model_wall,
-            "overhead": report["timings"]["total_s"] / model_wall,
-            "voxels_per_s": report["voxels_per_s"],
+            "total_s": timings["total_s"],
+            "segment_s": timings["segment_s"],
+            "pure_model_s": pure,
+            "overhead_total": timings["total_s"] / pure,
+            "overhead_segment": timings["segment_s"] / pure,
+            "voxels_per_s": timings["voxels_per_s"],
+            "decisions": report["decisions"],
         }
         print(
-            f"{name}: {shape} peak RSS {run['peak_rss_mb']:.0f} MB, {report['timings']['total_s']:.1f} s, "
-            f"overhead {results[name]['overhead']:.2f}x the model time"
+            f"{name}: {shape} peak RSS {run['peak_rss_mb']:.0f} MB; matseg {timings['total_s']:.1f} s "
+            f"end to end ({timings['segment_s']:.1f} s segmenting) vs pure model {pure:.1f} s: "
+            f"{results[name]['overhead_total']:.2f}x",
+            flush=True,
         )
-    volume = args.work / "volume-1x.zarr"
-    timing = {}
-    for workers in (1, 2):
-        out = args.work / f"workers-{workers}.zarr"
-        cmd = ["segment", str(volume), "-o", str(out), "--overwrite", "--quiet", "--workers", str(workers)]
-        measured_run(cmd)
-        timing[workers] = json.loads((out / "matseg-report.json").read_text())["timings"]["segment_s"]
-    results["workers"] = {"segment_s": timing, "speedup_2_over_1": timing[1] / timing[2]}
-    results["memory_ratio_8x_over_1x"] = results["8x"]["peak_rss_mb"] / results["1x"]["peak_rss_mb"]
+    for name in SHAPES:
+        results[name]["memory_vs_1x"] = results[name]["peak_rss_mb"] / results["1x"]["peak_rss_mb"]
+    volume = args.work / "volume-8x.zarr"
+    workers = {}
+    for label, extra in (
+        ("threads-1", ["--workers", "1"]),
+        ("threads-2", ["--workers", "2"]),
+        ("local-1", ["--cluster", "local", "--workers", "1"]),
+        ("local-2", ["--cluster", "local", "--workers", "2"]),
+    ):
+        out = args.work / f"workers-{label}.zarr"
+        measured_run(["segment", str(volume), "-o", str(out), "--overwrite", "--quiet", *extra])
+        workers[label] = json.loads((out / "matseg-report.json").read_text())["timings"]["segment_s"]
+    results["workers"] = {
+        "segment_s": workers,
+        "speedup_threads_2_over_1": workers["threads-1"] / workers["threads-2"],
+        "speedup_local_2_over_1": workers["local-1"] / workers["local-2"],
+    }
     print(
-        f"peak RSS 8x / 1x volume: {results['memory_ratio_8x_over_1x']:.2f}; "
-        f"2 workers vs 1: {results['workers']['speedup_2_over_1']:.2f}x"
+        f"peak RSS 8x / 1x: {results['8x']['memory_vs_1x']:.2f}, "
+        f"16x / 1x: {results['16x']['memory_vs_1x']:.2f}; "
+        f"2 workers vs 1: threads {results['workers']['speedup_threads_2_over_1']:.2f}x, "
+        f"local cluster {results['workers']['speedup_local_2_over_1']:.2f}x"
     )
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -431,7 +431,10 @@ def _start_of(job: _Job, overwrite: bool) -> tuple[str, dict | None]:
     unfinished = status in ("running", "cheap-pass", "running-candidates")
     if unfinished and attrs.get("settings") == job.identity and "normalization" in attrs:
         return "resume", attrs
-    cheap_kept = status in ("cheap-pass", "running-candidates", "complete")
+    # a cheap pass is kept with its records (outputs of earlier versions have none)
+    cheap_kept = (
+        status in ("cheap-pass", "running-candidates", "complete") and (out / "progress/cheap").is_dir()
+    )
     if job.cheap_identity and cheap_kept and attrs.get("cheap_pass") == job.cheap_identity:
         if status == "cheap-pass" or overwrite:
             return "reuse-cheap", attrs

@@ -75,10 +75,11 @@ class Segmenter:
     def gflops(self, shape: tuple[int, ...]) -> float:
         """GFLOPs of :func:`segment_tile` on a batch of 2-D tiles of ``shape`` (N, H, W)."""
         n, h, w = shape
-        padded = (n, 1, h + (-h) % self.stride, w + (-w) % self.stride)
-        if padded not in self._flops:  # FLOPs depend on the shape only
-            self._flops[padded] = count_flops(self.net.mc_logits, torch.zeros(padded), self.passes)
-        return self._flops[padded] / 1e9
+        plane = (h + (-h) % self.stride, w + (-w) % self.stride)
+        if plane not in self._flops:  # FLOPs depend on the shape only, linearly on the slices:
+            # counted on one slice, so counting never holds a whole tile's activations
+            self._flops[plane] = count_flops(self.net.mc_logits, torch.zeros((1, 1, *plane)), self.passes)
+        return n * self._flops[plane] / 1e9
 
     def describe(self) -> dict:
         return {
@@ -112,9 +113,14 @@ def segment_tile(model: Segmenter, tile: np.ndarray) -> tuple[np.ndarray, np.nda
     net = _on(model.net, device)
     x = torch.from_numpy(np.ascontiguousarray(tile, dtype=np.float32))[:, None]
     x, (h, w) = pad_to_stride(x, model.stride)
+    slices = []
     with torch.inference_mode():
-        probs = net.mc_logits(x.to(device), model.passes).softmax(dim=2).mean(dim=0)
-        probs = probs[..., :h, :w].cpu().numpy()
+        # one slice at a time: the same numbers as a batch, faster on CPUs (the activations
+        # stay in cache) and a quarter of the memory for a 4-slice tile
+        for one in x:
+            probs = net.mc_logits(one[None].to(device), model.passes).softmax(dim=2).mean(dim=0)
+            slices.append(probs[..., :h, :w].cpu().numpy())
+    probs = np.concatenate(slices)
     return probs, normalized_entropy(probs)
 
 

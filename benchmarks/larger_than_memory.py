@@ -26,6 +26,7 @@ import dask
 import numpy as np
 import zarr
 
+from matseg.io.write import remove_store
 from matseg.synth import SampleConfig, sample_arrays
 
 GIB = 1 << 30
@@ -106,13 +107,14 @@ def main() -> None:
     except OSError as err:
         raise SystemExit(f"cannot make a memory cgroup here ({err}); run as root on Linux") from None
     out = args.work / "phases.zarr"
+    remove_store(out)  # a fresh run: nothing reused
     wrapper = (
         "import resource, subprocess, sys; "
         "code = subprocess.run(sys.argv[1:]).returncode; "
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
     )
     command = [sys.executable, "-c", wrapper, sys.executable, "-m", "matseg.cli", "segment", str(volume)]
-    command += ["-o", str(out), "--truth", str(truth), "--overwrite", "--quiet"]
+    command += ["-o", str(out), "--truth", str(truth), "--quiet"]
     try:
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, preexec_fn=group.enter)

@@ -28,6 +28,7 @@ import zarr
 
 from matseg.cluster import one_malloc_arena
 from matseg.io.read import open_volume
+from matseg.io.write import remove_store
 from matseg.sample import write_sample
 from matseg.segment import Normalization
 from matseg.selector.candidates import CANDIDATES, Context
@@ -37,7 +38,7 @@ from matseg.synth import SampleConfig
 from matseg.tiles import candidate_probs, cheap_pass, tile_input
 from matseg.tiling import plan_tiles
 
-SHAPES = {"1x": (16, 256, 512), "8x": (32, 512, 1024), "16x": (64, 512, 1024)}
+SHAPES = {"1x": (16, 256, 512), "8x": (32, 512, 1024), "16x": (64, 512, 1024), "32x": (64, 1024, 1024)}
 
 
 def measured_run(args: list[str], env: dict | None = None) -> dict:
@@ -59,6 +60,12 @@ def measured_run(args: list[str], env: dict | None = None) -> dict:
         raise SystemExit(done.stderr)
     peak_kb = int(done.stdout.strip().splitlines()[-1])
     return {"seconds": seconds, "peak_rss_mb": peak_kb / 1024}
+
+
+def fresh(output: Path) -> Path:
+    """No earlier output: a run must not reuse a stored cheap pass (--overwrite would)."""
+    remove_store(output)
+    return output
 
 
 def pure_model_seconds(volume: Path, output: Path) -> float:
@@ -128,8 +135,8 @@ def main() -> None:
     for name, shape in SHAPES.items():
         volume = args.work / f"volume-{name}.zarr"
         write_sample(volume, shape, seed=11, config=SampleConfig(profile="test"), overwrite=True)
-        out = args.work / f"phases-{name}.zarr"
-        run = measured_run(["segment", str(volume), "-o", str(out), "--overwrite", "--quiet"])
+        out = fresh(args.work / f"phases-{name}.zarr")
+        run = measured_run(["segment", str(volume), "-o", str(out), "--quiet"])
         report = json.loads((out / "matseg-report.json").read_text())
         pure = pure_model_seconds(volume, out)
         timings = report["timings"]
@@ -161,8 +168,8 @@ def main() -> None:
         ("local-1", ["--cluster", "local", "--workers", "1"]),
         ("local-2", ["--cluster", "local", "--workers", "2"]),
     ):
-        out = args.work / f"workers-{label}.zarr"
-        measured_run(["segment", str(volume), "-o", str(out), "--overwrite", "--quiet", *extra])
+        out = fresh(args.work / f"workers-{label}.zarr")
+        measured_run(["segment", str(volume), "-o", str(out), "--quiet", *extra])
         workers[label] = json.loads((out / "matseg-report.json").read_text())["timings"]["segment_s"]
     results["workers"] = {
         "segment_s": workers,
@@ -171,7 +178,7 @@ def main() -> None:
     }
     print(
         f"peak RSS 8x / 1x: {results['8x']['memory_vs_1x']:.2f}, "
-        f"16x / 1x: {results['16x']['memory_vs_1x']:.2f}; "
+        f"16x / 1x: {results['16x']['memory_vs_1x']:.2f}, 32x / 1x: {results['32x']['memory_vs_1x']:.2f}; "
         f"2 workers vs 1: threads {results['workers']['speedup_threads_2_over_1']:.2f}x, "
         f"local cluster {results['workers']['speedup_local_2_over_1']:.2f}x"
     )

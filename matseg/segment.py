@@ -41,6 +41,7 @@ from matseg.selector.plan import (
     cheap_pass_gflops,
     check_budget,
     make_plan,
+    tile_shapes,
 )
 from matseg.selector.policy import Selector, check_pairing, load_selector
 from matseg.stitch import BAND, extended_region, neighbour_indices, seam_score
@@ -132,7 +133,8 @@ def _cheap_task(block, t, index, grid, norm, context, arrays, records) -> None:
     seconds = time.perf_counter() - started
     labels = result["labels"]
     uncertainty = np.rint(result["uncertainty"] * 255).astype(np.uint8)
-    _write_tile(arrays, grid, index, phases=labels, uncertainty=uncertainty, decisions=np.zeros_like(labels))
+    # decisions stay at the fill value, 0 (cheap), until stage 2 rewrites the tile
+    _write_tile(arrays, grid, index, phases=labels, uncertainty=uncertainty)
     records.write(
         t,
         gflops=result["gflops"],
@@ -374,7 +376,7 @@ def _prepare(input, output, model, lam, budget_gflops, max_expensive_fraction, w
         )
     stride = max(m.stride for m in models.values())
     grid = plan_tiles(volume.shape, tile, halo, stride)
-    if selector is not None:  # known before anything runs: the cheap pass's cost is its tiles' shapes
+    if budget_gflops is not None:  # known before anything runs: the cheap pass's cost is its tiles' shapes
         check_budget(
             budget_gflops, float(cheap_pass_gflops(grid, context).sum()) + selector.gflops(grid.n_tiles)
         )
@@ -523,6 +525,7 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
         todo = _todo(records, indices)
         computed["tiles"] = len(todo)
         blocks = overlapped_tiles(job.volume.data, grid).to_delayed()
+        _count_flops_ahead(CANDIDATES[job.model], grid, context)
         cost = CHEAP if job.model in ("cheap", "classical") else COSTLY
         with runner.annotate(cost):
             tasks = [
@@ -551,6 +554,7 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
         if todo:
             # the cheap pass needs only its own receptive radius: its own, smaller halo
             cheap_grid = grid.with_halo(job.models["cheap"].halo)
+            _count_flops_ahead(CANDIDATES["cheap"], cheap_grid, context)
             blocks = overlapped_tiles(job.volume.data, cheap_grid).to_delayed()
             with runner.annotate(CHEAP):
                 tasks = [
@@ -671,6 +675,13 @@ def _report(job: _Job, norm: Normalization, plan, stats, counts, command) -> dic
     return report
 
 
+def _count_flops_ahead(candidate: Candidate, grid: TileGrid, context: Context) -> None:
+    """Count ``candidate``'s FLOPs on every tile shape here, once, so that no task pays for
+    counting (the counts are cached with the models, which tasks receive)."""
+    for shape in set(tile_shapes(grid)):
+        candidate.gflops(context, shape)
+
+
 def _key(stage: str, index) -> str:
     return f"matseg-{stage}-{'-'.join(map(str, index))}"
 
@@ -708,11 +719,12 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
         return
     grid, names, context = job.grid, job.names, job.context
     choice = {idx: int(c) for idx, c in zip(job.indices, plan["choice"])}
-    # every candidate reads its tiles with its own halo; blending needs the band only
-    tiles = {n: _halo_blocks(job.volume.data, candidate_grid(grid, n, context)) for n in names}
     needed = set()
     for _, idx in todo:
         needed |= {j for j in neighbour_indices(grid, idx).values() if choice[j] > 0}
+    # every candidate that runs reads its tiles with its own halo; blending needs the band only
+    used = {names[choice[idx]] for idx in needed} | {"cheap"}
+    tiles = {n: _halo_blocks(job.volume.data, candidate_grid(grid, n, context)) for n in used}
     with runner.annotate(COSTLY):
         costly = {
             idx: dask.delayed(_candidate_task)(

@@ -7,6 +7,7 @@ refused before it is unpickled.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -55,6 +56,10 @@ class Segmenter:
     sha256: str = ""
     record: dict = field(default_factory=dict)
     _flops: dict = field(default_factory=dict, repr=False)
+    _meta: UNet2d | None = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_meta": None}  # sent to dask workers without the meta copy
 
     @property
     def halo(self) -> int:
@@ -76,9 +81,11 @@ class Segmenter:
         """GFLOPs of :func:`segment_tile` on a batch of 2-D tiles of ``shape`` (N, H, W)."""
         n, h, w = shape
         plane = (h + (-h) % self.stride, w + (-w) % self.stride)
-        if plane not in self._flops:  # FLOPs depend on the shape only, linearly on the slices:
-            # counted on one slice, so counting never holds a whole tile's activations
-            self._flops[plane] = count_flops(self.net.mc_logits, torch.zeros((1, 1, *plane)), self.passes)
+        if plane not in self._flops:  # FLOPs depend on the shape only, linearly on the slices
+            if self._meta is None:  # the net's shapes without its weights: counting costs nothing
+                self._meta = copy.deepcopy(self.net).to("meta")
+            one = torch.zeros((1, 1, *plane), device="meta")
+            self._flops[plane] = count_flops(self._meta.mc_logits, one, self.passes)
         return n * self._flops[plane] / 1e9
 
     def describe(self) -> dict:

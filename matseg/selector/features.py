@@ -41,9 +41,13 @@ def tile_features(image: np.ndarray, probs: np.ndarray, uncertainty: np.ndarray)
     -------
     ndarray, shape (len(FEATURE_NAMES),), float32
     """
-    top2 = np.sort(probs, axis=1)[:, -2:]
-    margin = top2[:, 1] - top2[:, 0]
     labels = probs.argmax(axis=1)
+    # margin between the two most probable phases (the top one masked out: as a sort
+    # along the phase axis gives it, ties included, at a fraction of the time)
+    top = np.take_along_axis(probs, labels[:, None], axis=1)[:, 0]
+    others = probs.copy()
+    np.put_along_axis(others, labels[:, None], -np.inf, axis=1)
+    margin = top - others.max(axis=1)
     boundary = np.mean(labels[..., 1:, :] != labels[..., :-1, :]) + np.mean(
         labels[..., :, 1:] != labels[..., :, :-1]
     )

@@ -155,7 +155,10 @@ def _candidate_task(block, index, grid, norm, context, candidate: Candidate, ban
 def _finish_task(
     block, t, index, grid, norm, context, names, band, choice, own, neighbour_probs, arrays, records
 ) -> None:
-    """Stage 2: a tile's final labels, blended with neighbours that ran another candidate."""
+    """Stage 2: a tile's final labels, blended with neighbours that ran another candidate.
+
+    ``choice`` maps the tile and its in-plane neighbours to their candidates.
+    """
     index = tuple(index)
     mine = choice[index]
     neighbours = neighbour_indices(grid, index)
@@ -743,9 +746,10 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
     with runner.annotate(CHEAP):
         for t, idx in todo:
             mine = choice[idx]
-            neighbours = {
-                j: costly[j] for j in neighbour_indices(grid, idx).values() if choice[j] not in (0, mine)
-            }
+            # the choices of the tile and its neighbours only: a task that carried the whole
+            # plan would make the graph grow with the square of the number of tiles
+            around = {j: choice[j] for j in neighbour_indices(grid, idx).values()}
+            neighbours = {j: costly[j] for j, k in around.items() if k not in (0, mine)}
             tasks.append(
                 dask.delayed(_finish_task)(
                     tiles["cheap"][1][idx],
@@ -756,7 +760,7 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
                     ctx,
                     names,
                     BAND,
-                    choice,
+                    around,
                     costly.get(idx),
                     neighbours,
                     arrays,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from itertools import product
 
 import dask.array as da
+import numpy as np
 
 from matseg.errors import MatsegError
 
@@ -113,7 +114,12 @@ def plan_tiles(shape: Sequence[int], tile: Sequence[int], halo: int, stride: int
 
 
 def overlapped_tiles(data: da.Array, grid: TileGrid) -> da.Array:
-    """The volume rechunked to the grid, each block grown by its halo."""
-    data = data.rechunk(grid.chunks)
+    """The volume rechunked to the grid, each block grown by its halo.
+
+    Each tile is copied out of the stored chunk it was cut from: a view would keep
+    the whole chunk alive (a 16 MB chunk for a 1 MB tile) until the last
+    neighbour has taken its halo, and memory would grow with the volume.
+    """
+    data = data.rechunk(grid.chunks).map_blocks(np.copy, dtype=data.dtype)
     depth = dict(enumerate(grid.depth))
     return da.overlap.overlap(data, depth=depth, boundary="none", allow_rechunk=False)

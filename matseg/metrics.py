@@ -21,9 +21,23 @@ def confusion_matrix(
     valid = (truth >= 0) & (truth < n_phases)
     if mask is not None:
         valid = valid & mask
-    code = da.where(valid, truth * n_phases + pred, n_phases * n_phases)
-    counts = da.bincount(code.ravel(), minlength=n_phases * n_phases + 1).compute()
-    return counts[: n_phases * n_phases].reshape(n_phases, n_phases)
+    size = n_phases * n_phases + 1
+    code = da.where(valid, truth * n_phases + pred, size - 1)
+    # counted block by block and summed: raveling a chunked volume would rechunk it
+    # into whole planes first (memory growing with the volume's cross-section)
+    per_block = code.map_blocks(
+        _block_counts,
+        size,
+        chunks=tuple((1,) * len(c) for c in code.chunks[:-1]) + ((size,) * len(code.chunks[-1]),),
+        dtype=np.int64,
+    )
+    counts = per_block.sum(axis=tuple(range(code.ndim - 1))).compute()
+    counts = counts.reshape(-1, size).sum(axis=0)
+    return counts[: size - 1].reshape(n_phases, n_phases)
+
+
+def _block_counts(codes: np.ndarray, size: int) -> np.ndarray:
+    return np.bincount(codes.ravel(), minlength=size).reshape((1,) * (codes.ndim - 1) + (size,))
 
 
 def iou_per_phase(cm: np.ndarray) -> np.ndarray:

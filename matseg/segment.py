@@ -614,7 +614,7 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
         log(f"resumed {job.output}: computed " + ", ".join(f"{n} {s} tiles" for s, n in computed.items()))
     compute_seconds = time.perf_counter() - compute_started
     report = _report(job, norm, plan, stats, counts, command)
-    report["seam"] = seam_score(da.from_zarr(arrays["phases"]), grid)
+    report["seam"] = seam_score(arrays["phases"], grid, runner.compute)
     if job.truth is not None:
         report["truth"] = str(job.truth)
         report["metrics"] = score_labels(arrays["phases"], job.truth, job.phases)

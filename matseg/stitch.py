@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import product
 
-import dask.array as da
 import numpy as np
 
 from matseg.tiling import TileGrid
@@ -91,7 +90,7 @@ def crop_extended(values: np.ndarray, have: tuple[slice, ...], want: tuple[slice
     return out
 
 
-def seam_score(labels: da.Array | np.ndarray, grid: TileGrid) -> dict:
+def seam_score(labels, grid: TileGrid, compute=None) -> dict:
     """How much more often neighbouring voxels disagree across tile borders than inside tiles.
 
     For every in-plane pair of adjacent voxels, ``disagree`` is 1 when their
@@ -100,33 +99,21 @@ def seam_score(labels: da.Array | np.ndarray, grid: TileGrid) -> dict:
     stitch (borders look like any other place), well above 1 when the labels
     jump at tile borders.
 
+    ``labels`` is anything sliceable (numpy, Zarr, dask); it is read tile by tile,
+    each tile with one more row and column of its neighbours, and ``compute``
+    (default: dask's threads) runs the per-tile counts, so memory does not grow
+    with the volume.
+
     Returns
     -------
     dict
         ``score``, ``border_rate``, ``inside_rate``, ``border_pairs``.
     """
-    labels = labels if isinstance(labels, da.Array) else da.from_array(labels)
-    border_sum = inside_sum = border_n = inside_n = 0
-    sums = []
-    for axis in (-2, -1):
-        size = labels.shape[axis]
-        starts = np.cumsum(grid.chunks[axis])[:-1]  # first voxel of every tile but the first
-        border = np.zeros(size - 1, bool)
-        border[starts - 1] = True
-        first = labels[(Ellipsis, slice(1, None)) + (slice(None),) * (-axis - 1)]
-        second = labels[(Ellipsis, slice(None, -1)) + (slice(None),) * (-axis - 1)]
-        disagree = first != second
-        shape = [1] * labels.ndim
-        shape[axis] = size - 1
-        mask = border.reshape(shape)
-        sums.append((disagree * mask).sum())
-        sums.append(disagree.sum())
-        other = int(np.prod([s for i, s in enumerate(labels.shape) if i != labels.ndim + axis]))
-        border_n += int(border.sum()) * other
-        inside_n += int((~border).sum()) * other
-    values = da.compute(*sums)
-    border_sum = float(values[0] + values[2])
-    inside_sum = float(values[1] + values[3]) - border_sum
+    import dask
+
+    tasks = [dask.delayed(_seam_counts)(labels, grid, index) for index in grid.indices()]
+    counts = compute(tasks) if compute else dask.compute(*tasks, scheduler="threads")
+    border_sum, border_n, inside_sum, inside_n = np.sum(counts, axis=0).tolist()
     border_rate = border_sum / border_n if border_n else 0.0
     inside_rate = inside_sum / inside_n if inside_n else 0.0
     score = border_rate / inside_rate if inside_rate > 0 else (1.0 if border_rate == 0 else float("inf"))
@@ -134,5 +121,36 @@ def seam_score(labels: da.Array | np.ndarray, grid: TileGrid) -> dict:
         "score": score,
         "border_rate": border_rate,
         "inside_rate": inside_rate,
-        "border_pairs": border_n,
+        "border_pairs": int(border_n),
     }
+
+
+def _seam_counts(labels, grid: TileGrid, index) -> np.ndarray:
+    """Disagreeing and all pairs across tile ``index``'s far borders (+y, +x) and inside it."""
+    region = list(grid.region(index))
+    beyond = []
+    for axis in (-2, -1):  # one more row / column, where a neighbour follows
+        more = region[axis].stop < grid.shape[axis]
+        beyond.append(more)
+        if more:
+            region[axis] = slice(region[axis].start, region[axis].stop + 1)
+    block = np.asarray(labels[tuple(region)])
+    border = np.zeros(2, np.int64)  # disagreeing, all
+    inside = np.zeros(2, np.int64)
+    for axis, more in zip((-2, -1), beyond):
+        other = -1 if axis == -2 else -2
+        core = [slice(None)] * block.ndim
+        if beyond[other]:  # pairs along this axis only within the tile's own extent across it
+            core[other] = slice(0, block.shape[other] - 1)
+        part = block[tuple(core)]
+        disagree = np.diff(part, axis=axis) != 0
+        n = disagree.shape[axis]
+        if more:  # the last pair along this axis straddles the border
+            last = [slice(None)] * block.ndim
+            last[axis] = slice(n - 1, n)
+            border += (int(disagree[tuple(last)].sum()), disagree[tuple(last)].size)
+            last[axis] = slice(0, n - 1)
+            inside += (int(disagree[tuple(last)].sum()), disagree[tuple(last)].size)
+        else:
+            inside += (int(disagree.sum()), disagree.size)
+    return np.array([border[0], border[1], inside[0], inside[1]])

@@ -158,7 +158,12 @@ class Backend:
 def _progress_bar(enabled: bool, total: int):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="tile", file=sys.stderr, disable=not enabled, mininterval=1.0)
+    # dask's own progress-bar format ("[####    ] | 45% Completed | 2.1s"), which tools such
+    # as the napari plugin read from matseg's stderr
+    form = "[{bar:40}] | {percentage:3.0f}% Completed | {elapsed}"
+    return tqdm(
+        total=total, file=sys.stderr, disable=not enabled, mininterval=1.0, bar_format=form, ascii=" #"
+    )
 
 
 class TorchThreads(WorkerPlugin):

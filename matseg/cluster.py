@@ -215,6 +215,9 @@ def backend(spec: ClusterSpec, workers: int | None = None, log=None) -> Iterator
         return
     from distributed import Client
 
+    if spec.kind == "local" and not spec.workers:  # one worker per core the costly pool leaves
+        cores = (os.cpu_count() or 1) // (spec.threads or 1)
+        spec = replace(spec, workers=max(1, cores - spec.costly_workers))
     with contextlib.ExitStack() as stack:
         if spec.kind == "local":
             cluster = stack.enter_context(_local_cluster(spec))
@@ -271,8 +274,6 @@ def _local_cluster(spec: ClusterSpec):
     from distributed import LocalCluster
 
     threads = spec.threads or 1
-    workers = spec.workers or max(1, (os.cpu_count() or 1) // threads - spec.costly_workers)
-    spec = replace(spec, workers=workers)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRON}):
         cluster = LocalCluster(
             n_workers=0,

@@ -531,21 +531,9 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
         _count_flops_ahead(CANDIDATES[job.model], grid, context)
         cost = CHEAP if job.model in ("cheap", "classical") else COSTLY
         with runner.annotate(cost):
-            tasks = [
-                dask.delayed(_single_task)(
-                    blocks[i],
-                    t,
-                    i,
-                    grid,
-                    norm,
-                    ctx,
-                    CANDIDATES[job.model],
-                    arrays,
-                    records,
-                    dask_key_name=_key("tile", i),
-                )  # fmt: skip
-                for t, i in todo
-            ]
+            tasks = _tile_tasks(
+                _single_task, "tile", blocks, todo, grid, norm, ctx, CANDIDATES[job.model], arrays, records
+            )
         runner.compute(tasks, progress)
         rows = records.read()
         counts, plan = rows["counts"].sum(axis=0), None
@@ -560,20 +548,9 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
             _count_flops_ahead(CANDIDATES["cheap"], cheap_grid, context)
             blocks = overlapped_tiles(job.volume.data, cheap_grid).to_delayed()
             with runner.annotate(CHEAP):
-                tasks = [
-                    dask.delayed(_cheap_task)(
-                        blocks[i],
-                        t,
-                        i,
-                        cheap_grid,
-                        norm,
-                        ctx,
-                        arrays,
-                        cheap_records,
-                        dask_key_name=_key("cheap", i),
-                    )  # fmt: skip
-                    for t, i in todo
-                ]
+                tasks = _tile_tasks(
+                    _cheap_task, "cheap", blocks, todo, cheap_grid, norm, ctx, arrays, cheap_records
+                )
             runner.compute(tasks, progress)
         cheap = _cheap_results(root, cheap_records)
         if root.attrs["matseg"]["status"] == "running":
@@ -676,6 +653,13 @@ def _report(job: _Job, norm: Normalization, plan, stats, counts, command) -> dic
     report["all_expensive_gflops"] = all_expensive_gflops(grid, job.context)
     report["gflops_fraction_of_all_expensive"] = stats["gflops"] / report["all_expensive_gflops"]
     return report
+
+
+def _tile_tasks(function, stage: str, blocks, todo, grid: TileGrid, *args) -> list:
+    """One task per tile of ``todo`` (position, index): ``function(block, t, index, grid, *args)``."""
+    return [
+        dask.delayed(function)(blocks[i], t, i, grid, *args, dask_key_name=_key(stage, i)) for t, i in todo
+    ]
 
 
 def _count_flops_ahead(candidate: Candidate, grid: TileGrid, context: Context) -> None:

@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import dask
 import numpy as np
 import zarr
+from scaling import measured_run  # benchmarks/ is the script's folder
 
 from matseg.io.write import remove_store
 from matseg.synth import SampleConfig, sample_arrays
@@ -108,32 +107,24 @@ def main() -> None:
         raise SystemExit(f"cannot make a memory cgroup here ({err}); run as root on Linux") from None
     out = args.work / "phases.zarr"
     remove_store(out)  # a fresh run: nothing reused
-    wrapper = (
-        "import resource, subprocess, sys; "
-        "code = subprocess.run(sys.argv[1:]).returncode; "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
-    )
-    command = [sys.executable, "-c", wrapper, sys.executable, "-m", "matseg.cli", "segment", str(volume)]
-    command += ["-o", str(out), "--truth", str(truth), "--quiet"]
+    command = ["segment", str(volume), "-o", str(out), "--truth", str(truth), "--quiet"]
     try:
-        started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, preexec_fn=group.enter)
-        seconds = time.perf_counter() - started
+        run = measured_run(command, preexec_fn=group.enter, check=False)
         stats = group.stats()
     finally:
         group.remove()
-    if done.returncode:
-        print(done.stdout, done.stderr)
-    report = json.loads((out / "matseg-report.json").read_text()) if done.returncode == 0 else {}
+    if run["exit_code"]:
+        print(run["stderr"])
+    report = json.loads((out / "matseg-report.json").read_text()) if run["exit_code"] == 0 else {}
     result = {
         "shape": list(shape),
         "dtype": "float32",
         "raw_gib": raw_bytes / GIB,
         "limit_gib": limit / GIB,
         "generate_s": generate_s,
-        "exit_code": done.returncode,
-        "wall_s": seconds,
-        "peak_rss_mb": int(done.stdout.strip().splitlines()[-1]) / 1024 if done.stdout.strip() else None,
+        "exit_code": run["exit_code"],
+        "wall_s": run["seconds"],
+        "peak_rss_mb": run["peak_rss_mb"],
         "cgroup_peak_usage_gib": stats["peak_usage_bytes"] / GIB if stats["peak_usage_bytes"] else None,
         "limit_reached": stats["limit_reached"],
         "oom_kills": stats["oom_kills"],

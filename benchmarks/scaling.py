@@ -41,11 +41,12 @@ from matseg.tiling import plan_tiles
 SHAPES = {"1x": (16, 256, 512), "8x": (32, 512, 1024), "16x": (64, 512, 1024), "32x": (64, 1024, 1024)}
 
 
-def measured_run(args: list[str], env: dict | None = None) -> dict:
-    """Run one matseg command in a child process; its wall time and peak RSS.
+def measured_run(args: list[str], env: dict | None = None, preexec_fn=None, check: bool = True) -> dict:
+    """Run one matseg command in a child process; its wall time, peak RSS and exit code.
 
     A fresh wrapper process runs it, so that getrusage of the wrapper's children
-    is this run's alone.
+    is this run's alone. ``preexec_fn`` runs in the wrapper before it starts
+    (e.g. to enter a memory cgroup); with ``check`` a failed run stops the benchmark.
     """
     wrapper = (
         "import resource, subprocess, sys; "
@@ -54,12 +55,17 @@ def measured_run(args: list[str], env: dict | None = None) -> dict:
     )
     command = [sys.executable, "-c", wrapper, sys.executable, "-m", "matseg.cli", *args]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, preexec_fn=preexec_fn)
     seconds = time.perf_counter() - started
-    if done.returncode:
+    if done.returncode and check:
         raise SystemExit(done.stderr)
-    peak_kb = int(done.stdout.strip().splitlines()[-1])
-    return {"seconds": seconds, "peak_rss_mb": peak_kb / 1024}
+    lines = done.stdout.strip().splitlines()
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": int(lines[-1]) / 1024 if lines else None,
+        "exit_code": done.returncode,
+        "stderr": done.stderr,
+    }
 
 
 def fresh(output: Path) -> Path:
@@ -137,6 +143,7 @@ def main() -> None:
         write_sample(volume, shape, seed=11, config=SampleConfig(profile="test"), overwrite=True)
         out = fresh(args.work / f"phases-{name}.zarr")
         run = measured_run(["segment", str(volume), "-o", str(out), "--quiet"])
+        run = {key: run[key] for key in ("seconds", "peak_rss_mb")}
         report = json.loads((out / "matseg-report.json").read_text())
         pure = pure_model_seconds(volume, out)
         timings = report["timings"]

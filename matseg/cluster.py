@@ -218,6 +218,8 @@ def backend(spec: ClusterSpec, workers: int | None = None, log=None) -> Iterator
     if spec.kind == "local" and not spec.workers:  # one worker per core the costly pool leaves
         cores = (os.cpu_count() or 1) // (spec.threads or 1)
         spec = replace(spec, workers=max(1, cores - spec.costly_workers))
+    elif spec.kind == "slurm" and not spec.workers:
+        spec = replace(spec, workers=1)
     with contextlib.ExitStack() as stack:
         if spec.kind == "local":
             cluster = stack.enter_context(_local_cluster(spec))
@@ -229,7 +231,7 @@ def backend(spec: ClusterSpec, workers: int | None = None, log=None) -> Iterator
             client = stack.enter_context(Client(cluster, timeout="60s"))
         except OSError as err:
             raise MatsegError(f"cannot reach the dask scheduler at {spec.kind}: {err}") from None
-        n_expected = (spec.workers or 1) + spec.costly_workers if spec.kind in ("local", "slurm") else 1
+        n_expected = spec.workers + spec.costly_workers if spec.kind in ("local", "slurm") else 1
         if spec.kind == "local":
             client.register_plugin(TorchThreads(torch_threads(n_expected * (spec.threads or 1))))
         elif spec.kind == "slurm":
@@ -313,7 +315,7 @@ def _slurm_cluster(spec: ClusterSpec):
         return {**options, "worker_extra_args": extra}
 
     with cluster:
-        _scale_pools(cluster, replace(spec, workers=spec.workers or 1), with_resources)
+        _scale_pools(cluster, spec, with_resources)
         yield cluster
 
 

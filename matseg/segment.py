@@ -385,18 +385,6 @@ def _prepare(input, output, model, lam, budget_gflops, max_expensive_fraction, w
         )
     out = Path(str(output))
     check_output(out, overwrite=True, inputs=[str(input)])  # not an input, and writable
-    cheap_identity = None
-    if selector is not None:
-        cheap_identity = {
-            "input": canonical_source(input),
-            "candidates": list(names),
-            "shape": list(volume.shape),
-            "dtype": str(volume.data.dtype),
-            "cheap_sha256": models["cheap"].sha256,
-            "tile": list(tile),
-            "halo": halo,
-            "version": __version__,
-        }
     identity = {
         "input": canonical_source(input),
         "shape": list(volume.shape),
@@ -412,6 +400,10 @@ def _prepare(input, output, model, lam, budget_gflops, max_expensive_fraction, w
         "max_expensive_fraction": max_expensive_fraction,
         "version": __version__,
     }
+    cheap_identity = None  # what a cheap pass depends on: the run's settings but λ, budget, costlier weights
+    if selector is not None:
+        kept = ("input", "candidates", "shape", "dtype", "tile", "halo", "version")
+        cheap_identity = {k: identity[k] for k in kept} | {"cheap_sha256": models["cheap"].sha256}
     return _Job(
         input, out, volume, model, selector, names, models, phases, context, tile, halo, grid,
         lam, budget_gflops, max_expensive_fraction, truth, identity, cheap_identity,
@@ -696,10 +688,6 @@ def _cheap_results(root, records: TileRecords) -> dict:
     return cheap
 
 
-def _halo_blocks(data: da.Array, grid: TileGrid) -> tuple[TileGrid, np.ndarray]:
-    return grid, overlapped_tiles(data, grid).to_delayed()
-
-
 def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backend, progress) -> None:
     """The tiles of ``todo`` (position, index): their candidates, blended with their neighbours'."""
     if not todo:
@@ -711,21 +699,16 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
         needed |= {j for j in neighbour_indices(grid, idx).values() if choice[j] > 0}
     # every candidate that runs reads its tiles with its own halo; blending needs the band only
     used = {names[choice[idx]] for idx in needed} | {"cheap"}
-    tiles = {n: _halo_blocks(job.volume.data, candidate_grid(grid, n, context)) for n in used}
+    grids = {n: candidate_grid(grid, n, context) for n in used}
+    blocks = {n: overlapped_tiles(job.volume.data, g).to_delayed() for n, g in grids.items()}
     with runner.annotate(COSTLY):
-        costly = {
-            idx: dask.delayed(_candidate_task)(
-                tiles[names[choice[idx]]][1][idx],
-                idx,
-                tiles[names[choice[idx]]][0],
-                norm,
-                ctx,
-                CANDIDATES[names[choice[idx]]],
-                BAND,
+        costly = {}
+        for idx in sorted(needed):
+            name = names[choice[idx]]
+            costly[idx] = dask.delayed(_candidate_task)(
+                blocks[name][idx], idx, grids[name], norm, ctx, CANDIDATES[name], BAND,
                 dask_key_name=_key("candidate", idx),
-            )
-            for idx in sorted(needed)
-        }
+            )  # fmt: skip
     tasks = []
     with runner.annotate(CHEAP):
         for t, idx in todo:
@@ -736,10 +719,10 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
             neighbours = {j: costly[j] for j, k in around.items() if k not in (0, mine)}
             tasks.append(
                 dask.delayed(_finish_task)(
-                    tiles["cheap"][1][idx],
+                    blocks["cheap"][idx],
                     t,
                     idx,
-                    tiles["cheap"][0],
+                    grids["cheap"],
                     norm,
                     ctx,
                     names,
@@ -790,7 +773,8 @@ def _estimate(plan, cheap, data, grid, norm, context, names, workers) -> dict:
     for k in sorted(set(plan["choice"].tolist()) - {0}):
         t = int(np.flatnonzero(plan["choice"] == k)[0])
         idx = indices[t]
-        own_grid, blocks = _halo_blocks(data, candidate_grid(grid, names[k], context))
+        own_grid = candidate_grid(grid, names[k], context)
+        blocks = overlapped_tiles(data, own_grid).to_delayed()
         _, gflops, seconds = _candidate_task(
             blocks[idx].compute(), idx, own_grid, norm, context, CANDIDATES[names[k]], BAND
         )

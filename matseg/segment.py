@@ -41,7 +41,6 @@ from matseg.selector.plan import (
     cheap_pass_gflops,
     check_budget,
     make_plan,
-    tile_shapes,
 )
 from matseg.selector.policy import Selector, check_pairing, load_selector
 from matseg.stitch import BAND, extended_region, neighbour_indices, seam_score
@@ -520,7 +519,6 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
         todo = _todo(records, indices)
         computed["tiles"] = len(todo)
         blocks = overlapped_tiles(job.volume.data, grid).to_delayed()
-        _count_flops_ahead(CANDIDATES[job.model], grid, context)
         cost = CHEAP if job.model in ("cheap", "classical") else COSTLY
         with runner.annotate(cost):
             tasks = _tile_tasks(
@@ -537,7 +535,6 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
         if todo:
             # the cheap pass needs only its own receptive radius: its own, smaller halo
             cheap_grid = grid.with_halo(job.models["cheap"].halo)
-            _count_flops_ahead(CANDIDATES["cheap"], cheap_grid, context)
             blocks = overlapped_tiles(job.volume.data, cheap_grid).to_delayed()
             with runner.annotate(CHEAP):
                 tasks = _tile_tasks(
@@ -652,13 +649,6 @@ def _tile_tasks(function, stage: str, blocks, todo, grid: TileGrid, *args) -> li
     return [
         dask.delayed(function)(blocks[i], t, i, grid, *args, dask_key_name=_key(stage, i)) for t, i in todo
     ]
-
-
-def _count_flops_ahead(candidate: Candidate, grid: TileGrid, context: Context) -> None:
-    """Count ``candidate``'s FLOPs on every tile shape here, once, so that no task pays for
-    counting (the counts are cached with the models, which tasks receive)."""
-    for shape in set(tile_shapes(grid)):
-        candidate.gflops(context, shape)
 
 
 def _key(stage: str, index) -> str:

@@ -55,11 +55,7 @@ class Segmenter:
     phases: tuple[str, ...]
     sha256: str = ""
     record: dict = field(default_factory=dict)
-    _flops: dict = field(default_factory=dict, repr=False)
-    _meta: UNet2d | None = field(default=None, repr=False, compare=False)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_meta": None}  # sent to dask workers without the meta copy
+    _unit_flops: int | None = field(default=None, repr=False, compare=False)
 
     @property
     def halo(self) -> int:
@@ -78,15 +74,18 @@ class Segmenter:
         return sum(p.numel() for p in self.net.parameters())
 
     def gflops(self, shape: tuple[int, ...]) -> float:
-        """GFLOPs of :func:`segment_tile` on a batch of 2-D tiles of ``shape`` (N, H, W)."""
+        """GFLOPs of :func:`segment_tile` on a batch of 2-D tiles of ``shape`` (N, H, W).
+
+        Tiles are padded to multiples of the stride, where every level of the net
+        scales by the same factor: FLOPs are exactly the area's multiple of one
+        stride x stride plane's, counted once on a private copy of the net.
+        """
         n, h, w = shape
-        plane = (h + (-h) % self.stride, w + (-w) % self.stride)
-        if plane not in self._flops:  # FLOPs depend on the shape only, linearly on the slices
-            if self._meta is None:  # the net's shapes without its weights: counting costs nothing
-                self._meta = copy.deepcopy(self.net).to("meta")
-            one = torch.zeros((1, 1, *plane), device="meta")
-            self._flops[plane] = count_flops(self._meta.mc_logits, one, self.passes)
-        return n * self._flops[plane] / 1e9
+        s = self.stride
+        if self._unit_flops is None:
+            net = copy.deepcopy(self.net)
+            self._unit_flops = count_flops(net, net.mc_logits, torch.zeros(1, 1, s, s), self.passes)
+        return n * -(-h // s) * -(-w // s) * self._unit_flops / 1e9
 
     def describe(self) -> dict:
         return {

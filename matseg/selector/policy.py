@@ -9,6 +9,7 @@ every accuracy/cost trade-off.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Callable
@@ -78,8 +79,9 @@ class Selector:
         """GFLOPs of running the policy on ``n_tiles`` tiles (a few multiply-adds per tile)."""
         from matseg.models.flops import count_flops
 
-        x = torch.zeros(max(1, n_tiles), self.net.feature_mean.numel())
-        return count_flops(self.net, x, torch.zeros(len(x))) / 1e9
+        net = copy.deepcopy(self.net)  # counted apart from the net in use; one row, times the rows
+        per_tile = count_flops(net, net, torch.zeros(1, net.feature_mean.numel()), torch.zeros(1))
+        return max(1, n_tiles) * per_tile / 1e9
 
     @property
     def default_lambda(self) -> float:

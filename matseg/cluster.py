@@ -19,6 +19,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -134,17 +135,29 @@ class Backend:
         threaded scheduler would otherwise read input chunks far ahead of the tiles
         that use them, and memory would grow with the volume (a distributed
         scheduler queues root tasks itself, so a cluster gets every task at once).
+        Two batches share the threads at a time, so that a thread that finishes its
+        part of one batch goes on with the next instead of waiting for the batch's last tile.
         """
         if not tasks:
             return []
         if self.client is None:
             size = TASKS_PER_THREAD * self.workers
+            batches = [tasks[start : start + size] for start in range(0, len(tasks), size)]
+            threads = ThreadPoolExecutor(self.workers, thread_name_prefix="matseg-tile")
+            drivers = ThreadPoolExecutor(2, thread_name_prefix="matseg-batch")
             results = []
-            with _progress_bar(progress, len(tasks)) as bar:
-                for start in range(0, len(tasks), size):
-                    batch = tasks[start : start + size]
-                    results += dask.compute(*batch, scheduler="threads", num_workers=self.workers)
-                    bar.update(len(batch))
+            try:
+                with _progress_bar(progress, len(tasks)) as bar:
+                    running = [
+                        drivers.submit(dask.compute, *batch, scheduler="threads", pool=threads)
+                        for batch in batches
+                    ]
+                    for batch, future in zip(batches, running):
+                        results += future.result()
+                        bar.update(len(batch))
+            finally:  # on an error, batches not yet started are dropped
+                drivers.shutdown(cancel_futures=True)
+                threads.shutdown()
             return results
         futures = self.client.compute(list(tasks))
         if progress:

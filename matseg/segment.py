@@ -156,15 +156,14 @@ def _finish_task(
 ) -> None:
     """Stage 2: a tile's final labels, blended with neighbours that ran another candidate.
 
-    ``choice`` maps the tile and its in-plane neighbours to their candidates.
+    ``choice`` maps the tile and its in-plane neighbours to their candidates;
+    ``block`` (the tile's input) is given only when the cheap net runs here again.
     """
     index = tuple(index)
     mine = choice[index]
-    neighbours = neighbour_indices(grid, index)
     seconds, gflops = np.zeros(len(names)), 0.0
     others = {}
-    needs_cheap = mine == 0 or any(choice[j] == 0 for j in neighbours.values())
-    if needs_cheap:
+    if block is not None:
         tile = tile_input(block, index, grid, norm)
         started = time.perf_counter()
         cheap, gflops = candidate_probs(
@@ -181,6 +180,11 @@ def _finish_task(
     labels = blended_labels(index, grid, band, choice, own, others, neighbour_probs)
     _write_tile(arrays, grid, index, phases=labels, decisions=np.full_like(labels, mine))
     records.write(t, gflops=gflops, counts=_counts(labels, context), seconds=seconds)
+
+
+def _needs_cheap(mine: int, around) -> bool:
+    """Whether a tile's blending needs the cheap net's probabilities: its own or a neighbour's choice."""
+    return mine == 0 or any(k == 0 for k in around)
 
 
 def _counts(labels: np.ndarray, context: Context) -> np.ndarray:
@@ -513,7 +517,10 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
     }
     compute_started = time.perf_counter()
     computed = {}
-    ctx = dask.delayed(context, name="matseg-context")  # sent to each worker once, not per task
+    # one graph node each, sent to a worker once: tasks that took them as arguments would each
+    # carry a copy, and dask would walk the zarr arrays' metadata for every task it builds
+    ctx = dask.delayed(context, name="matseg-context", traverse=False)
+    out = dask.delayed(arrays, name="matseg-arrays", traverse=False)
     if job.selector is None:
         records = TileRecords.open(root, "tiles")
         todo = _todo(records, indices)
@@ -522,7 +529,7 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
         cost = CHEAP if job.model in ("cheap", "classical") else COSTLY
         with runner.annotate(cost):
             tasks = _tile_tasks(
-                _single_task, "tile", blocks, todo, grid, norm, ctx, CANDIDATES[job.model], arrays, records
+                _single_task, "tile", blocks, todo, grid, norm, ctx, CANDIDATES[job.model], out, records
             )
         runner.compute(tasks, progress)
         rows = records.read()
@@ -538,7 +545,7 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
             blocks = overlapped_tiles(job.volume.data, cheap_grid).to_delayed()
             with runner.annotate(CHEAP):
                 tasks = _tile_tasks(
-                    _cheap_task, "cheap", blocks, todo, cheap_grid, norm, ctx, arrays, cheap_records
+                    _cheap_task, "cheap", blocks, todo, cheap_grid, norm, ctx, out, cheap_records
                 )
             runner.compute(tasks, progress)
         cheap = _cheap_results(root, cheap_records)
@@ -573,7 +580,7 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
         finish_records = TileRecords.open(root, "finish")
         todo = _todo(finish_records, indices, rewrite)
         computed["candidates"] = len(todo)
-        _run_stage2(job, plan, todo, norm, ctx, arrays, finish_records, runner, progress)
+        _run_stage2(job, plan, todo, norm, ctx, out, finish_records, runner, progress)
         stats = _selector_stats(job, plan, cheap, finish_records, rewrite)
         counts = stats["counts"]
     if log and start == "resume":
@@ -709,7 +716,7 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
             neighbours = {j: costly[j] for j, k in around.items() if k not in (0, mine)}
             tasks.append(
                 dask.delayed(_finish_task)(
-                    blocks["cheap"][idx],
+                    blocks["cheap"][idx] if _needs_cheap(mine, around.values()) else None,
                     t,
                     idx,
                     grids["cheap"],

@@ -82,18 +82,25 @@ def blended_labels(
     """
     region = grid.region(index)
     here = extended_region(grid, index, band)
-    weights = blend_weights(grid, index, band)
     mine = choice[tuple(index)]
-    total = np.zeros(own.shape[:2] + tuple(s.stop - s.start for s in region[-2:]), np.float32)
-    for offset, w in weights.items():
+    # the weight of each source of probabilities: this tile's candidate (also for neighbours
+    # that chose the same one), a candidate recomputed here, or a neighbour's own result
+    sources: dict[tuple, np.ndarray] = {}
+    for offset, w in blend_weights(grid, index, band).items():
         j = _shift(index, offset)
         k = choice[j]
-        if k == mine:
+        key = ("own",) if k == mine else ("here", k) if k in others else ("neighbour", j)
+        sources[key] = sources[key] + w if key in sources else w
+    if len(sources) == 1:  # the whole neighbourhood ran one candidate: nothing to blend
+        return crop_extended(own, here, region).argmax(axis=1).astype(np.uint8)
+    total = np.zeros(own.shape[:2] + tuple(s.stop - s.start for s in region[-2:]), np.float32)
+    for key, w in sources.items():
+        if key[0] == "own":
             values = crop_extended(own, here, region)
-        elif k in others:
-            values = crop_extended(others[k], here, region)
+        elif key[0] == "here":
+            values = crop_extended(others[key[1]], here, region)
         else:
-            values = crop_extended(neighbour_probs[j], extended_region(grid, j, band), region)
+            values = crop_extended(neighbour_probs[key[1]], extended_region(grid, key[1], band), region)
         total += w * values
     return total.argmax(axis=1).astype(np.uint8)
 

@@ -45,3 +45,45 @@ def test_blend_weights_sum_to_one():
         np.testing.assert_allclose(total, 1.0, atol=1e-6)
         for offset, w in weights.items():  # a tile always counts most in its own core
             assert (weights[(0, 0)] >= w - 1e-6).all(), offset
+
+
+def _probs(rng, shape):
+    p = rng.random(shape, dtype=np.float32)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def test_blended_labels_weigh_each_neighbours_probabilities():
+    """Against the definition: per voxel, the blend weights times the probabilities of the
+    candidate that each neighbour ran (recomputed here for the cheap one)."""
+    from matseg.stitch import crop_extended, extended_region, neighbour_indices
+    from matseg.tiles import blended_labels
+
+    rng = np.random.default_rng(3)
+    grid = plan_tiles((2, 200, 232), (2, 64, 64), 16, 8)
+    band = 16
+    index = (0, 1, 1)
+    around = neighbour_indices(grid, index)
+    here = extended_region(grid, index, band)
+    shape_of = lambda r: (2, 3, r[-2].stop - r[-2].start, r[-1].stop - r[-1].start)  # noqa: E731
+    mixed = {j: [1, 0, 2][n % 3] for n, j in enumerate(around.values())}
+    mixed[index] = 1
+    own, cheap = _probs(rng, shape_of(here)), _probs(rng, shape_of(here))
+    theirs = {j: _probs(rng, shape_of(extended_region(grid, j, band))) for j in around.values()}
+    labels = blended_labels(index, grid, band, mixed, own, {0: cheap}, theirs)
+    region = grid.region(index)
+    expected = 0.0
+    for offset, w in blend_weights(grid, index, band).items():
+        j = around[offset]
+        source, have = {1: own, 0: cheap}.get(mixed[j], theirs[j]), here
+        if mixed[j] == 2:
+            source, have = theirs[j], extended_region(grid, j, band)
+        expected = expected + w.astype(np.float64) * crop_extended(source, have, region)
+    np.testing.assert_array_equal(labels, expected.argmax(axis=1))
+    # one candidate in the whole neighbourhood: the tile's own labels, untouched by blending
+    same = {j: 1 for j in mixed}
+    own_core = own[
+        (Ellipsis, *(slice(r.start - h.start, r.stop - h.start) for r, h in zip(region[-2:], here[-2:])))
+    ]
+    np.testing.assert_array_equal(
+        blended_labels(index, grid, band, same, own, {}, theirs), own_core.argmax(axis=1)
+    )

@@ -45,7 +45,7 @@ from matseg.selector.plan import (
 from matseg.selector.policy import Selector, check_pairing, load_selector
 from matseg.stitch import BAND, extended_region, neighbour_indices, seam_score
 from matseg.tiles import blended_labels, candidate_probs, cheap_pass, tile_input
-from matseg.tiling import TileGrid, overlapped_tiles, plan_tiles
+from matseg.tiling import TileGrid, plan_tiles, tile_blocks
 
 MODES = ("auto", *CANDIDATES)
 DEFAULT_TILE = (4, 256, 256)
@@ -180,11 +180,6 @@ def _finish_task(
     labels = blended_labels(index, grid, band, choice, own, others, neighbour_probs)
     _write_tile(arrays, grid, index, phases=labels, decisions=np.full_like(labels, mine))
     records.write(t, gflops=gflops, counts=_counts(labels, context), seconds=seconds)
-
-
-def _needs_cheap(mine: int, around) -> bool:
-    """Whether a tile's blending needs the cheap net's probabilities: its own or a neighbour's choice."""
-    return mine == 0 or any(k == 0 for k in around)
 
 
 def _counts(labels: np.ndarray, context: Context) -> np.ndarray:
@@ -525,7 +520,7 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
         records = TileRecords.open(root, "tiles")
         todo = _todo(records, indices)
         computed["tiles"] = len(todo)
-        blocks = overlapped_tiles(job.volume.data, grid).to_delayed()
+        blocks = tile_blocks(job.volume.data, grid)
         cost = CHEAP if job.model in ("cheap", "classical") else COSTLY
         with runner.annotate(cost):
             tasks = _tile_tasks(
@@ -542,7 +537,7 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
         if todo:
             # the cheap pass needs only its own receptive radius: its own, smaller halo
             cheap_grid = grid.with_halo(job.models["cheap"].halo)
-            blocks = overlapped_tiles(job.volume.data, cheap_grid).to_delayed()
+            blocks = tile_blocks(job.volume.data, cheap_grid)
             with runner.annotate(CHEAP):
                 tasks = _tile_tasks(
                     _cheap_task, "cheap", blocks, todo, cheap_grid, norm, ctx, out, cheap_records
@@ -697,7 +692,7 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
     # every candidate that runs reads its tiles with its own halo; blending needs the band only
     used = {names[choice[idx]] for idx in needed} | {"cheap"}
     grids = {n: candidate_grid(grid, n, context) for n in used}
-    blocks = {n: overlapped_tiles(job.volume.data, g).to_delayed() for n, g in grids.items()}
+    blocks = {n: tile_blocks(job.volume.data, g) for n, g in grids.items()}
     with runner.annotate(COSTLY):
         costly = {}
         for idx in sorted(needed):
@@ -711,12 +706,13 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
         for t, idx in todo:
             mine = choice[idx]
             # the choices of the tile and its neighbours only: a task that carried the whole
-            # plan would make the graph grow with the square of the number of tiles
+            # plan would make the graph grow with the square of the number of tiles. The cheap
+            # net runs again here (and reads the input) only where one of them kept the cheap pass (0)
             around = {j: choice[j] for j in neighbour_indices(grid, idx).values()}
             neighbours = {j: costly[j] for j, k in around.items() if k not in (0, mine)}
             tasks.append(
                 dask.delayed(_finish_task)(
-                    blocks["cheap"][idx] if _needs_cheap(mine, around.values()) else None,
+                    blocks["cheap"][idx] if 0 in around.values() else None,
                     t,
                     idx,
                     grids["cheap"],
@@ -771,7 +767,7 @@ def _estimate(plan, cheap, data, grid, norm, context, names, workers) -> dict:
         t = int(np.flatnonzero(plan["choice"] == k)[0])
         idx = indices[t]
         own_grid = candidate_grid(grid, names[k], context)
-        blocks = overlapped_tiles(data, own_grid).to_delayed()
+        blocks = tile_blocks(data, own_grid)
         _, gflops, seconds = _candidate_task(
             blocks[idx].compute(), idx, own_grid, norm, context, CANDIDATES[names[k]], BAND
         )

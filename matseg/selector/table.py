@@ -20,7 +20,7 @@ from matseg.metrics import iou_per_phase
 from matseg.selector.candidates import CANDIDATES, Context
 from matseg.selector.plan import blend_gflops, candidate_gflops, cheap_pass_gflops
 from matseg.tiles import candidate_probs, cheap_pass, tile_input
-from matseg.tiling import overlapped_tiles, plan_tiles
+from matseg.tiling import plan_tiles, tile_blocks
 
 IGNORE = 255
 
@@ -101,7 +101,7 @@ def tile_table(
         keep = np.zeros(volume.shape[0], bool)
         keep[list(slices)] = True
         label_data = da.where(da.from_array(keep, chunks=-1)[:, None, None], label_data, IGNORE)
-    blocks = overlapped_tiles(volume.data, grid).to_delayed()
+    blocks = tile_blocks(volume.data, grid)
     truths = label_data.rechunk(grid.chunks).to_delayed()
     tasks = [
         dask.delayed(_table_task)(blocks[i], truths[i], i, grid, norm, context, tuple(names))

@@ -134,7 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/scaling.json"))
     parser.add_argument("--work", type=Path, default=Path("work-out/scaling"))
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each size (the fastest counts)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each size (the fastest counts)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     results = {"cores": os.cpu_count()}

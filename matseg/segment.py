@@ -735,7 +735,7 @@ def _selector_stats(job: _Job, plan, cheap, records: TileRecords, rewrite) -> di
     """Counts, GFLOPs and model seconds of a selector run: the cheap pass, then the rewritten tiles."""
     rows = records.read()
     rewritten = np.array([idx in rewrite for idx in job.indices])
-    if not records.done()[rewritten].all():
+    if not records.done(rows)[rewritten].all():
         raise MatsegError(f"output {job.output}: some tiles were not finished; run the same command again")
     counts = cheap["counts"].copy()
     counts[rewritten] = rows["counts"][rewritten]

@@ -53,9 +53,10 @@ class TileRecords:
         row = np.concatenate([np.ravel(np.asarray(values[name], np.float64)) for name, _ in self.fields])
         self.array[t : t + 1] = row[None]
 
-    def done(self) -> np.ndarray:
-        """Which tiles are finished (bool per tile)."""
-        return ~np.isnan(self.array[:, 0])
+    def done(self, rows: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """Which tiles are finished (bool per tile), from ``rows`` if already :meth:`read`."""
+        first = rows[self.fields[0][0]][:, 0] if rows is not None else self.array[:, 0]
+        return ~np.isnan(first)
 
     def read(self) -> dict[str, np.ndarray]:
         """Every field as an array of shape (tiles, width); NaN rows for unfinished tiles."""

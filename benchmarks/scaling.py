@@ -194,6 +194,25 @@ def main() -> None:
         f"local cluster {results['workers']['speedup_local_2_over_1']:.2f}x"
     )
     args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results))
+
+
+def markdown(results: dict) -> str:
+    """The table of docs/benchmarks.md "Scaling" from this script's results."""
+    lines = [
+        "| volume | voxels | peak RSS | RSS vs 1× | end to end | segmenting | pure model "
+        "| end to end / pure | segmenting / pure |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in SHAPES:
+        r = results[name]
+        lines.append(
+            f"| {' × '.join(map(str, r['shape']))} ({name}) | {r['voxels'] / 1e6:.1f} M "
+            f"| {r['peak_rss_mb']:.0f} MB | {r['memory_vs_1x']:.2f} | {r['total_s']:.1f} s "
+            f"| {r['segment_s']:.1f} s | {r['pure_model_s']:.1f} s | {r['overhead_total']:.2f} "
+            f"| {r['overhead_segment']:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

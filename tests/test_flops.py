@@ -52,3 +52,11 @@ def test_counting_leaves_the_nets_alone_and_skips_dynamo():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_counting_does_not_depend_on_the_nets_device():
+    """A GPU worker moves its net to the GPU before the first count: counting uses its own net."""
+    expected = load_segmenter("medium").gflops((4, 264, 264))
+    moved = load_segmenter("medium")
+    moved.net.to("meta")  # stands for a device the counting input is not on
+    assert moved.gflops((4, 264, 264)) == expected

@@ -7,7 +7,6 @@ refused before it is unpickled.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -78,12 +77,13 @@ class Segmenter:
 
         Tiles are padded to multiples of the stride, where every level of the net
         scales by the same factor: FLOPs are exactly the area's multiple of one
-        stride x stride plane's, counted once on a private copy of the net.
+        stride x stride plane's, counted once on a fresh net of the same layers (on the
+        CPU, whatever device the net in use is on, and without touching it).
         """
         n, h, w = shape
         s = self.stride
         if self._unit_flops is None:
-            net = copy.deepcopy(self.net)
+            net = UNet2d(**self.net.config).eval()
             self._unit_flops = count_flops(net, net.mc_logits, torch.zeros(1, 1, s, s), self.passes)
         return n * -(-h // s) * -(-w // s) * self._unit_flops / 1e9
 

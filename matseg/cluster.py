@@ -155,7 +155,10 @@ class Backend:
                     for batch, future in zip(batches, running):
                         results += future.result()
                         bar.update(len(batch))
-            finally:  # on an error, batches not yet started are dropped
+            except BaseException:  # an error or Ctrl-C: stop at the tiles already running
+                threads.shutdown(wait=False, cancel_futures=True)  # the batches' drivers fail fast
+                raise
+            finally:
                 drivers.shutdown(cancel_futures=True)
                 threads.shutdown()
             return results

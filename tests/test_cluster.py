@@ -93,3 +93,34 @@ def test_bad_cluster_options(tmp_path, volume, capsys, args, message):
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert snapshot(tmp_path) == before
+
+
+def test_threads_keep_order_and_stop_at_the_first_error():
+    """Batches overlap on the threads; results come back in task order, and a failing
+    tile stops the run at the tiles already running (Ctrl-C takes the same path)."""
+    import threading
+    import time
+
+    import dask
+
+    from matseg.cluster import TASKS_PER_THREAD, Backend
+
+    batch = TASKS_PER_THREAD * 2
+    started, lock = [], threading.Lock()
+
+    def tile(i):
+        with lock:
+            started.append(i)
+        time.sleep(0.02)
+        if i < batch:  # every tile of the first batch fails
+            raise ValueError(f"tile {i} is bad")
+        return i * i
+
+    runner = Backend(None, workers=2)
+    tiles = range(batch, 7 * batch)
+    assert runner.compute([dask.delayed(tile)(i) for i in tiles]) == [i * i for i in tiles]
+    started.clear()
+    with pytest.raises(ValueError, match="is bad"):
+        runner.compute([dask.delayed(tile)(i) for i in range(6 * batch)])
+    time.sleep(0.2)  # nothing keeps running after the error: not even the second batch in flight
+    assert len(started) < batch, len(started)

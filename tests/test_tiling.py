@@ -8,7 +8,7 @@ import zarr
 
 from matseg import MatsegError, open_volume, segment
 from matseg.models.weights import load_segmenter, segment_tile
-from matseg.segment import intensity_range
+from matseg.segment import intensity_range, percentiles
 from matseg.tiling import plan_tiles
 
 from .conftest import smooth_noise
@@ -71,6 +71,19 @@ def test_too_small_halo_breaks_exactness(tmp_path, random_weights):
         probs, _ = segment_tile(model, norm(block))
         tiled[region] = probs.argmax(1)[:, y0 : probs.shape[2] - y1, x0 : probs.shape[3] - x1]
     assert (tiled != whole).any()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int8, np.int16, np.int32, np.float32])
+def test_percentiles_equal_numpy(dtype):
+    """The histogram route for small integers gives numpy's float64 percentiles bit for bit."""
+    rng = np.random.default_rng(5)
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.iinfo(np.int16)
+    for size in (1, 2, 7, 1000, 4097):
+        for _ in range(40):
+            lo, hi = np.sort(rng.integers(info.min, info.max + 1, 2))
+            sample = rng.integers(lo, hi + 1, size).astype(dtype)
+            q = (0.5, 99.5, 0.0, 100.0, 50.0, float(rng.uniform(0, 100)))
+            np.testing.assert_array_equal(percentiles(sample, q), np.percentile(sample.astype(np.float64), q))
 
 
 def test_tile_must_follow_stride(random_weights):

@@ -170,4 +170,8 @@ def multiotsu_thresholds(sample: np.ndarray, n_phases: int) -> tuple[float, ...]
     values = np.asarray(sample, np.float32).ravel()
     if np.unique(values[: 1 << 20]).size < n_phases:
         return tuple(float(q) for q in np.quantile(values, np.linspace(0, 1, n_phases + 1)[1:-1]))
-    return tuple(float(t) for t in threshold_multiotsu(values, classes=n_phases))
+    # the histogram scikit-image makes of an image (256 bins over its range, normalised),
+    # without the copy of the sample it flattens first
+    counts, edges = np.histogram(values, bins=256, range=(values.min(), values.max()))
+    hist = (counts / counts.sum(), (edges[:-1] + edges[1:]) / 2.0)
+    return tuple(float(t) for t in threshold_multiotsu(hist=hist, classes=n_phases))

@@ -32,7 +32,7 @@ from matseg.io.progress import TileRecords
 from matseg.io.read import Volume, canonical_source, open_volume
 from matseg.io.write import check_output, create_ome_store, remove_store, run_attrs, write_region
 from matseg.metrics import confusion_matrix, summarize, volume_fractions
-from matseg.models.weights import load_segmenter, normalized_entropy
+from matseg.models.weights import load_segmenter, normalized_entropy, phase_labels
 from matseg.selector.candidates import CANDIDATES, Candidate, Context, multiotsu_thresholds
 from matseg.selector.features import FEATURE_NAMES
 from matseg.selector.plan import (
@@ -142,7 +142,7 @@ def _single_task(block, t, index, grid, norm, context, candidate: Candidate, arr
     started = time.perf_counter()
     probs, gflops = candidate_probs(tile, candidate, context, grid.region(index))
     seconds = time.perf_counter() - started
-    labels = probs.argmax(axis=1).astype(np.uint8)
+    labels = phase_labels(probs)
     uncertainty = np.rint(normalized_entropy(probs) * 255).astype(np.uint8)
     _write_tile(arrays, grid, index, phases=labels, uncertainty=uncertainty, decisions=np.zeros_like(labels))
     records.write(t, gflops=gflops, counts=_counts(labels, context), seconds=[seconds])

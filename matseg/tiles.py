@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from matseg.models.weights import segment_tile
+from matseg.models.weights import phase_labels, segment_tile
 from matseg.selector.candidates import Candidate, Context
 from matseg.selector.features import tile_features
 from matseg.stitch import blend_weights, crop_extended, extended_region
@@ -46,7 +46,7 @@ def cheap_pass(tile: TileInput, context: Context) -> dict:
     core = (slice(None), *tile.core)
     probs_core = probs[(slice(None), slice(None), *tile.core)]
     return {
-        "labels": probs_core.argmax(axis=1).astype(np.uint8),
+        "labels": phase_labels(probs_core),
         "uncertainty": uncertainty[core],
         "features": tile_features(tile.image[core], probs_core, uncertainty[core]),
         "gflops": model.gflops(tile.image.shape),
@@ -92,7 +92,7 @@ def blended_labels(
         key = ("own",) if k == mine else ("here", k) if k in others else ("neighbour", j)
         sources[key] = sources[key] + w if key in sources else w
     if len(sources) == 1:  # the whole neighbourhood ran one candidate: nothing to blend
-        return crop_extended(own, here, region).argmax(axis=1).astype(np.uint8)
+        return phase_labels(crop_extended(own, here, region))
     total = np.zeros(own.shape[:2] + tuple(s.stop - s.start for s in region[-2:]), np.float32)
     for key, w in sources.items():
         if key[0] == "own":
@@ -102,7 +102,7 @@ def blended_labels(
         else:
             values = crop_extended(neighbour_probs[key[1]], extended_region(grid, key[1], band), region)
         total += w * values
-    return total.argmax(axis=1).astype(np.uint8)
+    return phase_labels(total)
 
 
 def _shift(index: Sequence[int], offset: tuple[int, int]) -> tuple[int, ...]:

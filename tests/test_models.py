@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import matseg
-from matseg.models.weights import default_weights_dir, load_segmenter, sha256_of
+from matseg.models.weights import default_weights_dir, load_segmenter, phase_labels, sha256_of
 from matseg.sample import write_sample
 from matseg.synth import SampleConfig
 
@@ -49,3 +49,15 @@ def test_expensive_pays_on_hard_regions(tmp_path, test_volume):
     assert expensive["hard"]["miou"] > cheap["hard"]["miou"] + 0.05
     assert cheap["clean"]["miou"] > expensive["clean"]["miou"] - 0.05
     assert np.isfinite([cheap["hard"]["miou"], cheap["clean"]["miou"]]).all()
+
+
+@pytest.mark.parametrize("phases", [1, 2, 3, 5])
+def test_phase_labels_equal_argmax(phases):
+    """The running maximum gives numpy's argmax over the phase axis, ties to the first phase."""
+    rng = np.random.default_rng(phases)
+    probs = rng.random((3, phases, 17, 23)).astype(np.float32)
+    probs[:, -1, :4] = probs[:, 0, :4]  # ties between the first and last phase
+    probs[0, :, 5] = 0.25  # all phases equal
+    labels = phase_labels(probs)
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, probs.argmax(axis=1))

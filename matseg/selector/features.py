@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from matseg.models.weights import phase_labels
+
 FEATURE_NAMES = (
     "uncertainty_mean",
     "uncertainty_p90",
@@ -41,7 +43,7 @@ def tile_features(image: np.ndarray, probs: np.ndarray, uncertainty: np.ndarray)
     -------
     ndarray, shape (len(FEATURE_NAMES),), float32
     """
-    labels = probs.argmax(axis=1)
+    labels = phase_labels(probs)
     # margin between the two most probable phases (the top one masked out: as a sort
     # along the phase axis gives it, ties included, at a fraction of the time)
     top = np.take_along_axis(probs, labels[:, None], axis=1)[:, 0]

@@ -23,6 +23,7 @@ import dask.array as da
 import numpy as np
 import torch
 import zarr
+from dask.delayed import Delayed
 
 from matseg import __version__
 from matseg.cluster import CHEAP, COSTLY, Backend, ClusterSpec, backend
@@ -536,10 +537,7 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
     }
     compute_started = time.perf_counter()
     computed = {}
-    # one graph node each, sent to a worker once: tasks that took them as arguments would each
-    # carry a copy, and dask would walk the zarr arrays' metadata for every task it builds
-    ctx = dask.delayed(context, name="matseg-context", traverse=False)
-    out = dask.delayed(arrays, name="matseg-arrays", traverse=False)
+    ctx, out = _shared(context, arrays)
     if job.selector is None:
         records = TileRecords.open(root, "tiles")
         todo = _todo(records, indices)
@@ -670,11 +668,20 @@ def _report(job: _Job, norm: Normalization, plan, stats, counts, command) -> dic
     return report
 
 
+def _shared(*values) -> list:
+    """``values`` as graph nodes of their own, for many tasks to take.
+
+    A task that took one as an argument would carry its own copy to a worker,
+    and dask would walk it (a grid's fields, the zarr arrays' metadata) for
+    every task it builds.
+    """
+    return [v if isinstance(v, Delayed) else dask.delayed(v, traverse=False) for v in values]
+
+
 def _tile_tasks(function, stage: str, blocks, todo, grid: TileGrid, *args) -> list:
     """One task per tile of ``todo`` (position, index): ``function(block, t, index, grid, *args)``."""
-    return [
-        dask.delayed(function)(blocks[i], t, i, grid, *args, dask_key_name=_key(stage, i)) for t, i in todo
-    ]
+    shared = _shared(grid, *args)
+    return [dask.delayed(function)(blocks[i], t, i, *shared, dask_key_name=_key(stage, i)) for t, i in todo]
 
 
 def _key(stage: str, index) -> str:
@@ -717,12 +724,15 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
     used = {names[choice[idx]] for idx in needed} | {"cheap"}
     grids = {n: candidate_grid(grid, n, context) for n in used}
     blocks = {n: tile_blocks(job.volume.data, g) for n, g in grids.items()}
+    shared_grids = dict(zip(grids, _shared(*grids.values())))
+    shared_norm, shared_records, shared_names = _shared(norm, records, names)
+    run = dict(zip(used, _shared(*(CANDIDATES[n] for n in used))))
     with runner.annotate(COSTLY):
         costly = {}
         for idx in sorted(needed):
             name = names[choice[idx]]
             costly[idx] = dask.delayed(_candidate_task)(
-                blocks[name][idx], idx, grids[name], norm, ctx, CANDIDATES[name], BAND,
+                blocks[name][idx], idx, shared_grids[name], shared_norm, ctx, run[name], BAND,
                 dask_key_name=_key("candidate", idx),
             )  # fmt: skip
     tasks = []
@@ -739,16 +749,16 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
                     blocks["cheap"][idx] if 0 in around.values() else None,
                     t,
                     idx,
-                    grids["cheap"],
-                    norm,
+                    shared_grids["cheap"],
+                    shared_norm,
                     ctx,
-                    names,
+                    shared_names,
                     BAND,
                     around,
                     costly.get(idx),
                     neighbours,
                     arrays,
-                    records,
+                    shared_records,
                     dask_key_name=_key("finish", idx),
                 )  # fmt: skip
             )

@@ -111,7 +111,9 @@ def seam_score(labels, grid: TileGrid, compute=None) -> dict:
     """
     import dask
 
-    tasks = [dask.delayed(_seam_counts)(labels, grid, index) for index in grid.indices()]
+    # one graph node each: dask would walk them again for every task
+    shared = [dask.delayed(x, traverse=False) for x in (labels, grid)]
+    tasks = [dask.delayed(_seam_counts)(*shared, index) for index in grid.indices()]
     counts = compute(tasks) if compute else dask.compute(*tasks, scheduler="threads")
     border_sum, border_n, inside_sum, inside_n = np.sum(counts, axis=0).tolist()
     border_rate = border_sum / border_n if border_n else 0.0

@@ -31,7 +31,14 @@ from matseg.errors import MatsegError
 from matseg.io.lock import OutputLock
 from matseg.io.progress import TileRecords
 from matseg.io.read import Volume, canonical_source, open_volume
-from matseg.io.write import check_output, create_ome_store, remove_store, run_attrs, write_region
+from matseg.io.write import (
+    check_output,
+    create_ome_store,
+    for_tile_writes,
+    remove_store,
+    run_attrs,
+    write_region,
+)
 from matseg.metrics import confusion_matrix, summarize, volume_fractions
 from matseg.models.weights import load_segmenter, normalized_entropy, phase_labels
 from matseg.selector.candidates import CANDIDATES, Candidate, Context, multiotsu_thresholds
@@ -530,11 +537,8 @@ def _set_status(root, **changes) -> None:
 def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, command, started, log) -> dict:
     """The stages of a run on an open output; each computes only the tiles not yet recorded."""
     grid, indices, context = job.grid, job.indices, job.context
-    arrays = {
-        "uncertainty": root["0"],
-        "phases": root["labels/phases/0"],
-        "decisions": root["labels/decisions/0"],
-    }
+    paths = {"uncertainty": "0", "phases": "labels/phases/0", "decisions": "labels/decisions/0"}
+    arrays = {name: for_tile_writes(root[path]) for name, path in paths.items()}
     compute_started = time.perf_counter()
     computed = {}
     ctx, out = _shared(context, arrays)

@@ -15,12 +15,14 @@ from collections.abc import Mapping
 import numpy as np
 import zarr
 
+from matseg.io.write import for_tile_writes
+
 
 class TileRecords:
     """Rows of named fields (float64), one per tile, for one stage of a run."""
 
     def __init__(self, array: zarr.Array):
-        self.array = array
+        self.array = for_tile_writes(array)
         self.fields = [(name, int(width)) for name, width in array.attrs["fields"]]
 
     @classmethod

@@ -144,6 +144,12 @@ def create_ome_store(
     return root
 
 
+def for_tile_writes(array: zarr.Array) -> zarr.Array:
+    """``array`` set to store every chunk it is given: by default zarr first compares each
+    chunk with the fill value (to skip storing it), a tenth of the cost of a tile's write."""
+    return array.with_config({"write_empty_chunks": True})
+
+
 def write_region(array: zarr.Array, region: tuple[slice, ...], values: np.ndarray) -> None:
     """Write one tile (whole chunks) into ``array``."""
     array[region] = values

@@ -4,13 +4,14 @@ workers form two pools, the cheap pass on one and the costlier candidates on the
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 import zarr
 
 import matseg
-from matseg.cluster import ClusterSpec, _local_cluster
+from matseg.cluster import MALLOC_SETTINGS, ClusterSpec, _local_cluster
 
 from .conftest import run
 
@@ -59,6 +60,9 @@ def test_cheap_and_costly_tasks_run_on_their_own_worker_pools(tmp_path, volume, 
         client.wait_for_workers(2)
         resources = {w["name"]: set(w["resources"]) for w in client.scheduler_info()["workers"].values()}
         assert sorted(map(sorted, resources.values())) == [["cheap"], ["costly"]]
+        # the workers' malloc is set as the matseg command sets its own (not distributed's trimming)
+        environ = client.run(lambda: {k: os.environ.get(k) for k in MALLOC_SETTINGS})
+        assert all(e == {k: str(v) for k, (_, v) in MALLOC_SETTINGS.items()} for e in environ.values())
         address = {w["name"]: a for a, w in client.scheduler_info()["workers"].items()}
         cheap_worker = next(address[n] for n, r in resources.items() if "cheap" in r)
         out = tmp_path / "phases.zarr"

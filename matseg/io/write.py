@@ -46,12 +46,7 @@ def check_output(path: str | os.PathLike, overwrite: bool, inputs: Sequence[str]
         src = split_spec(source)[0].absolute()
         if out == src or src.is_relative_to(out):
             raise MatsegError(f"output {path} would overwrite the input {source}; choose another")
-    if out.exists() and not overwrite:
-        if run_attrs(out).get("status") == "running":
-            raise MatsegError(
-                f"output {path} is an unfinished matseg run (killed or still running); "
-                "pass --overwrite to start it again"
-            )
+    if out.exists() and not overwrite:  # (segment tells its own outputs apart itself)
         raise MatsegError(f"output {path} exists; pass --overwrite to replace it")
     parent = out.parent
     while not parent.exists():

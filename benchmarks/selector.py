@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from matseg.cluster import tune_malloc
 from matseg.evaluate import evaluate, pareto_plot
 from matseg.io.read import open_volume
 from matseg.metrics import confusion_matrix, summarize
@@ -94,6 +95,7 @@ def decision_map_picture(volume: Path, output: Path, picture: Path) -> None:
 
 
 def main() -> None:
+    tune_malloc()  # malloc as the matseg command sets it, for matseg and MONAI alike
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.json"))
     parser.add_argument("--work", type=Path, default=Path("work-out/bench"))

@@ -36,8 +36,9 @@ TASKS_PER_THREAD = 8  # tiles per thread in one batch of the threaded scheduler
 #   up with the number of tiles.
 # - Blocks up to 32 MiB (a slice's activations) from the heap, which is trimmed only past
 #   256 MiB free: by default glibc maps big blocks afresh and returns them on free, so torch
-#   page-faulted its activation buffers again on every layer (inference 12-15 % faster
-#   without, in the matseg command and the pure-model baseline alike; benchmarks/scaling.py).
+#   page-faulted its activation buffers again on many layers (benchmarks/scaling.py: the
+#   pure model 11-16 % faster without; the matseg command, where glibc's adaptive threshold
+#   already kept some blocks, up to 11 %; a MONAI sliding window 1.5x).
 MALLOC_SETTINGS = {
     "MALLOC_ARENA_MAX": (-8, 1),  # M_ARENA_MAX
     "MALLOC_MMAP_THRESHOLD_": (-3, 32 << 20),  # M_MMAP_THRESHOLD

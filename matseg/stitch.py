@@ -99,10 +99,10 @@ def seam_score(labels, grid: TileGrid, compute=None) -> dict:
     stitch (borders look like any other place), well above 1 when the labels
     jump at tile borders.
 
-    ``labels`` is anything sliceable (numpy, Zarr, dask); it is read tile by tile,
-    each tile with one more row and column of its neighbours, and ``compute``
-    (default: dask's threads) runs the per-tile counts, so memory does not grow
-    with the volume.
+    ``labels`` is a numpy or Zarr array (a dask array would be computed whole
+    first: pass the store it reads); it is read tile by tile, each tile with one
+    more row and column of its neighbours, and ``compute`` (default: dask's
+    threads) runs the per-tile counts, so memory does not grow with the volume.
 
     Returns
     -------

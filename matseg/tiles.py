@@ -45,10 +45,11 @@ def cheap_pass(tile: TileInput, context: Context) -> dict:
     probs, uncertainty = segment_tile(model, tile.image)
     core = (slice(None), *tile.core)
     probs_core = probs[(slice(None), slice(None), *tile.core)]
+    labels = phase_labels(probs_core)
     return {
-        "labels": phase_labels(probs_core),
+        "labels": labels,
         "uncertainty": uncertainty[core],
-        "features": tile_features(tile.image[core], probs_core, uncertainty[core]),
+        "features": tile_features(tile.image[core], probs_core, uncertainty[core], labels),
         "gflops": model.gflops(tile.image.shape),
     }
 

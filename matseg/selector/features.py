@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from matseg.models.weights import phase_labels
-
 FEATURE_NAMES = (
     "uncertainty_mean",
     "uncertainty_p90",
@@ -27,7 +25,9 @@ FEATURE_NAMES = (
 )
 
 
-def tile_features(image: np.ndarray, probs: np.ndarray, uncertainty: np.ndarray) -> np.ndarray:
+def tile_features(
+    image: np.ndarray, probs: np.ndarray, uncertainty: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
     """Feature vector of one tile (halo cropped).
 
     Parameters
@@ -38,12 +38,13 @@ def tile_features(image: np.ndarray, probs: np.ndarray, uncertainty: np.ndarray)
         The cheap segmenter's phase probabilities.
     uncertainty : ndarray, shape (Z, Y, X)
         Its normalised predictive entropy (0 certain, 1 uniform).
+    labels : ndarray, shape (Z, Y, X)
+        Its most probable phase per voxel (:func:`matseg.models.weights.phase_labels`).
 
     Returns
     -------
     ndarray, shape (len(FEATURE_NAMES),), float32
     """
-    labels = phase_labels(probs)
     # margin between the two most probable phases (the top one masked out: as a sort
     # along the phase axis gives it, ties included, at a fraction of the time)
     top = np.take_along_axis(probs, labels[:, None], axis=1)[:, 0]

@@ -23,7 +23,6 @@ import dask.array as da
 import numpy as np
 import torch
 import zarr
-from dask.delayed import Delayed
 
 from matseg import __version__
 from matseg.cluster import CHEAP, COSTLY, Backend, ClusterSpec, backend
@@ -53,7 +52,7 @@ from matseg.selector.plan import (
 from matseg.selector.policy import Selector, check_pairing, load_selector
 from matseg.stitch import BAND, extended_region, neighbour_indices, seam_score
 from matseg.tiles import blended_labels, candidate_probs, cheap_pass, tile_input
-from matseg.tiling import TileGrid, plan_tiles, tile_blocks
+from matseg.tiling import TileGrid, plan_tiles, shared_nodes, tile_blocks
 
 MODES = ("auto", *CANDIDATES)
 DEFAULT_TILE = (4, 256, 256)
@@ -541,7 +540,7 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
     arrays = {name: for_tile_writes(root[path]) for name, path in paths.items()}
     compute_started = time.perf_counter()
     computed = {}
-    ctx, out = _shared(context, arrays)
+    ctx, out = shared_nodes(context, arrays)
     if job.selector is None:
         records = TileRecords.open(root, "tiles")
         todo = _todo(records, indices)
@@ -672,19 +671,9 @@ def _report(job: _Job, norm: Normalization, plan, stats, counts, command) -> dic
     return report
 
 
-def _shared(*values) -> list:
-    """``values`` as graph nodes of their own, for many tasks to take.
-
-    A task that took one as an argument would carry its own copy to a worker,
-    and dask would walk it (a grid's fields, the zarr arrays' metadata) for
-    every task it builds.
-    """
-    return [v if isinstance(v, Delayed) else dask.delayed(v, traverse=False) for v in values]
-
-
 def _tile_tasks(function, stage: str, blocks, todo, grid: TileGrid, *args) -> list:
     """One task per tile of ``todo`` (position, index): ``function(block, t, index, grid, *args)``."""
-    shared = _shared(grid, *args)
+    shared = shared_nodes(grid, *args)
     return [dask.delayed(function)(blocks[i], t, i, *shared, dask_key_name=_key(stage, i)) for t, i in todo]
 
 
@@ -728,9 +717,9 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
     used = {names[choice[idx]] for idx in needed} | {"cheap"}
     grids = {n: candidate_grid(grid, n, context) for n in used}
     blocks = {n: tile_blocks(job.volume.data, g) for n, g in grids.items()}
-    shared_grids = dict(zip(grids, _shared(*grids.values())))
-    shared_norm, shared_records, shared_names = _shared(norm, records, names)
-    run = dict(zip(used, _shared(*(CANDIDATES[n] for n in used))))
+    shared_grids = dict(zip(grids, shared_nodes(*grids.values())))
+    shared_norm, shared_records, shared_names = shared_nodes(norm, records, names)
+    run = dict(zip(used, shared_nodes(*(CANDIDATES[n] for n in used))))
     with runner.annotate(COSTLY):
         costly = {}
         for idx in sorted(needed):

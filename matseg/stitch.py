@@ -16,7 +16,7 @@ from itertools import product
 
 import numpy as np
 
-from matseg.tiling import TileGrid
+from matseg.tiling import TileGrid, shared_nodes
 
 BAND = 16  # voxels on each side of a border over which candidates are blended
 NEIGHBOURS = tuple(o for o in product((-1, 0, 1), repeat=2))  # in-plane offsets, (0, 0) included
@@ -111,8 +111,7 @@ def seam_score(labels, grid: TileGrid, compute=None) -> dict:
     """
     import dask
 
-    # one graph node each: dask would walk them again for every task
-    shared = [dask.delayed(x, traverse=False) for x in (labels, grid)]
+    shared = shared_nodes(labels, grid)
     tasks = [dask.delayed(_seam_counts)(*shared, index) for index in grid.indices()]
     counts = compute(tasks) if compute else dask.compute(*tasks, scheduler="threads")
     border_sum, border_n, inside_sum, inside_n = np.sum(counts, axis=0).tolist()

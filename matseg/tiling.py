@@ -11,8 +11,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import product
 
+import dask
 import dask.array as da
 import numpy as np
+from dask.delayed import Delayed
 
 from matseg.errors import MatsegError
 
@@ -111,6 +113,16 @@ def plan_tiles(shape: Sequence[int], tile: Sequence[int], halo: int, stride: int
             raise MatsegError(f"tile size {t} is smaller than the halo {d}; use tiles of at least {d}")
     chunks = tuple(_axis_chunks(s, t, d) for s, t, d in zip(shape, tile, depth))
     return TileGrid(shape=shape, chunks=chunks, depth=depth)
+
+
+def shared_nodes(*values) -> list:
+    """``values`` as graph nodes of their own, for many tasks to take.
+
+    A task that took one as an argument would carry its own copy to a worker,
+    and dask would walk it (a grid's fields, the zarr arrays' metadata) for
+    every task it builds.
+    """
+    return [v if isinstance(v, Delayed) else dask.delayed(v, traverse=False) for v in values]
 
 
 def tile_blocks(data: da.Array, grid: TileGrid) -> np.ndarray:

@@ -19,7 +19,7 @@ from napari.qt.threading import create_worker
 
 import matseg
 from matseg.corrections import new_session
-from matseg_napari._runner import on_close
+from matseg_napari._runner import CloseWatch
 
 REVIEW_LAYER = "matseg review tile"
 
@@ -69,14 +69,18 @@ class ReviewPanel(Container):
         self.reviewed: set[tuple[int, ...]] = set()
         self.session = new_session()
         self.worker = None
-        self.closed = False
-        on_close(self, lambda: setattr(self, "closed", True))
+        self._watch = CloseWatch(self)
         self.layer.changed.connect(self._layer_changed)
         self.previous_button.changed.connect(lambda *_: self.step(-1))
         self.next_button.changed.connect(lambda *_: self.step(+1))
         self.mark_button.changed.connect(self.mark_reviewed)
         self.save_button.changed.connect(lambda *_: self.save())
         self.open_button.changed.connect(self.open_saved)
+
+    @property
+    def closed(self) -> bool:
+        """The panel's dock was closed (its Qt widget destroyed)."""
+        return self._watch.closed
 
     def _phase_layers(self, _widget=None) -> list[tuple[str, Layer]]:
         return [

@@ -106,9 +106,28 @@ def _last_fraction(text: bytes) -> float | None:
     return max(candidates)[1] if candidates else None
 
 
-def on_close(widget, callback) -> None:
-    """Call ``callback`` when a magicgui widget's Qt object is destroyed (its dock was closed)."""
-    widget.native.destroyed.connect(lambda *_: callback())
+class CloseWatch:
+    """Whether a magicgui widget's Qt object is gone (its dock was closed); cancels a command then.
+
+    The slot connected to ``destroyed`` references neither the widget nor the panel and
+    is kept alive here until the signal has come: a closure over the widget (a lambda
+    calling one of its methods) is in a reference cycle with it and can be collected
+    while Qt is still calling it, a segmentation fault under PyQt (silx-kit/silx#4605).
+    """
+
+    _waiting: set[CloseWatch] = set()  # watches whose widget still exists
+
+    def __init__(self, widget):
+        self.closed = False
+        self.run: CommandRun | None = None  # cancelled when the widget goes
+        CloseWatch._waiting.add(self)
+        widget.native.destroyed.connect(self._destroyed)
+
+    def _destroyed(self, *_) -> None:
+        self.closed = True
+        CloseWatch._waiting.discard(self)
+        if self.run is not None:
+            self.run.cancel()
 
 
 class CommandPanel:
@@ -121,21 +140,23 @@ class CommandPanel:
 
     worker = None
     _run: CommandRun | None = None
-    closed = False
+    _watch: CloseWatch | None = None
 
     def watch_close(self) -> None:
         """Cancel a running command when the panel's dock is closed."""
-        on_close(self, self._close)
+        self._watch = CloseWatch(self)
 
-    def _close(self) -> None:
-        self.closed = True
-        self.cancel()
+    @property
+    def closed(self) -> bool:
+        return self._watch is not None and self._watch.closed
 
     def start_command(self, args: list[str], on_finished, status: str) -> None:
         """Run ``matseg *args``; ``on_finished(result)`` is called in the GUI thread at the end."""
         from napari.qt.threading import create_worker
 
         self._run = CommandRun(matseg_command(*args))
+        if self._watch is not None:
+            self._watch.run = self._run
         self.worker = create_worker(self._run.steps, _start_thread=False)
         self.worker.yielded.connect(self._show_progress)
         self.worker.returned.connect(on_finished)

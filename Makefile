@@ -76,9 +76,9 @@ weights-segmenters: install
 
 # The selector learns on volumes the segmenters never saw (default sample settings).
 weights-selector: install
-	for s in $(SELECTOR_SEEDS); do $(BIN)/matseg sample $(WORK)/sel-$$s.zarr --shape 16 512 512 --seed $$s --overwrite; done
+	for s in $(SELECTOR_SEEDS); do $(BIN)/matseg sample $(WORK)/sel-$$s.zarr --shape 32 512 512 --seed $$s --overwrite; done
 	$(BIN)/matseg train-selector $(foreach s,$(SELECTOR_SEEDS),$(WORK)/sel-$(s).zarr) --weights $(WEIGHTS) \
-		--tile 4,256,256 --steps 4000 --seed 0
+		--tile 8,256,256 --steps 4000 --seed 0
 
 bench-models: install
 	$(BIN)/python benchmarks/segmenters.py --out docs/segmenters.json

@@ -5,8 +5,9 @@ __version__ = "0.1.0"
 from matseg.errors import MatsegError  # noqa: E402
 from matseg.io.read import Volume, open_volume  # noqa: E402
 from matseg.segment import score_labels, segment  # noqa: E402
+from matseg.tiling import DEFAULT_TILE  # noqa: E402
 
-__all__ = ["MatsegError", "Volume", "open_volume", "segment", "score_labels", "__version__"]
+__all__ = ["MatsegError", "Volume", "open_volume", "segment", "score_labels", "DEFAULT_TILE", "__version__"]
 
 # Review and correction of a finished segmentation (the napari plugin's API).
 from matseg.corrections import (  # noqa: E402

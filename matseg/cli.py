@@ -13,6 +13,9 @@ import click
 
 from matseg import __version__
 from matseg.errors import MatsegError
+from matseg.tiling import DEFAULT_TILE
+
+_TILE_TEXT = ",".join(map(str, DEFAULT_TILE))
 
 
 def _ints(text: str | None, name: str) -> tuple[int, ...] | None:
@@ -22,7 +25,7 @@ def _ints(text: str | None, name: str) -> tuple[int, ...] | None:
         values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
     except ValueError:
         raise click.BadParameter(
-            f"expected integers like 256 or 4,256,256, got '{text}'", param_hint=name
+            f"expected integers like 256 or {_TILE_TEXT}, got '{text}'", param_hint=name
         ) from None
     if not values:
         raise click.BadParameter("no sizes given", param_hint=name)
@@ -200,7 +203,7 @@ def sample(output, shape, seed, config_path, profile, overwrite) -> None:
     type=click.Path(file_okay=False),
     help="Weights folder from 'matseg train' (default: bundled weights).",
 )
-@click.option("--tile", "tile_text", help="Tile size: 256 (in-plane) or Z,Y,X like 4,256,256.")
+@click.option("--tile", "tile_text", help=f"Tile size: 256 (in-plane) or Z,Y,X (default {_TILE_TEXT}).")
 @click.option("--halo", type=int, help="In-plane halo in voxels (default: the models' receptive radius).")
 @click.option(
     "--workers",
@@ -435,7 +438,7 @@ def _finetune(corrections, output, models, steps, steps_expensive, batch, patch,
 @_model_option("As for 'matseg segment'.")
 @click.option("--lambda", "lam", type=float, help="As for 'matseg segment'.")
 @click.option("--weights", type=click.Path(file_okay=False), help="Weights folder (default: bundled).")
-@click.option("--tile", "tile_text", help="Tile size Z,Y,X (default 4,256,256).")
+@click.option("--tile", "tile_text", help=f"Tile size Z,Y,X (default {_TILE_TEXT}).")
 @click.option("--workers", type=click.IntRange(min=1), help="Tiles processed at once (default: cores).")
 def batch(manifest, pattern, output_dir, index, model, lam, weights, tile_text, workers) -> None:
     """Segment many volumes: the jobs of MANIFEST (YAML list of {input, output},
@@ -488,7 +491,7 @@ def batch(manifest, pattern, output_dir, index, model, lam, weights, tile_text, 
     help="Candidates to choose from, cheap first, e.g. cheap,expensive,classical "
     "(default: cheap, medium, expensive, expensive-2x, classical, as far as --weights holds them).",
 )
-@click.option("--tile", "tile_text", default="4,256,256", show_default=True, help="Tile size Z,Y,X.")
+@click.option("--tile", "tile_text", default=_TILE_TEXT, show_default=True, help="Tile size Z,Y,X.")
 @click.option("--steps", type=click.IntRange(min=1), default=4000, show_default=True, help="REINFORCE steps.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation and sampling.")
 def train_selector(images, weights, labels, slices_text, candidates, tile_text, steps, seed) -> None:
@@ -533,7 +536,7 @@ def train_selector(images, weights, labels, slices_text, candidates, tile_text, 
     show_default=True,
     help="λ sweep (the selector's default λ is always added).",
 )
-@click.option("--tile", "tile_text", default="4,256,256", show_default=True, help="Tile size Z,Y,X.")
+@click.option("--tile", "tile_text", default=_TILE_TEXT, show_default=True, help="Tile size Z,Y,X.")
 @click.option("--no-real-run", is_flag=True, help="Skip the real segment runs (table numbers only).")
 def evaluate(volumes, output, truths, weights, lambdas, tile_text, no_real_run) -> None:
     """Compare the selector with all-cheap, all-expensive, random, cascade and oracle.

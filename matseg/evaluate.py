@@ -25,6 +25,7 @@ from matseg.models.weights import load_segmenter
 from matseg.selector.candidates import CANDIDATES, Context
 from matseg.selector.policy import check_pairing, choose_by_lambda, load_selector
 from matseg.selector.table import reward, tile_iou, tile_table
+from matseg.tiling import DEFAULT_TILE
 
 LAMBDAS = (0.0, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.3, 1.0)
 RANDOM_REPEATS = 20
@@ -92,7 +93,7 @@ def evaluate(
     truths: Sequence[str] | None = None,
     weights: str | os.PathLike | None = None,
     lambdas: Sequence[float] = LAMBDAS,
-    tile: Sequence[int] = (4, 256, 256),
+    tile: Sequence[int] = DEFAULT_TILE,
     real_run: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict:

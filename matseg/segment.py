@@ -52,10 +52,9 @@ from matseg.selector.plan import (
 from matseg.selector.policy import Selector, check_pairing, load_selector
 from matseg.stitch import BAND, extended_region, neighbour_indices, seam_score
 from matseg.tiles import blended_labels, candidate_probs, cheap_pass, tile_input
-from matseg.tiling import TileGrid, plan_tiles, shared_nodes, tile_blocks
+from matseg.tiling import TileGrid, default_tile, plan_tiles, shared_nodes, tile_blocks
 
 MODES = ("auto", *CANDIDATES)
-DEFAULT_TILE = (4, 256, 256)
 REPORT_NAME = "matseg-report.json"
 PERCENTILES = (0.5, 99.5)
 _SUBSAMPLE_VOXELS = 1 << 22
@@ -128,10 +127,6 @@ def intensity_range(volume: Volume, n_phases: int | None = None) -> Normalizatio
     if n_phases:
         norm = Normalization(norm.low, norm.high, multiotsu_thresholds(norm(sample), n_phases))
     return norm
-
-
-def default_tile(ndim: int) -> tuple[int, ...]:
-    return DEFAULT_TILE[-ndim:]
 
 
 def _write_tile(arrays: dict, grid: TileGrid, index, **values: np.ndarray) -> None:
@@ -325,7 +320,7 @@ def segment(
     weights : path, optional
         A folder written by ``matseg train`` (and ``train-selector``); default: the bundled weights.
     tile : sequence of int, optional
-        Tile size per axis (default 4 x 256 x 256, in-plane multiples of the stride).
+        Tile size per axis (default 8 x 256 x 256, in-plane multiples of the stride).
     halo : int, optional
         In-plane halo; default and minimum: the models' receptive radius.
     overwrite : bool

@@ -18,6 +18,16 @@ from dask.delayed import Delayed
 
 from matseg.errors import MatsegError
 
+# Tiles of 8 slices: each tile costs a fixed ~12 ms of reading, writing and scheduling
+# besides its model calls, which 4-slice tiles made 23-28 % of the run (8: ~10 %); the
+# models are 2-D, so the depth changes only how finely the selector decides along Z.
+DEFAULT_TILE = (8, 256, 256)
+
+
+def default_tile(ndim: int) -> tuple[int, ...]:
+    """The default tile of a volume of ``ndim`` axes (2-D images: its in-plane size)."""
+    return DEFAULT_TILE[-ndim:]
+
 
 @dataclass(frozen=True)
 class TileGrid:

@@ -22,6 +22,7 @@ from matseg.models.weights import load_segmenter
 from matseg.selector.candidates import CANDIDATES, Context, get_candidates
 from matseg.selector.policy import LAMBDA_FLOOR, PolicyNet, Selector, save_selector
 from matseg.selector.table import class_to_phase, merge_tables, remap_rows, reward, tile_iou, tile_table
+from matseg.tiling import DEFAULT_TILE
 
 DEFAULT_CANDIDATES = ("cheap", "medium", "expensive", "expensive-2x", "classical")
 
@@ -188,7 +189,7 @@ def train_selector(
     labels: Sequence[str] | None = None,
     slices: Sequence[int] | None = None,
     candidates: Sequence[str] | None = None,
-    tile: Sequence[int] = (4, 256, 256),
+    tile: Sequence[int] = DEFAULT_TILE,
     steps: int = 4000,
     seed: int = 0,
     command: str | None = None,

@@ -119,8 +119,8 @@ class SegmentPanel(CommandPanel, Container):
         models, default = segment_model_choices()
         self.image = ComboBox(label="image", choices=self._image_choices, nullable=True)
         self.model = ComboBox(label="model", choices=models, value=default)
-        self.tile_yx = SpinBox(label="tile Y, X", value=256, min=16, max=8192, step=16)
-        self.tile_z = SpinBox(label="tile Z", value=4, min=1, max=4096)
+        self.tile_yx = SpinBox(label="tile Y, X", value=matseg.DEFAULT_TILE[-1], min=16, max=8192, step=16)
+        self.tile_z = SpinBox(label="tile Z", value=matseg.DEFAULT_TILE[0], min=1, max=4096)
         self.weights = FileEdit(
             label="weights", mode="d", value="", tooltip="empty: matseg's bundled weights"
         )

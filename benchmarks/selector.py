@@ -1,6 +1,6 @@
 """The selector against every baseline and against MONAI, side by side in one run.
 
-    python benchmarks/selector.py [--out docs/benchmarks.json] [--shape 32 512 512]
+    python benchmarks/selector.py [--out docs/benchmarks.json] [--shape 64 512 512]
 
 Generates held-out test volumes (seeds 301 and 302, imaging profile 'test'),
 runs ``matseg.evaluate`` (λ sweep, all-cheap, all-expensive, random and cascade
@@ -51,7 +51,8 @@ def monai_run(path: Path, roi: int = 256, overlap: float = 0.25) -> tuple[np.nda
 
 
 def decision_map_picture(volume: Path, output: Path, picture: Path) -> None:
-    """Image, phases and the per-tile decision map of one slice, side by side."""
+    """Image, phases and the per-tile decision map of one slice, side by side: the slice
+    whose tiles ran the most different candidates (the middle one among equals)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,7 +61,13 @@ def decision_map_picture(volume: Path, output: Path, picture: Path) -> None:
     from matplotlib.colors import ListedColormap
 
     root = zarr.open_group(str(output), mode="r")
-    z = root["labels/phases/0"].shape[0] // 2
+    all_decisions = root["labels/decisions/0"]
+    middle = all_decisions.shape[0] // 2
+    levels = [all_decisions[k] for k in range(all_decisions.shape[0])]
+    z = max(
+        range(len(levels)),
+        key=lambda k: (len(np.unique(levels[k])), -abs(k - middle)),
+    )
     image = zarr.open_group(str(volume), mode="r")["0"][z]
     difficulty = zarr.open_group(str(volume), mode="r")["difficulty"][z]
     phases = root["labels/phases/0"][z]
@@ -99,7 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.json"))
     parser.add_argument("--work", type=Path, default=Path("work-out/bench"))
-    parser.add_argument("--shape", type=int, nargs=3, default=(32, 512, 512))
+    parser.add_argument("--shape", type=int, nargs=3, default=(64, 512, 512))
     parser.add_argument("--images", type=Path, default=Path("docs/images"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ from matseg.selector.plan import (
 )
 from matseg.selector.policy import Selector, check_pairing, load_selector
 from matseg.stitch import BAND, extended_region, neighbour_indices, seam_score
-from matseg.tiles import blended_labels, candidate_probs, cheap_pass, tile_input
+from matseg.tiles import BorderProbs, blended_labels, candidate_probs, cheap_pass, tile_input
 from matseg.tiling import TileGrid, default_tile, plan_tiles, shared_nodes, tile_blocks
 
 MODES = ("auto", *CANDIDATES)
@@ -170,11 +170,14 @@ def _cheap_task(block, t, index, grid, norm, context, arrays, records) -> None:
 
 
 def _candidate_task(block, index, grid, norm, context, candidate: Candidate, band: int):
-    """Stage 2: a costlier candidate on a tile, over its core plus the blending band."""
+    """Stage 2: a costlier candidate on a tile, over its core plus the blending band; kept
+    as the tile's labels and its probabilities near the borders (what blending uses)."""
     tile = tile_input(block, index, grid, norm)
     started = time.perf_counter()
-    probs, gflops = candidate_probs(tile, candidate, context, extended_region(grid, index, band))
-    return probs, gflops, time.perf_counter() - started
+    here = extended_region(grid, index, band)
+    probs, gflops = candidate_probs(tile, candidate, context, here)
+    seconds = time.perf_counter() - started
+    return BorderProbs.of(probs, here, grid.region(index), band), gflops, seconds
 
 
 def _finish_task(

@@ -79,15 +79,21 @@ def extended_region(grid: TileGrid, index: Sequence[int], band: int) -> tuple[sl
 def crop_extended(values: np.ndarray, have: tuple[slice, ...], want: tuple[slice, ...]) -> np.ndarray:
     """The part of ``values`` (covering ``have`` in its last 2 axes) inside ``want``; zeros elsewhere."""
     out = np.zeros(values.shape[:-2] + tuple(w.stop - w.start for w in want[-2:]), values.dtype)
+    paste(out, want, values, have)
+    return out
+
+
+def paste(out: np.ndarray, want: tuple[slice, ...], values: np.ndarray, have: tuple[slice, ...]) -> None:
+    """Copy the part of ``values`` (covering ``have`` in its last 2 axes) that lies inside
+    ``want`` into ``out`` (covering ``want``)."""
     src, dst = [], []
     for h, w in zip(have[-2:], want[-2:]):
         lo, hi = max(h.start, w.start), min(h.stop, w.stop)
         if hi <= lo:
-            return out
+            return
         src.append(slice(lo - h.start, hi - h.start))
         dst.append(slice(lo - w.start, hi - w.start))
     out[(Ellipsis, *dst)] = values[(Ellipsis, *src)]
-    return out
 
 
 def seam_score(labels, grid: TileGrid, compute=None) -> dict:

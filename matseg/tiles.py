@@ -14,7 +14,7 @@ import numpy as np
 from matseg.models.weights import phase_labels, segment_tile
 from matseg.selector.candidates import Candidate, Context
 from matseg.selector.features import tile_features
-from matseg.stitch import blend_weights, crop_extended, extended_region
+from matseg.stitch import blend_weights, crop_extended, extended_region, paste
 from matseg.tiling import TileGrid
 
 
@@ -60,29 +60,84 @@ def candidate_probs(tile: TileInput, candidate: Candidate, context: Context, wan
     return crop_extended(probs, tile.covers, want), candidate.gflops(context, tile.image.shape)
 
 
+@dataclass(frozen=True)
+class BorderProbs:
+    """A candidate's result on a tile as blending uses it: the core's labels, and the
+    probabilities only within the band of the core's borders, on both sides.
+
+    Blending weighs another candidate only within ``band`` of a border: a neighbour needs
+    this tile's probabilities in the band outside the core, the tile itself in the band
+    inside it, and deeper inside the core the tile's own labels stand. Held from a tile's
+    candidate task until its neighbours have blended, this is 45 % of the probabilities
+    over the extended region (256 x 256 cores, band 16; labels included), with the same
+    blended labels.
+    """
+
+    labels: np.ndarray  # (Z, Y, X) of the core
+    strips: tuple[tuple[tuple[slice, slice], np.ndarray], ...]  # in-plane region, (Z, C, y, x)
+    inner: tuple[slice, slice]  # the core farther than the band from its borders (may be empty)
+
+    @classmethod
+    def of(cls, probs: np.ndarray, have: tuple[slice, ...], region: tuple[slice, ...], band: int):
+        """From probabilities ``probs`` (Z, C, Y, X) over ``have`` for the core ``region``."""
+        labels = phase_labels(crop_extended(probs, have, region))
+        (hy, hx), (ry, rx) = have[-2:], region[-2:]
+        iy, ix = slice(ry.start + band, ry.stop - band), slice(rx.start + band, rx.stop - band)
+        if iy.start >= iy.stop or ix.start >= ix.stop:  # a core narrower than two bands: all of it
+            return cls(labels, (((hy, hx), probs),), (slice(0, 0), slice(0, 0)))
+        pieces = (
+            (slice(hy.start, iy.start), hx),
+            (slice(iy.stop, hy.stop), hx),
+            (iy, slice(hx.start, ix.start)),
+            (iy, slice(ix.stop, hx.stop)),
+        )
+        strips = tuple(
+            (
+                (y, x),
+                probs[
+                    ..., y.start - hy.start : y.stop - hy.start, x.start - hx.start : x.stop - hx.start
+                ].copy(),
+            )
+            for y, x in pieces
+            if y.stop > y.start and x.stop > x.start
+        )
+        return cls(labels, strips, (iy, ix))
+
+    def crop(self, want: tuple[slice, ...]) -> np.ndarray:
+        """Probabilities over ``want``'s in-plane extent; zeros where none are kept."""
+        first = self.strips[0][1]
+        out = np.zeros(first.shape[:-2] + tuple(w.stop - w.start for w in want[-2:]), first.dtype)
+        for have, values in self.strips:
+            paste(out, want, values, have)
+        return out
+
+
 def blended_labels(
     index: Sequence[int],
     grid: TileGrid,
     band: int,
     choice: Mapping[tuple[int, ...], int],
-    own: np.ndarray,
+    own: BorderProbs | np.ndarray,
     others: Mapping[int, np.ndarray],
-    neighbour_probs: Mapping[tuple[int, ...], np.ndarray],
+    neighbour_probs: Mapping[tuple[int, ...], BorderProbs | np.ndarray],
 ) -> np.ndarray:
     """Labels of a tile's core, blending across borders with neighbours that ran another candidate.
 
     Parameters
     ----------
-    own : ndarray (Z, C, Y, X)
-        This tile's candidate over its extended region.
+    own : BorderProbs, or ndarray (Z, C, Y, X)
+        This tile's candidate, or its probabilities over the tile's extended region.
     others : mapping
         Candidate index -> its probabilities computed on this tile (over the extended region),
         for candidates cheap enough to recompute here (the cheap pass).
     neighbour_probs : mapping
-        Neighbour tile index -> its candidate's probabilities over its own extended region.
+        Neighbour tile index -> its candidate (BorderProbs, or probabilities over its own
+        extended region).
     """
     region = grid.region(index)
     here = extended_region(grid, index, band)
+    if not isinstance(own, BorderProbs):
+        own = BorderProbs.of(own, here, region, band)
     mine = choice[tuple(index)]
     # the weight of each source of probabilities: this tile's candidate (also for neighbours
     # that chose the same one), a candidate recomputed here, or a neighbour's own result
@@ -93,17 +148,31 @@ def blended_labels(
         key = ("own",) if k == mine else ("here", k) if k in others else ("neighbour", j)
         sources[key] = sources[key] + w if key in sources else w
     if len(sources) == 1:  # the whole neighbourhood ran one candidate: nothing to blend
-        return phase_labels(crop_extended(own, here, region))
-    total = np.zeros(own.shape[:2] + tuple(s.stop - s.start for s in region[-2:]), np.float32)
+        return own.labels
+    total = None
     for key, w in sources.items():
         if key[0] == "own":
-            values = crop_extended(own, here, region)
+            values = own.crop(region)
         elif key[0] == "here":
             values = crop_extended(others[key[1]], here, region)
         else:
-            values = crop_extended(neighbour_probs[key[1]], extended_region(grid, key[1], band), region)
-        total += w * values
-    return phase_labels(total)
+            theirs = neighbour_probs[key[1]]
+            if not isinstance(theirs, BorderProbs):
+                theirs = BorderProbs.of(
+                    theirs, extended_region(grid, key[1], band), grid.region(key[1]), band
+                )
+            values = theirs.crop(region)
+        total = w * values if total is None else total + w * values
+    # within the band of the borders the blend decides; deeper in, the tile's own labels
+    # (its weight there is 1 and every other weight 0: the blend would give the same)
+    labels = own.labels.copy()
+    ring = np.ones(labels.shape[-2:], bool)
+    iy, ix = own.inner
+    if iy.stop > iy.start and ix.stop > ix.start:
+        (y0, x0) = (iy.start - region[-2].start, ix.start - region[-1].start)
+        ring[y0 : y0 + iy.stop - iy.start, x0 : x0 + ix.stop - ix.start] = False
+    labels[..., ring] = phase_labels(total)[..., ring]
+    return labels
 
 
 def _shift(index: Sequence[int], offset: tuple[int, int]) -> tuple[int, ...]:

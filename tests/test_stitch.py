@@ -87,3 +87,28 @@ def test_blended_labels_weigh_each_neighbours_probabilities():
     np.testing.assert_array_equal(
         blended_labels(index, grid, band, same, own, {}, theirs), own_core.argmax(axis=1)
     )
+
+
+def test_border_probs_keep_only_the_bands_blending_reads():
+    from matseg.stitch import crop_extended, extended_region
+    from matseg.tiles import BorderProbs
+
+    rng = np.random.default_rng(5)
+    band = 16
+    grid = plan_tiles((8, 768, 768), (8, 256, 256), 16, 8)
+    index = (0, 1, 1)
+    region, here = grid.region(index), extended_region(grid, index, band)
+    probs = _probs(rng, (8, 3, 288, 288))
+    kept = BorderProbs.of(probs, here, region, band)
+    np.testing.assert_array_equal(kept.labels, crop_extended(probs, here, region).argmax(axis=1))
+    assert sum(values.nbytes for _, values in kept.strips) < 0.5 * probs.nbytes
+    inner = np.zeros((288, 288), bool)
+    inner[band * 2 : -band * 2, band * 2 : -band * 2] = True  # the core less its band, in ``here``
+    back = kept.crop(here)
+    np.testing.assert_array_equal(back[..., ~inner], probs[..., ~inner])
+    assert not back[..., inner].any()
+    # a core narrower than two bands is kept whole
+    small = plan_tiles((2, 100, 100), (2, 24, 24), 8, 8)
+    region, here = small.region((0, 1, 1)), extended_region(small, (0, 1, 1), band)
+    probs = _probs(rng, (2, 3, 56, 56))
+    np.testing.assert_array_equal(BorderProbs.of(probs, here, region, band).crop(here), probs)

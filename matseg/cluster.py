@@ -18,8 +18,9 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -181,6 +182,44 @@ class Backend:
             with contextlib.redirect_stdout(sys.stderr):
                 show(futures, notebook=False)
         return self.client.gather(futures)
+
+
+class SharedResults:
+    """Results that tasks of several batches need, computed once (the threads backend).
+
+    :meth:`Backend.compute` on threads runs its tasks as separate dask computations of a
+    few tiles each: a task that tasks of two batches depend on (a stage-2 candidate whose
+    neighbours fall into two batches) would run once in each. Run through :meth:`get`,
+    it runs once; a batch that asks while another is running it waits for that result,
+    which is kept until its last user has called :meth:`release`.
+    """
+
+    def __init__(self, uses: Mapping[Hashable, int]):
+        self._uses = dict(uses)  # users still to come, per key
+        self._results: dict[Hashable, Future] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, function: Callable, *args):
+        """``function(*args)``, computed by the first caller of ``key`` only."""
+        with self._lock:
+            result = self._results.get(key)
+            first = result is None
+            if first:
+                result = self._results[key] = Future()
+        if first:
+            try:
+                result.set_result(function(*args))
+            except BaseException as err:
+                result.set_exception(err)
+                raise
+        return result.result()
+
+    def release(self, key: Hashable) -> None:
+        """One user of ``key`` is done with it; the last one frees it."""
+        with self._lock:
+            self._uses[key] = self._uses.get(key, 1) - 1
+            if self._uses[key] <= 0:
+                self._results.pop(key, None)
 
 
 def _progress_bar(enabled: bool, total: int):

@@ -25,7 +25,7 @@ import torch
 import zarr
 
 from matseg import __version__
-from matseg.cluster import CHEAP, COSTLY, Backend, ClusterSpec, backend
+from matseg.cluster import CHEAP, COSTLY, Backend, ClusterSpec, SharedResults, backend
 from matseg.errors import MatsegError
 from matseg.io.lock import OutputLock
 from matseg.io.progress import TileRecords
@@ -180,13 +180,20 @@ def _candidate_task(block, index, grid, norm, context, candidate: Candidate, ban
     return BorderProbs.of(probs, here, grid.region(index), band), gflops, seconds
 
 
+def _shared_candidate_task(shared: SharedResults, block, index, *args):
+    """:func:`_candidate_task`, run once however many batches of tiles need it."""
+    return shared.get(tuple(index), _candidate_task, block, index, *args)
+
+
 def _finish_task(
-    block, t, index, grid, norm, context, names, band, choice, own, neighbour_probs, arrays, records
-) -> None:
+    block, t, index, grid, norm, context, names, band, choice, own, neighbour_probs, arrays, records,
+    shared: SharedResults | None = None,
+) -> None:  # fmt: skip
     """Stage 2: a tile's final labels, blended with neighbours that ran another candidate.
 
     ``choice`` maps the tile and its in-plane neighbours to their candidates;
-    ``block`` (the tile's input) is given only when the cheap net runs here again.
+    ``block`` (the tile's input) is given only when the cheap net runs here again;
+    ``shared`` holds candidates' results across batches (released here once used).
     """
     index = tuple(index)
     mine = choice[index]
@@ -207,6 +214,9 @@ def _finish_task(
         gflops += own_gflops
     neighbour_probs = {j: p[0] for j, p in neighbour_probs.items()}
     labels = blended_labels(index, grid, band, choice, own, others, neighbour_probs)
+    if shared is not None:
+        for j in ([index] if mine else []) + list(neighbour_probs):
+            shared.release(j)
     _write_tile(arrays, grid, index, phases=labels, decisions=np.full_like(labels, mine))
     records.write(t, gflops=gflops, counts=_counts(labels, context), seconds=seconds)
 
@@ -718,14 +728,27 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
     shared_grids = dict(zip(grids, shared_nodes(*grids.values())))
     shared_norm, shared_records, shared_names = shared_nodes(norm, records, names)
     run = dict(zip(used, shared_nodes(*(CANDIDATES[n] for n in used))))
+    # on threads, tiles go in batches (separate computations): a candidate whose
+    # neighbours fall into two batches is computed once and held for both
+    shared = None
+    if runner.client is None:
+        uses: dict[tuple[int, ...], int] = {}
+        for _, idx in todo:
+            for j in neighbour_indices(grid, idx).values():
+                if choice[j] > 0 and (j == idx or choice[j] != choice[idx]):
+                    uses[j] = uses.get(j, 0) + 1
+        shared = SharedResults(uses)
+    (shared_results,) = shared_nodes(shared)
     with runner.annotate(COSTLY):
         costly = {}
         for idx in sorted(needed):
             name = names[choice[idx]]
-            costly[idx] = dask.delayed(_candidate_task)(
-                blocks[name][idx], idx, shared_grids[name], shared_norm, ctx, run[name], BAND,
-                dask_key_name=_key("candidate", idx),
-            )  # fmt: skip
+            args = (blocks[name][idx], idx, shared_grids[name], shared_norm, ctx, run[name], BAND)
+            key = _key("candidate", idx)
+            if shared is None:
+                costly[idx] = dask.delayed(_candidate_task)(*args, dask_key_name=key)
+            else:
+                costly[idx] = dask.delayed(_shared_candidate_task)(shared_results, *args, dask_key_name=key)
     tasks = []
     with runner.annotate(CHEAP):
         for t, idx in todo:
@@ -750,6 +773,7 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
                     neighbours,
                     arrays,
                     shared_records,
+                    shared_results,
                     dask_key_name=_key("finish", idx),
                 )  # fmt: skip
             )

@@ -128,3 +128,42 @@ def test_threads_keep_order_and_stop_at_the_first_error():
         runner.compute([dask.delayed(tile)(i) for i in range(6 * batch)])
     time.sleep(0.2)  # nothing keeps running after the error: not even the second batch in flight
     assert len(started) < batch, len(started)
+
+
+def test_shared_results_run_once_for_concurrent_batches_and_free_after_the_last_user():
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from matseg.cluster import SharedResults
+
+    calls = []
+
+    def slow(x):
+        calls.append(x)
+        time.sleep(0.2)
+        return x * 2
+
+    shared = SharedResults({"a": 2})
+    with ThreadPoolExecutor(3) as pool:  # three batches asking at once
+        results = list(pool.map(lambda _: shared.get("a", slow, 21), range(3)))
+    assert results == [42, 42, 42] and calls == [21]
+    shared.release("a")
+    assert shared.get("a", slow, 1) == 42  # one user still to come: kept
+    shared.release("a")
+    assert shared.get("a", slow, 1) == 2 and calls == [21, 1]  # freed after its last user
+
+    started = threading.Event()
+
+    def failing():
+        started.set()
+        time.sleep(0.1)
+        raise ValueError("boom")
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(shared.get, "b", failing)
+        started.wait(5)
+        second = pool.submit(shared.get, "b", failing)  # waits for the first, gets its error
+        for future in (first, second):
+            with pytest.raises(ValueError, match="boom"):
+                future.result(10)

@@ -11,6 +11,8 @@ core or one per core (the faster counts): no reading, writing, dask, plan or
 seams. Each size runs ``--repeats`` times (matseg, then the pure model, in turn) and
 the fastest of each counts, as timeit does on a shared machine; peak RSS is the largest.
 Ratios are taken within one run of this script, on the same machine and data.
+Then the cheap and the expensive net alone on every tile of the 1x, 8x and 32x volumes:
+the peak of a default run depends on which candidates its plan runs.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from matseg.tiles import candidate_probs, cheap_pass, tile_input
 from matseg.tiling import plan_tiles
 
 SHAPES = {"1x": (16, 256, 512), "8x": (32, 512, 1024), "16x": (64, 512, 1024), "32x": (64, 1024, 1024)}
+PER_MODEL = ("cheap", "expensive")  # one model on every tile: peak RSS at 1x, 8x and 32x
 
 
 def measured_run(args: list[str], env: dict | None = None, preexec_fn=None, check: bool = True) -> dict:
@@ -171,6 +174,24 @@ def main() -> None:
         )
     for name in SHAPES:
         results[name]["memory_vs_1x"] = results[name]["peak_rss_mb"] / results["1x"]["peak_rss_mb"]
+    # the default run's peak depends on its plan (the expensive net's activations are the
+    # largest): one model on every tile shows how memory grows with the volume alone
+    results["per_model"] = {}
+    for model in PER_MODEL:
+        peaks = {}
+        for name in ("1x", "8x", "32x"):
+            out = fresh(args.work / f"model-{model}-{name}.zarr")
+            volume = args.work / f"volume-{name}.zarr"
+            peaks[name] = measured_run(["segment", str(volume), "-o", str(out), "--quiet", "--model", model])[
+                "peak_rss_mb"
+            ]
+        results["per_model"][model] = {
+            "peak_rss_mb": peaks,
+            "vs_1x": {name: peak / peaks["1x"] for name, peak in peaks.items()},
+        }
+        print(
+            f"--model {model}: peak RSS " + ", ".join(f"{n} {v:.0f} MB" for n, v in peaks.items()), flush=True
+        )
     volume = args.work / "volume-8x.zarr"
     workers = {}
     for label, extra in (
@@ -211,6 +232,17 @@ def markdown(results: dict) -> str:
             f"| {r['peak_rss_mb']:.0f} MB | {r['memory_vs_1x']:.2f} | {r['total_s']:.1f} s "
             f"| {r['segment_s']:.1f} s | {r['pure_model_s']:.1f} s | {r['overhead_total']:.2f} "
             f"| {r['overhead_segment']:.2f} |"
+        )
+    lines += [
+        "",
+        "| one model on every tile | peak RSS 1× | 8× | 32× | 8× / 1× | 32× / 1× |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for model, r in results.get("per_model", {}).items():
+        peaks, ratios = r["peak_rss_mb"], r["vs_1x"]
+        lines.append(
+            f"| `--model {model}` | {peaks['1x']:.0f} MB | {peaks['8x']:.0f} MB | {peaks['32x']:.0f} MB "
+            f"| {ratios['8x']:.2f} | {ratios['32x']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -19,8 +19,9 @@ from dask.delayed import Delayed
 from matseg.errors import MatsegError
 
 # Tiles of 8 slices: each tile costs a fixed ~12 ms of reading, writing and scheduling
-# besides its model calls, which 4-slice tiles made 23-28 % of the run (8: ~10 %); the
-# models are 2-D, so the depth changes only how finely the selector decides along Z.
+# per stage besides its model calls; with 4-slice tiles a run took 1.23-1.29x its pure
+# model time, with 8-slice tiles 1.12-1.15x (docs/benchmarks.md). The models are 2-D,
+# so the depth changes only how finely the selector decides along Z.
 DEFAULT_TILE = (8, 256, 256)
 
 

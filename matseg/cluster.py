@@ -194,10 +194,15 @@ class SharedResults:
     which is kept until its last user has called :meth:`release`.
     """
 
-    def __init__(self, uses: Mapping[Hashable, int]):
-        self._uses = dict(uses)  # users still to come, per key
+    def __init__(self, uses: Mapping[Hashable, int] | None = None):
+        self._uses = dict(uses or {})  # users still to come, per key
         self._results: dict[Hashable, Future] = {}
         self._lock = threading.Lock()
+
+    def expect(self, keys) -> None:
+        """One more user of each of ``keys`` (before the computation starts)."""
+        for key in keys:
+            self._uses[key] = self._uses.get(key, 0) + 1
 
     def get(self, key: Hashable, function: Callable, *args):
         """``function(*args)``, computed by the first caller of ``key`` only."""

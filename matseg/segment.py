@@ -730,14 +730,7 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
     run = dict(zip(used, shared_nodes(*(CANDIDATES[n] for n in used))))
     # on threads, tiles go in batches (separate computations): a candidate whose
     # neighbours fall into two batches is computed once and held for both
-    shared = None
-    if runner.client is None:
-        uses: dict[tuple[int, ...], int] = {}
-        for _, idx in todo:
-            for j in neighbour_indices(grid, idx).values():
-                if choice[j] > 0 and (j == idx or choice[j] != choice[idx]):
-                    uses[j] = uses.get(j, 0) + 1
-        shared = SharedResults(uses)
+    shared = SharedResults() if runner.client is None else None
     (shared_results,) = shared_nodes(shared)
     with runner.annotate(COSTLY):
         costly = {}
@@ -758,6 +751,8 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
             # net runs again here (and reads the input) only where one of them kept the cheap pass (0)
             around = {j: choice[j] for j in neighbour_indices(grid, idx).values()}
             neighbours = {j: costly[j] for j, k in around.items() if k not in (0, mine)}
+            if shared is not None:  # the candidates this task takes, released when it is done
+                shared.expect(([idx] if mine else []) + list(neighbours))
             tasks.append(
                 dask.delayed(_finish_task)(
                     blocks["cheap"][idx] if 0 in around.values() else None,

@@ -61,13 +61,9 @@ def decision_map_picture(volume: Path, output: Path, picture: Path) -> None:
     from matplotlib.colors import ListedColormap
 
     root = zarr.open_group(str(output), mode="r")
-    all_decisions = root["labels/decisions/0"]
-    middle = all_decisions.shape[0] // 2
-    levels = [all_decisions[k] for k in range(all_decisions.shape[0])]
-    z = max(
-        range(len(levels)),
-        key=lambda k: (len(np.unique(levels[k])), -abs(k - middle)),
-    )
+    levels = root["labels/decisions/0"][:]  # a byte per voxel: one read, not one per slice
+    middle = len(levels) // 2
+    z = max(range(len(levels)), key=lambda k: (len(np.unique(levels[k])), -abs(k - middle)))
     image = zarr.open_group(str(volume), mode="r")["0"][z]
     difficulty = zarr.open_group(str(volume), mode="r")["difficulty"][z]
     phases = root["labels/phases/0"][z]

@@ -39,7 +39,7 @@ from matseg.io.write import (
     write_region,
 )
 from matseg.metrics import confusion_matrix, summarize, volume_fractions
-from matseg.models.weights import load_segmenter, normalized_entropy, phase_labels
+from matseg.models.weights import inference_device, load_segmenter, normalized_entropy, phase_labels
 from matseg.selector.candidates import CANDIDATES, Candidate, Context, multiotsu_thresholds
 from matseg.selector.features import FEATURE_NAMES
 from matseg.selector.plan import (
@@ -391,6 +391,7 @@ def segment(
 
 def _prepare(input, output, model, lam, budget_gflops, max_expensive_fraction, weights, tile, halo, truth):
     _check_options(model, lam, budget_gflops, max_expensive_fraction)
+    inference_device()  # a bad $MATSEG_DEVICE fails here, before anything is written
     volume = open_volume(input)
     selector = load_selector(weights) if model == "auto" else None
     names = tuple(selector.candidates) if selector else (model,)

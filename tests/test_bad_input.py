@@ -212,3 +212,16 @@ def test_unfinished_run_is_named(tmp_path, capsys, random_weights):
     assert_refused(
         tmp_path, ["segment", store, "-o", out, "--weights", random_weights], capsys, "unfinished matseg run"
     )
+
+
+@pytest.mark.parametrize(
+    "device, match",
+    [("gpu0", "not a torch device"), ("cuda", "no CUDA GPU"), ("meta", "runs on cpu or cuda")],
+)
+def test_bad_device(tmp_path, capsys, random_weights, monkeypatch, device, match):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: MATSEG_DEVICE=cuda is valid here")
+    monkeypatch.setenv("MATSEG_DEVICE", device)
+    volume = good_zarr(tmp_path / "in.zarr")
+    args = ["segment", volume, "-o", tmp_path / "o.zarr", "--model", "cheap"]
+    assert_refused(tmp_path, args, capsys, match)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 
 import matseg
-from matseg.models.weights import default_weights_dir, load_segmenter, phase_labels, sha256_of
+from matseg.models.weights import _on, default_weights_dir, load_segmenter, phase_labels, sha256_of
 from matseg.sample import write_sample
 from matseg.synth import SampleConfig
 
@@ -61,3 +65,27 @@ def test_phase_labels_equal_argmax(phases):
     labels = phase_labels(probs)
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, probs.argmax(axis=1))
+
+
+def test_no_thread_runs_a_half_moved_net():
+    """Threads that meet a net on another device wait until it has moved whole (on a
+    GPU, 16 threads' first tiles saw parameters moved and batch-norm buffers not yet)."""
+    net = load_segmenter("expensive").net
+    move = net.to
+
+    def slow_move(device):  # the convolutions first, a pause, then the rest, as a move can be seen
+        for layer in net.modules():
+            if isinstance(layer, torch.nn.Conv2d):
+                layer.to(device)
+        time.sleep(0.2)
+        return move(device)
+
+    net.to = slow_move
+    meta = torch.device("meta")  # a second device on any machine
+
+    def devices_seen(_):
+        return {t.device.type for t in itertools.chain(_on(net, meta).parameters(), net.buffers())}
+
+    with ThreadPoolExecutor(4) as pool:
+        seen = list(pool.map(devices_seen, range(4)))
+    assert seen == [{"meta"}] * 4

@@ -8,6 +8,7 @@ refused before it is unpickled.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import threading
@@ -119,14 +120,16 @@ def segment_tile(model: Segmenter, tile: np.ndarray) -> tuple[np.ndarray, np.nda
     net = _on(model.net, device)
     x = torch.from_numpy(np.ascontiguousarray(tile, dtype=np.float32))[:, None]
     x, (h, w) = pad_to_stride(x, model.stride)
-    slices = []
+    # on a CPU one slice at a time: the same numbers as a batch, faster (the activations
+    # stay in cache) and an eighth of the memory for an 8-slice tile; a GPU takes the
+    # whole tile at once (one copy each way, and kernels big enough to fill it)
+    batches = x.split(1) if device.type == "cpu" else (x,)
+    parts = []
     with torch.inference_mode():
-        # one slice at a time: the same numbers as a batch, faster on CPUs (the activations
-        # stay in cache) and a quarter of the memory for a 4-slice tile
-        for one in x:
-            probs = net.mc_logits(one[None].to(device), model.passes).softmax(dim=2).mean(dim=0)
-            slices.append(probs[..., :h, :w].cpu().numpy())
-    probs = np.concatenate(slices)
+        for batch in batches:
+            probs = net.mc_logits(batch.to(device), model.passes).softmax(dim=2).mean(dim=0)
+            parts.append(probs[..., :h, :w].cpu().numpy())
+    probs = np.concatenate(parts)
     return probs, normalized_entropy(probs)
 
 
@@ -138,14 +141,34 @@ def inference_device() -> torch.device:
 
     On a cluster with a GPU pool (``--costly-workers``), the costlier candidates
     run on the GPU workers' devices and the cheap pass on the CPU workers.
+
+    Raises
+    ------
+    MatsegError
+        If ``$MATSEG_DEVICE`` names no torch device, or a GPU that torch cannot see here.
     """
-    return torch.device(os.environ.get("MATSEG_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    name = os.environ.get("MATSEG_DEVICE")
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MatsegError(f"MATSEG_DEVICE={name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MatsegError(f"MATSEG_DEVICE={name} but torch sees no CUDA GPU here; use cpu or unset it")
+    if device.type not in ("cpu", "cuda"):
+        raise MatsegError(f"MATSEG_DEVICE={name}: matseg runs on cpu or cuda")
+    return device
 
 
 def _on(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``net`` on ``device`` (moved once, in place; the first tile on a worker pays for it)."""
-    if next(net.parameters()).device.type != device.type:
-        with _MOVING:
+    """``net`` on ``device`` (moved once, in place; the first tile on a worker pays for it).
+
+    A move is not atomic (parameters, then buffers, one by one), so the check is made
+    under the lock too: a thread never runs a net that another is still moving.
+    """
+    with _MOVING:
+        if any(t.device.type != device.type for t in itertools.chain(net.parameters(), net.buffers())):
             net.to(device)
     return net
 

@@ -13,6 +13,8 @@ Needs torch with a CUDA device. Two parts, each measured within this one run:
    ``MATSEG_DEVICE=cpu`` and ``=cuda``, each in its own process: wall time, that over
    the run's own model calls timed alone (as in scaling.py), the decisions, mIoU against
    the truth, and the share of voxels where the two outputs agree.
+3. The same volume on the CPU alone, twice each: ``--workers`` = cores threads against
+   as many worker processes (``--cluster local``), and the pure model time twice.
 """
 
 from __future__ import annotations
@@ -124,6 +126,24 @@ def runs(work: Path) -> dict:
     return rows
 
 
+def cpu_workers(work: Path) -> dict:
+    """Threads vs worker processes on every core, CPU only, on part 2's volume."""
+    volume, cores = work / "volume-8x.zarr", str(os.cpu_count())
+    env = {**os.environ, "MATSEG_DEVICE": "cpu"}
+    rows = {}
+    for label, extra in (("threads", []), ("local", ["--cluster", "local", "--workers", cores])) * 2:
+        out = fresh(work / f"cpu-{label}.zarr")
+        run = measured_run(["segment", str(volume), "-o", str(out), "--quiet", *extra], env=env)
+        timings = json.loads((out / "matseg-report.json").read_text())["timings"]
+        rows.setdefault(label, []).append({"wall_s": run["seconds"], **timings})
+        print(f"CPU, {cores} {label}: {timings['segment_s']:.1f} s segmenting", flush=True)
+    os.environ["MATSEG_DEVICE"] = "cpu"
+    rows["pure_model_s"] = [pure_model_seconds(volume, work / "cpu-threads.zarr") for _ in range(2)]
+    del os.environ["MATSEG_DEVICE"]
+    print(f"CPU pure model: {', '.join(f'{t:.1f} s' for t in rows['pure_model_s'])}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/gpu.json"))
@@ -142,6 +162,7 @@ def main() -> None:
     print(f"{results['gpu']}, torch {results['torch']}, {results['cores']} CPU cores", flush=True)
     results["per_tile"] = per_tile(args.repeats)
     results["runs"] = runs(args.work)
+    results["cpu_workers"] = cpu_workers(args.work)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,7 +13,15 @@ import pytest
 import torch
 
 import matseg
-from matseg.models.weights import _on, default_weights_dir, load_segmenter, phase_labels, sha256_of
+from matseg.models.weights import (
+    GPU_TILES_AT_ONCE,
+    _on,
+    default_weights_dir,
+    device_slot,
+    load_segmenter,
+    phase_labels,
+    sha256_of,
+)
 from matseg.sample import write_sample
 from matseg.synth import SampleConfig
 
@@ -89,3 +98,24 @@ def test_no_thread_runs_a_half_moved_net():
     with ThreadPoolExecutor(4) as pool:
         seen = list(pool.map(devices_seen, range(4)))
     assert seen == [{"meta"}] * 4
+
+
+@pytest.mark.parametrize("device, most", [("cuda", GPU_TILES_AT_ONCE), ("cpu", 8)])
+def test_tiles_at_once_on_a_device(device, most):
+    """However many threads run tiles, a GPU holds at most GPU_TILES_AT_ONCE of them; a CPU
+    is not limited (each thread's slice-by-slice activations are small)."""
+    inside, peak, lock = 0, 0, threading.Lock()
+
+    def tile(_):
+        nonlocal inside, peak
+        with device_slot(torch.device(device)):
+            with lock:
+                inside += 1
+                peak = max(peak, inside)
+            time.sleep(0.05)
+            with lock:
+                inside -= 1
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(tile, range(16)))
+    assert peak == most

@@ -279,7 +279,10 @@ def backend(spec: ClusterSpec, workers: int | None = None, log=None) -> Iterator
         import torch
 
         torch.set_num_threads(torch_threads(n))
-        yield Backend(None, n, description={"scheduler": "threads", "workers": n})
+        from matseg.models.weights import describe_device
+
+        description = {"scheduler": "threads", "workers": n, "devices": [describe_device()]}
+        yield Backend(None, n, description=description)
         return
     from distributed import Client
 
@@ -315,12 +318,16 @@ def backend(spec: ClusterSpec, workers: int | None = None, log=None) -> Iterator
         resources = [set(w.get("resources", {})) for w in info]
         by_cost = any(CHEAP in r for r in resources) and any(COSTLY in r for r in resources)
         n_threads = sum(w.get("nthreads", 1) for w in info)
+        from matseg.models.weights import describe_device
+
+        devices = sorted(set(client.run(describe_device).values()))  # a bad $MATSEG_DEVICE fails here
         description = {
             "scheduler": spec.kind if spec.kind in ("local", "slurm") else "distributed",
             "address": client.scheduler.address,
             "workers": len(resources),
             "threads": n_threads,
             "placement_by_cost": by_cost,
+            "devices": devices,
         }
         if log:
             link = client.dashboard_link if _has_dashboard(client) else "not running (install bokeh)"

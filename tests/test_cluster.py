@@ -12,6 +12,7 @@ import zarr
 
 import matseg
 from matseg.cluster import MALLOC_SETTINGS, ClusterSpec, _local_cluster
+from matseg.models.weights import describe_device
 
 from .conftest import run
 
@@ -48,6 +49,7 @@ def test_cli_local_cluster_gives_the_threaded_result(tmp_path, volume, threaded,
     assert "dashboard" in captured.err and "cluster    local" in captured.out
     report = json.loads((out / "matseg-report.json").read_text())
     assert report["run"]["scheduler"] == "local" and report["run"]["workers"] == 2
+    assert report["run"]["devices"] == [describe_device()]  # the workers see this machine's device
     assert report["decisions"] == threaded[1]["decisions"]
     _same_labels(out, threaded[0])
 

@@ -17,6 +17,7 @@ from matseg.models.weights import (
     GPU_TILES_AT_ONCE,
     _on,
     default_weights_dir,
+    describe_device,
     device_slot,
     load_segmenter,
     phase_labels,
@@ -119,3 +120,10 @@ def test_tiles_at_once_on_a_device(device, most):
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(tile, range(16)))
     assert peak == most
+
+
+def test_describe_device(monkeypatch):
+    monkeypatch.setenv("MATSEG_DEVICE", "cpu")
+    assert describe_device() == "cpu"
+    if torch.cuda.is_available():
+        assert describe_device(torch.device("cuda")).startswith("cuda:0 ")

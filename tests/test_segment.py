@@ -11,6 +11,8 @@ import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Label, Reader
 
+from matseg.models.weights import describe_device
+
 from .conftest import run
 from .test_bad_input import snapshot
 
@@ -53,6 +55,7 @@ def test_segment_sample_contract(tmp_path, small_sample, random_weights, capsys)
     assert report["models"][0]["sha256"] and report["gflops"] > 0
     assert abs(sum(report["volume_fractions"].values()) - 1) < 1e-9
     assert 0 <= report["metrics"]["miou"] <= 1
+    assert report["run"]["devices"] == [describe_device()]  # "cpu" where torch sees no GPU
 
     # another OME-Zarr reader finds the phase labels with their names and colours
     nodes = list(Reader(parse_url(str(out)))())

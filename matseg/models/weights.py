@@ -174,6 +174,18 @@ def inference_device() -> torch.device:
     return device
 
 
+def describe_device(device: torch.device | None = None) -> str:
+    """Where segmenters run (default: here), for reports: ``cpu``, or the GPU's index and
+    name and whether its convolutions run in TF32 (their labels differ from the CPU's
+    on ~0.015 % of voxels, docs/benchmarks.md)."""
+    device = inference_device() if device is None else device
+    if device.type == "cpu":
+        return "cpu"
+    index = torch.cuda.current_device() if device.index is None else device.index
+    tf32 = "on" if torch.backends.cudnn.allow_tf32 else "off"
+    return f"cuda:{index} {torch.cuda.get_device_name(index)} (TF32 convolutions {tf32})"
+
+
 def _on(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``net`` on ``device`` (moved once, in place; the first tile on a worker pays for it).
 

@@ -169,3 +169,16 @@ def test_shared_results_run_once_for_concurrent_batches_and_free_after_the_last_
         for future in (first, second):
             with pytest.raises(ValueError, match="boom"):
                 future.result(10)
+
+
+def test_a_worker_with_a_bad_device_is_refused_before_any_tile(tmp_path, volume, capsys):
+    """Workers are asked where they run before any tile is sent: one with a bad
+    $MATSEG_DEVICE stops the run with one line, exit code 2, and no output left."""
+    from distributed import LocalCluster
+
+    from .test_bad_input import assert_refused
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, env={"MATSEG_DEVICE": "gpu0"}) as cluster:
+        args = ["segment", volume, "-o", tmp_path / "o.zarr", "--cluster", cluster.scheduler_address]
+        assert_refused(tmp_path, args, capsys, "not a torch device")
+    assert not (tmp_path / "o.zarr").exists()

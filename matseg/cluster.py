@@ -320,7 +320,15 @@ def backend(spec: ClusterSpec, workers: int | None = None, log=None) -> Iterator
         n_threads = sum(w.get("nthreads", 1) for w in info)
         from matseg.models.weights import describe_device
 
-        devices = sorted(set(client.run(describe_device).values()))  # a bad $MATSEG_DEVICE fails here
+        try:  # where each worker runs tiles: a bad $MATSEG_DEVICE, or no matseg there, fails here
+            devices = sorted(set(client.run(describe_device).values()))
+        except MatsegError:
+            raise
+        except Exception as err:
+            raise MatsegError(
+                f"the dask workers at {client.scheduler.address} cannot run matseg "
+                f"({type(err).__name__}: {err}); install it where they run"
+            ) from None
         description = {
             "scheduler": spec.kind if spec.kind in ("local", "slurm") else "distributed",
             "address": client.scheduler.address,

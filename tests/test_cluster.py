@@ -182,3 +182,20 @@ def test_a_worker_with_a_bad_device_is_refused_before_any_tile(tmp_path, volume,
         args = ["segment", volume, "-o", tmp_path / "o.zarr", "--cluster", cluster.scheduler_address]
         assert_refused(tmp_path, args, capsys, "not a torch device")
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_workers_that_cannot_run_matseg_are_refused(tmp_path, volume, capsys, monkeypatch):
+    """Workers without matseg (say, a shared scheduler's) fail when first asked, in one line."""
+    from distributed import LocalCluster
+
+    import matseg.models.weights
+
+    from .test_bad_input import assert_refused
+
+    def missing():
+        raise ModuleNotFoundError("No module named 'matseg'")
+
+    monkeypatch.setattr(matseg.models.weights, "describe_device", missing)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp") as cluster:
+        args = ["segment", volume, "-o", tmp_path / "o.zarr", "--cluster", cluster.scheduler_address]
+        assert_refused(tmp_path, args, capsys, "cannot run matseg (ModuleNotFoundError")

@@ -587,6 +587,8 @@ def format_report(report: dict) -> str:
         "  phases     " + "  ".join(f"{k} {v:.3f}" for k, v in report["volume_fractions"].items()),
     ]
     run = report.get("run", {})
+    if run.get("devices"):
+        lines.insert(3, "  device     " + "; ".join(run["devices"]))
     if run.get("started_as") == "resume":
         done = ", ".join(f"{n} {stage}" for stage, n in run["computed_tiles"].items())
         lines.insert(2, f"  resumed    from its finished tiles; computed now: {done} tiles")

@@ -41,6 +41,7 @@ def test_segment_sample_contract(tmp_path, small_sample, random_weights, capsys)
     printed = capsys.readouterr().out
     for word in ("voxels", "voxels/s", "GFLOPs", "pore", "mIoU", "hard regions"):
         assert word in printed
+    assert f"device     {describe_device()}" in printed
     assert snapshot(small_sample) == before, "the input was changed"
 
     root = zarr.open_group(str(out), mode="r")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -218,20 +219,30 @@ def main() -> None:
     print(markdown(results))
 
 
+def paired_ratios(result: dict) -> list[float]:
+    """Each matseg run's end-to-end time over the pure model timed right after it: a slow or
+    fast spell of the machine hits both sides of a pair, where it may favour one side of
+    the fastest-of-each ratio."""
+    repeats = result["repeats"]
+    return [run / pure for run, pure in zip(repeats["total_s"], repeats["pure_model_s"])]
+
+
 def markdown(results: dict) -> str:
     """The table of docs/benchmarks.md "Scaling" from this script's results."""
     lines = [
         "| volume | voxels | peak RSS | RSS vs 1× | end to end | segmenting | pure model "
-        "| end to end / pure | segmenting / pure |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| end to end / pure | segmenting / pure | pairs: median (range) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in SHAPES:
         r = results[name]
+        pairs = paired_ratios(r)
+        spread = f"{statistics.median(pairs):.2f} ({min(pairs):.2f}–{max(pairs):.2f})"
         lines.append(
             f"| {' × '.join(map(str, r['shape']))} ({name}) | {r['voxels'] / 1e6:.1f} M "
             f"| {r['peak_rss_mb']:.0f} MB | {r['memory_vs_1x']:.2f} | {r['total_s']:.1f} s "
             f"| {r['segment_s']:.1f} s | {r['pure_model_s']:.1f} s | {r['overhead_total']:.2f} "
-            f"| {r['overhead_segment']:.2f} |"
+            f"| {r['overhead_segment']:.2f} | {spread} |"
         )
     lines += [
         "",

@@ -666,6 +666,12 @@ def format_dry_run(report: dict) -> str:
     )
 
 
+def _gpu_out_of_memory() -> type:
+    import torch
+
+    return torch.OutOfMemoryError
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: map MatsegError to one line and exit code 2."""
     from matseg.cluster import tune_malloc
@@ -684,6 +690,16 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("matseg: aborted", err=True)
         sys.exit(130)
+    except (MemoryError, _gpu_out_of_memory()) as err:
+        # not bad input, but nothing a traceback explains better: a segment run keeps its finished tiles
+        where = "this machine" if isinstance(err, MemoryError) else "the GPU"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        click.echo(
+            f"matseg: error: {where} ran out of memory ({first}); a segment run keeps its finished "
+            "tiles and resumes when run again, with fewer --workers (or MATSEG_DEVICE=cpu)",
+            err=True,
+        )
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("matseg: interrupted", err=True)
         sys.exit(130)

@@ -152,3 +152,40 @@ def test_unfinished_run_of_other_settings_needs_overwrite(tmp_path, volume, rand
     assert run([*other, "--overwrite"]) == 0
     report = json.loads((out / "matseg-report.json").read_text())
     assert report["selector"]["max_expensive_fraction"] == 0.25
+
+
+@pytest.mark.parametrize("error", ["gpu", "host"])
+def test_out_of_memory_is_one_line_and_the_run_resumes(
+    tmp_path, volume, random_weights, monkeypatch, capsys, error
+):
+    """A GPU (or the machine) out of memory mid-run: one line, exit code 1, the finished
+    tiles kept; the same command then resumes to an uninterrupted run's output."""
+    import torch
+
+    from matseg.selector import candidates
+
+    out, whole = tmp_path / "o.zarr", tmp_path / "whole.zarr"
+    assert run(_args(volume, whole, random_weights, "--model", "cheap", "--workers", "1")) == 0
+    segment_tile, calls = candidates.segment_tile, []
+
+    def runs_out(model, tile):
+        calls.append(1)
+        if len(calls) > 3 and error == "gpu":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if len(calls) > 3:
+            raise MemoryError()
+        return segment_tile(model, tile)
+
+    monkeypatch.setattr(candidates, "segment_tile", runs_out)
+    args = _args(volume, out, random_weights, "--model", "cheap", "--workers", "1")
+    capsys.readouterr()
+    assert run(args) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "ran out of memory" in err[0] and "Traceback" not in err[0], err
+    assert ("the GPU" in err[0]) == (error == "gpu")
+    assert _done_rows(out) == 3  # the tiles finished before it are kept
+    monkeypatch.setattr(candidates, "segment_tile", segment_tile)
+    assert run(args) == 0
+    for name in ARRAYS:
+        a, b = zarr.open_group(str(out), mode="r")[name][:], zarr.open_group(str(whole), mode="r")[name][:]
+        np.testing.assert_array_equal(a, b, err_msg=name)

@@ -18,7 +18,7 @@ def reference() -> str:
         "",
         "Generated from `matseg <command> --help` by `docs/tools/cli_reference.py`.",
         "Exit codes: 0 success, 2 bad input or usage (one line on stderr, no file changed),",
-        "1 internal error.",
+        "1 out of memory (one line; a segment run resumes when run again) or an internal error.",
         "",
     ]
     settings = {**cli.context_settings, "terminal_width": 100}

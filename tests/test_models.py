@@ -13,12 +13,14 @@ import pytest
 import torch
 
 import matseg
+from matseg.errors import MatsegError
 from matseg.models.weights import (
     GPU_TILES_AT_ONCE,
     _on,
     default_weights_dir,
     describe_device,
     device_slot,
+    inference_device,
     load_segmenter,
     phase_labels,
     sha256_of,
@@ -127,3 +129,13 @@ def test_describe_device(monkeypatch):
     assert describe_device() == "cpu"
     if torch.cuda.is_available():
         assert describe_device(torch.device("cuda")).startswith("cuda:0 ")
+
+
+def test_a_gpu_index_beyond_the_gpus_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("MATSEG_DEVICE", "cuda:0")
+    assert inference_device() == torch.device("cuda:0")
+    monkeypatch.setenv("MATSEG_DEVICE", "cuda:3")
+    with pytest.raises(MatsegError, match=r"cuda:3 but torch sees 1 GPU"):
+        inference_device()

@@ -169,6 +169,8 @@ def inference_device() -> torch.device:
         raise MatsegError(f"MATSEG_DEVICE={name!r} is not a torch device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MatsegError(f"MATSEG_DEVICE={name} but torch sees no CUDA GPU here; use cpu or unset it")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise MatsegError(f"MATSEG_DEVICE={name} but torch sees {torch.cuda.device_count()} GPU(s) here")
     if device.type not in ("cpu", "cuda"):
         raise MatsegError(f"MATSEG_DEVICE={name}: matseg runs on cpu or cuda")
     return device

@@ -119,7 +119,7 @@ def blended_labels(
     choice: Mapping[tuple[int, ...], int],
     own: BorderProbs | np.ndarray,
     others: Mapping[int, np.ndarray],
-    neighbour_probs: Mapping[tuple[int, ...], BorderProbs | np.ndarray],
+    neighbour_probs: Mapping[tuple[int, ...], BorderProbs],
 ) -> np.ndarray:
     """Labels of a tile's core, blending across borders with neighbours that ran another candidate.
 
@@ -131,8 +131,7 @@ def blended_labels(
         Candidate index -> its probabilities computed on this tile (over the extended region),
         for candidates cheap enough to recompute here (the cheap pass).
     neighbour_probs : mapping
-        Neighbour tile index -> its candidate (BorderProbs, or probabilities over its own
-        extended region).
+        Neighbour tile index -> its candidate's result (from its candidate task).
     """
     region = grid.region(index)
     here = extended_region(grid, index, band)
@@ -156,12 +155,7 @@ def blended_labels(
         elif key[0] == "here":
             values = crop_extended(others[key[1]], here, region)
         else:
-            theirs = neighbour_probs[key[1]]
-            if not isinstance(theirs, BorderProbs):
-                theirs = BorderProbs.of(
-                    theirs, extended_region(grid, key[1], band), grid.region(key[1]), band
-                )
-            values = theirs.crop(region)
+            values = neighbour_probs[key[1]].crop(region)
         total = w * values if total is None else total + w * values
     # within the band of the borders the blend decides; deeper in, the tile's own labels
     # (its weight there is 1 and every other weight 0: the blend would give the same)

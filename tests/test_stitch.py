@@ -56,7 +56,7 @@ def test_blended_labels_weigh_each_neighbours_probabilities():
     """Against the definition: per voxel, the blend weights times the probabilities of the
     candidate that each neighbour ran (recomputed here for the cheap one)."""
     from matseg.stitch import crop_extended, extended_region, neighbour_indices
-    from matseg.tiles import blended_labels
+    from matseg.tiles import BorderProbs, blended_labels
 
     rng = np.random.default_rng(3)
     grid = plan_tiles((2, 200, 232), (2, 64, 64), 16, 8)
@@ -69,7 +69,10 @@ def test_blended_labels_weigh_each_neighbours_probabilities():
     mixed[index] = 1
     own, cheap = _probs(rng, shape_of(here)), _probs(rng, shape_of(here))
     theirs = {j: _probs(rng, shape_of(extended_region(grid, j, band))) for j in around.values()}
-    labels = blended_labels(index, grid, band, mixed, own, {0: cheap}, theirs)
+    kept = {
+        j: BorderProbs.of(p, extended_region(grid, j, band), grid.region(j), band) for j, p in theirs.items()
+    }
+    labels = blended_labels(index, grid, band, mixed, own, {0: cheap}, kept)
     region = grid.region(index)
     expected = 0.0
     for offset, w in blend_weights(grid, index, band).items():
@@ -85,7 +88,7 @@ def test_blended_labels_weigh_each_neighbours_probabilities():
         (Ellipsis, *(slice(r.start - h.start, r.stop - h.start) for r, h in zip(region[-2:], here[-2:])))
     ]
     np.testing.assert_array_equal(
-        blended_labels(index, grid, band, same, own, {}, theirs), own_core.argmax(axis=1)
+        blended_labels(index, grid, band, same, own, {}, kept), own_core.argmax(axis=1)
     )
 
 

@@ -194,8 +194,8 @@ class SharedResults:
     which is kept until its last user has called :meth:`release`.
     """
 
-    def __init__(self, uses: Mapping[Hashable, int] | None = None):
-        self._uses = dict(uses or {})  # users still to come, per key
+    def __init__(self):
+        self._uses: dict[Hashable, int] = {}  # users still to come, per key (see expect)
         self._results: dict[Hashable, Future] = {}
         self._lock = threading.Lock()
 
@@ -274,13 +274,13 @@ def backend(spec: ClusterSpec, workers: int | None = None, log=None) -> Iterator
 
     ``workers`` (dask threads here) is used when ``spec`` has no cluster.
     """
+    from matseg.models.weights import describe_device  # torch, only once a run starts
+
     if spec.kind is None:
         n = int(workers or os.cpu_count() or 1)
         import torch
 
         torch.set_num_threads(torch_threads(n))
-        from matseg.models.weights import describe_device
-
         description = {"scheduler": "threads", "workers": n, "devices": [describe_device()]}
         yield Backend(None, n, description=description)
         return
@@ -318,8 +318,6 @@ def backend(spec: ClusterSpec, workers: int | None = None, log=None) -> Iterator
         resources = [set(w.get("resources", {})) for w in info]
         by_cost = any(CHEAP in r for r in resources) and any(COSTLY in r for r in resources)
         n_threads = sum(w.get("nthreads", 1) for w in info)
-        from matseg.models.weights import describe_device
-
         try:  # where each worker runs tiles: a bad $MATSEG_DEVICE, or no matseg there, fails here
             devices = sorted(set(client.run(describe_device).values()))
         except MatsegError:

@@ -146,7 +146,8 @@ def test_shared_results_run_once_for_concurrent_batches_and_free_after_the_last_
         time.sleep(0.2)
         return x * 2
 
-    shared = SharedResults({"a": 2})
+    shared = SharedResults()
+    shared.expect(["a", "a"])  # two users
     with ThreadPoolExecutor(3) as pool:  # three batches asking at once
         results = list(pool.map(lambda _: shared.get("a", slow, 21), range(3)))
     assert results == [42, 42, 42] and calls == [21]

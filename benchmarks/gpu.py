@@ -20,6 +20,7 @@ Needs torch with a CUDA device. Two parts, each measured within this one run:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -37,6 +38,16 @@ from matseg.synth import SampleConfig
 from matseg.tiling import DEFAULT_TILE
 
 MODELS = ("cheap", "medium", "expensive")
+
+
+@contextlib.contextmanager
+def on_device(device: str):
+    """matseg's segmenters on ``device`` in this process and in the commands it starts."""
+    os.environ["MATSEG_DEVICE"] = device
+    try:
+        yield
+    finally:
+        del os.environ["MATSEG_DEVICE"]
 
 
 def seconds_per_call(call, repeats: int) -> float:
@@ -57,13 +68,13 @@ def tile_row(name: str, repeats: int) -> dict:
     tile = np.random.default_rng(7).normal(0, 1, shape).astype(np.float32)
     labels, seconds = {}, {}
     for device in ("cpu", "cuda"):
-        os.environ["MATSEG_DEVICE"] = device
-        seconds[device] = seconds_per_call(lambda: segment_tile(model, tile), repeats)
-        labels[device] = phase_labels(segment_tile(model, tile)[0])
-    seconds["cuda_slice_by_slice"] = seconds_per_call(
-        lambda: [segment_tile(model, tile[i : i + 1]) for i in range(depth)], repeats
-    )
-    del os.environ["MATSEG_DEVICE"]
+        with on_device(device):
+            seconds[device] = seconds_per_call(lambda: segment_tile(model, tile), repeats)
+            labels[device] = phase_labels(segment_tile(model, tile)[0])
+    with on_device("cuda"):
+        seconds["cuda_slice_by_slice"] = seconds_per_call(
+            lambda: [segment_tile(model, tile[i : i + 1]) for i in range(depth)], repeats
+        )
     return {
         "tile": list(shape),
         "gflops": model.gflops(shape),
@@ -95,12 +106,11 @@ def runs(work: Path) -> dict:
     rows, phases = {}, {}
     for device in ("cpu", "cuda"):
         out = fresh(work / f"phases-{device}.zarr")
-        env = {**os.environ, "MATSEG_DEVICE": device}
         args = ["segment", str(volume), "-o", str(out), "--truth", str(volume), "--quiet"]
-        run = measured_run(args, env=env)
+        with on_device(device):  # the run, and the baseline's model calls
+            run = measured_run(args)
+            pure = pure_model_seconds(volume, out)
         report = json.loads((out / "matseg-report.json").read_text())
-        os.environ["MATSEG_DEVICE"] = device  # the baseline's model calls on the same device
-        pure = pure_model_seconds(volume, out)
         rows[device] = {
             "seconds": run["seconds"],
             "segment_s": report["timings"]["segment_s"],
@@ -118,7 +128,6 @@ def runs(work: Path) -> dict:
             f"decisions {report['decisions']}; mIoU {rows[device]['miou']:.4f}",
             flush=True,
         )
-    del os.environ["MATSEG_DEVICE"]
     agree = sum(int((phases["cpu"][z] == phases["cuda"][z]).sum()) for z in range(shape[0]))
     rows["label_agreement"] = agree / float(np.prod(shape))
     rows["speedup"] = rows["cpu"]["seconds"] / rows["cuda"]["seconds"]
@@ -129,17 +138,15 @@ def runs(work: Path) -> dict:
 def cpu_workers(work: Path) -> dict:
     """Threads vs worker processes on every core, CPU only, on part 2's volume."""
     volume, cores = work / "volume-8x.zarr", str(os.cpu_count())
-    env = {**os.environ, "MATSEG_DEVICE": "cpu"}
     rows = {}
-    for label, extra in (("threads", []), ("local", ["--cluster", "local", "--workers", cores])) * 2:
-        out = fresh(work / f"cpu-{label}.zarr")
-        run = measured_run(["segment", str(volume), "-o", str(out), "--quiet", *extra], env=env)
-        timings = json.loads((out / "matseg-report.json").read_text())["timings"]
-        rows.setdefault(label, []).append({"wall_s": run["seconds"], **timings})
-        print(f"CPU, {cores} {label}: {timings['segment_s']:.1f} s segmenting", flush=True)
-    os.environ["MATSEG_DEVICE"] = "cpu"
-    rows["pure_model_s"] = [pure_model_seconds(volume, work / "cpu-threads.zarr") for _ in range(2)]
-    del os.environ["MATSEG_DEVICE"]
+    with on_device("cpu"):
+        for label, extra in (("threads", []), ("local", ["--cluster", "local", "--workers", cores])) * 2:
+            out = fresh(work / f"cpu-{label}.zarr")
+            run = measured_run(["segment", str(volume), "-o", str(out), "--quiet", *extra])
+            timings = json.loads((out / "matseg-report.json").read_text())["timings"]
+            rows.setdefault(label, []).append({"wall_s": run["seconds"], **timings})
+            print(f"CPU, {cores} {label}: {timings['segment_s']:.1f} s segmenting", flush=True)
+        rows["pure_model_s"] = [pure_model_seconds(volume, work / "cpu-threads.zarr") for _ in range(2)]
     print(f"CPU pure model: {', '.join(f'{t:.1f} s' for t in rows['pure_model_s'])}", flush=True)
     return rows
 

@@ -64,10 +64,9 @@ def decision_map_picture(volume: Path, output: Path, picture: Path) -> None:
     levels = root["labels/decisions/0"][:]  # a byte per voxel: one read, not one per slice
     middle = len(levels) // 2
     z = max(range(len(levels)), key=lambda k: (len(np.unique(levels[k])), -abs(k - middle)))
-    image = zarr.open_group(str(volume), mode="r")["0"][z]
-    difficulty = zarr.open_group(str(volume), mode="r")["difficulty"][z]
-    phases = root["labels/phases/0"][z]
-    decisions = root["labels/decisions/0"][z]
+    source = zarr.open_group(str(volume), mode="r")
+    image, difficulty = source["0"][z], source["difficulty"][z]
+    phases, decisions = root["labels/phases/0"][z], levels[z]
     names = root["labels/decisions"].attrs["matseg"]["candidates"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.6), dpi=110)
     axes[0].imshow(image, cmap="gray")

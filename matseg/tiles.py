@@ -85,21 +85,9 @@ class BorderProbs:
         iy, ix = slice(ry.start + band, ry.stop - band), slice(rx.start + band, rx.stop - band)
         if iy.start >= iy.stop or ix.start >= ix.stop:  # a core narrower than two bands: all of it
             return cls(labels, (((hy, hx), probs),), (slice(0, 0), slice(0, 0)))
-        pieces = (
-            (slice(hy.start, iy.start), hx),
-            (slice(iy.stop, hy.stop), hx),
-            (iy, slice(hx.start, ix.start)),
-            (iy, slice(ix.stop, hx.stop)),
-        )
         strips = tuple(
-            (
-                (y, x),
-                probs[
-                    ..., y.start - hy.start : y.stop - hy.start, x.start - hx.start : x.stop - hx.start
-                ].copy(),
-            )
-            for y, x in pieces
-            if y.stop > y.start and x.stop > x.start
+            ((y, x), probs[(Ellipsis, *_within((hy, hx), (y, x)))].copy())
+            for y, x in _frame((hy, hx), (iy, ix))
         )
         return cls(labels, strips, (iy, ix))
 
@@ -148,25 +136,44 @@ def blended_labels(
         sources[key] = sources[key] + w if key in sources else w
     if len(sources) == 1:  # the whole neighbourhood ran one candidate: nothing to blend
         return own.labels
-    total = None
-    for key, w in sources.items():
-        if key[0] == "own":
-            values = own.crop(region)
-        elif key[0] == "here":
-            values = crop_extended(others[key[1]], here, region)
-        else:
-            values = neighbour_probs[key[1]].crop(region)
-        total = w * values if total is None else total + w * values
-    # within the band of the borders the blend decides; deeper in, the tile's own labels
-    # (its weight there is 1 and every other weight 0: the blend would give the same)
+    # only within the band of the borders does the blend decide; deeper in stand the tile's
+    # own labels (its weight there is 1 and every other weight 0: the blend would give the
+    # same), so the probabilities are weighed over the frame of band-wide strips alone
     labels = own.labels.copy()
-    ring = np.ones(labels.shape[-2:], bool)
-    iy, ix = own.inner
-    if iy.stop > iy.start and ix.stop > ix.start:
-        (y0, x0) = (iy.start - region[-2].start, ix.start - region[-1].start)
-        ring[y0 : y0 + iy.stop - iy.start, x0 : x0 + ix.stop - ix.start] = False
-    labels[..., ring] = phase_labels(total)[..., ring]
+    core = region[-2:]
+    for piece in _frame(core, own.inner):
+        want, at = (*region[:-2], *piece), (Ellipsis, *_within(core, piece))
+        total = None
+        for key, w in sources.items():
+            if key[0] == "own":
+                values = own.crop(want)
+            elif key[0] == "here":
+                values = crop_extended(others[key[1]], here, want)
+            else:
+                values = neighbour_probs[key[1]].crop(want)
+            weighted = w[at[1:]] * values
+            total = weighted if total is None else total + weighted
+        labels[at] = phase_labels(total)
     return labels
+
+
+def _frame(outer: tuple[slice, slice], inner: tuple[slice, slice]) -> list[tuple[slice, slice]]:
+    """In-plane rectangles that cover ``outer`` outside ``inner`` (all of it if ``inner`` is empty)."""
+    (oy, ox), (iy, ix) = outer, inner
+    if iy.start >= iy.stop or ix.start >= ix.stop:
+        return [(oy, ox)]
+    pieces = [
+        (slice(oy.start, iy.start), ox),
+        (slice(iy.stop, oy.stop), ox),
+        (iy, slice(ox.start, ix.start)),
+        (iy, slice(ix.stop, ox.stop)),
+    ]
+    return [(y, x) for y, x in pieces if y.stop > y.start and x.stop > x.start]
+
+
+def _within(outer: tuple[slice, slice], piece: tuple[slice, slice]) -> tuple[slice, slice]:
+    """``piece`` (absolute in-plane slices inside ``outer``) relative to ``outer``'s start."""
+    return tuple(slice(p.start - o.start, p.stop - o.start) for o, p in zip(outer, piece))
 
 
 def _shift(index: Sequence[int], offset: tuple[int, int]) -> tuple[int, ...]:

@@ -32,7 +32,7 @@ import torch
 import zarr
 from scaling import SHAPES, fresh, measured_run, pure_model_seconds  # benchmarks/ is the script's folder
 
-from matseg.models.weights import load_segmenter, phase_labels, segment_tile
+from matseg.models.weights import load_segmenter, phase_labels, segment_probs
 from matseg.sample import write_sample
 from matseg.synth import SampleConfig
 from matseg.tiling import DEFAULT_TILE
@@ -69,11 +69,11 @@ def tile_row(name: str, repeats: int) -> dict:
     labels, seconds = {}, {}
     for device in ("cpu", "cuda"):
         with on_device(device):
-            seconds[device] = seconds_per_call(lambda: segment_tile(model, tile), repeats)
-            labels[device] = phase_labels(segment_tile(model, tile)[0])
+            seconds[device] = seconds_per_call(lambda: segment_probs(model, tile), repeats)
+            labels[device] = phase_labels(segment_probs(model, tile))
     with on_device("cuda"):
         seconds["cuda_slice_by_slice"] = seconds_per_call(
-            lambda: [segment_tile(model, tile[i : i + 1]) for i in range(depth)], repeats
+            lambda: [segment_probs(model, tile[i : i + 1]) for i in range(depth)], repeats
         )
     return {
         "tile": list(shape),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from matseg.models.weights import phase_labels, segment_tile
+from matseg.models.weights import normalized_entropy, phase_labels, segment_probs
 from matseg.selector.candidates import Candidate, Context
 from matseg.selector.features import tile_features
 from matseg.stitch import blend_weights, crop_extended, extended_region, paste
@@ -42,14 +42,15 @@ def tile_input(block: np.ndarray, index: Sequence[int], grid: TileGrid, norm) ->
 def cheap_pass(tile: TileInput, context: Context) -> dict:
     """The cheap segmenter on a tile: labels, uncertainty and selector features of its core."""
     model = context.models["cheap"]
-    probs, uncertainty = segment_tile(model, tile.image)
+    probs = segment_probs(model, tile.image)
     core = (slice(None), *tile.core)
     probs_core = probs[(slice(None), slice(None), *tile.core)]
     labels = phase_labels(probs_core)
+    uncertainty = normalized_entropy(probs_core)  # of the core only: all that is kept
     return {
         "labels": labels,
-        "uncertainty": uncertainty[core],
-        "features": tile_features(tile.image[core], probs_core, uncertainty[core], labels),
+        "uncertainty": uncertainty,
+        "features": tile_features(tile.image[core], probs_core, uncertainty, labels),
         "gflops": model.gflops(tile.image.shape),
     }
 

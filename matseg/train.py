@@ -19,7 +19,7 @@ from torch import nn
 from matseg.errors import MatsegError
 from matseg.io.read import Volume, open_volume
 from matseg.metrics import iou_per_phase
-from matseg.models.weights import Segmenter, load_segmenter, new_segmenter, save_segmenter, segment_tile
+from matseg.models.weights import Segmenter, load_segmenter, new_segmenter, save_segmenter, segment_probs
 from matseg.segment import intensity_range
 
 UNLABELLED = 255
@@ -111,7 +111,7 @@ def score(model: Segmenter, data: Sequence[LabelledSlices]) -> dict:
     cm = np.zeros((n, n), np.int64)
     for d in data:
         for start in range(0, len(d.images), 4):
-            probs, _ = segment_tile(model, d.images[start : start + 4])
+            probs = segment_probs(model, d.images[start : start + 4])
             pred = probs.argmax(1).ravel()
             truth = d.labels[start : start + 4].ravel().astype(np.int64)
             ok = truth < n

@@ -166,7 +166,7 @@ def test_out_of_memory_is_one_line_and_the_run_resumes(
 
     out, whole = tmp_path / "o.zarr", tmp_path / "whole.zarr"
     assert run(_args(volume, whole, random_weights, "--model", "cheap", "--workers", "1")) == 0
-    segment_tile, calls = candidates.segment_tile, []
+    segment_probs, calls = candidates.segment_probs, []
 
     def runs_out(model, tile):
         calls.append(1)
@@ -174,9 +174,9 @@ def test_out_of_memory_is_one_line_and_the_run_resumes(
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         if len(calls) > 3:
             raise MemoryError()
-        return segment_tile(model, tile)
+        return segment_probs(model, tile)
 
-    monkeypatch.setattr(candidates, "segment_tile", runs_out)
+    monkeypatch.setattr(candidates, "segment_probs", runs_out)
     args = _args(volume, out, random_weights, "--model", "cheap", "--workers", "1")
     capsys.readouterr()
     assert run(args) == 1
@@ -184,7 +184,7 @@ def test_out_of_memory_is_one_line_and_the_run_resumes(
     assert len(err) == 1 and "ran out of memory" in err[0] and "Traceback" not in err[0], err
     assert ("the GPU" in err[0]) == (error == "gpu")
     assert _done_rows(out) == 3  # the tiles finished before it are kept
-    monkeypatch.setattr(candidates, "segment_tile", segment_tile)
+    monkeypatch.setattr(candidates, "segment_probs", segment_probs)
     assert run(args) == 0
     for name in ARRAYS:
         a, b = zarr.open_group(str(out), mode="r")[name][:], zarr.open_group(str(whole), mode="r")[name][:]

@@ -7,7 +7,7 @@ import pytest
 import zarr
 
 from matseg import MatsegError, open_volume, segment
-from matseg.models.weights import load_segmenter, segment_tile
+from matseg.models.weights import load_segmenter, segment_probs
 from matseg.segment import intensity_range, percentiles
 from matseg.tiling import plan_tiles
 
@@ -18,7 +18,7 @@ def whole_array_labels(path, model):
     """Reference: the model on each whole slice at once, no tiles."""
     volume = open_volume(path)
     x = intensity_range(volume)(volume.data.compute())
-    probs, _ = segment_tile(model, x[None] if x.ndim == 2 else x)
+    probs = segment_probs(model, x[None] if x.ndim == 2 else x)
     labels = probs.argmax(axis=1).astype(np.uint8)
     return labels[0] if x.ndim == 2 else labels
 
@@ -68,7 +68,7 @@ def test_too_small_halo_breaks_exactness(tmp_path, random_weights):
         (y0, y1), (x0, x1) = grid.halo_of(idx)[1:]
         ys, xs = region[1], region[2]
         block = data[:, ys.start - y0 : ys.stop + y1, xs.start - x0 : xs.stop + x1]
-        probs, _ = segment_tile(model, norm(block))
+        probs = segment_probs(model, norm(block))
         tiled[region] = probs.argmax(1)[:, y0 : probs.shape[2] - y1, x0 : probs.shape[3] - x1]
     assert (tiled != whole).any()
 

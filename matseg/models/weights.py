@@ -75,7 +75,7 @@ class Segmenter:
         return sum(p.numel() for p in self.net.parameters())
 
     def gflops(self, shape: tuple[int, ...]) -> float:
-        """GFLOPs of :func:`segment_tile` on a batch of 2-D tiles of ``shape`` (N, H, W).
+        """GFLOPs of :func:`segment_probs` on a batch of 2-D tiles of ``shape`` (N, H, W).
 
         Tiles are padded to multiples of the stride, where every level of the net
         scales by the same factor: FLOPs are exactly the area's multiple of one
@@ -101,8 +101,8 @@ class Segmenter:
         }
 
 
-def segment_tile(model: Segmenter, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Phase probabilities and uncertainty of a batch of normalised 2-D tiles.
+def segment_probs(model: Segmenter, tile: np.ndarray) -> np.ndarray:
+    """Phase probabilities of a batch of normalised 2-D tiles.
 
     Parameters
     ----------
@@ -113,9 +113,8 @@ def segment_tile(model: Segmenter, tile: np.ndarray) -> tuple[np.ndarray, np.nda
     Returns
     -------
     probs : ndarray, shape (N, C, H, W), float32
-        Mean phase probabilities over the MC-dropout passes.
-    uncertainty : ndarray, shape (N, H, W), float32
-        Predictive entropy of ``probs`` divided by log(C): 0 certain, 1 uniform.
+        Mean phase probabilities over the MC-dropout passes (their uncertainty:
+        :func:`normalized_entropy`).
     """
     device = inference_device()
     net = _on(model.net, device)
@@ -125,13 +124,14 @@ def segment_tile(model: Segmenter, tile: np.ndarray) -> tuple[np.ndarray, np.nda
     # stay in cache) and an eighth of the memory for an 8-slice tile; a GPU takes the
     # whole tile at once (one copy each way, and kernels big enough to fill it)
     batches = x.split(1) if device.type == "cpu" else (x,)
-    parts = []
+    probs = np.empty((len(x), len(model.phases), h, w), np.float32)
     with device_slot(device), torch.inference_mode():
+        start = 0
         for batch in batches:
-            probs = net.mc_logits(batch.to(device), model.passes).softmax(dim=2).mean(dim=0)
-            parts.append(probs[..., :h, :w].cpu().numpy())
-    probs = np.concatenate(parts)
-    return probs, normalized_entropy(probs)
+            mean = net.mc_logits(batch.to(device), model.passes).softmax(dim=2).mean(dim=0)
+            probs[start : start + len(batch)] = mean[..., :h, :w].cpu().numpy()
+            start += len(batch)
+    return probs
 
 
 _MOVING = threading.Lock()

@@ -18,7 +18,7 @@ from skimage.filters.rank import majority
 from skimage.morphology import disk
 
 from matseg.errors import MatsegError
-from matseg.models.weights import Segmenter, segment_tile
+from matseg.models.weights import Segmenter, segment_probs
 
 # Honest operation count of the classical pipeline per voxel: a separable
 # Gaussian (sigma 1, 9 taps per axis: 2 x 9 x 2 FLOPs), the threshold
@@ -66,7 +66,7 @@ def _model_radius(name: str) -> Callable[[Context], int]:
 
 def _model_run(name: str) -> Callable[[Context, np.ndarray], np.ndarray]:
     def run(context: Context, tile: np.ndarray) -> np.ndarray:
-        return segment_tile(context.models[name], tile)[0]
+        return segment_probs(context.models[name], tile)
 
     return run
 
@@ -80,7 +80,7 @@ def _downscaled_run(context: Context, tile: np.ndarray) -> np.ndarray:
     n, h, w = tile.shape
     x = torch.from_numpy(np.ascontiguousarray(tile, dtype=np.float32))[:, None]
     small = torch.nn.functional.avg_pool2d(x, 2, ceil_mode=True)[:, 0].numpy()
-    probs = torch.from_numpy(segment_tile(context.models["expensive"], small)[0])
+    probs = torch.from_numpy(segment_probs(context.models["expensive"], small))
     up = torch.nn.functional.interpolate(probs, scale_factor=2, mode="bilinear", align_corners=False)
     return up[..., :h, :w].numpy()
 

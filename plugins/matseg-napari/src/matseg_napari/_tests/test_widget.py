@@ -111,14 +111,16 @@ def test_cost_control_becomes_command_options(viewer_and_widget, sample, tmp_pat
 def test_cancel_stops_the_process(qtbot, viewer_and_widget, weights, tmp_path):
     viewer, widget = viewer_and_widget
     volume = tmp_path / "big.zarr"
-    data = np.random.default_rng(0).normal(100, 20, (128, 256, 256)).astype(np.float32)
+    # 1,024 tiles, 82 s uncancelled: the run must outlast the click even when a
+    # loaded machine shows the first progress late (the 128 tiles it had before did not, once)
+    data = np.random.default_rng(0).normal(100, 20, (256, 256, 256)).astype(np.float32)
     zarr.create_array(str(volume), shape=data.shape, chunks=(8, 256, 256), dtype=data.dtype)[:] = data
     viewer.open(str(volume), plugin="matseg-napari")
     output = tmp_path / "big-phases.zarr"
     panel = widget.segment
     panel.reset_choices()
     panel.image.value = viewer.layers["big"]
-    panel.model.value, panel.tile_z.value, panel.tile_yx.value = "expensive", 4, 128
+    panel.model.value, panel.tile_z.value, panel.tile_yx.value = "expensive", 4, 64
     panel.weights.value, panel.output.value = weights, output
     click(panel.run_button)
     qtbot.waitUntil(lambda: panel.progress.value > 0, timeout=RUN_TIMEOUT_MS)  # segmenting, not starting

@@ -84,8 +84,8 @@ class BorderProbs:
         labels = phase_labels(crop_extended(probs, have, region))
         (hy, hx), (ry, rx) = have[-2:], region[-2:]
         iy, ix = slice(ry.start + band, ry.stop - band), slice(rx.start + band, rx.stop - band)
-        if iy.start >= iy.stop or ix.start >= ix.stop:  # a core narrower than two bands: all of it
-            return cls(labels, (((hy, hx), probs),), (slice(0, 0), slice(0, 0)))
+        # the frame of the extended region around the inner core: all of it for a core
+        # narrower than two bands (an empty inner core)
         strips = tuple(
             ((y, x), probs[(Ellipsis, *_within((hy, hx), (y, x)))].copy())
             for y, x in _frame((hy, hx), (iy, ix))

@@ -690,6 +690,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("matseg: aborted", err=True)
         sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("matseg: interrupted", err=True)
+        sys.exit(130)
     except (MemoryError, _gpu_out_of_memory()) as err:
         # not bad input, but nothing a traceback explains better: a segment run keeps its finished tiles
         where = "this machine" if isinstance(err, MemoryError) else "the GPU"
@@ -700,9 +703,6 @@ def main(argv: list[str] | None = None) -> None:
             err=True,
         )
         sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("matseg: interrupted", err=True)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -737,7 +737,11 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
         costly = {}
         for idx in sorted(needed):
             name = names[choice[idx]]
-            args = (blocks[name][idx], idx, shared_grids[name], shared_norm, ctx, run[name], BAND)
+            # a candidate that every neighbour ran too is never blended (blended_labels keeps
+            # its labels): no band of probabilities is kept for it, only its core's labels
+            blends = any(choice[j] != choice[idx] for j in neighbour_indices(grid, idx).values())
+            band = BAND if blends else 0
+            args = (blocks[name][idx], idx, shared_grids[name], shared_norm, ctx, run[name], band)
             key = _key("candidate", idx)
             if shared is None:
                 costly[idx] = dask.delayed(_candidate_task)(*args, dask_key_name=key)

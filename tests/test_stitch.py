@@ -115,3 +115,9 @@ def test_border_probs_keep_only_the_bands_blending_reads():
     region, here = small.region((0, 1, 1)), extended_region(small, (0, 1, 1), band)
     probs = _probs(rng, (2, 3, 56, 56))
     np.testing.assert_array_equal(BorderProbs.of(probs, here, region, band).crop(here), probs)
+    # a candidate no neighbour blends with (band 0: the core alone) keeps its labels only
+    region, here = grid.region(index), extended_region(grid, index, band)
+    probs = _probs(rng, (8, 3, 288, 288))
+    alone = BorderProbs.of(crop_extended(probs, here, region), region, region, 0)
+    assert alone.strips == ()
+    np.testing.assert_array_equal(alone.labels, BorderProbs.of(probs, here, region, band).labels)

@@ -51,7 +51,7 @@ from matseg.selector.plan import (
 )
 from matseg.selector.policy import Selector, check_pairing, load_selector
 from matseg.stitch import BAND, extended_region, neighbour_indices, seam_score
-from matseg.tiles import BorderProbs, blended_labels, candidate_probs, cheap_pass, tile_input
+from matseg.tiles import BorderProbs, blend_sides, blended_labels, candidate_probs, cheap_pass, tile_input
 from matseg.tiling import TileGrid, default_tile, plan_tiles, shared_nodes, tile_blocks
 
 MODES = ("auto", *CANDIDATES)
@@ -169,15 +169,16 @@ def _cheap_task(block, t, index, grid, norm, context, arrays, records) -> None:
     )
 
 
-def _candidate_task(block, index, grid, norm, context, candidate: Candidate, band: int):
+def _candidate_task(block, index, grid, norm, context, candidate: Candidate, band: int, sides=None):
     """Stage 2: a costlier candidate on a tile, over its core plus the blending band; kept
-    as the tile's labels and its probabilities near the borders (what blending uses)."""
+    as the tile's labels and its probabilities near the borders towards ``sides`` (what
+    blending reads: :func:`matseg.tiles.blend_sides`; default all of them)."""
     tile = tile_input(block, index, grid, norm)
     started = time.perf_counter()
     here = extended_region(grid, index, band)
     probs, gflops = candidate_probs(tile, candidate, context, here)
     seconds = time.perf_counter() - started
-    return BorderProbs.of(probs, here, grid.region(index), band), gflops, seconds
+    return BorderProbs.of(probs, here, grid.region(index), band, sides), gflops, seconds
 
 
 def _shared_candidate_task(shared: SharedResults, block, index, *args):
@@ -737,11 +738,9 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
         costly = {}
         for idx in sorted(needed):
             name = names[choice[idx]]
-            # a candidate that every neighbour ran too is never blended (blended_labels keeps
-            # its labels): no band of probabilities is kept for it, only its core's labels
-            blends = any(choice[j] != choice[idx] for j in neighbour_indices(grid, idx).values())
-            band = BAND if blends else 0
-            args = (blocks[name][idx], idx, shared_grids[name], shared_norm, ctx, run[name], band)
+            # only the strips of probabilities that blending will read are held
+            sides = blend_sides(grid, idx, choice)
+            args = (blocks[name][idx], idx, shared_grids[name], shared_norm, ctx, run[name], BAND, sides)
             key = _key("candidate", idx)
             if shared is None:
                 costly[idx] = dask.delayed(_candidate_task)(*args, dask_key_name=key)

@@ -14,7 +14,7 @@ import numpy as np
 from matseg.models.weights import normalized_entropy, phase_labels, segment_probs
 from matseg.selector.candidates import Candidate, Context
 from matseg.selector.features import tile_features
-from matseg.stitch import blend_weights, crop_extended, extended_region, paste
+from matseg.stitch import blend_weights, crop_extended, extended_region, neighbour_indices, paste
 from matseg.tiling import TileGrid
 
 
@@ -68,37 +68,65 @@ class BorderProbs:
 
     Blending weighs another candidate only within ``band`` of a border: a neighbour needs
     this tile's probabilities in the band outside the core, the tile itself in the band
-    inside it, and deeper inside the core the tile's own labels stand. Held from a tile's
-    candidate task until its neighbours have blended, this is 45 % of the probabilities
-    over the extended region (256 x 256 cores, band 16; labels included), with the same
-    blended labels.
+    inside it, and deeper inside the core the tile's own labels stand. The frame of
+    band-wide strips around the inner core is cut into four corners and four edges, and
+    only those towards neighbours that ran another candidate are kept (:func:`blend_sides`):
+    none for a tile whose neighbourhood ran its candidate throughout. Held from a tile's
+    candidate task until its neighbours have blended, all eight are 45 % of the
+    probabilities over the extended region (256 x 256 cores, band 16; labels included).
     """
 
     labels: np.ndarray  # (Z, Y, X) of the core
     strips: tuple[tuple[tuple[slice, slice], np.ndarray], ...]  # in-plane region, (Z, C, y, x)
     inner: tuple[slice, slice]  # the core farther than the band from its borders (may be empty)
+    n_phases: int
 
     @classmethod
-    def of(cls, probs: np.ndarray, have: tuple[slice, ...], region: tuple[slice, ...], band: int):
-        """From probabilities ``probs`` (Z, C, Y, X) over ``have`` for the core ``region``."""
+    def of(
+        cls, probs: np.ndarray, have: tuple[slice, ...], region: tuple[slice, ...], band: int, sides=None
+    ) -> BorderProbs:
+        """From probabilities ``probs`` (Z, C, Y, X) over ``have`` for the core ``region``,
+        keeping the pieces of the frame in the directions ``sides`` (default: all of them)."""
         labels = phase_labels(crop_extended(probs, have, region))
         (hy, hx), (ry, rx) = have[-2:], region[-2:]
         iy, ix = slice(ry.start + band, ry.stop - band), slice(rx.start + band, rx.stop - band)
-        # the frame of the extended region around the inner core: all of it for a core
-        # narrower than two bands (an empty inner core)
+        # the frame of the extended region around the inner core: all of it, as one piece
+        # towards every side, for a core narrower than two bands (an empty inner core)
         strips = tuple(
             ((y, x), probs[(Ellipsis, *_within((hy, hx), (y, x)))].copy())
-            for y, x in _frame((hy, hx), (iy, ix))
+            for side, (y, x) in _frame((hy, hx), (iy, ix))
+            if sides is None or (sides and side is None) or side in sides
         )
-        return cls(labels, strips, (iy, ix))
+        return cls(labels, strips, (iy, ix), probs.shape[-3])
 
     def crop(self, want: tuple[slice, ...]) -> np.ndarray:
         """Probabilities over ``want``'s in-plane extent; zeros where none are kept."""
-        first = self.strips[0][1]
-        out = np.zeros(first.shape[:-2] + tuple(w.stop - w.start for w in want[-2:]), first.dtype)
+        shape = (*self.labels.shape[:-2], self.n_phases, *(w.stop - w.start for w in want[-2:]))
+        out = np.zeros(shape, self.strips[0][1].dtype if self.strips else np.float32)
         for have, values in self.strips:
             paste(out, want, values, have)
         return out
+
+
+def blend_sides(grid: TileGrid, index: Sequence[int], choice: Mapping[tuple[int, ...], int]) -> frozenset:
+    """The pieces of a tile's frame (directions (dy, dx)) that blending reads of its candidate.
+
+    A neighbour that ran another candidate weighs in along the side it lies on (an edge and
+    its two corners) or, diagonally, in that corner alone; the tile's probabilities there
+    are what the tile itself and that neighbour blend with. Elsewhere only the tile's own
+    candidate counts, and its labels stand.
+    """
+    mine, sides = choice[tuple(index)], set()
+    for (dy, dx), j in neighbour_indices(grid, index).items():
+        if choice[j] == mine:
+            continue
+        if dy and dx:
+            sides.add((dy, dx))
+        elif dy:
+            sides |= {(dy, -1), (dy, 0), (dy, 1)}
+        else:
+            sides |= {(-1, dx), (0, dx), (1, dx)}
+    return frozenset(sides)
 
 
 def blended_labels(
@@ -139,37 +167,41 @@ def blended_labels(
         return own.labels
     # only within the band of the borders does the blend decide; deeper in stand the tile's
     # own labels (its weight there is 1 and every other weight 0: the blend would give the
-    # same), so the probabilities are weighed over the frame of band-wide strips alone
+    # same), so the probabilities are weighed over the frame of band-wide strips alone, and
+    # only in its pieces where another candidate weighs in (the ones blend_sides keeps)
     labels = own.labels.copy()
     core = region[-2:]
-    for piece in _frame(core, own.inner):
-        want, at = (*region[:-2], *piece), (Ellipsis, *_within(core, piece))
+    for _, piece in _frame(core, own.inner):
+        at = _within(core, piece)
+        weights = {key: w[at] for key, w in sources.items()}
+        if not any(w.any() for key, w in weights.items() if key[0] != "own"):
+            continue  # only the tile's own candidate weighs in this piece: its labels stand
+        want = (*region[:-2], *piece)
         total = None
-        for key, w in sources.items():
+        for key, w in weights.items():
             if key[0] == "own":
                 values = own.crop(want)
             elif key[0] == "here":
                 values = crop_extended(others[key[1]], here, want)
             else:
                 values = neighbour_probs[key[1]].crop(want)
-            weighted = w[at[1:]] * values
+            weighted = w * values
             total = weighted if total is None else total + weighted
-        labels[at] = phase_labels(total)
+        labels[(Ellipsis, *at)] = phase_labels(total)
     return labels
 
 
-def _frame(outer: tuple[slice, slice], inner: tuple[slice, slice]) -> list[tuple[slice, slice]]:
-    """In-plane rectangles that cover ``outer`` outside ``inner`` (all of it if ``inner`` is empty)."""
+def _frame(outer: tuple[slice, slice], inner: tuple[slice, slice]) -> list[tuple[tuple | None, tuple]]:
+    """In-plane rectangles that cover ``outer`` outside ``inner``, each with its direction
+    (dy, dx) from the centre: four corners and four edges (all of ``outer``, direction None,
+    if ``inner`` is empty)."""
     (oy, ox), (iy, ix) = outer, inner
     if iy.start >= iy.stop or ix.start >= ix.stop:
-        return [(oy, ox)]
-    pieces = [
-        (slice(oy.start, iy.start), ox),
-        (slice(iy.stop, oy.stop), ox),
-        (iy, slice(ox.start, ix.start)),
-        (iy, slice(ix.stop, ox.stop)),
-    ]
-    return [(y, x) for y, x in pieces if y.stop > y.start and x.stop > x.start]
+        return [(None, (oy, ox))]
+    rows = {-1: slice(oy.start, iy.start), 0: iy, 1: slice(iy.stop, oy.stop)}
+    cols = {-1: slice(ox.start, ix.start), 0: ix, 1: slice(ix.stop, ox.stop)}
+    pieces = [((dy, dx), (rows[dy], cols[dx])) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+    return [(side, (y, x)) for side, (y, x) in pieces if y.stop > y.start and x.stop > x.start]
 
 
 def _within(outer: tuple[slice, slice], piece: tuple[slice, slice]) -> tuple[slice, slice]:

@@ -54,41 +54,51 @@ def _probs(rng, shape):
 
 def test_blended_labels_weigh_each_neighbours_probabilities():
     """Against the definition: per voxel, the blend weights times the probabilities of the
-    candidate that each neighbour ran (recomputed here for the cheap one)."""
+    candidate that each neighbour ran (recomputed here for the cheap one), with every
+    candidate keeping only the strips :func:`blend_sides` asks for; on every tile of a grid
+    (corners, edges, inside) under random plans."""
     from matseg.stitch import crop_extended, extended_region, neighbour_indices
-    from matseg.tiles import BorderProbs, blended_labels
+    from matseg.tiles import BorderProbs, blend_sides, blended_labels
 
     rng = np.random.default_rng(3)
     grid = plan_tiles((2, 200, 232), (2, 64, 64), 16, 8)
     band = 16
-    index = (0, 1, 1)
-    around = neighbour_indices(grid, index)
-    here = extended_region(grid, index, band)
     shape_of = lambda r: (2, 3, r[-2].stop - r[-2].start, r[-1].stop - r[-1].start)  # noqa: E731
-    mixed = {j: [1, 0, 2][n % 3] for n, j in enumerate(around.values())}
-    mixed[index] = 1
-    own, cheap = _probs(rng, shape_of(here)), _probs(rng, shape_of(here))
-    theirs = {j: _probs(rng, shape_of(extended_region(grid, j, band))) for j in around.values()}
-    kept = {
-        j: BorderProbs.of(p, extended_region(grid, j, band), grid.region(j), band) for j, p in theirs.items()
-    }
-    labels = blended_labels(index, grid, band, mixed, own, {0: cheap}, kept)
-    region = grid.region(index)
-    expected = 0.0
-    for offset, w in blend_weights(grid, index, band).items():
-        j = around[offset]
-        source, have = {1: own, 0: cheap}.get(mixed[j], theirs[j]), here
-        if mixed[j] == 2:
-            source, have = theirs[j], extended_region(grid, j, band)
-        expected = expected + w.astype(np.float64) * crop_extended(source, have, region)
-    np.testing.assert_array_equal(labels, expected.argmax(axis=1))
+    ext = {j: extended_region(grid, j, band) for j in grid.indices()}
+    for _ in range(3):
+        plan = {j: int(rng.choice(3, p=[0.3, 0.5, 0.2])) for j in grid.indices()}
+        probs = {j: _probs(rng, shape_of(ext[j])) for j in grid.indices()}  # each tile's candidate
+        cheap = {j: _probs(rng, shape_of(ext[j])) for j in grid.indices()}  # the cheap net on each tile
+        kept = {
+            j: BorderProbs.of(p, ext[j], grid.region(j), band, blend_sides(grid, j, plan))
+            for j, p in probs.items()
+        }
+        for index in grid.indices():
+            region = grid.region(index)
+            around = neighbour_indices(grid, index)
+            choice = {j: plan[j] for j in around.values()}
+            mine = plan[index]
+            own = kept[index] if mine else cheap[index]
+            neighbours = {j: kept[j] for j in around.values() if plan[j] not in (0, mine)}
+            labels = blended_labels(index, grid, band, choice, own, {0: cheap[index]}, neighbours)
+            expected = 0.0
+            for offset, w in blend_weights(grid, index, band).items():
+                j = around[offset]
+                k = plan[j]
+                source, have = (cheap[index], ext[index]) if k == 0 else (probs[j], ext[j])
+                if k == mine:
+                    source, have = (cheap if mine == 0 else probs)[index], ext[index]
+                expected = expected + w.astype(np.float64) * crop_extended(source, have, region)
+            np.testing.assert_array_equal(labels, expected.argmax(axis=1), err_msg=str((index, choice)))
     # one candidate in the whole neighbourhood: the tile's own labels, untouched by blending
-    same = {j: 1 for j in mixed}
-    own_core = own[
-        (Ellipsis, *(slice(r.start - h.start, r.stop - h.start) for r, h in zip(region[-2:], here[-2:])))
-    ]
+    index = (0, 1, 1)
+    same = {j: 1 for j in neighbour_indices(grid, index).values()}
+    assert blend_sides(grid, index, same) == frozenset()
+    own = BorderProbs.of(probs[index], ext[index], grid.region(index), band, frozenset())
+    assert own.strips == ()
     np.testing.assert_array_equal(
-        blended_labels(index, grid, band, same, own, {}, kept), own_core.argmax(axis=1)
+        blended_labels(index, grid, band, same, own, {}, {}),
+        crop_extended(probs[index], ext[index], grid.region(index)).argmax(axis=1),
     )
 
 

@@ -245,6 +245,11 @@ def _check_options(model, lam, budget_gflops, max_expensive_fraction) -> None:
 
 
 def _halo_of(model: str, context: Context, names: Sequence[str]) -> int:
+    """A run's default and least halo: for ``auto``, the largest of its candidates' (each at
+    least the blending band); for one model on every tile, what makes tiling exact, with no
+    band to add: the net's radius, twice the expensive net's for ``expensive-2x`` (it runs at
+    half scale, where the candidate's own halo leaves the rest to blending), and the classical
+    candidate's halo."""
     models = context.models
     if model == "auto":
         return max(CANDIDATES[n].halo(context) for n in names)

@@ -35,8 +35,9 @@ def stage2_gflops(
     """GFLOPs stage 2 adds for a plan, and which tiles it rewrites.
 
     Costly tiles run their candidate; a tile is rewritten when it or a neighbour
-    ran a costly candidate; the cheap pass is recomputed (for blending) on
-    rewritten cheap tiles and on costly tiles with a cheap neighbour.
+    ran a costly candidate; the cheap pass is recomputed (for blending) on every
+    rewritten tile whose 3 x 3 neighbourhood, itself included, kept the cheap pass
+    somewhere (the rule :func:`matseg.segment` runs tile by tile).
     """
     from scipy.ndimage import maximum_filter
 
@@ -47,7 +48,7 @@ def stage2_gflops(
     near_costly = maximum_filter(costly, footprint=footprint, mode="constant")
     near_cheap = maximum_filter(~costly, footprint=footprint, mode="constant")
     rewritten = costly | near_costly
-    recompute = (rewritten & ~costly) | (costly & near_cheap)
+    recompute = rewritten & near_cheap
     flat = choice.astype(int)
     total = float(candidate_gflops[np.arange(len(flat)), flat][flat > 0].sum())
     total += float(recompute_gflops[recompute.ravel()].sum())

@@ -125,9 +125,17 @@ def test_border_probs_keep_only_the_bands_blending_reads():
     region, here = small.region((0, 1, 1)), extended_region(small, (0, 1, 1), band)
     probs = _probs(rng, (2, 3, 56, 56))
     np.testing.assert_array_equal(BorderProbs.of(probs, here, region, band).crop(here), probs)
-    # a candidate no neighbour blends with (band 0: the core alone) keeps its labels only
+    # only the pieces towards ``sides`` are kept: the right edge and its corners, or none
     region, here = grid.region(index), extended_region(grid, index, band)
     probs = _probs(rng, (8, 3, 288, 288))
-    alone = BorderProbs.of(crop_extended(probs, here, region), region, region, 0)
+    every = BorderProbs.of(probs, here, region, band)
+    right = BorderProbs.of(probs, here, region, band, frozenset({(-1, 1), (0, 1), (1, 1)}))
+    np.testing.assert_array_equal(right.labels, every.labels)
+    beside = np.zeros((288, 288), bool)
+    beside[:, -band * 2 :] = True  # the band either side of the right border, in ``here``
+    back = right.crop(here)
+    np.testing.assert_array_equal(back[..., beside], probs[..., beside])
+    assert not back[..., ~beside].any()
+    alone = BorderProbs.of(probs, here, region, band, frozenset())
     assert alone.strips == ()
-    np.testing.assert_array_equal(alone.labels, BorderProbs.of(probs, here, region, band).labels)
+    np.testing.assert_array_equal(alone.labels, every.labels)

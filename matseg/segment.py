@@ -39,7 +39,13 @@ from matseg.io.write import (
     write_region,
 )
 from matseg.metrics import confusion_matrix, summarize, volume_fractions
-from matseg.models.weights import inference_device, load_segmenter, normalized_entropy, phase_labels
+from matseg.models.weights import (
+    inference_device,
+    load_segmenter,
+    normalized_entropy,
+    phase_counts,
+    phase_labels,
+)
 from matseg.selector.candidates import CANDIDATES, Candidate, Context, multiotsu_thresholds
 from matseg.selector.features import FEATURE_NAMES
 from matseg.selector.plan import (
@@ -223,7 +229,7 @@ def _finish_task(
 
 
 def _counts(labels: np.ndarray, context: Context) -> np.ndarray:
-    return np.bincount(labels.ravel(), minlength=context.n_phases)
+    return phase_counts(labels, context.n_phases)
 
 
 def _check_options(model, lam, budget_gflops, max_expensive_fraction) -> None:

@@ -22,6 +22,8 @@ from matseg.models.weights import (
     device_slot,
     inference_device,
     load_segmenter,
+    normalized_entropy,
+    phase_counts,
     phase_labels,
     sha256_of,
 )
@@ -69,7 +71,8 @@ def test_expensive_pays_on_hard_regions(tmp_path, test_volume):
 
 @pytest.mark.parametrize("phases", [1, 2, 3, 5])
 def test_phase_labels_equal_argmax(phases):
-    """The running maximum gives numpy's argmax over the phase axis, ties to the first phase."""
+    """The running maximum gives numpy's argmax over the phase axis, ties to the first phase;
+    the phases' voxel counts are numpy's bincount."""
     rng = np.random.default_rng(phases)
     probs = rng.random((3, phases, 17, 23)).astype(np.float32)
     probs[:, -1, :4] = probs[:, 0, :4]  # ties between the first and last phase
@@ -77,6 +80,23 @@ def test_phase_labels_equal_argmax(phases):
     labels = phase_labels(probs)
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, probs.argmax(axis=1))
+
+    np.testing.assert_array_equal(phase_counts(labels, phases), np.bincount(labels.ravel(), minlength=phases))
+
+
+@pytest.mark.parametrize("phases", [2, 3, 5])
+def test_normalized_entropy_is_its_formula(phases):
+    """In place, the same bits as the formula: -sum p log p / log C, p clipped at 1e-8 in the log."""
+    rng = np.random.default_rng(phases)
+    probs = rng.dirichlet(np.full(phases, 0.3), size=(3, 40, 50)).astype(np.float32).transpose(0, 3, 1, 2)
+    probs[0, :, :5] = np.eye(phases, dtype=np.float32)[0][:, None, None]  # certain: 0
+    probs[1, :, :5] = 1 / phases  # uniform: 1
+    view = np.pad(probs, ((0, 0), (0, 0), (2, 2), (2, 2)))[..., 2:-2, 2:-2]  # as a tile's core is
+    expected = -(probs * np.log(np.clip(probs, 1e-8, None))).sum(axis=1) / np.float32(np.log(phases))
+    entropy = normalized_entropy(view)
+    np.testing.assert_array_equal(entropy, expected)
+    np.testing.assert_allclose(entropy[0, :5], 0, atol=1e-6)
+    np.testing.assert_allclose(entropy[1, :5], 1, atol=1e-6)
 
 
 def test_no_thread_runs_a_half_moved_net():

@@ -10,9 +10,10 @@ import pytest
 import zarr
 
 import matseg
-from matseg.models.weights import default_weights_dir
+from matseg.models.weights import default_weights_dir, normalized_entropy, phase_labels
 from matseg.sample import write_sample
 from matseg.selector.candidates import CANDIDATES, multiotsu_thresholds
+from matseg.selector.features import FEATURE_NAMES, median, tile_features
 from matseg.selector.policy import choose_by_budget
 from matseg.selector.table import reward, tile_iou
 from matseg.selector.train import fit_policy, greedy_reward
@@ -36,6 +37,68 @@ def test_tile_iou_ignores_absent_phases():
     confusion = np.zeros((3, 3), int)
     confusion[0, 0], confusion[1, 1], confusion[0, 1] = 6, 2, 2  # phase 2 absent everywhere
     assert tile_iou(confusion) == pytest.approx((6 / 8 + 2 / 4) / 2)
+
+
+def _features_by_definition(image, probs, uncertainty, labels):
+    """The selector's features written plainly, in FEATURE_NAMES' order."""
+    ordered = np.sort(probs, axis=1)
+    margin = ordered[:, -1] - (ordered[:, -2] if probs.shape[1] > 1 else -np.inf)
+    lap = 4 * image[:, 1:-1, 1:-1] - image[:, :-2, 1:-1] - image[:, 2:, 1:-1] - image[:, 1:-1, :-2]
+    lap = lap - image[:, 1:-1, 2:]
+    grad = np.hypot(np.diff(image, axis=-1)[:, :-1, :], np.diff(image, axis=-2)[:, :, :-1])
+    values = {
+        "uncertainty_mean": uncertainty.mean(),
+        "uncertainty_p90": np.percentile(uncertainty, 90),
+        "uncertain_fraction_25": np.mean(uncertainty > 0.25),
+        "uncertain_fraction_50": np.mean(uncertainty > 0.5),
+        "margin_mean": margin.mean(),
+        "low_margin_fraction": np.mean(margin < 0.5),
+        "boundary_density": np.mean(labels[..., 1:, :] != labels[..., :-1, :])
+        + np.mean(labels[..., :, 1:] != labels[..., :, :-1]),
+        "minority_phase_fraction": (
+            np.bincount(labels.ravel(), minlength=probs.shape[1]) / labels.size
+        ).min(),
+        "image_std": image.std(),
+        "image_noise": np.median(np.abs(lap)) / 0.6745 / np.sqrt(20),
+        "image_gradient": grad.mean(),
+        "row_profile_std": image.mean(axis=-1).std(),
+        "column_profile_std": image.mean(axis=-2).std(),
+    }
+    return np.asarray([values[name] for name in FEATURE_NAMES], np.float32)
+
+
+@pytest.mark.parametrize("phases", [2, 3, 4])
+def test_tile_features_equal_their_definition(phases):
+    """The fast forms (running top two, a one-index median, counts by comparison) give
+    the plain definitions' features bit for bit: on a tile's core seen through its
+    halo, with ties between the top two phases and between all of them."""
+    rng = np.random.default_rng(phases)
+    logits = rng.normal(size=(4, phases, 70, 90)).astype(np.float32) * 3
+    logits[:, 1, :10] = logits[:, 0, :10]  # the top two tied where phase 0 or 1 is on top
+    logits[:2, :, 10:14] = 0.5  # every phase equal
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    core = probs[..., 3:-3, 5:-5]  # a view, as the cheap pass hands its core over
+    image = rng.normal(size=(4, 64, 80)).astype(np.float32).cumsum(axis=-1) / 10
+    labels = phase_labels(core)
+    uncertainty = normalized_entropy(core)
+    features = tile_features(image, core, uncertainty, labels)
+    expected = _features_by_definition(image, core, uncertainty, labels)
+    np.testing.assert_array_equal(features, expected)
+    assert features[FEATURE_NAMES.index("low_margin_fraction")] > 0.05  # the ties are in
+
+
+def test_median_is_numpys():
+    """One partition gives np.median's value and type, even and odd sizes, ties and NaN."""
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 3, 4, 7, 64, 1001, 4096):
+        for values in (rng.random(size), rng.integers(0, 4, size)):
+            for dtype in (np.float32, np.float64):
+                x = values.astype(dtype).reshape(-1, 1) if size % 2 else values.astype(dtype)
+                assert median(x) == np.median(x)
+                assert type(median(x)) is type(np.median(x))
+    nan = rng.random(9).astype(np.float32)
+    nan[4] = np.nan
+    assert np.isnan(median(nan))
 
 
 def test_policy_training_improves_reward():

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from matseg.models.weights import phase_counts
+
 FEATURE_NAMES = (
     "uncertainty_mean",
     "uncertainty_p90",
@@ -45,16 +47,18 @@ def tile_features(
     -------
     ndarray, shape (len(FEATURE_NAMES),), float32
     """
-    # margin between the two most probable phases (the top one masked out: as a sort
-    # along the phase axis gives it, ties included, at a fraction of the time)
-    top = np.take_along_axis(probs, labels[:, None], axis=1)[:, 0]
-    others = probs.copy()
-    np.put_along_axis(others, labels[:, None], -np.inf, axis=1)
-    margin = top - others.max(axis=1)
+    # margin between the two most probable phases (equal maxima: margin 0), as a running
+    # top two over the few phases: 0.6 ms where a masked copy and take_along_axis took 8
+    top = probs[:, 0].copy()
+    second = np.full_like(top, -np.inf)
+    for phase in range(1, probs.shape[1]):
+        np.maximum(second, np.minimum(top, probs[:, phase]), out=second)
+        np.maximum(top, probs[:, phase], out=top)
+    margin = top - second
     boundary = np.mean(labels[..., 1:, :] != labels[..., :-1, :]) + np.mean(
         labels[..., :, 1:] != labels[..., :, :-1]
     )
-    fractions = np.bincount(labels.ravel(), minlength=probs.shape[1]) / labels.size
+    fractions = phase_counts(labels, probs.shape[1]) / labels.size
     # noise: the median absolute Laplacian is dominated by noise, not by edges
     lap = 4 * image[:, 1:-1, 1:-1] - image[:, :-2, 1:-1] - image[:, 2:, 1:-1] - image[:, 1:-1, :-2]
     lap = lap - image[:, 1:-1, 2:]
@@ -69,9 +73,24 @@ def tile_features(
         boundary,
         fractions.min(),
         image.std(),
-        np.median(np.abs(lap)) / 0.6745 / np.sqrt(20),
+        median(np.abs(lap)) / 0.6745 / np.sqrt(20),
         grad.mean(),
         image.mean(axis=-1).std(),  # shading and horizontal banding
         image.mean(axis=-2).std(),  # curtaining stripes run along Y
     )
     return np.asarray(values, np.float32)
+
+
+def median(values: np.ndarray):
+    """``np.median(values)``, bit for bit, from a partition at one index.
+
+    numpy partitions at the two middle indices and the last (for NaN) at once, which
+    took 12 times as long (4.4 ms vs 0.37 ms for 8 x 254 x 254 float32).
+    """
+    flat = values.ravel()
+    half = flat.size // 2
+    if flat.size == 0 or np.isnan(flat.max()):
+        return np.median(flat)
+    part = np.partition(flat, half)
+    middle = part[half : half + 1] if flat.size % 2 else np.stack([part[:half].max(), part[half]])
+    return middle.mean()  # as numpy takes the mean of the middle one or two

@@ -80,7 +80,6 @@ def test_phase_labels_equal_argmax(phases):
     labels = phase_labels(probs)
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, probs.argmax(axis=1))
-
     np.testing.assert_array_equal(phase_counts(labels, phases), np.bincount(labels.ravel(), minlength=phases))
 
 

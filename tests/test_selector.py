@@ -88,11 +88,12 @@ def test_tile_features_equal_their_definition(phases):
 
 
 def test_median_is_numpys():
-    """One partition gives np.median's value and type, even and odd sizes, ties and NaN."""
+    """One partition gives np.median's value and type: even and odd sizes, floats and
+    integers, ties, NaN."""
     rng = np.random.default_rng(0)
     for size in (1, 2, 3, 4, 7, 64, 1001, 4096):
         for values in (rng.random(size), rng.integers(0, 4, size)):
-            for dtype in (np.float32, np.float64):
+            for dtype in (np.float32, np.float64, np.int64):
                 x = values.astype(dtype).reshape(-1, 1) if size % 2 else values.astype(dtype)
                 assert median(x) == np.median(x)
                 assert type(median(x)) is type(np.median(x))

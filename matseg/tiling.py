@@ -20,8 +20,8 @@ from matseg.errors import MatsegError
 
 # Tiles of 8 slices: each tile costs a fixed ~12 ms of reading, writing and scheduling
 # per stage besides its model calls; with 4-slice tiles a run took 1.23-1.29x its pure
-# model time, with 8-slice tiles 1.03-1.18x run by run (docs/benchmarks.md). The models are 2-D,
-# so the depth changes only how finely the selector decides along Z.
+# model time, with 8-slice tiles 0.99-1.22x run by run over four runs (docs/benchmarks.md).
+# The models are 2-D, so the depth changes only how finely the selector decides along Z.
 DEFAULT_TILE = (8, 256, 256)
 
 

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -28,6 +28,7 @@ import dask
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from matseg.errors import MatsegError
+from matseg.tiling import GROUP_TILES
 
 CHEAP, COSTLY = "cheap", "costly"
 TASKS_PER_THREAD = 8  # tiles per thread in one batch of the threaded scheduler
@@ -141,47 +142,68 @@ class Backend:
             return contextlib.nullcontext()
         return dask.annotate(resources={cost: 1})
 
+    @property
+    def group_tiles(self) -> int:
+        """Tiles whose tasks are made and computed at a time (:func:`matseg.tiling.layer_groups`):
+        at least 32 per worker, so that a group's last tiles leave few workers idle."""
+        return max(GROUP_TILES, 32 * self.workers)
+
     def compute(self, tasks: Sequence, progress: bool = False) -> list:
-        """Results of ``tasks`` (in order), computed on this backend.
+        """Results of ``tasks`` (in order), computed on this backend."""
+        return self.compute_groups([tasks], len(tasks), progress)
+
+    def compute_groups(self, groups: Iterable[Sequence], total: int, progress: bool = False) -> list:
+        """Results of the tasks of ``groups`` (in order), one group after the other.
+
+        A group's tasks are made only when the group before is done (``groups`` may be a
+        generator), so the tasks alive at once are one group's, however large the volume:
+        a task is some 6 kB of graph, 12 GB for the 2 million tiles of a terabyte.
 
         On threads, the tasks go in batches of ``TASKS_PER_THREAD`` per thread: dask's
         threaded scheduler would otherwise read input chunks far ahead of the tiles
         that use them, and memory would grow with the volume (a distributed
-        scheduler queues root tasks itself, so a cluster gets every task at once).
+        scheduler queues root tasks itself, so a cluster gets a whole group at once).
         Two batches share the threads at a time, so that a thread that finishes its
         part of one batch goes on with the next instead of waiting for the batch's last tile.
         """
+        results = []
+        if self.client is None:
+            with _progress_bar(progress, total) as bar:
+                for tasks in groups:
+                    results += self._on_threads(tasks, bar)
+            return results
+        for tasks in groups:
+            futures = self.client.compute(list(tasks))
+            if progress:
+                from distributed import progress as show
+
+                with contextlib.redirect_stdout(sys.stderr):
+                    show(futures, notebook=False)
+            results += self.client.gather(futures)
+        return results
+
+    def _on_threads(self, tasks: Sequence, bar) -> list:
         if not tasks:
             return []
-        if self.client is None:
-            size = TASKS_PER_THREAD * self.workers
-            batches = [tasks[start : start + size] for start in range(0, len(tasks), size)]
-            threads = ThreadPoolExecutor(self.workers, thread_name_prefix="matseg-tile")
-            drivers = ThreadPoolExecutor(2, thread_name_prefix="matseg-batch")
-            results = []
-            try:
-                with _progress_bar(progress, len(tasks)) as bar:
-                    running = [
-                        drivers.submit(dask.compute, *batch, scheduler="threads", pool=threads)
-                        for batch in batches
-                    ]
-                    for batch, future in zip(batches, running):
-                        results += future.result()
-                        bar.update(len(batch))
-            except BaseException:  # an error or Ctrl-C: stop at the tiles already running
-                threads.shutdown(wait=False, cancel_futures=True)  # the batches' drivers fail fast
-                raise
-            finally:
-                drivers.shutdown(cancel_futures=True)
-                threads.shutdown()
-            return results
-        futures = self.client.compute(list(tasks))
-        if progress:
-            from distributed import progress as show
-
-            with contextlib.redirect_stdout(sys.stderr):
-                show(futures, notebook=False)
-        return self.client.gather(futures)
+        size = TASKS_PER_THREAD * self.workers
+        batches = [tasks[start : start + size] for start in range(0, len(tasks), size)]
+        threads = ThreadPoolExecutor(self.workers, thread_name_prefix="matseg-tile")
+        drivers = ThreadPoolExecutor(2, thread_name_prefix="matseg-batch")
+        results = []
+        try:
+            running = [
+                drivers.submit(dask.compute, *batch, scheduler="threads", pool=threads) for batch in batches
+            ]
+            for batch, future in zip(batches, running):
+                results += future.result()
+                bar.update(len(batch))
+        except BaseException:  # an error or Ctrl-C: stop at the tiles already running
+            threads.shutdown(wait=False, cancel_futures=True)  # the batches' drivers fail fast
+            raise
+        finally:
+            drivers.shutdown(cancel_futures=True)
+            threads.shutdown()
+        return results
 
 
 class SharedResults:

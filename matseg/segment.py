@@ -58,12 +58,13 @@ from matseg.selector.plan import (
 from matseg.selector.policy import Selector, check_pairing, load_selector
 from matseg.stitch import BAND, extended_region, neighbour_indices, seam_score
 from matseg.tiles import BorderProbs, blend_sides, blended_labels, candidate_probs, cheap_pass, tile_input
-from matseg.tiling import TileGrid, default_tile, plan_tiles, shared_nodes, tile_blocks
+from matseg.tiling import TileGrid, default_tile, layer_groups, plan_tiles, shared_nodes, tile_blocks
 
 MODES = ("auto", *CANDIDATES)
 REPORT_NAME = "matseg-report.json"
 PERCENTILES = (0.5, 99.5)
 _SUBSAMPLE_VOXELS = 1 << 22
+_CHUNKS_AT_ONCE = 1024  # input chunks in one computation of the intensity pass
 
 
 @dataclass(frozen=True)
@@ -115,24 +116,42 @@ def intensity_range(volume: Volume, n_phases: int | None = None) -> Normalizatio
     while np.prod([-(-s // k) for s, k in zip(data.shape, steps)]) > _SUBSAMPLE_VOXELS:
         axis = int(np.argmax([s / k for s, k in zip(data.shape, steps)]))
         steps[axis] *= 2
-    subsample = data[tuple(slice(None, None, k) for k in steps)]
-    if np.issubdtype(data.dtype, np.floating):
-        finite = da.isfinite(data).all()
-    else:
-        finite = data.max() >= data.min()  # reads every chunk all the same
-    try:
-        all_finite, sample = dask.compute(finite, subsample)
-    except MatsegError:
-        raise
-    except Exception as err:
-        raise MatsegError(f"cannot read {volume.source}: {type(err).__name__}: {err}") from None
-    if not all_finite:
-        raise MatsegError(f"{volume.source} contains NaN or infinite values; clean or mask them first")
+    parts = []
+    # slab by slab of whole chunks along the first axis: a reduction's graph is some 13 kB a
+    # chunk, 13 GB for the million chunks of a terabyte if made at once
+    for start, stop in _slabs(data.chunks, _CHUNKS_AT_ONCE):
+        slab = data[start:stop] if (start, stop) != (0, data.shape[0]) else data
+        if np.issubdtype(data.dtype, np.floating):
+            finite = da.isfinite(slab).all()
+        else:
+            finite = slab.max() >= slab.min()  # reads every chunk all the same
+        # the slab's part of one strided subsample of the whole volume
+        first = -(-start // steps[0]) * steps[0]
+        subsample = data[(slice(first, stop, steps[0]), *(slice(None, None, k) for k in steps[1:]))]
+        try:
+            all_finite, part = dask.compute(finite, subsample)
+        except MatsegError:
+            raise
+        except Exception as err:
+            raise MatsegError(f"cannot read {volume.source}: {type(err).__name__}: {err}") from None
+        if not all_finite:
+            raise MatsegError(f"{volume.source} contains NaN or infinite values; clean or mask them first")
+        parts.append(part)
+    sample = parts[0] if len(parts) == 1 else np.concatenate(parts)
     low, high = percentiles(sample, PERCENTILES)
     norm = Normalization(float(low), float(high))
     if n_phases:
         norm = Normalization(norm.low, norm.high, multiotsu_thresholds(norm(sample), n_phases))
     return norm
+
+
+def _slabs(chunks: tuple[tuple[int, ...], ...], most: int) -> list[tuple[int, int]]:
+    """(start, stop) along the first axis of runs of whole chunks, of at most ``most``
+    chunks each (at least one row of chunks)."""
+    per_row = int(np.prod([len(c) for c in chunks[1:]]))
+    rows = max(1, most // max(per_row, 1))
+    edges = np.cumsum((0, *chunks[0])).tolist()
+    return [(edges[i], edges[min(i + rows, len(chunks[0]))]) for i in range(0, len(chunks[0]), rows)]
 
 
 def _write_tile(arrays: dict, grid: TileGrid, index, **values: np.ndarray) -> None:
@@ -566,13 +585,16 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
         records = TileRecords.open(root, "tiles")
         todo = _todo(records, indices)
         computed["tiles"] = len(todo)
-        blocks = tile_blocks(job.volume.data, grid)
         cost = CHEAP if job.model in ("cheap", "classical") else COSTLY
-        with runner.annotate(cost):
-            tasks = _tile_tasks(
-                _single_task, "tile", blocks, todo, grid, norm, ctx, CANDIDATES[job.model], out, records
-            )
-        runner.compute(tasks, progress)
+
+        def tasks(group, layers):
+            blocks = tile_blocks(job.volume.data, grid, layers)
+            with runner.annotate(cost):
+                return _tile_tasks(
+                    _single_task, "tile", blocks, group, grid, norm, ctx, CANDIDATES[job.model], out, records
+                )
+
+        _compute_tiles(runner, todo, tasks, progress)
         rows = records.read()
         counts, plan = rows["counts"].sum(axis=0), None
         stats = {"gflops": float(rows["gflops"].sum()), "seconds": {job.model: float(rows["seconds"].sum())}}
@@ -583,12 +605,15 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
         if todo:
             # the cheap pass needs only its own receptive radius: its own, smaller halo
             cheap_grid = grid.with_halo(job.models["cheap"].halo)
-            blocks = tile_blocks(job.volume.data, cheap_grid)
-            with runner.annotate(CHEAP):
-                tasks = _tile_tasks(
-                    _cheap_task, "cheap", blocks, todo, cheap_grid, norm, ctx, out, cheap_records
-                )
-            runner.compute(tasks, progress)
+
+            def tasks(group, layers):
+                blocks = tile_blocks(job.volume.data, cheap_grid, layers)
+                with runner.annotate(CHEAP):
+                    return _tile_tasks(
+                        _cheap_task, "cheap", blocks, group, cheap_grid, norm, ctx, out, cheap_records
+                    )
+
+            _compute_tiles(runner, todo, tasks, progress)
         cheap = _cheap_results(root, cheap_records)
         if root.attrs["matseg"]["status"] == "running":
             _set_status(root, status="cheap-pass")
@@ -698,6 +723,17 @@ def _tile_tasks(function, stage: str, blocks, todo, grid: TileGrid, *args) -> li
     return [dask.delayed(function)(blocks[i], t, i, *shared, dask_key_name=_key(stage, i)) for t, i in todo]
 
 
+def _compute_tiles(runner: Backend, todo, tasks: Callable[[list, range], list], progress: bool) -> None:
+    """The tasks ``tasks(group, layers)`` makes for the tiles of ``todo`` (position, index),
+    made and computed group by group of whole layers (:func:`matseg.tiling.layer_groups`;
+    ``layers``: the group's range of the first index, for :func:`matseg.tiling.tile_blocks`)."""
+    groups = (
+        tasks(group, range(group[0][1][0], group[-1][1][0] + 1))
+        for group in layer_groups(todo, runner.group_tiles)
+    )
+    runner.compute_groups(groups, len(todo), progress)
+
+
 def _key(stage: str, index) -> str:
     return f"matseg-{stage}-{'-'.join(map(str, index))}"
 
@@ -730,14 +766,15 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
     if not todo:
         return
     grid, names, context = job.grid, job.names, job.context
-    choice = {idx: int(c) for idx, c in zip(job.indices, plan["choice"])}
-    needed = set()
-    for _, idx in todo:
-        needed |= {j for j in neighbour_indices(grid, idx).values() if choice[j] > 0}
+    grid_choice = plan["choice"].reshape(grid.grid_shape)  # each tile's candidate, by its index
+
+    def near(idx) -> dict:
+        """The candidates of tile ``idx`` and its in-plane neighbours."""
+        return {j: int(grid_choice[j]) for j in neighbour_indices(grid, idx).values()}
+
     # every candidate that runs reads its tiles with its own halo; blending needs the band only
-    used = {names[choice[idx]] for idx in needed} | {"cheap"}
+    used = {names[k] for k in np.unique(plan["choice"]).tolist() if k} | {"cheap"}
     grids = {n: candidate_grid(grid, n, context) for n in used}
-    blocks = {n: tile_blocks(job.volume.data, g) for n, g in grids.items()}
     shared_grids = dict(zip(grids, shared_nodes(*grids.values())))
     shared_norm, shared_records, shared_names = shared_nodes(norm, records, names)
     run = dict(zip(used, shared_nodes(*(CANDIDATES[n] for n in used))))
@@ -745,49 +782,57 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
     # neighbours fall into two batches is computed once and held for both
     shared = SharedResults() if runner.client is None else None
     (shared_results,) = shared_nodes(shared)
-    with runner.annotate(COSTLY):
-        costly = {}
-        for idx in sorted(needed):
-            name = names[choice[idx]]
-            # only the strips of probabilities that blending will read are held
-            sides = blend_sides(grid, idx, choice)
-            args = (blocks[name][idx], idx, shared_grids[name], shared_norm, ctx, run[name], BAND, sides)
-            key = _key("candidate", idx)
-            if shared is None:
-                costly[idx] = dask.delayed(_candidate_task)(*args, dask_key_name=key)
-            else:
-                costly[idx] = dask.delayed(_shared_candidate_task)(shared_results, *args, dask_key_name=key)
-    tasks = []
-    with runner.annotate(CHEAP):
-        for t, idx in todo:
-            mine = choice[idx]
-            # the choices of the tile and its neighbours only: a task that carried the whole
-            # plan would make the graph grow with the square of the number of tiles. The cheap
-            # net runs again here (and reads the input) only where one of them kept the cheap pass (0)
-            around = {j: choice[j] for j in neighbour_indices(grid, idx).values()}
-            neighbours = {j: costly[j] for j, k in around.items() if k not in (0, mine)}
-            if shared is not None:  # the candidates this task takes, released when it is done
-                shared.expect(([idx] if mine else []) + list(neighbours))
-            tasks.append(
-                dask.delayed(_finish_task)(
-                    blocks["cheap"][idx] if 0 in around.values() else None,
-                    t,
-                    idx,
-                    shared_grids["cheap"],
-                    shared_norm,
-                    ctx,
-                    shared_names,
-                    BAND,
-                    around,
-                    costly.get(idx),
-                    neighbours,
-                    arrays,
-                    shared_records,
-                    shared_results,
-                    dask_key_name=_key("finish", idx),
-                )  # fmt: skip
-            )
-    runner.compute(tasks, progress)
+
+    def tasks(group, layers) -> list:
+        """The finishing tasks of a group's tiles, with the candidates they take."""
+        blocks = {n: tile_blocks(job.volume.data, g, layers) for n, g in grids.items()}
+        around = {idx: near(idx) for _, idx in group}
+        needed = {j for choice in around.values() for j, k in choice.items() if k > 0}
+        with runner.annotate(COSTLY):
+            costly = {}
+            for idx in sorted(needed):
+                name = names[grid_choice[idx]]
+                # only the strips of probabilities that blending will read are held
+                sides = blend_sides(grid, idx, near(idx))
+                args = (blocks[name][idx], idx, shared_grids[name], shared_norm, ctx, run[name], BAND, sides)
+                key = _key("candidate", idx)
+                if shared is not None:
+                    args = (shared_results, *args)
+                task = _candidate_task if shared is None else _shared_candidate_task
+                costly[idx] = dask.delayed(task)(*args, dask_key_name=key)
+        out = []
+        with runner.annotate(CHEAP):
+            for t, idx in group:
+                choice = around[idx]
+                mine = choice[idx]
+                # the choices of the tile and its neighbours only: a task that carried the whole
+                # plan would make the graph grow with the square of the number of tiles. The cheap
+                # net runs again here (and reads the input) only where one of them kept the cheap pass (0)
+                neighbours = {j: costly[j] for j, k in choice.items() if k not in (0, mine)}
+                if shared is not None:  # the candidates this task takes, released when it is done
+                    shared.expect(([idx] if mine else []) + list(neighbours))
+                out.append(
+                    dask.delayed(_finish_task)(
+                        blocks["cheap"][idx] if 0 in choice.values() else None,
+                        t,
+                        idx,
+                        shared_grids["cheap"],
+                        shared_norm,
+                        ctx,
+                        shared_names,
+                        BAND,
+                        choice,
+                        costly.get(idx),
+                        neighbours,
+                        arrays,
+                        shared_records,
+                        shared_results,
+                        dask_key_name=_key("finish", idx),
+                    )  # fmt: skip
+                )
+        return out
+
+    _compute_tiles(runner, todo, tasks, progress)
 
 
 def _selector_stats(job: _Job, plan, cheap, records: TileRecords, rewrite) -> dict:

@@ -12,11 +12,11 @@ single-model runs exactly equal to whole-volume inference.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import product
+from itertools import islice, product
 
 import numpy as np
 
-from matseg.tiling import TileGrid, shared_nodes
+from matseg.tiling import GROUP_TILES, TileGrid, shared_nodes
 
 BAND = 16  # voxels on each side of a border over which candidates are blended
 NEIGHBOURS = tuple(o for o in product((-1, 0, 1), repeat=2))  # in-plane offsets, (0, 0) included
@@ -118,9 +118,12 @@ def seam_score(labels, grid: TileGrid, compute=None) -> dict:
     import dask
 
     shared = shared_nodes(labels, grid)
-    tasks = [dask.delayed(_seam_counts)(*shared, index) for index in grid.indices()]
-    counts = compute(tasks) if compute else dask.compute(*tasks, scheduler="threads")
-    border_sum, border_n, inside_sum, inside_n = np.sum(counts, axis=0).tolist()
+    counts = np.zeros(4, np.int64)
+    indices = grid.indices()
+    while group := list(islice(indices, GROUP_TILES)):  # a bounded graph at a time
+        tasks = [dask.delayed(_seam_counts)(*shared, index) for index in group]
+        counts += np.sum(compute(tasks) if compute else dask.compute(*tasks, scheduler="threads"), axis=0)
+    border_sum, border_n, inside_sum, inside_n = counts.tolist()
     border_rate = border_sum / border_n if border_n else 0.0
     inside_rate = inside_sum / inside_n if inside_n else 0.0
     score = border_rate / inside_rate if inside_rate > 0 else (1.0 if border_rate == 0 else float("inf"))

@@ -23,6 +23,8 @@ from matseg.errors import MatsegError
 # model time, with 8-slice tiles 0.99-1.22x run by run over four runs (docs/benchmarks.md).
 # The models are 2-D, so the depth changes only how finely the selector decides along Z.
 DEFAULT_TILE = (8, 256, 256)
+# Tiles whose tasks exist at once, at least (a task is some 6 kB of graph): see layer_groups.
+GROUP_TILES = 4096
 
 
 def default_tile(ndim: int) -> tuple[int, ...]:
@@ -136,8 +138,29 @@ def shared_nodes(*values) -> list:
     return [v if isinstance(v, Delayed) else dask.delayed(v, traverse=False) for v in values]
 
 
-def tile_blocks(data: da.Array, grid: TileGrid) -> np.ndarray:
-    """One delayed block per tile (an object array indexed like the grid): the tile and its halo.
+class TileBlocks:
+    """Tiles as delayed blocks, each made when asked for: ``blocks[index]`` is tile
+    ``index`` (of the whole grid) with its halo. Made for every tile at once (dask's
+    ``to_delayed``), they took 1.3 kB a tile: 2.6 GB for the 2 million tiles of a terabyte."""
+
+    def __init__(self, tiles: da.Array, first_layer: int = 0):
+        self._name = tiles.name
+        self._graph = tiles.__dask_graph__()
+        self._layer = tiles.__dask_layers__()[0]
+        self._first = first_layer
+
+    def __getitem__(self, index: Sequence[int]) -> Delayed:
+        key = (self._name, *index) if not self._first else (self._name, index[0] - self._first, *index[1:])
+        return Delayed(key, self._graph, layer=self._layer)
+
+
+def tile_blocks(data: da.Array, grid: TileGrid, layers: range | None = None) -> TileBlocks:
+    """One delayed block per tile (indexed like the grid): the tile and its halo.
+
+    With ``layers``, only the tiles of those layers along Z (a range of the grid's first
+    index): the graph of the blocks then grows with the layers, not with the volume
+    (rechunking a volume to the tiles is a graph of some 1.2 kB a tile). Tiles have no
+    halo along Z, so a tile's block is the same either way.
 
     Each tile is copied out of the stored chunk it was cut from: a view would keep
     the whole chunk alive (a 16 MB chunk for a 1 MB tile) until the last
@@ -145,7 +168,39 @@ def tile_blocks(data: da.Array, grid: TileGrid) -> np.ndarray:
     blocks share the volume's graph unoptimised: a computation culls it to the
     tiles it needs (optimising it up front took 0.2 s for 256 tiles).
     """
+    first = 0
+    if layers is not None and len(grid.shape) == 3 and len(layers) < len(grid.chunks[0]):
+        first = layers.start
+        start = sum(grid.chunks[0][:first])
+        z = grid.chunks[0][first : layers.stop]
+        data = data[start : start + sum(z)]
+        grid = TileGrid(data.shape, (z, *grid.chunks[1:]), grid.depth)
     data = data.rechunk(grid.chunks).map_blocks(np.copy, dtype=data.dtype)
     depth = dict(enumerate(grid.depth))
-    tiles = da.overlap.overlap(data, depth=depth, boundary="none", allow_rechunk=False)
-    return tiles.to_delayed(optimize_graph=False)
+    return TileBlocks(da.overlap.overlap(data, depth=depth, boundary="none", allow_rechunk=False), first)
+
+
+def layer_groups(todo: Sequence[tuple[int, tuple[int, ...]]], size: int) -> Iterator[list]:
+    """``todo`` (position, index, in grid order) cut into runs of whole layers of tiles.
+
+    A layer is the tiles of one index along Z; a run holds as many layers as fit in
+    ``size`` tiles (at least one). Tiles blend with their in-plane neighbours only, so
+    no two runs share a tile's result, and a run's tasks can be built, computed and
+    dropped before the next run's are made: the graph of a run is bounded by ``size``,
+    not by the volume. A 2-D image is a single layer.
+    """
+    run: list = []
+    layer: list = []
+    for item in todo:
+        if layer and len(item[1]) == 3 and item[1][0] != layer[0][1][0]:  # a new layer
+            if run and len(run) + len(layer) > size:
+                yield run
+                run = []
+            run += layer
+            layer = []
+        layer.append(item)
+    if run and len(run) + len(layer) > size:
+        yield run
+        run = []
+    if run + layer:
+        yield run + layer

@@ -200,3 +200,25 @@ def test_workers_that_cannot_run_matseg_are_refused(tmp_path, volume, capsys, mo
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp") as cluster:
         args = ["segment", volume, "-o", tmp_path / "o.zarr", "--cluster", cluster.scheduler_address]
         assert_refused(tmp_path, args, capsys, "cannot run matseg (ModuleNotFoundError")
+
+
+def test_groups_of_tasks_are_made_one_after_the_other():
+    """A group's tasks are made only once every task of the group before has run: the
+    tasks alive at once are one group's, however many groups a volume has."""
+    import dask
+
+    from matseg.cluster import Backend
+
+    events = []
+
+    def groups():
+        for g in range(3):
+            events.append(("made", g))
+            yield [dask.delayed(events.append)(("ran", g, i)) for i in range(5)]
+
+    assert Backend(None, workers=2).compute_groups(groups(), 15) == [None] * 15
+    order = [e[:2] for e in events]
+    assert sorted(order) == sorted([("made", g) for g in range(3)] + [("ran", g) for g in range(3)] * 5)
+    for g in range(2):
+        last_ran = max(i for i, e in enumerate(order) if e == ("ran", g))
+        assert order.index(("made", g + 1)) > last_ran

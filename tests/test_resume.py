@@ -123,6 +123,33 @@ def test_selector_run_killed_at_a_random_point_resumes_to_the_same_output(
     assert not lock_path(out).exists()
 
 
+def test_a_run_made_layer_group_by_layer_group_gives_the_same_output(
+    tmp_path, volume, selector_reference, monkeypatch
+):
+    """Each stage makes its tasks for one group of whole layers of tiles at a time (what is
+    alive at once is bounded by the group, not by the volume): a group per layer of tiles
+    gives the uninterrupted run's output voxel for voxel."""
+    from matseg.cluster import Backend
+
+    reference, report = selector_reference
+    layer = report["grid"][1] * report["grid"][2]
+    monkeypatch.setattr(Backend, "group_tiles", property(lambda self: layer + 1))
+    made, compute_groups = [], Backend.compute_groups
+
+    def counted(self, groups, total, progress=False):
+        return compute_groups(self, (made.append(len(tasks)) or tasks for tasks in groups), total, progress)
+
+    monkeypatch.setattr(Backend, "compute_groups", counted)
+    out = tmp_path / "phases.zarr"
+    assert run(_args(volume, out, None, *SELECTOR, "--workers", "1")) == 0
+    _same_output(out, reference, ARRAYS + SELECTOR_ARRAYS)
+    rewritten = len(zarr.open_group(str(reference), mode="r").attrs["matseg"]["rewritten"])
+    layers = report["grid"][0]
+    assert made[:layers] == [layer] * layers  # the cheap pass, a layer at a time
+    candidates = made[layers:-1]  # then the rewritten tiles, a layer at a time (the seam score last)
+    assert sum(candidates) == rewritten and 1 < len(candidates) <= layers and max(candidates) <= layer
+
+
 def test_single_model_run_resumes_to_the_same_output(tmp_path_factory, tmp_path, volume, random_weights):
     reference, report = _reference(
         tmp_path_factory, volume, random_weights, "--model", "expensive", "--workers", "1"

@@ -90,3 +90,70 @@ def test_tile_must_follow_stride(random_weights):
     model = load_segmenter("expensive", random_weights)
     with pytest.raises(MatsegError, match="multiple of 8"):
         plan_tiles((4, 300, 300), (4, 100, 100), model.halo, model.stride)
+
+
+def test_layer_groups_are_runs_of_whole_layers():
+    from matseg.tiling import layer_groups
+
+    grid = plan_tiles((20, 96, 160), (4, 32, 32), 16, 16)  # 5 layers of 3 x 5 tiles
+    todo = list(enumerate(grid.indices()))
+    for size, layers in ((1, [1] * 5), (15, [1] * 5), (31, [2, 2, 1]), (45, [3, 2]), (10**6, [5])):
+        groups = list(layer_groups(todo, size))
+        assert [g for group in groups for g in group] == todo  # all of them, in order
+        assert [len({i[0] for _, i in group}) for group in groups] == layers
+        assert all(len(group) <= max(size, 15) for group in groups)
+    resumed = [item for item in todo if item[0] % 4]  # a resume: some tiles done
+    assert [g for group in layer_groups(resumed, 15) for g in group] == resumed
+    flat = list(enumerate(plan_tiles((96, 160), (32, 32), 16, 16).indices()))
+    assert list(layer_groups(flat, 4)) == [flat]  # a 2-D image: one layer
+
+
+def test_tile_blocks_of_some_layers_are_the_same_blocks_in_a_smaller_graph():
+    import tracemalloc
+
+    import dask.array as da
+
+    from matseg.tiling import tile_blocks
+
+    data = da.from_array(smooth_noise((20, 96, 160), seed=3), chunks=(8, 40, 50))
+    grid = plan_tiles(data.shape, (4, 32, 32), 16, 16)
+    whole = tile_blocks(data, grid)
+    for layers in (range(0, 2), range(1, 4), range(4, 5)):
+        some = tile_blocks(data, grid, layers)
+        for index in ((layers.start, 0, 0), (layers.stop - 1, 1, 3), (layers.start, 2, 4)):
+            np.testing.assert_array_equal(some[index].compute(), whole[index].compute())
+    # the graph made for one layer of a large lazy volume is a small part of the whole one
+    big = da.zeros((400, 2560, 2560), np.uint8, chunks=(16, 256, 256))
+    grid = plan_tiles(big.shape, (8, 256, 256), 32, 16)  # 50 layers of 100 tiles
+    sizes = []
+    for layers in (None, range(7, 8)):
+        tracemalloc.start()
+        tile_blocks(big, grid, layers)
+        sizes.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert sizes[1] * 10 < sizes[0], sizes
+
+
+@pytest.mark.parametrize("shape, chunks", [((37, 64, 80), (5, 32, 32)), ((150, 203), (40, 50))])
+def test_intensity_pass_slab_by_slab_is_the_same(tmp_path, monkeypatch, shape, chunks):
+    """The intensity pass runs over slabs of whole chunks (a bounded graph at a time); its
+    strided subsample, percentiles and thresholds are those of one pass over the volume,
+    and a NaN in the last slab is still found before anything is written."""
+    import importlib
+
+    from matseg.segment import _slabs
+
+    seg = importlib.import_module("matseg.segment")  # the module (matseg.segment is also its function)
+
+    data = smooth_noise(shape, seed=7) * 1000
+    src = tmp_path / "in.zarr"
+    zarr.create_array(str(src), shape=shape, chunks=chunks, dtype="float32")[:] = data
+    monkeypatch.setattr(seg, "_SUBSAMPLE_VOXELS", 4000)  # strides of 2 and more, not chunk-aligned
+    whole = intensity_range(open_volume(src), 3)
+    monkeypatch.setattr(seg, "_CHUNKS_AT_ONCE", 1)
+    assert len(_slabs(open_volume(src).data.chunks, 1)) == -(-shape[0] // chunks[0])
+    assert intensity_range(open_volume(src), 3) == whole
+    data[-1, -1] = np.nan
+    zarr.open_array(str(src))[:] = data
+    with pytest.raises(MatsegError, match="NaN or infinite"):
+        intensity_range(open_volume(src), 3)

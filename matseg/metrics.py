@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import dask.array as da
 import numpy as np
 
+from matseg.tiling import CHUNKS_AT_ONCE, slabs
+
 
 def confusion_matrix(
     pred: da.Array, truth: da.Array, n_phases: int, mask: da.Array | None = None
@@ -14,8 +16,17 @@ def confusion_matrix(
     """Counts ``cm[t, p]`` of voxels of true phase ``t`` predicted as ``p``.
 
     Truth values outside ``0..n_phases-1`` (e.g. 255 = unlabelled) are ignored,
-    and so are voxels where ``mask`` is False.
+    and so are voxels where ``mask`` is False. Counted slab by slab of whole chunks of
+    ``pred`` (``truth`` and ``mask`` chunked alike), so the graph stays bounded.
     """
+    counts = np.zeros((n_phases, n_phases), np.int64)
+    for start, stop in slabs(pred.chunks, CHUNKS_AT_ONCE):
+        part = slice(start, stop)
+        counts += _confusion(pred[part], truth[part], n_phases, None if mask is None else mask[part])
+    return counts
+
+
+def _confusion(pred: da.Array, truth: da.Array, n_phases: int, mask: da.Array | None) -> np.ndarray:
     truth = truth.astype(np.int64)
     pred = da.clip(pred.astype(np.int64), 0, n_phases - 1)
     valid = (truth >= 0) & (truth < n_phases)

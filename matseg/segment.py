@@ -58,13 +58,21 @@ from matseg.selector.plan import (
 from matseg.selector.policy import Selector, check_pairing, load_selector
 from matseg.stitch import BAND, extended_region, neighbour_indices, seam_score
 from matseg.tiles import BorderProbs, blend_sides, blended_labels, candidate_probs, cheap_pass, tile_input
-from matseg.tiling import TileGrid, default_tile, layer_groups, plan_tiles, shared_nodes, tile_blocks
+from matseg.tiling import (
+    CHUNKS_AT_ONCE,
+    TileGrid,
+    default_tile,
+    layer_groups,
+    plan_tiles,
+    shared_nodes,
+    slabs,
+    tile_blocks,
+)
 
 MODES = ("auto", *CANDIDATES)
 REPORT_NAME = "matseg-report.json"
 PERCENTILES = (0.5, 99.5)
 _SUBSAMPLE_VOXELS = 1 << 22
-_CHUNKS_AT_ONCE = 1024  # input chunks in one computation of the intensity pass
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,7 @@ def intensity_range(volume: Volume, n_phases: int | None = None) -> Normalizatio
     parts = []
     # slab by slab of whole chunks along the first axis: a reduction's graph is some 13 kB a
     # chunk, 13 GB for the million chunks of a terabyte if made at once
-    for start, stop in _slabs(data.chunks, _CHUNKS_AT_ONCE):
+    for start, stop in slabs(data.chunks, CHUNKS_AT_ONCE):
         slab = data[start:stop] if (start, stop) != (0, data.shape[0]) else data
         if np.issubdtype(data.dtype, np.floating):
             finite = da.isfinite(slab).all()
@@ -143,15 +151,6 @@ def intensity_range(volume: Volume, n_phases: int | None = None) -> Normalizatio
     if n_phases:
         norm = Normalization(norm.low, norm.high, multiotsu_thresholds(norm(sample), n_phases))
     return norm
-
-
-def _slabs(chunks: tuple[tuple[int, ...], ...], most: int) -> list[tuple[int, int]]:
-    """(start, stop) along the first axis of runs of whole chunks, of at most ``most``
-    chunks each (at least one row of chunks)."""
-    per_row = int(np.prod([len(c) for c in chunks[1:]]))
-    rows = max(1, most // max(per_row, 1))
-    edges = np.cumsum((0, *chunks[0])).tolist()
-    return [(edges[i], edges[min(i + rows, len(chunks[0]))]) for i in range(0, len(chunks[0]), rows)]
 
 
 def _write_tile(arrays: dict, grid: TileGrid, index, **values: np.ndarray) -> None:

@@ -25,6 +25,8 @@ from matseg.errors import MatsegError
 DEFAULT_TILE = (8, 256, 256)
 # Tiles whose tasks exist at once, at least (a task is some 6 kB of graph): see layer_groups.
 GROUP_TILES = 4096
+# Chunks of a volume in one dask reduction (a reduction's graph is some 13 kB a chunk): see slabs.
+CHUNKS_AT_ONCE = 1024
 
 
 def default_tile(ndim: int) -> tuple[int, ...]:
@@ -204,3 +206,13 @@ def layer_groups(todo: Sequence[tuple[int, tuple[int, ...]]], size: int) -> Iter
         run = []
     if run + layer:
         yield run + layer
+
+
+def slabs(chunks: tuple[tuple[int, ...], ...], most: int = CHUNKS_AT_ONCE) -> list[tuple[int, int]]:
+    """(start, stop) along the first axis of runs of whole chunks (``chunks``: a dask
+    array's), of at most ``most`` chunks each but at least one row of chunks: a reduction
+    over a volume computed slab by slab has a graph bounded by ``most``, not by the volume."""
+    per_row = int(np.prod([len(c) for c in chunks[1:]]))
+    rows = max(1, most // max(per_row, 1))
+    edges = np.cumsum((0, *chunks[0])).tolist()
+    return [(edges[i], edges[min(i + rows, len(chunks[0]))]) for i in range(0, len(chunks[0]), rows)]

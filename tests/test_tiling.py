@@ -141,7 +141,7 @@ def test_intensity_pass_slab_by_slab_is_the_same(tmp_path, monkeypatch, shape, c
     and a NaN in the last slab is still found before anything is written."""
     import importlib
 
-    from matseg.segment import _slabs
+    from matseg.tiling import slabs
 
     seg = importlib.import_module("matseg.segment")  # the module (matseg.segment is also its function)
 
@@ -150,10 +150,29 @@ def test_intensity_pass_slab_by_slab_is_the_same(tmp_path, monkeypatch, shape, c
     zarr.create_array(str(src), shape=shape, chunks=chunks, dtype="float32")[:] = data
     monkeypatch.setattr(seg, "_SUBSAMPLE_VOXELS", 4000)  # strides of 2 and more, not chunk-aligned
     whole = intensity_range(open_volume(src), 3)
-    monkeypatch.setattr(seg, "_CHUNKS_AT_ONCE", 1)
-    assert len(_slabs(open_volume(src).data.chunks, 1)) == -(-shape[0] // chunks[0])
+    monkeypatch.setattr(seg, "CHUNKS_AT_ONCE", 1)
+    assert len(slabs(open_volume(src).data.chunks, 1)) == -(-shape[0] // chunks[0])
     assert intensity_range(open_volume(src), 3) == whole
     data[-1, -1] = np.nan
     zarr.open_array(str(src))[:] = data
     with pytest.raises(MatsegError, match="NaN or infinite"):
         intensity_range(open_volume(src), 3)
+
+
+def test_confusion_matrix_slab_by_slab_counts_every_voxel_once(monkeypatch):
+    import dask.array as da
+
+    import matseg.metrics
+    from matseg.metrics import confusion_matrix
+
+    rng = np.random.default_rng(4)
+    pred = rng.integers(0, 3, (23, 40, 30)).astype(np.uint8)
+    truth = rng.integers(0, 4, pred.shape).astype(np.uint8)
+    truth[truth == 3] = 255  # unlabelled
+    mask = rng.random(pred.shape) > 0.3
+    keep = (truth < 3) & mask
+    expected = np.bincount(truth[keep].astype(int) * 3 + pred[keep], minlength=9).reshape(3, 3)
+    chunks = (4, 16, 16)
+    args = [da.from_array(a, chunks=chunks) for a in (pred, truth)]
+    monkeypatch.setattr(matseg.metrics, "CHUNKS_AT_ONCE", 9)  # one row of 3 x 2 chunks a slab: 6 slabs
+    np.testing.assert_array_equal(confusion_matrix(*args, 3, da.from_array(mask, chunks=chunks)), expected)

@@ -870,7 +870,7 @@ def _estimate(plan, cheap, data, grid, norm, context, names, workers) -> dict:
         t = int(np.flatnonzero(plan["choice"] == k)[0])
         idx = indices[t]
         own_grid = candidate_grid(grid, names[k], context)
-        blocks = tile_blocks(data, own_grid)
+        blocks = tile_blocks(data, own_grid, range(idx[0], idx[0] + 1))  # its layer's graph only
         _, gflops, seconds = _candidate_task(
             blocks[idx].compute(), idx, own_grid, norm, context, CANDIDATES[names[k]], BAND
         )

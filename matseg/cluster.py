@@ -155,9 +155,10 @@ class Backend:
     def compute_groups(self, groups: Iterable[Sequence], total: int, progress: bool = False) -> list:
         """Results of the tasks of ``groups`` (in order), one group after the other.
 
-        A group's tasks are made only when the group before is done (``groups`` may be a
-        generator), so the tasks alive at once are one group's, however large the volume:
-        a task is some 6 kB of graph, 12 GB for the 2 million tiles of a terabyte.
+        ``groups`` may be a generator: the next group's tasks are made while a group
+        runs (queued behind it, so that no worker waits for them) and no sooner, so at
+        most two groups' tasks exist at once however large the volume (a task is some
+        6 kB of graph: 13 GB for the 2 million tiles of a terabyte, made at once).
 
         On threads, the tasks go in batches of ``TASKS_PER_THREAD`` per thread: dask's
         threaded scheduler would otherwise read input chunks far ahead of the tiles
@@ -166,37 +167,48 @@ class Backend:
         Two batches share the threads at a time, so that a thread that finishes its
         part of one batch goes on with the next instead of waiting for the batch's last tile.
         """
-        results = []
         if self.client is None:
             with _progress_bar(progress, total) as bar:
-                for tasks in groups:
-                    results += self._on_threads(tasks, bar)
-            return results
+                return self._on_threads(groups, bar)
+        results, running = [], None
         for tasks in groups:
             futures = self.client.compute(list(tasks))
-            if progress:
-                from distributed import progress as show
-
-                with contextlib.redirect_stdout(sys.stderr):
-                    show(futures, notebook=False)
-            results += self.client.gather(futures)
+            if running is not None:
+                results += self._gathered(running, progress)
+            running = futures
+        if running is not None:
+            results += self._gathered(running, progress)
         return results
 
-    def _on_threads(self, tasks: Sequence, bar) -> list:
-        if not tasks:
-            return []
+    def _gathered(self, futures: list, progress: bool) -> list:
+        if progress:
+            from distributed import progress as show
+
+            with contextlib.redirect_stdout(sys.stderr):
+                show(futures, notebook=False)
+        return self.client.gather(futures)
+
+    def _on_threads(self, groups: Iterable[Sequence], bar) -> list:
         size = TASKS_PER_THREAD * self.workers
-        batches = [tasks[start : start + size] for start in range(0, len(tasks), size)]
         threads = ThreadPoolExecutor(self.workers, thread_name_prefix="matseg-tile")
         drivers = ThreadPoolExecutor(2, thread_name_prefix="matseg-batch")
-        results = []
+        results, running = [], []  # running: (tiles, future) of each batch of the group before
+
+        def collect(batches) -> None:
+            for n, future in batches:
+                results.extend(future.result())
+                bar.update(n)
+
         try:
-            running = [
-                drivers.submit(dask.compute, *batch, scheduler="threads", pool=threads) for batch in batches
-            ]
-            for batch, future in zip(batches, running):
-                results += future.result()
-                bar.update(len(batch))
+            for tasks in groups:
+                queued = []
+                for start in range(0, len(tasks), size):
+                    batch = tasks[start : start + size]
+                    future = drivers.submit(dask.compute, *batch, scheduler="threads", pool=threads)
+                    queued.append((len(batch), future))
+                collect(running)
+                running = queued
+            collect(running)
         except BaseException:  # an error or Ctrl-C: stop at the tiles already running
             threads.shutdown(wait=False, cancel_futures=True)  # the batches' drivers fail fast
             raise
@@ -222,9 +234,10 @@ class SharedResults:
         self._lock = threading.Lock()
 
     def expect(self, keys) -> None:
-        """One more user of each of ``keys`` (before the computation starts)."""
-        for key in keys:
-            self._uses[key] = self._uses.get(key, 0) + 1
+        """One more user of each of ``keys`` (before the computation of those users starts)."""
+        with self._lock:  # (the next group's users are counted while a group runs)
+            for key in keys:
+                self._uses[key] = self._uses.get(key, 0) + 1
 
     def get(self, key: Hashable, function: Callable, *args):
         """``function(*args)``, computed by the first caller of ``key`` only."""

@@ -41,7 +41,11 @@ def _same_labels(a, b) -> None:
         np.testing.assert_array_equal(ra[name][:], rb[name][:], err_msg=name)
 
 
-def test_cli_local_cluster_gives_the_threaded_result(tmp_path, volume, threaded, capsys):
+def test_cli_local_cluster_gives_the_threaded_result(tmp_path, volume, threaded, capsys, monkeypatch):
+    from matseg.cluster import Backend
+
+    # a group of tasks per layer of tiles (2 x 2 tiles): the next layer's queued while one runs
+    monkeypatch.setattr(Backend, "group_tiles", property(lambda self: 4))
     out = tmp_path / "phases.zarr"
     args = ["segment", volume, "-o", out, "--tile", "4,128,128", "--max-expensive-fraction", "0.5"]
     assert run([*args, "--cluster", "local", "--workers", "2", "--quiet"]) == 0
@@ -203,22 +207,30 @@ def test_workers_that_cannot_run_matseg_are_refused(tmp_path, volume, capsys, mo
 
 
 def test_groups_of_tasks_are_made_one_after_the_other():
-    """A group's tasks are made only once every task of the group before has run: the
-    tasks alive at once are one group's, however many groups a volume has."""
+    """The next group's tasks are made while a group runs, the one after only once that
+    group is done: at most two groups' tasks exist at once, however many a volume has."""
+    import time
+
     import dask
 
     from matseg.cluster import Backend
 
     events = []
 
-    def groups():
-        for g in range(3):
-            events.append(("made", g))
-            yield [dask.delayed(events.append)(("ran", g, i)) for i in range(5)]
+    def slow(event):
+        time.sleep(0.02)
+        events.append(event)
+        return event[2]
 
-    assert Backend(None, workers=2).compute_groups(groups(), 15) == [None] * 15
+    def groups():
+        for g in range(4):
+            events.append(("made", g))
+            yield [dask.delayed(slow)(("ran", g, i)) for i in range(6)]
+
+    assert Backend(None, workers=2).compute_groups(groups(), 24) == list(range(6)) * 4
     order = [e[:2] for e in events]
-    assert sorted(order) == sorted([("made", g) for g in range(3)] + [("ran", g) for g in range(3)] * 5)
+    assert sorted(order) == sorted([("made", g) for g in range(4)] + [("ran", g) for g in range(4)] * 6)
     for g in range(2):
         last_ran = max(i for i, e in enumerate(order) if e == ("ran", g))
-        assert order.index(("made", g + 1)) > last_ran
+        assert order.index(("made", g + 1)) < last_ran  # made while group g runs
+        assert order.index(("made", g + 2)) > last_ran  # not before group g is done

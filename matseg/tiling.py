@@ -20,10 +20,11 @@ from matseg.errors import MatsegError
 
 # Tiles of 8 slices: each tile costs a fixed ~12 ms of reading, writing and scheduling
 # per stage besides its model calls; with 4-slice tiles a run took 1.23-1.29x its pure
-# model time, with 8-slice tiles 0.99-1.22x run by run over four runs (docs/benchmarks.md).
+# model time, with 8-slice tiles 0.99-1.22x run by run over five runs (docs/benchmarks.md).
 # The models are 2-D, so the depth changes only how finely the selector decides along Z.
 DEFAULT_TILE = (8, 256, 256)
-# Tiles whose tasks exist at once, at least (a task is some 6 kB of graph): see layer_groups.
+# Tiles in a group whose tasks are made at once (at least: see Backend.group_tiles); a task
+# is some 6 kB of graph, and at most two groups' tasks exist at a time (see layer_groups).
 GROUP_TILES = 4096
 # Chunks of a volume in one dask reduction (a reduction's graph is some 13 kB a chunk): see slabs.
 CHUNKS_AT_ONCE = 1024
@@ -187,9 +188,9 @@ def layer_groups(todo: Sequence[tuple[int, tuple[int, ...]]], size: int) -> Iter
 
     A layer is the tiles of one index along Z; a run holds as many layers as fit in
     ``size`` tiles (at least one). Tiles blend with their in-plane neighbours only, so
-    no two runs share a tile's result, and a run's tasks can be built, computed and
-    dropped before the next run's are made: the graph of a run is bounded by ``size``,
-    not by the volume. A 2-D image is a single layer.
+    no two runs share a tile's result, and each run's tasks can be made, computed and
+    dropped on their own (:meth:`matseg.cluster.Backend.compute_groups`): the graph of a
+    run is bounded by ``size``, not by the volume. A 2-D image is a single layer.
     """
     run: list = []
     layer: list = []

@@ -206,7 +206,7 @@ def test_workers_that_cannot_run_matseg_are_refused(tmp_path, volume, capsys, mo
         assert_refused(tmp_path, args, capsys, "cannot run matseg (ModuleNotFoundError")
 
 
-def test_groups_of_tasks_are_made_one_after_the_other():
+def test_the_next_group_is_made_while_one_runs_and_no_sooner():
     """The next group's tasks are made while a group runs, the one after only once that
     group is done: at most two groups' tasks exist at once, however many a volume has."""
     import time

@@ -172,7 +172,7 @@ def tile_blocks(data: da.Array, grid: TileGrid, layers: range | None = None) -> 
     tiles it needs (optimising it up front took 0.2 s for 256 tiles).
     """
     first = 0
-    if layers is not None and len(grid.shape) == 3 and len(layers) < len(grid.chunks[0]):
+    if layers is not None and len(grid.shape) == 3:  # (all layers: the array itself, as dask slices it)
         first = layers.start
         start = sum(grid.chunks[0][:first])
         z = grid.chunks[0][first : layers.stop]

@@ -36,7 +36,6 @@ from matseg.io.write import (
     for_tile_writes,
     remove_store,
     run_attrs,
-    write_region,
 )
 from matseg.metrics import confusion_matrix, summarize, volume_fractions
 from matseg.models.weights import (
@@ -153,10 +152,10 @@ def intensity_range(volume: Volume, n_phases: int | None = None) -> Normalizatio
     return norm
 
 
-def _write_tile(arrays: dict, grid: TileGrid, index, **values: np.ndarray) -> None:
+def _outputs(arrays: dict, grid: TileGrid, index, **values: np.ndarray) -> list:
+    """(array, region, values) of a tile's output chunks, for :meth:`TileRecords.write`."""
     region = grid.region(index)
-    for name, value in values.items():
-        write_region(arrays[name], region, value if len(grid.shape) == 3 else value[0])
+    return [(arrays[n], region, v if len(grid.shape) == 3 else v[0]) for n, v in values.items()]
 
 
 # Each task writes its tile's output chunks, then its progress record (the tile is done).
@@ -170,8 +169,10 @@ def _single_task(block, t, index, grid, norm, context, candidate: Candidate, arr
     seconds = time.perf_counter() - started
     labels = phase_labels(probs)
     uncertainty = np.rint(normalized_entropy(probs) * 255).astype(np.uint8)
-    _write_tile(arrays, grid, index, phases=labels, uncertainty=uncertainty, decisions=np.zeros_like(labels))
-    records.write(t, gflops=gflops, counts=_counts(labels, context), seconds=[seconds])
+    out = _outputs(
+        arrays, grid, index, phases=labels, uncertainty=uncertainty, decisions=np.zeros_like(labels)
+    )
+    records.write(t, out, gflops=gflops, counts=_counts(labels, context), seconds=[seconds])
 
 
 def _cheap_task(block, t, index, grid, norm, context, arrays, records) -> None:
@@ -183,9 +184,9 @@ def _cheap_task(block, t, index, grid, norm, context, arrays, records) -> None:
     labels = result["labels"]
     uncertainty = np.rint(result["uncertainty"] * 255).astype(np.uint8)
     # decisions stay at the fill value, 0 (cheap), until stage 2 rewrites the tile
-    _write_tile(arrays, grid, index, phases=labels, uncertainty=uncertainty)
     records.write(
         t,
+        _outputs(arrays, grid, index, phases=labels, uncertainty=uncertainty),
         gflops=result["gflops"],
         counts=_counts(labels, context),
         seconds=[seconds],
@@ -242,8 +243,8 @@ def _finish_task(
     if shared is not None:
         for j in ([index] if mine else []) + list(neighbour_probs):
             shared.release(j)
-    _write_tile(arrays, grid, index, phases=labels, decisions=np.full_like(labels, mine))
-    records.write(t, gflops=gflops, counts=_counts(labels, context), seconds=seconds)
+    out = _outputs(arrays, grid, index, phases=labels, decisions=np.full_like(labels, mine))
+    records.write(t, out, gflops=gflops, counts=_counts(labels, context), seconds=seconds)
 
 
 def _counts(labels: np.ndarray, context: Context) -> np.ndarray:

@@ -10,6 +10,7 @@ tile runs that candidate and nothing is blended (exactly whole-volume inference)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -28,7 +29,7 @@ from matseg import __version__
 from matseg.cluster import CHEAP, COSTLY, Backend, ClusterSpec, SharedResults, backend
 from matseg.errors import MatsegError
 from matseg.io.lock import OutputLock
-from matseg.io.progress import TileRecords
+from matseg.io.progress import TileRecords, WriteBehind
 from matseg.io.read import Volume, canonical_source, open_volume
 from matseg.io.write import (
     check_output,
@@ -412,8 +413,8 @@ def segment(
             raise MatsegError(f"output {output} changed while this run started; run it again")
         root = _open_output(job, start, norm)
         try:
-            with backend(spec, workers, log) as runner:
-                return _run(job, root, start, norm, runner, progress, dry_run, command, started, log)
+            with backend(spec, workers, log) as runner, _tile_writes(runner) as writes:
+                return _run(job, root, start, norm, runner, writes, progress, dry_run, command, started, log)
         except BaseException:
             if start == "new" and run_attrs(job.output).get("status") == "running" and not _any_done(root):
                 remove_store(job.output)  # nothing finished: nothing half-written is left behind
@@ -573,7 +574,15 @@ def _set_status(root, **changes) -> None:
     root.attrs["matseg"] = {**root.attrs["matseg"], **changes}
 
 
-def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, command, started, log) -> dict:
+def _tile_writes(runner: Backend) -> contextlib.AbstractContextManager[WriteBehind | None]:
+    """Write-behind for a run on threads (two waiting writes a worker); a cluster's workers
+    write their tiles themselves."""
+    return WriteBehind(2 * runner.workers) if runner.client is None else contextlib.nullcontext()
+
+
+def _run(
+    job: _Job, root, start, norm, runner: Backend, writes, progress, dry_run, command, started, log
+) -> dict:
     """The stages of a run on an open output; each computes only the tiles not yet recorded."""
     grid, indices, context = job.grid, job.indices, job.context
     paths = {"uncertainty": "0", "phases": "labels/phases/0", "decisions": "labels/decisions/0"}
@@ -582,7 +591,7 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
     computed = {}
     ctx, out = shared_nodes(context, arrays)
     if job.selector is None:
-        records = TileRecords.open(root, "tiles")
+        records = TileRecords.open(root, "tiles", writes)
         todo = _todo(records, indices)
         computed["tiles"] = len(todo)
         cost = CHEAP if job.model in ("cheap", "classical") else COSTLY
@@ -594,12 +603,12 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
                     _single_task, "tile", blocks, group, grid, norm, ctx, CANDIDATES[job.model], out, records
                 )
 
-        _compute_tiles(runner, todo, tasks, progress)
+        _compute_tiles(runner, todo, tasks, progress, records)
         rows = records.read()
         counts, plan = rows["counts"].sum(axis=0), None
         stats = {"gflops": float(rows["gflops"].sum()), "seconds": {job.model: float(rows["seconds"].sum())}}
     else:
-        cheap_records = TileRecords.open(root, "cheap")
+        cheap_records = TileRecords.open(root, "cheap", writes)
         todo = _todo(cheap_records, indices)
         computed["cheap"] = len(todo)
         if todo:
@@ -613,7 +622,7 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
                         _cheap_task, "cheap", blocks, group, cheap_grid, norm, ctx, out, cheap_records
                     )
 
-            _compute_tiles(runner, todo, tasks, progress)
+            _compute_tiles(runner, todo, tasks, progress, cheap_records)
         cheap = _cheap_results(root, cheap_records)
         if root.attrs["matseg"]["status"] == "running":
             _set_status(root, status="cheap-pass")
@@ -643,7 +652,7 @@ def _run(job: _Job, root, start, norm, runner: Backend, progress, dry_run, comma
             previous = set(map(tuple, attrs.get("rewritten", [])))
             rewrite = {indices[t] for t in np.flatnonzero(plan["rewritten"])} | previous
             _set_status(root, status="running-candidates", rewritten=sorted(map(list, rewrite)))
-        finish_records = TileRecords.open(root, "finish")
+        finish_records = TileRecords.open(root, "finish", writes)
         todo = _todo(finish_records, indices, rewrite)
         computed["candidates"] = len(todo)
         _run_stage2(job, plan, todo, norm, ctx, out, finish_records, runner, progress)
@@ -723,15 +732,24 @@ def _tile_tasks(function, stage: str, blocks, todo, grid: TileGrid, *args) -> li
     return [dask.delayed(function)(blocks[i], t, i, *shared, dask_key_name=_key(stage, i)) for t, i in todo]
 
 
-def _compute_tiles(runner: Backend, todo, tasks: Callable[[list, range], list], progress: bool) -> None:
+def _compute_tiles(
+    runner: Backend, todo, tasks: Callable[[list, range], list], progress: bool, records: TileRecords
+) -> None:
     """The tasks ``tasks(group, layers)`` makes for the tiles of ``todo`` (position, index),
     made and computed group by group of whole layers (:func:`matseg.tiling.layer_groups`;
-    ``layers``: the group's range of the first index, for :func:`matseg.tiling.tile_blocks`)."""
+    ``layers``: the group's range of the first index, for :func:`matseg.tiling.tile_blocks`);
+    when it returns, every tile the tasks wrote to ``records`` is written."""
     groups = (
         tasks(group, range(group[0][1][0], group[-1][1][0] + 1))
         for group in layer_groups(todo, runner.group_tiles)
     )
-    runner.compute_groups(groups, len(todo), progress)
+    try:
+        runner.compute_groups(groups, len(todo), progress)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the tiles already done stay recorded; the error stands
+            records.flush()
+        raise
+    records.flush()
 
 
 def _key(stage: str, index) -> str:
@@ -832,7 +850,7 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
                 )
         return out
 
-    _compute_tiles(runner, todo, tasks, progress)
+    _compute_tiles(runner, todo, tasks, progress, records)
 
 
 def _selector_stats(job: _Job, plan, cheap, records: TileRecords, rewrite) -> dict:

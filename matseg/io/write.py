@@ -12,7 +12,6 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import zarr
 from ome_zarr.format import FormatV05
 from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
@@ -143,8 +142,3 @@ def for_tile_writes(array: zarr.Array) -> zarr.Array:
     """``array`` set to store every chunk it is given: by default zarr first compares each
     chunk with the fill value (to skip storing it), a tenth of the cost of a tile's write."""
     return array.with_config({"write_empty_chunks": True})
-
-
-def write_region(array: zarr.Array, region: tuple[slice, ...], values: np.ndarray) -> None:
-    """Write one tile (whole chunks) into ``array``."""
-    array[region] = values

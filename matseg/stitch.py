@@ -12,7 +12,7 @@ single-model runs exactly equal to whole-volume inference.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import islice, product
+from itertools import product
 
 import numpy as np
 
@@ -106,9 +106,11 @@ def seam_score(labels, grid: TileGrid, compute=None) -> dict:
     jump at tile borders.
 
     ``labels`` is a numpy or Zarr array (a dask array would be computed whole
-    first: pass the store it reads); it is read tile by tile, each tile with one
-    more row and column of its neighbours, and ``compute`` (default: dask's
-    threads) runs the per-tile counts, so memory does not grow with the volume.
+    first: pass the store it reads); it is read tile by tile, each tile's chunks
+    once, and ``compute`` (default: dask's threads) runs the per-tile counts. A
+    tile gives its pairs inside and its four edges; the pairs across borders are
+    counted from the edges of neighbours, a group of whole layers at a time (tiles
+    border only in-plane), so memory does not grow with the volume.
 
     Returns
     -------
@@ -118,11 +120,17 @@ def seam_score(labels, grid: TileGrid, compute=None) -> dict:
     import dask
 
     shared = shared_nodes(labels, grid)
-    counts = np.zeros(4, np.int64)
-    indices = grid.indices()
-    while group := list(islice(indices, GROUP_TILES)):  # a bounded graph at a time
-        tasks = [dask.delayed(_seam_counts)(*shared, index) for index in group]
-        counts += np.sum(compute(tasks) if compute else dask.compute(*tasks, scheduler="threads"), axis=0)
+    counts = np.zeros(4, np.int64)  # disagreeing and all pairs: across borders, inside tiles
+    for group in _layer_runs(grid):
+        tasks = [dask.delayed(_seam_parts)(*shared, index) for index in group]
+        parts = dict(zip(group, compute(tasks) if compute else dask.compute(*tasks, scheduler="threads")))
+        for index, (inside, edges) in parts.items():
+            counts[2:] += inside
+            near = neighbour_indices(grid, index)
+            for axis, offset in ((-2, (1, 0)), (-1, (0, 1))):
+                if offset in near:  # this tile's last row (column) against the next one's first
+                    last, first = edges[axis][1], parts[near[offset]][1][axis][0]
+                    counts[:2] += (np.count_nonzero(last != first), last.size)
     border_sum, border_n, inside_sum, inside_n = counts.tolist()
     border_rate = border_sum / border_n if border_n else 0.0
     inside_rate = inside_sum / inside_n if inside_n else 0.0
@@ -135,32 +143,25 @@ def seam_score(labels, grid: TileGrid, compute=None) -> dict:
     }
 
 
-def _seam_counts(labels, grid: TileGrid, index) -> np.ndarray:
-    """Disagreeing and all pairs across tile ``index``'s far borders (+y, +x) and inside it."""
-    region = list(grid.region(index))
-    beyond = []
-    for axis in (-2, -1):  # one more row / column, where a neighbour follows
-        more = region[axis].stop < grid.shape[axis]
-        beyond.append(more)
-        if more:
-            region[axis] = slice(region[axis].start, region[axis].stop + 1)
-    block = np.asarray(labels[tuple(region)])
-    border = np.zeros(2, np.int64)  # disagreeing, all
+def _layer_runs(grid: TileGrid):
+    """The grid's tile indices in runs of whole layers (the first index), at least
+    ``GROUP_TILES`` tiles a run when layers are smaller; a 2-D grid is one run."""
+    if len(grid.grid_shape) == 2:
+        yield list(grid.indices())
+        return
+    layers, *plane = grid.grid_shape
+    step = max(1, GROUP_TILES // int(np.prod(plane)))
+    for z in range(0, layers, step):
+        yield list(product(range(z, min(z + step, layers)), *(range(n) for n in plane)))
+
+
+def _seam_parts(labels, grid: TileGrid, index) -> tuple[np.ndarray, dict]:
+    """Disagreeing and all pairs inside tile ``index``, and its edges: for each in-plane
+    axis, the tile's (first, last) row or column of labels."""
+    block = np.asarray(labels[grid.region(index)])
     inside = np.zeros(2, np.int64)
-    for axis, more in zip((-2, -1), beyond):
-        other = -1 if axis == -2 else -2
-        core = [slice(None)] * block.ndim
-        if beyond[other]:  # pairs along this axis only within the tile's own extent across it
-            core[other] = slice(0, block.shape[other] - 1)
-        part = block[tuple(core)]
-        disagree = np.diff(part, axis=axis) != 0
-        n = disagree.shape[axis]
-        if more:  # the last pair along this axis straddles the border
-            last = [slice(None)] * block.ndim
-            last[axis] = slice(n - 1, n)
-            border += (int(disagree[tuple(last)].sum()), disagree[tuple(last)].size)
-            last[axis] = slice(0, n - 1)
-            inside += (int(disagree[tuple(last)].sum()), disagree[tuple(last)].size)
-        else:
-            inside += (int(disagree.sum()), disagree.size)
-    return np.array([border[0], border[1], inside[0], inside[1]])
+    for axis in (-2, -1):
+        disagree = np.diff(block, axis=axis) != 0
+        inside += (np.count_nonzero(disagree), disagree.size)
+    edges = {axis: (np.take(block, 0, axis).copy(), np.take(block, -1, axis).copy()) for axis in (-2, -1)}
+    return inside, edges

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import matseg.stitch
 from matseg.stitch import blend_weights, seam_score
 from matseg.tiling import plan_tiles
 
@@ -35,6 +36,39 @@ def test_synthetic_seam_is_detected(labels):
     clean, broken = seam_score(labels, grid)["score"], seam_score(seamed, grid)["score"]
     assert broken > 2 * clean
     assert broken > 2.0
+
+
+def _seam_counts_by_hand(labels, grid):
+    """Disagreeing and all adjacent in-plane pairs, across tile borders and inside tiles."""
+    counts = np.zeros(4, np.int64)
+    for axis in (-2, -1):
+        disagree = np.diff(labels, axis=axis) != 0
+        edges = np.cumsum(grid.chunks[axis])[:-1]  # a pair (i - 1, i) straddles a border at i
+        border = np.zeros(labels.shape[axis] - 1, bool)
+        border[edges - 1] = True
+        at = border.reshape([-1 if a == labels.ndim + axis else 1 for a in range(labels.ndim)])
+        at = np.broadcast_to(at, disagree.shape)
+        counts += (disagree[at].sum(), at.sum(), disagree[~at].sum(), (~at).sum())
+    return counts
+
+
+@pytest.mark.parametrize(
+    "shape, tile", [((4, 200, 232), (4, 48, 48)), ((3, 200, 232), (1, 64, 56)), ((200, 232), (48, 64))]
+)
+@pytest.mark.parametrize("layers_at_once", [1, 4096])
+def test_seam_counts_equal_counting_the_whole_array(shape, tile, layers_at_once, monkeypatch):
+    """Tile by tile, each tile read once, in runs of one layer or all: the very pairs of the
+    whole array (uneven last tiles included), split into across-borders and inside."""
+    field = smooth_noise(shape if len(shape) == 3 else (1, *shape), seed=5).reshape(shape)
+    labels = np.digitize(field, np.quantile(field, [0.3, 0.7])).astype(np.uint8)
+    grid = plan_tiles(shape, tile, 16, 8)
+    plane = int(np.prod(grid.grid_shape[-2:]))
+    monkeypatch.setattr(matseg.stitch, "GROUP_TILES", layers_at_once * plane)
+    score = seam_score(labels, grid)
+    border_sum, border_n, inside_sum, inside_n = _seam_counts_by_hand(labels, grid).tolist()
+    assert score["border_pairs"] == border_n
+    assert score["border_rate"] == border_sum / border_n
+    assert score["inside_rate"] == inside_sum / inside_n
 
 
 def test_blend_weights_sum_to_one():

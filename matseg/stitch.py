@@ -12,7 +12,7 @@ single-model runs exactly equal to whole-volume inference.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import product
+from itertools import islice, product
 
 import numpy as np
 
@@ -109,8 +109,8 @@ def seam_score(labels, grid: TileGrid, compute=None) -> dict:
     first: pass the store it reads); it is read tile by tile, each tile's chunks
     once, and ``compute`` (default: dask's threads) runs the per-tile counts. A
     tile gives its pairs inside and its four edges; the pairs across borders are
-    counted from the edges of neighbours, a group of whole layers at a time (tiles
-    border only in-plane), so memory does not grow with the volume.
+    counted from the edges of neighbours, a run of whole rows of tiles at a time (the
+    last row's edges kept for the next run), so memory does not grow with the volume.
 
     Returns
     -------
@@ -121,16 +121,19 @@ def seam_score(labels, grid: TileGrid, compute=None) -> dict:
 
     shared = shared_nodes(labels, grid)
     counts = np.zeros(4, np.int64)  # disagreeing and all pairs: across borders, inside tiles
-    for group in _layer_runs(grid):
-        tasks = [dask.delayed(_seam_parts)(*shared, index) for index in group]
-        parts = dict(zip(group, compute(tasks) if compute else dask.compute(*tasks, scheduler="threads")))
+    previous: dict = {}  # the parts of the last row of tiles of the run before
+    for run in _row_runs(grid):
+        tasks = [dask.delayed(_seam_parts)(*shared, index) for index in run]
+        parts = dict(zip(run, compute(tasks) if compute else dask.compute(*tasks, scheduler="threads")))
         for index, (inside, edges) in parts.items():
             counts[2:] += inside
             near = neighbour_indices(grid, index)
-            for axis, offset in ((-2, (1, 0)), (-1, (0, 1))):
-                if offset in near:  # this tile's last row (column) against the next one's first
-                    last, first = edges[axis][1], parts[near[offset]][1][axis][0]
-                    counts[:2] += (np.count_nonzero(last != first), last.size)
+            for axis, offset in ((-2, (-1, 0)), (-1, (0, -1))):
+                if offset in near:  # this tile's first row (column) against the one before's last
+                    before = parts.get(near[offset]) or previous[near[offset]]
+                    first, last = edges[axis][0], before[1][axis][1]
+                    counts[:2] += (np.count_nonzero(first != last), first.size)
+        previous = {index: part for index, part in parts.items() if index[:-1] == run[-1][:-1]}
     border_sum, border_n, inside_sum, inside_n = counts.tolist()
     border_rate = border_sum / border_n if border_n else 0.0
     inside_rate = inside_sum / inside_n if inside_n else 0.0
@@ -143,16 +146,13 @@ def seam_score(labels, grid: TileGrid, compute=None) -> dict:
     }
 
 
-def _layer_runs(grid: TileGrid):
-    """The grid's tile indices in runs of whole layers (the first index), at least
-    ``GROUP_TILES`` tiles a run when layers are smaller; a 2-D grid is one run."""
-    if len(grid.grid_shape) == 2:
-        yield list(grid.indices())
-        return
-    layers, *plane = grid.grid_shape
-    step = max(1, GROUP_TILES // int(np.prod(plane)))
-    for z in range(0, layers, step):
-        yield list(product(range(z, min(z + step, layers)), *(range(n) for n in plane)))
+def _row_runs(grid: TileGrid):
+    """The grid's tile indices in runs of whole rows of tiles (all but the last index the
+    same), as many rows a run as fit in ``GROUP_TILES`` tiles (at least one)."""
+    *rows, width = grid.grid_shape
+    starts = product(*(range(n) for n in rows))
+    while chunk := list(islice(starts, max(1, GROUP_TILES // width))):
+        yield [(*row, x) for row in chunk for x in range(width)]
 
 
 def _seam_parts(labels, grid: TileGrid, index) -> tuple[np.ndarray, dict]:

@@ -68,6 +68,9 @@ class WriteBehind:
         with self._lock:
             pending = list(self._pending)
         wait(pending)
+        for future in pending:  # (done, but its callback may not have recorded its error yet)
+            if future.exception() is not None:
+                raise future.exception()
         self._raise()
 
     def close(self) -> None:

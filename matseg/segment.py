@@ -811,7 +811,8 @@ def _run_stage2(job: _Job, plan, todo, norm, ctx, arrays, records, runner: Backe
             for idx in sorted(needed):
                 name = names[grid_choice[idx]]
                 # only the strips of probabilities that blending will read are held
-                sides = blend_sides(grid, idx, near(idx))
+                # (a neighbour already done on resume is needed but has no entry in ``around``)
+                sides = blend_sides(grid, idx, around.get(idx) or near(idx))
                 args = (blocks[name][idx], idx, shared_grids[name], shared_norm, ctx, run[name], BAND, sides)
                 key = _key("candidate", idx)
                 if shared is not None:

@@ -62,6 +62,7 @@ from matseg.tiling import (
     CHUNKS_AT_ONCE,
     TileGrid,
     default_tile,
+    group_layers,
     layer_groups,
     plan_tiles,
     shared_nodes,
@@ -733,16 +734,13 @@ def _tile_tasks(function, stage: str, blocks, todo, grid: TileGrid, *args) -> li
 
 
 def _compute_tiles(
-    runner: Backend, todo, tasks: Callable[[list, range], list], progress: bool, records: TileRecords
+    runner: Backend, todo, tasks: Callable[[list, range | None], list], progress: bool, records: TileRecords
 ) -> None:
     """The tasks ``tasks(group, layers)`` makes for the tiles of ``todo`` (position, index),
     made and computed group by group of whole layers (:func:`matseg.tiling.layer_groups`;
-    ``layers``: the group's range of the first index, for :func:`matseg.tiling.tile_blocks`);
+    ``layers``: :func:`matseg.tiling.group_layers`, for :func:`matseg.tiling.tile_blocks`);
     when it returns, every tile the tasks wrote to ``records`` is written."""
-    groups = (
-        tasks(group, range(group[0][1][0], group[-1][1][0] + 1))
-        for group in layer_groups(todo, runner.group_tiles)
-    )
+    groups = (tasks(group, group_layers(group)) for group in layer_groups(todo, runner.group_tiles))
     try:
         runner.compute_groups(groups, len(todo), progress)
     except BaseException:

@@ -209,6 +209,13 @@ def layer_groups(todo: Sequence[tuple[int, tuple[int, ...]]], size: int) -> Iter
         yield run + layer
 
 
+def group_layers(group: Sequence[tuple[int, tuple[int, ...]]]) -> range | None:
+    """The layers (a range of the first index) a run of :func:`layer_groups` spans, for
+    :func:`tile_blocks`; None for a 2-D image, a single layer."""
+    first, last = group[0][1], group[-1][1]
+    return range(first[0], last[0] + 1) if len(first) == 3 else None
+
+
 def slabs(chunks: tuple[tuple[int, ...], ...], most: int = CHUNKS_AT_ONCE) -> list[tuple[int, int]]:
     """(start, stop) along the first axis of runs of whole chunks (``chunks``: a dask
     array's), of at most ``most`` chunks each but at least one row of chunks: a reduction

@@ -93,7 +93,7 @@ def test_tile_must_follow_stride(random_weights):
 
 
 def test_layer_groups_are_runs_of_whole_layers():
-    from matseg.tiling import layer_groups
+    from matseg.tiling import group_layers, layer_groups
 
     grid = plan_tiles((20, 96, 160), (4, 32, 32), 16, 16)  # 5 layers of 3 x 5 tiles
     todo = list(enumerate(grid.indices()))
@@ -102,10 +102,14 @@ def test_layer_groups_are_runs_of_whole_layers():
         assert [g for group in groups for g in group] == todo  # all of them, in order
         assert [len({i[0] for _, i in group}) for group in groups] == layers
         assert all(len(group) <= max(size, 15) for group in groups)
+        assert [group_layers(group) for group in groups] == [
+            range(group[0][1][0], group[-1][1][0] + 1) for group in groups
+        ]
     resumed = [item for item in todo if item[0] % 4]  # a resume: some tiles done
     assert [g for group in layer_groups(resumed, 15) for g in group] == resumed
     flat = list(enumerate(plan_tiles((96, 160), (32, 32), 16, 16).indices()))
     assert list(layer_groups(flat, 4)) == [flat]  # a 2-D image: one layer
+    assert group_layers(flat) is None
 
 
 def test_tile_blocks_of_some_layers_are_the_same_blocks_in_a_smaller_graph():

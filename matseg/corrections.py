@@ -33,7 +33,7 @@ from zarr.storage import LocalStore
 
 from matseg import __version__
 from matseg.errors import MatsegError
-from matseg.io.write import remove_store
+from matseg.io.write import axes_for, remove_store
 from matseg.review import open_segmentation, tile_grid
 from matseg.train import UNLABELLED, LabelledSlices, fit, load_labelled, score
 
@@ -159,7 +159,14 @@ def save_corrections(
     root = zarr.open_group(str(partial), mode="w", zarr_format=3)
     chunk_shape = segmentation.phases.chunksize
     stored = {
-        name: root.create_array(name, shape=shape, chunks=chunk_shape, dtype="uint8", fill_value=0)
+        name: root.create_array(
+            name,
+            shape=shape,
+            chunks=chunk_shape,
+            dtype="uint8",
+            fill_value=0,
+            dimension_names=axes_for(len(shape)),
+        )
         for name in ("labels", "mask")
     }
     stored["labels"].attrs["matseg"] = {"phases": list(segmentation.phase_names)}

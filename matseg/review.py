@@ -19,7 +19,8 @@ import zarr
 from zarr.storage import LocalStore
 
 from matseg.errors import MatsegError
-from matseg.io.read import label_phase_names, ome_attrs, split_spec
+from matseg.io.read import label_phase_names, ome_attrs, open_volume, split_spec
+from matseg.io.scale import VoxelSize
 from matseg.tiling import TileGrid, plan_tiles
 
 REPORT_NAME = "matseg-report.json"
@@ -41,6 +42,7 @@ class Segmentation:
     candidate_names: tuple[str, ...]
     report: dict
     colours: dict[str, dict[int, tuple[int, int, int, int]]] = field(default_factory=dict)
+    voxel_size: VoxelSize | None = None  # physical size of a voxel, as the output records it
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -134,6 +136,7 @@ def open_segmentation(path: str | os.PathLike) -> Segmentation:
         candidate_names=tuple(candidate_names),
         report=report,
         colours=colours,
+        voxel_size=open_volume(f"{path}:labels/phases", labels=False).voxel_size,
     )
 
 

@@ -10,7 +10,8 @@ import dask
 import yaml
 
 from matseg.errors import MatsegError
-from matseg.io.write import check_output, create_ome_store, remove_store
+from matseg.io.scale import VoxelSize
+from matseg.io.write import axes_for, check_output, create_ome_store, remove_store
 from matseg.synth import PHASES, SampleConfig, sample_arrays
 
 
@@ -36,6 +37,7 @@ def write_sample(
     config: SampleConfig | None = None,
     overwrite: bool = False,
     chunks: Sequence[int] | None = None,
+    voxel_size: VoxelSize | None = None,
 ) -> Path:
     """Generate a sample and write it as an OME-Zarr image with a ``truth`` label image.
 
@@ -51,6 +53,10 @@ def write_sample(
         Geometry and imaging settings.
     overwrite : bool
         Replace an existing store.
+    chunks : sequence of int, optional
+        Chunks of the stored arrays (default: the generator's blocks).
+    voxel_size : VoxelSize, optional
+        Physical voxel size recorded in the store (default: none, one unit-less voxel).
 
     Returns
     -------
@@ -69,9 +75,17 @@ def write_sample(
         "phases": list(PHASES),
     }
     root = create_ome_store(
-        out, shape, chunks, image=("image", "uint8"), labels={"truth": PHASES}, attrs=attrs
+        out,
+        shape,
+        chunks,
+        image=("image", "uint8"),
+        labels={"truth": PHASES},
+        attrs=attrs,
+        voxel_size=voxel_size,
     )
-    difficulty = root.create_array("difficulty", shape=tuple(shape), chunks=chunks, dtype="float32")
+    difficulty = root.create_array(
+        "difficulty", shape=tuple(shape), chunks=chunks, dtype="float32", dimension_names=axes_for(len(shape))
+    )
     try:
         dask.compute(
             arrays["image"].store(root["0"], lock=False, compute=False),

@@ -537,6 +537,7 @@ def _open_output(job: _Job, start: str, norm: Normalization) -> zarr.Group:
         job.grid.write_chunks,
         image=("uncertainty", "uint8"),
         labels={"phases": job.phases, "decisions": job.names},
+        voxel_size=job.volume.voxel_size,
     )
     n = job.grid.n_tiles
     if job.selector is None:
@@ -770,10 +771,19 @@ def _cheap_results(root, records: TileRecords) -> dict:
     group = root.require_group("selector")
     if "choice" not in group:
         for name, values in cheap.items():
-            group.create_array(name, data=values, overwrite=True)
+            names = ["tile", "field"][: values.ndim]
+            group.create_array(name, data=values, overwrite=True, dimension_names=names)
         n_tiles, n_cand = len(cheap["gflops"]), len(root["labels/decisions"].attrs["matseg"]["candidates"])
-        group.create_array("gain", shape=(n_tiles, n_cand), dtype="float32", overwrite=True)
-        group.create_array("choice", shape=(n_tiles,), dtype="uint8", overwrite=True)
+        group.create_array(
+            "gain",
+            shape=(n_tiles, n_cand),
+            dtype="float32",
+            overwrite=True,
+            dimension_names=["tile", "candidate"],
+        )
+        group.create_array(
+            "choice", shape=(n_tiles,), dtype="uint8", overwrite=True, dimension_names=["tile"]
+        )
     return cheap
 
 

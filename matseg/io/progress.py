@@ -109,6 +109,7 @@ class TileRecords:
             dtype="float64",
             fill_value=np.nan,
             overwrite=True,
+            dimension_names=["tile", "field"],
         )
         array.attrs["fields"] = [[name, width] for name, width in fields.items()]
         return cls(array)

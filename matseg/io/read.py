@@ -6,6 +6,7 @@ loaded until a tile asks for it.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ import zarr
 from zarr.storage import LocalStore
 
 from matseg.errors import MatsegError
+from matseg.io import scale
+from matseg.io.scale import VoxelSize
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5", ".nxs")
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
@@ -31,6 +34,7 @@ class Volume:
     kind: str
     phases: tuple[str, ...] | None = None
     handle: Any = field(default=None, repr=False)
+    voxel_size: VoxelSize | None = None  # from the file's own metadata, if it records one
 
     @property
     def ndim(self) -> int:
@@ -143,7 +147,8 @@ def _open_hdf5(path: Path, inner: str, source: str) -> Volume:
         raise MatsegError(f"HDF5 dataset '/{inner.strip('/')}' not found in {path}; datasets: {listing}")
     chunks = node.chunks or "auto"
     data = da.from_array(node, chunks=chunks, lock=True, asarray=True)
-    return Volume(data=data, source=source, kind="hdf5", handle=handle)
+    voxel_size = scale.from_hdf5_attrs(node.attrs, data.ndim)
+    return Volume(data=data, source=source, kind="hdf5", handle=handle, voxel_size=voxel_size)
 
 
 def _open_tiff(path: Path, source: str) -> Volume:
@@ -156,7 +161,9 @@ def _open_tiff(path: Path, source: str) -> Volume:
         raise MatsegError(f"cannot read TIFF {path}: {err}") from None
     if isinstance(node, zarr.Group):  # pyramidal TIFF: level 0
         node = node[sorted(node.array_keys())[0]]
-    return Volume(data=da.from_zarr(node), source=source, kind="tiff", handle=store)
+    with tifffile.TiffFile(path) as tif:
+        voxel_size = scale.from_tiff(tif, node.ndim)
+    return Volume(data=da.from_zarr(node), source=source, kind="tiff", handle=store, voxel_size=voxel_size)
 
 
 def _open_zarr(path: Path, inner: str, source: str, labels: bool) -> Volume:
@@ -169,6 +176,7 @@ def _open_zarr(path: Path, inner: str, source: str, labels: bool) -> Volume:
         raise MatsegError(f"cannot read Zarr store {path}: corrupt metadata ({err})") from None
     kind = "zarr"
     phases = None
+    voxel_size = None
     if isinstance(node, zarr.Group):
         if labels:
             node = _label_group(node, source)
@@ -176,7 +184,9 @@ def _open_zarr(path: Path, inner: str, source: str, labels: bool) -> Volume:
         if multiscales:
             kind = "ome-zarr"
             phases = label_phase_names(node)
+            group = node
             node, squeeze = _level0(node, multiscales, source)
+            voxel_size = _ome_voxel_size(path, group, multiscales, node.ndim - len(squeeze))
         else:
             arrays = sorted(node.array_keys())
             if len(arrays) != 1:
@@ -198,7 +208,31 @@ def _open_zarr(path: Path, inner: str, source: str, labels: bool) -> Volume:
     if phases is None:
         stored = node.attrs.get("matseg", {}).get("phases")
         phases = tuple(stored) if stored else None
-    return Volume(data=data, source=source, kind=kind, phases=phases)
+    return Volume(data=data, source=source, kind=kind, phases=phases, voxel_size=voxel_size)
+
+
+def _ome_voxel_size(path: Path, group: zarr.Group, multiscales: list, ndim: int) -> VoxelSize | None:
+    """Level 0's voxel size, from the axes and transformations ome-zarr-py's reader parses
+    (and the multiscale's own transformations, which that reader does not apply)."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Multiscales, Reader
+
+    # a label image without a "source" image makes the reader warn; its voxel size is its own
+    reader_log = logging.getLogger("ome_zarr.reader")
+    level = reader_log.level
+    reader_log.setLevel(logging.ERROR)
+    try:
+        location = parse_url(str(path / group.path) if group.path else str(path), mode="r")
+        node = next(iter(Reader(location)()), None) if location else None
+    except Exception as err:  # ome-zarr-py raises ValueError, KeyError... on bad axes
+        raise MatsegError(f"cannot read the OME-Zarr metadata of {path}: {err}") from None
+    finally:
+        reader_log.setLevel(level)
+    if node is None or not any(isinstance(spec, Multiscales) for spec in node.specs):
+        return None
+    per_dataset = node.metadata.get("coordinateTransformations") or [[]]
+    transforms = [per_dataset[0], multiscales[0].get("coordinateTransformations") or []]
+    return scale.from_ome(node.metadata["axes"], transforms, ndim)
 
 
 def ome_attrs(group: zarr.Group) -> dict:

@@ -13,12 +13,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import zarr
+from ome_zarr.axes import Axes
 from ome_zarr.format import FormatV05
-from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
+from ome_zarr.writer import add_metadata, write_label_metadata, write_multiscales_metadata
 from zarr.codecs import BloscCodec
 
 from matseg.errors import MatsegError
 from matseg.io.read import split_spec
+from matseg.io.scale import VoxelSize
 
 # Fixed phase colours (RGBA 0-255), so every viewer shows phase i the same way.
 PHASE_COLOURS = (
@@ -82,14 +84,24 @@ def axes_for(ndim: int) -> list[str]:
 CODEC = BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
 
 
-def _multiscale(group: zarr.Group, name: str, shape, chunks, dtype, fill_value=0) -> zarr.Array:
+def _multiscale(
+    group: zarr.Group, name: str, shape, chunks, dtype, voxel_size: VoxelSize | None, fill_value=0
+) -> zarr.Array:
+    names = axes_for(len(shape))
     array = group.create_array(
-        "0", shape=shape, chunks=chunks, dtype=dtype, fill_value=fill_value, compressors=CODEC
+        "0",
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=fill_value,
+        compressors=CODEC,
+        dimension_names=names,
     )
-    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(shape)}]}]
-    write_multiscales_metadata(
-        group, datasets=datasets, axes=axes_for(len(shape)), name=name, fmt=FormatV05()
-    )
+    units = {n: voxel_size.unit for n in names} if voxel_size is not None and voxel_size.unit else None
+    size = list(voxel_size.values) if voxel_size is not None else [1.0] * len(shape)
+    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": size}]}]
+    axes = Axes(names, units, FormatV05()).to_list(FormatV05())
+    write_multiscales_metadata(group, datasets=datasets, axes=axes, name=name, fmt=FormatV05())
     return array
 
 
@@ -100,8 +112,9 @@ def create_ome_store(
     image: tuple[str, str],
     labels: Mapping[str, Sequence[str]],
     attrs: Mapping | None = None,
+    voxel_size: VoxelSize | None = None,
 ) -> zarr.Group:
-    """Create an empty OME-Zarr image with label images, chunked for tiled writes.
+    """Create an empty OME-Zarr (NGFF 0.5) image with label images, chunked for tiled writes.
 
     Parameters
     ----------
@@ -115,14 +128,20 @@ def create_ome_store(
         Label image name -> names of its values (``labels/<name>/0``, uint8).
     attrs : mapping, optional
         Stored under the root's ``matseg`` attribute.
+    voxel_size : VoxelSize, optional
+        Physical size of a voxel (the ``scale`` of every image and label image, and
+        the axes' unit); default: one unit-less voxel.
     """
     shape, chunks = tuple(int(s) for s in shape), tuple(int(c) for c in chunks)
+    if voxel_size is not None:
+        voxel_size = voxel_size.for_ndim(len(shape))
+    fmt = FormatV05()
     root = zarr.open_group(str(path), mode="w-", zarr_format=3)
-    _multiscale(root, image[0], shape, chunks, image[1])
+    _multiscale(root, image[0], shape, chunks, image[1], voxel_size)
     label_root = root.require_group("labels")
     for name, values in labels.items():
         group = label_root.require_group(name)
-        _multiscale(group, name, shape, chunks, "uint8")
+        _multiscale(group, name, shape, chunks, "uint8", voxel_size)
         colours = [
             {"label-value": i, "rgba": list(PHASE_COLOURS[i % len(PHASE_COLOURS)])}
             for i in range(len(values))
@@ -132,7 +151,17 @@ def create_ome_store(
         group.attrs["matseg"] = (
             {"phases": list(values)} if name != "decisions" else {"candidates": list(values)}
         )
-        write_label_metadata(label_root, name, colors=colours, properties=properties, fmt=FormatV05())
+        write_label_metadata(
+            label_root,
+            name,
+            colors=colours,
+            properties=properties,
+            fmt=fmt,
+            source={"image": "../../"},
+        )
+    # write_label_metadata records the label names but not the labels group's own NGFF
+    # version, which NGFF 0.5 requires of every group with "ome" attributes
+    add_metadata(label_root, {"version": fmt.version}, fmt=fmt)
     if attrs:
         root.attrs["matseg"] = dict(attrs)
     return root

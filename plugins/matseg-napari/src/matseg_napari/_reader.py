@@ -88,16 +88,27 @@ def candidate_colours(names: Sequence[str]) -> dict:
     return {i: CANDIDATE_COLOURS.get(name) or next(others) for i, name in enumerate(names)}
 
 
+def physical_scale(voxel_size) -> dict:
+    """napari's ``scale`` and ``units`` of a layer, from a :class:`matseg.io.scale.VoxelSize`."""
+    if voxel_size is None:
+        return {}
+    return {"scale": list(voxel_size.values), **({"units": voxel_size.unit} if voxel_size.unit else {})}
+
+
 def image_layer(source: str, name: str | None = None) -> tuple:
-    """The segmented image, lazily, as an Image layer."""
+    """The segmented image, lazily, as an Image layer, at its physical scale if it records one."""
     volume = matseg.open_volume(source)
     meta = {"matseg": {"role": "image", "source": str(source)}}
-    return (volume.data, {"name": name or _stem(source), "metadata": meta}, "image")
+    kwargs = {"name": name or _stem(source), "metadata": meta, **physical_scale(volume.voxel_size)}
+    return (volume.data, kwargs, "image")
 
 
-def phases_layer(labels, names: Sequence[str], colours: dict, name: str, meta: dict) -> tuple:
+def phases_layer(
+    labels, names: Sequence[str], colours: dict, name: str, meta: dict, scale: dict | None = None
+) -> tuple:
     """Paintable phase labels with fixed colours and the phase names as features."""
     kwargs = {
+        **(scale or {}),
         "name": name,
         "colormap": label_colormap(colours),
         "features": {"index": list(range(len(names))), "phase": list(names)},
@@ -114,6 +125,7 @@ def segmentation_layers(path: str | os.PathLike, include_image: bool = True) -> 
     output = str(Path(path).absolute())
     common = {"output": output, "report": segmentation.report}
     layers = []
+    scale = physical_scale(segmentation.voxel_size)
     source = segmentation.image_source
     if include_image and source and _exists(source):
         layers.append(image_layer(source))
@@ -128,6 +140,7 @@ def segmentation_layers(path: str | os.PathLike, include_image: bool = True) -> 
                 "blending": "translucent",
                 "visible": False,
                 "metadata": {"matseg": {"role": "uncertainty", **common}},
+                **scale,
             },
             "image",
         )
@@ -140,6 +153,7 @@ def segmentation_layers(path: str | os.PathLike, include_image: bool = True) -> 
             phase_colours(names, segmentation.colours.get("phases")),
             f"{stem} phases",
             {**common, "corrections": None},
+            scale,
         )
     )
     candidates = segmentation.candidate_names
@@ -153,6 +167,7 @@ def segmentation_layers(path: str | os.PathLike, include_image: bool = True) -> 
                 "opacity": 0.4,
                 "visible": False,
                 "metadata": {"matseg": {"role": "decisions", "candidates": list(candidates), **common}},
+                **scale,
             },
             "labels",
         )

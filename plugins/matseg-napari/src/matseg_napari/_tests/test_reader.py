@@ -143,3 +143,20 @@ def test_viewer_opens_an_output_through_the_plugin(make_napari_viewer, segmented
     phases.brush_size = 3
     phases.paint((0, 10, 10), 2, refresh=True)
     assert phases.data[0, 10, 10] == 2
+
+
+def test_viewer_opens_an_output_at_its_physical_scale(make_napari_viewer, weights, tmp_path):
+    """A volume with a recorded voxel size: every layer of its segmentation is in those units."""
+    from matseg.io.scale import VoxelSize
+    from matseg.sample import write_sample
+
+    voxel = VoxelSize((30.0, 10.0, 10.0), "nanometer")
+    sample = write_sample(tmp_path / "fib.zarr", (4, 64, 64), seed=5, voxel_size=voxel)
+    out = tmp_path / "fib-phases.zarr"
+    matseg.segment(sample, out, model="cheap", weights=weights, tile=(4, 32, 32))
+    viewer = make_napari_viewer()
+    viewer.open(str(out), plugin="matseg-napari")
+    assert len(viewer.layers) == 4
+    for layer in viewer.layers:
+        assert tuple(layer.scale) == (30.0, 10.0, 10.0), layer.name
+        assert [str(u) for u in layer.units] == ["nanometer"] * 3, layer.name

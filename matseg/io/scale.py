@@ -1,0 +1,203 @@
+"""Physical voxel size: read from the input's own metadata, carried to every output.
+
+Sources, in the order :func:`matseg.open_volume` tries them: OME-Zarr's level-0
+``scale`` transform and axis units; HDF5 dataset attributes (``element_size_um``
+as written by Fiji and ilastik, or ``voxel_size``/``pixel_size`` with
+``unit``/``units``); TIFF's ImageJ ``spacing``/``unit`` and resolution tags, or
+OME-TIFF's ``PhysicalSize*``. A user's ``--voxel-size`` overrides them all.
+Units are the UDUNITS-2 names OME-NGFF requires (``micrometer``, ``nanometer``...).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from matseg.errors import MatsegError
+
+logger = logging.getLogger(__name__)
+
+# Abbreviations microscopes and file formats write, mapped to OME-NGFF's unit names.
+_UNIT_ALIASES = {
+    "um": "micrometer",
+    "µm": "micrometer",
+    "μm": "micrometer",
+    "micron": "micrometer",
+    "microns": "micrometer",
+    "\\u00b5m": "micrometer",
+    "nm": "nanometer",
+    "mm": "millimeter",
+    "cm": "centimeter",
+    "m": "meter",
+    "pm": "picometer",
+    "a": "angstrom",
+    "å": "angstrom",
+}
+# TIFF ResolutionUnit: 2 inch, 3 centimetre (1 is "none": no physical size)
+_TIFF_RESOLUTION_UNITS = {2: "inch", 3: "centimeter"}
+
+
+def spatial_units() -> tuple[str, ...]:
+    """The spatial unit names OME-NGFF accepts (ome-zarr-py's list)."""
+    from ome_zarr.axes import KNOWN_SPATIAL_UNITS
+
+    return tuple(KNOWN_SPATIAL_UNITS)
+
+
+def unit_name(text: str) -> str:
+    """The OME-NGFF name of a unit given as a name or abbreviation (``um`` -> ``micrometer``).
+
+    Raises
+    ------
+    MatsegError
+        If the unit is not a spatial unit OME-NGFF knows.
+    """
+    key = str(text).strip()
+    name = _UNIT_ALIASES.get(key.lower(), key.lower())
+    if name not in spatial_units():
+        raise MatsegError(
+            f"unknown length unit '{text}'; use one of um, nm, mm, angstrom or an OME-NGFF unit name "
+            "such as micrometer"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class VoxelSize:
+    """Size of one voxel along each axis (Z, Y, X or Y, X) in ``unit``."""
+
+    values: tuple[float, ...]
+    unit: str | None = None
+
+    def __post_init__(self) -> None:
+        if not all(math.isfinite(v) and v > 0 for v in self.values):
+            raise MatsegError(f"voxel size must be positive and finite, got {list(self.values)}")
+
+    def for_ndim(self, ndim: int) -> VoxelSize:
+        """This size for a volume of ``ndim`` axes (a 2-D size drops Z; one value fills every axis)."""
+        values = self.values
+        if len(values) == 1:
+            values = values * ndim
+        elif len(values) == 3 and ndim == 2:
+            values = values[1:]
+        if len(values) != ndim:
+            raise MatsegError(
+                f"voxel size {list(self.values)} has {len(values)} values; the volume has {ndim} axes"
+            )
+        return VoxelSize(tuple(values), self.unit)
+
+    def describe(self) -> dict:
+        return {"values": list(self.values), "unit": self.unit}
+
+
+def parse_voxel_size(text: str, unit: str | None = None) -> VoxelSize:
+    """``"10,5,5"`` (or ``"10x5x5"``, ``"5"``), with an optional unit (default micrometer)."""
+    parts = [p for p in re.split(r"[,x\s]+", text.strip()) if p]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise MatsegError(f"--voxel-size expects numbers like 10,5,5 or 5, got '{text}'") from None
+    if not values or len(values) > 3:
+        raise MatsegError(f"--voxel-size expects 1 to 3 numbers (Z,Y,X), got '{text}'")
+    return VoxelSize(values, unit_name(unit) if unit else "micrometer")
+
+
+def from_ome(axes: Sequence, transforms: Sequence[Sequence[Mapping]], ndim: int) -> VoxelSize | None:
+    """Voxel size of level 0 from OME-NGFF ``axes`` and coordinate transformations.
+
+    ``transforms`` holds the dataset's own list and, if any, the multiscale's
+    (applied after it); only ``scale`` transforms change a voxel's size. Time and
+    channel axes are dropped, as :func:`matseg.open_volume` drops them.
+    """
+    scale = [1.0] * len(axes)
+    for steps in transforms:
+        for step in steps or []:
+            if step.get("type") == "scale" and len(step.get("scale", [])) == len(axes):
+                scale = [a * float(b) for a, b in zip(scale, step["scale"])]
+    spatial = [
+        (s, ax.get("unit")) if isinstance(ax, Mapping) else (s, None)
+        for s, ax in zip(scale, axes)
+        if not (isinstance(ax, Mapping) and ax.get("type") in ("time", "channel"))
+    ]
+    if len(spatial) != ndim:
+        return None
+    units = {u for _, u in spatial if u}
+    if len(units) > 1:
+        logger.warning("axes have different units %s; voxel size kept without a unit", sorted(units))
+    unit = units.pop() if len(units) == 1 else None
+    if all(s == 1.0 for s, _ in spatial) and unit is None:
+        return None  # the NGFF default: no physical size was recorded
+    return _checked(tuple(s for s, _ in spatial), unit, "OME-Zarr metadata")
+
+
+def from_hdf5_attrs(attrs: Mapping, ndim: int) -> VoxelSize | None:
+    """Voxel size from an HDF5 dataset's attributes (``element_size_um``, ``voxel_size`` + ``unit``)."""
+    if "element_size_um" in attrs:
+        return _checked(_floats(attrs["element_size_um"], ndim), "micrometer", "element_size_um")
+    for key in ("voxel_size", "pixel_size", "spacing", "resolution"):
+        if key in attrs:
+            unit = attrs.get("unit", attrs.get("units"))
+            unit = unit.decode() if isinstance(unit, bytes) else unit
+            return _checked(_floats(attrs[key], ndim), unit_name(unit) if unit else None, key)
+    return None
+
+
+def from_tiff(tif, ndim: int) -> VoxelSize | None:
+    """Voxel size from a :class:`tifffile.TiffFile`: OME-XML, ImageJ metadata, or resolution tags."""
+    ome = _from_ome_xml(tif.ome_metadata, ndim) if tif.is_ome and tif.ome_metadata else None
+    if ome is not None:
+        return ome
+    page = tif.pages.first
+    tags = page.tags
+    if "XResolution" not in tags or "YResolution" not in tags:
+        return None
+    x_res, y_res = (_rational(tags[name].value) for name in ("XResolution", "YResolution"))
+    if not x_res or not y_res:
+        return None
+    ij = tif.imagej_metadata or {}
+    unit = ij.get("unit")
+    if unit:
+        unit = unit_name(unit)
+    else:
+        resolution_unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+        unit = _TIFF_RESOLUTION_UNITS.get(resolution_unit)
+        if unit is None or (x_res == 1.0 and y_res == 1.0 and "ResolutionUnit" not in tags):
+            return None
+    in_plane = (1.0 / y_res, 1.0 / x_res)
+    if ndim == 2:
+        return _checked(in_plane, unit, "TIFF resolution tags")
+    return _checked((float(ij.get("spacing", in_plane[0])), *in_plane), unit, "TIFF resolution tags")
+
+
+def _from_ome_xml(xml: str, ndim: int) -> VoxelSize | None:
+    import xml.etree.ElementTree as ElementTree
+
+    pixels = next((e for e in ElementTree.fromstring(xml).iter() if e.tag.endswith("Pixels")), None)
+    if pixels is None or "PhysicalSizeX" not in pixels.attrib:
+        return None
+    axes = ("Z", "Y", "X")[-ndim:]
+    values = tuple(float(pixels.attrib.get(f"PhysicalSize{a}", pixels.attrib["PhysicalSizeX"])) for a in axes)
+    unit = pixels.attrib.get("PhysicalSizeXUnit", "µm")
+    return _checked(values, unit_name(unit), "OME-TIFF metadata")
+
+
+def _rational(value) -> float:
+    if isinstance(value, tuple):
+        return value[0] / value[1] if value[1] else 0.0
+    return float(value)
+
+
+def _floats(value, ndim: int) -> tuple[float, ...]:
+    values = tuple(float(v) for v in (value if hasattr(value, "__len__") else [value]))
+    return values[-ndim:] if len(values) > ndim else values
+
+
+def _checked(values: tuple[float, ...], unit: str | None, where: str) -> VoxelSize | None:
+    try:
+        return VoxelSize(tuple(values), unit)
+    except MatsegError:
+        logger.warning("ignoring the voxel size %s in %s: not positive and finite", list(values), where)
+        return None

@@ -1,0 +1,140 @@
+"""Outputs are valid OME-NGFF 0.5 and carry the input's physical voxel size."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from ome_zarr.writer import write_image
+from ome_zarr_models.v05 import Image, ImageLabel
+
+import matseg
+from matseg import MatsegError, open_volume
+from matseg.io.scale import VoxelSize, parse_voxel_size, unit_name
+from matseg.sample import write_sample
+
+from .conftest import smooth_noise
+
+DATA = smooth_noise((6, 80, 72)).astype(np.uint16)
+
+
+def assert_valid_ngff(path) -> zarr.Group:
+    """Every image and label image validates against ome-zarr-models, and every array names its axes."""
+    root = zarr.open_group(str(path), mode="r")
+    Image.from_zarr(root)  # also validates the labels group it links to
+    for name in root["labels"].group_keys():
+        ImageLabel.from_zarr(root["labels"][name])
+    for name, array in root.members(max_depth=None):
+        if isinstance(array, zarr.Array):
+            assert array.metadata.dimension_names is not None, name
+            assert len(array.metadata.dimension_names) == array.ndim, name
+    return root
+
+
+def stored_scale(group: zarr.Group) -> tuple[list[float], list]:
+    multiscale = group.attrs["ome"]["multiscales"][0]
+    scale = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"]
+    return scale, [axis.get("unit") for axis in multiscale["axes"]]
+
+
+def ome_input(tmp_path, scale, unit="micrometer"):
+    root = zarr.open_group(str(tmp_path / "scan.ome.zarr"), mode="w")
+    write_image(
+        DATA,
+        root,
+        axes="zyx",
+        scale=dict(zip("zyx", scale)),
+        axes_units=dict.fromkeys("zyx", unit),
+        scale_factors=(),
+    )
+    return str(tmp_path / "scan.ome.zarr")
+
+
+def test_sample_store_is_valid_ngff(tmp_path):
+    path = write_sample(
+        tmp_path / "s.zarr", (4, 32, 32), seed=1, voxel_size=VoxelSize((20.0, 10.0, 10.0), "nanometer")
+    )
+    root = assert_valid_ngff(path)
+    assert stored_scale(root) == ([20.0, 10.0, 10.0], ["nanometer"] * 3)
+    assert stored_scale(root["labels/truth"]) == ([20.0, 10.0, 10.0], ["nanometer"] * 3)
+    image_label = root["labels/truth"].attrs["ome"]["image-label"]
+    assert image_label["source"] == {"image": "../../"}
+    assert root["labels"].attrs["ome"]["version"] == "0.5"
+
+
+@pytest.mark.parametrize("model", ["auto", "cheap"])
+def test_segment_output_is_valid_ngff_with_the_input_scale(tmp_path, random_weights, model):
+    source = ome_input(tmp_path, (2.0, 0.5, 0.25))
+    assert open_volume(source).voxel_size == VoxelSize((2.0, 0.5, 0.25), "micrometer")
+    out = tmp_path / "out.zarr"
+    matseg.segment(source, out, model=model, weights=random_weights, tile=(4, 64, 64))
+    root = assert_valid_ngff(out)
+    for group in (root, root["labels/phases"], root["labels/decisions"]):
+        assert stored_scale(group) == ([2.0, 0.5, 0.25], ["micrometer"] * 3)
+    assert matseg.open_segmentation(out).voxel_size == VoxelSize((2.0, 0.5, 0.25), "micrometer")
+
+
+def test_voxel_size_from_hdf5_attributes(tmp_path):
+    path = tmp_path / "scan.h5"
+    with h5py.File(path, "w") as f:
+        f["fiji"] = DATA
+        f["fiji"].attrs["element_size_um"] = [0.05, 0.01, 0.01]
+        f["plain"] = DATA
+        f["with_unit"] = DATA
+        f["with_unit"].attrs["voxel_size"] = [8.0, 4.0, 4.0]
+        f["with_unit"].attrs["unit"] = "nm"
+    assert open_volume(f"{path}:/fiji").voxel_size == VoxelSize((0.05, 0.01, 0.01), "micrometer")
+    assert open_volume(f"{path}:/with_unit").voxel_size == VoxelSize((8.0, 4.0, 4.0), "nanometer")
+    assert open_volume(f"{path}:/plain").voxel_size is None
+
+
+def test_voxel_size_from_tiff_tags(tmp_path):
+    imagej = tmp_path / "imagej.tif"
+    tifffile.imwrite(
+        imagej, DATA, imagej=True, resolution=(1 / 0.02, 1 / 0.02), metadata={"spacing": 0.05, "unit": "um"}
+    )
+    assert open_volume(imagej).voxel_size == VoxelSize((0.05, 0.02, 0.02), "micrometer")
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, DATA)
+    assert open_volume(plain).voxel_size is None
+    ome = tmp_path / "scan.ome.tif"
+    tifffile.imwrite(
+        ome,
+        DATA,
+        metadata={"axes": "ZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3, "PhysicalSizeZ": 0.9},
+    )
+    assert open_volume(ome).voxel_size == VoxelSize((0.9, 0.3, 0.3), "micrometer")
+
+
+def test_a_plain_zarr_array_has_no_voxel_size(zarr_volume):
+    assert open_volume(zarr_volume[0]).voxel_size is None
+
+
+@pytest.mark.parametrize(
+    "text, unit, expected",
+    [
+        ("10,5,5", "nm", VoxelSize((10.0, 5.0, 5.0), "nanometer")),
+        ("2x1x1", None, VoxelSize((2.0, 1.0, 1.0), "micrometer")),
+        ("0.5", "µm", VoxelSize((0.5,), "micrometer")),
+    ],
+)
+def test_parse_voxel_size(text, unit, expected):
+    assert parse_voxel_size(text, unit) == expected
+
+
+@pytest.mark.parametrize(
+    "text, unit", [("1,a,1", None), ("1,2,3,4", None), ("0,1,1", None), ("1", "parsec!")]
+)
+def test_bad_voxel_size_is_refused_by_name(text, unit):
+    with pytest.raises(MatsegError, match="voxel.size|unit"):
+        parse_voxel_size(text, unit)
+
+
+def test_voxel_size_fits_the_volume():
+    assert VoxelSize((3.0,), "nanometer").for_ndim(3).values == (3.0, 3.0, 3.0)
+    assert VoxelSize((9.0, 3.0, 3.0), "nanometer").for_ndim(2).values == (3.0, 3.0)
+    with pytest.raises(MatsegError, match="2 values"):
+        VoxelSize((1.0, 2.0), None).for_ndim(3)
+    assert unit_name("um") == "micrometer"

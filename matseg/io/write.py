@@ -31,6 +31,24 @@ PHASE_COLOURS = (
     (120, 200, 90, 255),
     (170, 90, 200, 255),
 )
+# Decision-map colours by candidate name (stored in the output; viewers show what is stored);
+# candidates without one take the palette in order.
+CANDIDATE_COLOURS = {
+    "cheap": (70, 150, 255, 255),
+    "medium": (200, 80, 255, 255),
+    "expensive": (255, 60, 40, 255),
+    "expensive-2x": (255, 170, 0, 255),
+    "classical": (80, 220, 120, 255),
+}
+CANDIDATE_PALETTE = ((255, 255, 80, 255), (80, 255, 255, 255), (255, 120, 200, 255))
+
+
+def value_colours(values: Sequence[str], candidates: bool = False) -> dict[int, tuple[int, ...]]:
+    """Fixed RGBA colours (0-255) of label values: phases by index, candidates by name."""
+    if not candidates:
+        return {i: PHASE_COLOURS[i % len(PHASE_COLOURS)] for i in range(len(values))}
+    others = iter(CANDIDATE_PALETTE * (1 + len(values)))
+    return {i: CANDIDATE_COLOURS.get(name) or next(others) for i, name in enumerate(values)}
 
 
 def check_output(path: str | os.PathLike, overwrite: bool, inputs: Sequence[str] = ()) -> Path:
@@ -143,8 +161,8 @@ def create_ome_store(
         group = label_root.require_group(name)
         _multiscale(group, name, shape, chunks, "uint8", voxel_size)
         colours = [
-            {"label-value": i, "rgba": list(PHASE_COLOURS[i % len(PHASE_COLOURS)])}
-            for i in range(len(values))
+            {"label-value": i, "rgba": list(rgba)}
+            for i, rgba in value_colours(values, candidates=name == "decisions").items()
         ]
         properties = [{"label-value": i, "name": str(v)} for i, v in enumerate(values)]
         # ours first: write_label_metadata then updates the group through its own handle

@@ -17,22 +17,12 @@ import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
 
 import matseg
+from matseg.io.write import value_colours
 from matseg_napari._editable import EditableLabels
 
 ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
 FILE_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5", ".nxs", ".tif", ".tiff")
 
-# Fallback phase colours (RGBA 0-255) when a store carries none: phase 0 (pore) dark.
-PHASE_COLOURS = ((40, 40, 60, 255), (230, 160, 40, 255), (90, 170, 240, 255), (200, 60, 60, 255))
-# Decision-map colours by candidate name; others take the palette in order.
-CANDIDATE_COLOURS = {
-    "cheap": (70, 150, 255, 255),
-    "medium": (200, 80, 255, 255),
-    "expensive": (255, 60, 40, 255),
-    "expensive-2x": (255, 170, 0, 255),
-    "classical": (80, 220, 120, 255),
-}
-CANDIDATE_PALETTE = ((255, 255, 80, 255), (80, 255, 255, 255), (255, 120, 200, 255))
 MASK_COLOUR = (255, 230, 0, 255)
 
 
@@ -80,12 +70,14 @@ def label_colormap(colours: dict[int, Sequence[int]]) -> DirectLabelColormap:
 
 def phase_colours(names: Sequence[str], stored: dict[int, Sequence[int]] | None = None) -> dict:
     stored = stored or {}
-    return {i: tuple(stored.get(i, PHASE_COLOURS[i % len(PHASE_COLOURS)])) for i in range(len(names))}
+    defaults = value_colours(names)
+    return {i: tuple(stored.get(i, defaults[i])) for i in range(len(names))}
 
 
-def candidate_colours(names: Sequence[str]) -> dict:
-    others = iter(CANDIDATE_PALETTE * (1 + len(names)))
-    return {i: CANDIDATE_COLOURS.get(name) or next(others) for i, name in enumerate(names)}
+def candidate_colours(names: Sequence[str], stored: dict[int, Sequence[int]] | None = None) -> dict:
+    """The decision map's colours as the output stores them (matseg's defaults where it has none)."""
+    defaults = value_colours(names, candidates=True)
+    return {i: tuple((stored or {}).get(i, defaults[i])) for i in range(len(names))}
 
 
 def physical_scale(voxel_size) -> dict:
@@ -162,7 +154,9 @@ def segmentation_layers(path: str | os.PathLike, include_image: bool = True) -> 
             segmentation.decisions,
             {
                 "name": f"{stem} decisions",
-                "colormap": label_colormap(candidate_colours(candidates)),
+                "colormap": label_colormap(
+                    candidate_colours(candidates, segmentation.colours.get("decisions"))
+                ),
                 "features": {"index": list(range(len(candidates))), "candidate": list(candidates)},
                 "opacity": 0.4,
                 "visible": False,
@@ -220,7 +214,12 @@ def volume_layers(path: str | os.PathLike) -> list[tuple]:
         except matseg.MatsegError:
             return layers
         names = labels.phases or ()
-        kwargs = {"name": f"{_stem(path)} labels", "opacity": 0.5, "visible": False}
+        kwargs = {
+            "name": f"{_stem(path)} labels",
+            "opacity": 0.5,
+            "visible": False,
+            **physical_scale(labels.voxel_size),
+        }
         if names:
             kwargs["colormap"] = label_colormap(phase_colours(names))
             kwargs["features"] = {"index": list(range(len(names))), "phase": list(names)}

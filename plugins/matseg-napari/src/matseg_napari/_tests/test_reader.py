@@ -51,6 +51,9 @@ def test_output_opens_as_image_uncertainty_phases_and_decisions(segmented, sampl
     assert kind == "labels" and isinstance(data, da.Array) and data.dtype == np.uint8
     assert list(kwargs["features"]["candidate"]) == matseg.open_segmentation(segmented).report["candidates"]
     assert kwargs["colormap"].color_dict[0][3] == 1  # the cheap candidate is coloured, not transparent
+    stored = zarr.open_group(str(segmented / "labels" / "decisions"), mode="r").attrs["ome"]["image-label"]
+    for entry in stored["colors"]:  # the decision map is coloured as the output stores it
+        assert np.allclose(kwargs["colormap"].color_dict[entry["label-value"]], np.array(entry["rgba"]) / 255)
 
 
 def test_layers_are_lazy_until_viewed(segmented):

@@ -12,8 +12,9 @@ import pytest
 import matseg
 from matseg import MatsegError
 from matseg.metrics import confusion_matrix, summarize
-from matseg.models.weights import default_weights_dir, new_segmenter, save_segmenter
-from matseg.train import fit, load_labelled
+from matseg.models.segmenter import new_segmenter
+from matseg.models.store import default_weights_dir, save_segmenter
+from matseg.training import fit, load_labelled
 
 from .conftest import run
 

@@ -69,12 +69,15 @@ def _sizes(ctx, param, value: str | None) -> tuple[int, ...] | None:
 
 
 def _set_verbosity(ctx: click.Context, param, value) -> None:
-    """``-v`` / ``--quiet``: what the library's loggers show (default: info)."""
+    """``-v``: debug lines too; ``--quiet``: no progress (bars or per-stage lines), only the
+    library's notices (a resumed run, a cluster's dashboard), warnings and errors."""
     if not value or ctx.resilient_parsing:
         return
-    level = logging.WARNING if param.name == "quiet" else logging.DEBUG
-    logging.getLogger("matseg").setLevel(level)
-    ctx.meta["matseg.quiet"] = param.name == "quiet"
+    if param.name == "quiet":
+        logging.getLogger("matseg.progress").setLevel(logging.WARNING)
+        ctx.meta["matseg.quiet"] = True
+    else:
+        logging.getLogger("matseg").setLevel(logging.DEBUG)
 
 
 def _verbosity_options(command):
@@ -84,7 +87,7 @@ def _verbosity_options(command):
         is_flag=True,
         expose_value=False,
         callback=_set_verbosity,
-        help="Warnings and errors only: no progress bars, no log lines.",
+        help="No progress bars or per-stage lines; notices, warnings and errors only.",
     )(command)
     return click.option(
         "-v",

@@ -10,11 +10,14 @@ import time
 # dask's progress-bar format ("[####    ] | 45% Completed | 2.1s") after the stage's name,
 # which tools such as the napari plugin read from matseg's stderr
 BAR_FORMAT = "{desc}: [{bar:40}] | {percentage:3.0f}% Completed | {elapsed}"
+# a stage shorter than this shows no bar (nor does a run refused at once)
+BAR_DELAY_S = 2.0
+progress_log = logging.getLogger("matseg.progress")
 
 
 class StageBars:
-    """A ``progress(stage, done, total)`` callback: a progress bar per stage on stderr (unless
-    ``bars`` is False) and a log line as each stage ends."""
+    """A ``progress(stage, done, total)`` callback: a progress bar per stage on stderr, or
+    (``bars`` False) a log line as each stage ends, on the ``matseg.progress`` logger."""
 
     def __init__(self, bars: bool):
         self.bars, self.bar, self.stage, self.started = bars, None, None, 0.0
@@ -31,6 +34,7 @@ class StageBars:
                     desc=stage,
                     file=sys.stderr,
                     mininterval=1.0,
+                    delay=BAR_DELAY_S,
                     bar_format=BAR_FORMAT,
                     ascii=" #",
                 )
@@ -38,8 +42,9 @@ class StageBars:
             self.bar.update(done - self.bar.n)
         if done >= total:
             self.close()
-            seconds = time.perf_counter() - self.started
-            logging.getLogger("matseg").info(f"{stage}: {done} of {total} done in {seconds:.1f} s")
+            if not self.bars:
+                seconds = time.perf_counter() - self.started
+                progress_log.info(f"{stage}: {done} of {total} done in {seconds:.1f} s")
             self.stage = None
 
     def close(self) -> None:
@@ -57,6 +62,7 @@ def setup_logging() -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    progress_log.setLevel(logging.NOTSET)  # (what --quiet raised, in this process before)
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -32,7 +32,9 @@ import torch
 import zarr
 from scaling import SHAPES, fresh, measured_run, pure_model_seconds  # benchmarks/ is the script's folder
 
-from matseg.models.weights import load_segmenter, phase_labels, segment_probs
+from matseg.models.inference import segment_probs
+from matseg.models.labels import phase_labels
+from matseg.models.store import load_segmenter
 from matseg.sample import write_sample
 from matseg.synth import SampleConfig
 from matseg.tiling import DEFAULT_TILE

@@ -18,7 +18,8 @@ CHILD = r"""
 import importlib, json, resource, sys, time
 import dask.array as da, numpy as np
 from matseg.tiling import GROUP_TILES, layer_groups, plan_tiles, tile_blocks
-S = importlib.import_module("matseg.segment")
+from matseg.normalize import intensity_range
+from matseg.pipeline.tasks import tile_tasks
 what, layers = sys.argv[1], int(sys.argv[2])
 shape = (8 * layers, 256 * 25, 256 * 40)  # 1,000 tiles a layer
 data = da.zeros(shape, dtype=np.uint8, chunks=(16, 256, 256))
@@ -29,10 +30,10 @@ before, started = rss(), time.perf_counter()
 if what == "tasks":
     for group in layer_groups(todo, GROUP_TILES):
         blocks = tile_blocks(data, grid, range(group[0][1][0], group[-1][1][0] + 1))
-        S._tile_tasks(lambda *a: None, "cheap", blocks, group, grid, 1, 2, 3, 4)
+        tile_tasks(lambda *a: None, "cheap", blocks, group, grid, 1, 2, 3, 4)
 else:
     class Volume: data, source = data, "zeros"
-    S.intensity_range(Volume, 3)
+    intensity_range(Volume, 3)
 print(json.dumps({"tiles": grid.n_tiles, "chunks": data.npartitions, "added_mb": rss() - before,
                   "seconds": time.perf_counter() - started}))
 """

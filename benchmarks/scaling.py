@@ -30,16 +30,16 @@ from pathlib import Path
 import torch
 import zarr
 
-from matseg.cluster import tune_malloc
+from matseg.candidates.registry import CANDIDATES, Context
+from matseg.candidates.tile import candidate_probs, cheap_pass, tile_input
 from matseg.io.read import open_volume
 from matseg.io.write import remove_store
+from matseg.malloc import tune_malloc
+from matseg.normalize import Normalization
 from matseg.sample import write_sample
-from matseg.segment import Normalization
-from matseg.selector.candidates import CANDIDATES, Context
 from matseg.selector.plan import candidate_grid
 from matseg.stitch import BAND, extended_region, neighbour_indices
 from matseg.synth import SampleConfig
-from matseg.tiles import candidate_probs, cheap_pass, tile_input
 from matseg.tiling import plan_tiles
 
 SHAPES = {"1x": (16, 256, 512), "8x": (32, 512, 1024), "16x": (64, 512, 1024), "32x": (64, 1024, 1024)}
@@ -81,7 +81,7 @@ def fresh(output: Path) -> Path:
 
 def pure_model_seconds(volume: Path, output: Path) -> float:
     """The model calls of the run that wrote ``output``, on in-memory tiles, timed alone."""
-    from matseg.models.weights import load_segmenter
+    from matseg.models.store import load_segmenter
 
     attrs = zarr.open_group(str(output), mode="r").attrs["matseg"]
     names = attrs["candidates"]

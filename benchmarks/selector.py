@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from matseg.cluster import tune_malloc
 from matseg.evaluate import evaluate, pareto_plot
 from matseg.io.read import open_volume
+from matseg.malloc import tune_malloc
 from matseg.metrics import confusion_matrix, summarize
-from matseg.models.weights import load_segmenter
+from matseg.models.store import load_segmenter
+from matseg.normalize import intensity_range
+from matseg.pipeline.run import segment
 from matseg.sample import write_sample
-from matseg.segment import intensity_range, segment
 from matseg.synth import SampleConfig
 
 TEST_SEEDS = (301, 302)

@@ -1,31 +1,51 @@
-"""matseg: cost-aware segmentation of large materials-microscopy volumes into phases."""
+"""matseg: cost-aware segmentation of large materials-microscopy volumes into phases.
 
-__version__ = "0.1.0"
+The public API (imported on first use, so that ``import matseg`` and ``matseg --help``
+stay fast)::
 
-from matseg.errors import MatsegError  # noqa: E402
-from matseg.io.read import Volume, open_volume  # noqa: E402
-from matseg.segment import score_labels, segment  # noqa: E402
-from matseg.tiling import DEFAULT_TILE  # noqa: E402
+    matseg.segment(input, output, matseg.Settings(lam=0.03), progress=callback, cancel=event)
+    matseg.train(images, output, progress=callback, cancel=event)
+    matseg.finetune_from_corrections(corrections, output, progress=callback, cancel=event)
+"""
 
-__all__ = ["MatsegError", "Volume", "open_volume", "segment", "score_labels", "DEFAULT_TILE", "__version__"]
+from __future__ import annotations
 
-# Review and correction of a finished segmentation (the napari plugin's API).
-from matseg.corrections import (  # noqa: E402
-    corrections_path,
-    finetune_from_corrections,
-    load_corrections,
-    save_corrections,
-    training_data_from_corrections,
-)
-from matseg.review import open_segmentation, review_queue, store_kind  # noqa: E402
+import importlib
 
-__all__ += [
-    "open_segmentation",
-    "review_queue",
-    "store_kind",
-    "corrections_path",
-    "save_corrections",
-    "load_corrections",
-    "training_data_from_corrections",
-    "finetune_from_corrections",
-]
+from matseg._version import __version__
+from matseg.errors import Cancelled, MatsegError
+
+# public name -> module that defines it
+_API = {
+    "segment": "matseg.pipeline.run",
+    "Settings": "matseg.pipeline.settings",
+    "score_labels": "matseg.pipeline.report",
+    "REPORT_NAME": "matseg.pipeline.report",
+    "Volume": "matseg.io.read",
+    "open_volume": "matseg.io.read",
+    "DEFAULT_TILE": "matseg.defaults",
+    "train": "matseg.training",
+    # review and correction of a finished segmentation (the napari plugin's API)
+    "open_segmentation": "matseg.review",
+    "review_queue": "matseg.review",
+    "store_kind": "matseg.review",
+    "corrections_path": "matseg.corrections",
+    "save_corrections": "matseg.corrections",
+    "load_corrections": "matseg.corrections",
+    "training_data_from_corrections": "matseg.corrections",
+    "finetune_from_corrections": "matseg.corrections",
+}
+
+__all__ = ["__version__", "MatsegError", "Cancelled", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'matseg' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

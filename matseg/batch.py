@@ -103,7 +103,7 @@ def batch(
     list of dict
         Per job: ``input``, ``output``, ``state`` (done, skipped, failed) and ``report`` or ``error``.
     """
-    from matseg.segment import segment
+    from matseg.pipeline.run import segment
 
     if index is not None:
         if not 0 <= index < len(jobs):

@@ -6,14 +6,16 @@ changed), 1 internal error.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import sys
 
 import click
 
-from matseg import __version__
+from matseg._version import __version__
+from matseg.console import StageBars, format_dry_run, format_evaluation, format_report, setup_logging
+from matseg.defaults import DEFAULT_TILE
 from matseg.errors import MatsegError
-from matseg.tiling import DEFAULT_TILE
 
 _TILE_TEXT = ",".join(map(str, DEFAULT_TILE))
 
@@ -32,30 +34,74 @@ def _ints(text: str | None, name: str) -> tuple[int, ...] | None:
     return values
 
 
-class _SizesOption(click.Option):
-    """An option followed by 2 or 3 integers: ``--shape 32 256 256`` or ``--shape 256 256``."""
+class _SizesCommand(click.Command):
+    """A command whose ``sizes_options`` take 2 or 3 integers: ``--shape 32 256 256``.
 
-    def add_to_parser(self, parser, ctx):
-        result = super().add_to_parser(parser, ctx)
-        option = parser._long_opt[self.opts[0]]
-        process = option.process
+    Click has no option with a variable number of values (by design:
+    pallets/click#1351), so the integers that follow such an option are joined into
+    one value (``32,256,256``) before click parses the arguments.
+    """
 
-        def greedy(value, state):
-            values = [value]
-            while state.rargs and state.rargs[0].lstrip("-").isdigit() and not state.rargs[0].startswith("-"):
-                values.append(state.rargs.pop(0))
-            process(values, state)
+    sizes_options = ("--shape",)
 
-        option.process = greedy
-        return result
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        joined, i = [], 0
+        while i < len(args):
+            joined.append(args[i])
+            if args[i] in self.sizes_options:
+                values = []
+                while i + 1 < len(args) and args[i + 1].isdigit():
+                    values.append(args[i + 1])
+                    i += 1
+                if values:
+                    joined.append(",".join(values))
+            i += 1
+        return super().parse_args(ctx, joined)
 
-    def type_cast_value(self, ctx, value):
-        if value is None:
-            return None
-        try:
-            return tuple(int(v) for v in value)
-        except ValueError:
-            raise click.BadParameter(f"expected integers, got {' '.join(value)}", ctx, self) from None
+
+def _sizes(ctx, param, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.replace(",", " ").split())
+    except ValueError:
+        raise click.BadParameter(f"expected integers, got {value}", ctx, param) from None
+
+
+def _set_verbosity(ctx: click.Context, param, value) -> None:
+    """``-v``: debug lines too; ``--quiet``: no progress (bars or per-stage lines), only the
+    library's notices (a resumed run, a cluster's dashboard), warnings and errors."""
+    if not value or ctx.resilient_parsing:
+        return
+    if param.name == "quiet":
+        logging.getLogger("matseg.progress").setLevel(logging.WARNING)
+        ctx.meta["matseg.quiet"] = True
+    else:
+        logging.getLogger("matseg").setLevel(logging.DEBUG)
+
+
+def _verbosity_options(command):
+    """``-v/--verbose`` and ``--quiet`` on a command."""
+    command = click.option(
+        "--quiet",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_verbosity,
+        help="No progress bars or per-stage lines; notices, warnings and errors only.",
+    )(command)
+    return click.option(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_verbosity,
+        help="Debug log lines too.",
+    )(command)
+
+
+def _progress() -> StageBars:
+    """Progress bars named by stage, unless ``--quiet`` was given."""
+    return StageBars(not click.get_current_context().meta.get("matseg.quiet"))
 
 
 def _command_line() -> str:
@@ -115,6 +161,31 @@ def _cluster_spec(workers, options: dict):
     return ClusterSpec.from_options(options.pop("kind"), options.pop("config"), workers=workers, **options)
 
 
+def _voxel_size_options(command):
+    """``--voxel-size`` and ``--unit``: the physical size of a voxel, for the output's metadata."""
+    command = click.option(
+        "--unit",
+        help="Unit of --voxel-size: nm, um (default), mm, angstrom or an OME-NGFF unit name.",
+    )(command)
+    return click.option(
+        "--voxel-size",
+        "voxel_size_text",
+        metavar="Z,Y,X",
+        help="Physical voxel size (one value for all axes, or Z,Y,X), recorded as the output's "
+        "scale; default: what the input records, if anything.",
+    )(command)
+
+
+def _voxel_size(text: str | None, unit: str | None):
+    from matseg.io.scale import parse_voxel_size
+
+    if text is None:
+        if unit is not None:
+            raise MatsegError(f"--unit {unit} needs --voxel-size (the size of a voxel in that unit)")
+        return None
+    return parse_voxel_size(text, unit)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="matseg")
 def cli() -> None:
@@ -131,12 +202,12 @@ def cli() -> None:
     """
 
 
-@cli.command()
+@cli.command(cls=_SizesCommand)
 @click.argument("output", type=click.Path())
 @click.option(
     "--shape",
     "shape",
-    cls=_SizesOption,
+    callback=_sizes,
     required=True,
     metavar="Z Y X",
     help="Volume shape: Z Y X, or Y X for 2-D (e.g. --shape 32 256 256).",
@@ -155,7 +226,9 @@ def cli() -> None:
     help="Imaging-parameter ranges: 'test' ranges are disjoint from 'train'.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def sample(output, shape, seed, config_path, profile, overwrite) -> None:
+@_voxel_size_options
+@_verbosity_options
+def sample(output, shape, seed, config_path, profile, overwrite, voxel_size_text, unit) -> None:
     """Write a synthetic 3-phase battery-cathode volume with ground truth.
 
     OUTPUT is an OME-Zarr image (uint8) whose ground truth is the label image
@@ -171,7 +244,8 @@ def sample(output, shape, seed, config_path, profile, overwrite) -> None:
     config = load_sample_config(config_path)
     if profile:
         config = dataclasses.replace(config, profile=profile)
-    path = write_sample(output, shape, seed, config, overwrite=overwrite)
+    voxel_size = _voxel_size(voxel_size_text, unit)
+    path = write_sample(output, shape, seed, config, overwrite=overwrite, voxel_size=voxel_size)
     click.echo(f"wrote {path} (shape {' x '.join(map(str, shape))}, seed {seed})")
 
 
@@ -217,7 +291,11 @@ def sample(output, shape, seed, config_path, profile, overwrite) -> None:
     is_flag=True,
     help="Replace OUTPUT if it is finished or of other settings (reusing its cheap pass).",
 )
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--no-bars", is_flag=True, help="No progress bars: a log line as each stage ends (for batch job logs)."
+)
+@_voxel_size_options
+@_verbosity_options
 @_cluster_options
 def segment(
     input,
@@ -233,7 +311,9 @@ def segment(
     workers,
     truth,
     overwrite,
-    quiet,
+    no_bars,
+    voxel_size_text,
+    unit,
     **cluster,
 ) -> None:
     """Segment INPUT into phases and write OUTPUT (OME-Zarr).
@@ -254,33 +334,34 @@ def segment(
       matseg segment big.zarr -o phases.zarr --cluster slurm --cluster-config cluster.yaml
       matseg segment big.zarr -o phases.zarr --cluster tcp://scheduler:8786
     """
-    from matseg.segment import default_tile
-    from matseg.segment import segment as run_segment
+    from matseg.pipeline.run import segment as run_segment
+    from matseg.pipeline.settings import Settings
+    from matseg.tiling import default_tile
 
     tile = _ints(tile_text, "--tile")
     if tile is not None and len(tile) == 1:
         tile = tile * 2
     if tile is not None and len(tile) == 2:
         tile = _tile_for(input, tile, default_tile)
-    report = run_segment(
-        input,
-        output,
-        model=model,
-        lam=lam,
-        budget_gflops=budget_gflops,
-        max_expensive_fraction=max_expensive_fraction,
-        dry_run=dry_run,
-        weights=weights,
-        tile=tile,
-        halo=halo,
-        overwrite=overwrite,
-        workers=workers if not cluster["kind"] else None,
-        cluster=_cluster_spec(workers, cluster),
-        truth=truth,
-        progress=not quiet,
-        command=_command_line(),
-        log=lambda m: click.echo(m, err=True),
-    )
+    settings = Settings(model, lam, budget_gflops, max_expensive_fraction, weights, tile, halo)
+    voxel_size = _voxel_size(voxel_size_text, unit)
+    bars = StageBars(not no_bars and not click.get_current_context().meta.get("matseg.quiet"))
+    try:
+        report = run_segment(
+            input,
+            output,
+            settings,
+            dry_run=dry_run,
+            overwrite=overwrite,
+            workers=workers if not cluster["kind"] else None,
+            cluster=_cluster_spec(workers, cluster),
+            truth=truth,
+            voxel_size=voxel_size,
+            progress=bars,
+            command=_command_line(),
+        )
+    finally:
+        bars.close()
     click.echo(format_dry_run(report) if dry_run else format_report(report))
 
 
@@ -339,6 +420,7 @@ def segment(
     help="Fine-tune on a corrections store (saved by the napari plugin) instead of IMAGES: "
     "its corrected slices, from the weights that made the corrected output (or --init).",
 )
+@_verbosity_options
 def train(
     images,
     output,
@@ -362,7 +444,7 @@ def train(
     of phases; use the result with 'matseg segment --weights OUTPUT'. With
     --from-corrections, fine-tune on a reviewer's corrections instead.
     """
-    from matseg.train import train as run_train
+    from matseg.training import train as run_train
 
     if from_corrections:
         if images or labels or val or slices_text or phases:
@@ -392,6 +474,7 @@ def train(
         init=init,
         command=_command_line(),
         log=lambda m: click.echo(m, err=True),
+        progress=_progress(),
     )
     for name, r in results.items():
         per_phase = ", ".join(f"{k} {v:.3f}" for k, v in r["iou"].items())
@@ -416,6 +499,7 @@ def _finetune(corrections, output, models, steps, steps_expensive, batch, patch,
         seed=seed,
         command=_command_line(),
         log=lambda m: click.echo(m, err=True),
+        progress=_progress(),
     )
     for name, r in results.items():
         click.echo(
@@ -440,6 +524,7 @@ def _finetune(corrections, output, models, steps, steps_expensive, batch, patch,
 @click.option("--weights", type=click.Path(file_okay=False), help="Weights folder (default: bundled).")
 @click.option("--tile", "tile_text", help=f"Tile size Z,Y,X (default {_TILE_TEXT}).")
 @click.option("--workers", type=click.IntRange(min=1), help="Tiles processed at once (default: cores).")
+@_verbosity_options
 def batch(manifest, pattern, output_dir, index, model, lam, weights, tile_text, workers) -> None:
     """Segment many volumes: the jobs of MANIFEST (YAML list of {input, output},
     or CSV with columns input,output) or of --glob; finished outputs are skipped.
@@ -494,6 +579,7 @@ def batch(manifest, pattern, output_dir, index, model, lam, weights, tile_text, 
 @click.option("--tile", "tile_text", default=_TILE_TEXT, show_default=True, help="Tile size Z,Y,X.")
 @click.option("--steps", type=click.IntRange(min=1), default=4000, show_default=True, help="REINFORCE steps.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation and sampling.")
+@_verbosity_options
 def train_selector(images, weights, labels, slices_text, candidates, tile_text, steps, seed) -> None:
     """Train the per-tile selector on labelled IMAGES for the segmenters in --weights.
 
@@ -538,6 +624,7 @@ def train_selector(images, weights, labels, slices_text, candidates, tile_text, 
 )
 @click.option("--tile", "tile_text", default=_TILE_TEXT, show_default=True, help="Tile size Z,Y,X.")
 @click.option("--no-real-run", is_flag=True, help="Skip the real segment runs (table numbers only).")
+@_verbosity_options
 def evaluate(volumes, output, truths, weights, lambdas, tile_text, no_real_run) -> None:
     """Compare the selector with all-cheap, all-expensive, random, cascade and oracle.
 
@@ -569,103 +656,6 @@ def _tile_for(input, tile, default_tile):
     return tile if ndim == 2 else default_tile(3)[:1] + tuple(tile)
 
 
-def format_report(report: dict) -> str:
-    """The end-of-run summary a user reads."""
-    shape = " x ".join(map(str, report["input"]["shape"]))
-    models = ", ".join(
-        f"{m['name']} ({m['params'] / 1e3:,.1f} K params, sha256 {m['sha256'][:10]})"
-        for m in report["models"]
-    )
-    t = report["timings"]
-    lines = [
-        f"matseg segment: {report['input']['source']} -> {report['output']}",
-        f"  model      {models}",
-        f"  voxels     {report['voxels']:,} ({shape}) in {report['tiles']} tiles",
-        f"  time       {t['total_s']:.1f} s total, {t['segment_s']:.1f} s segmenting "
-        f"({t['voxels_per_s']:,.0f} voxels/s)",
-        f"  GFLOPs     {report['gflops']:,.1f} ({report['gflops_per_megavoxel']:.1f} per megavoxel)",
-        "  phases     " + "  ".join(f"{k} {v:.3f}" for k, v in report["volume_fractions"].items()),
-    ]
-    run = report.get("run", {})
-    if run.get("devices"):
-        lines.insert(3, "  device     " + "; ".join(run["devices"]))
-    if run.get("started_as") == "resume":
-        done = ", ".join(f"{n} {stage}" for stage, n in run["computed_tiles"].items())
-        lines.insert(2, f"  resumed    from its finished tiles; computed now: {done} tiles")
-    if run.get("scheduler") not in (None, "threads"):
-        lines.insert(
-            2,
-            f"  cluster    {run['scheduler']} at {run['address']}: {run['workers']} workers, "
-            f"{run['threads']} threads" + (", placement by cost" if run["placement_by_cost"] else ""),
-        )
-    if "selector" in report:
-        s = report["selector"]
-        mix = ", ".join(f"{n} {c}" for n, c in report["decisions"].items())
-        trade = f"lambda {s['lambda']}" if s["lambda"] is not None else _budget_text(s)
-        lines.insert(2, f"  selector   {trade}: {mix} tiles; expected gain {s['expected_gain']:+.4f}")
-        lines.append(
-            f"  cost       {100 * report['gflops_fraction_of_all_expensive']:.1f} % of an all-expensive "
-            f"run ({report['all_expensive_gflops']:,.1f} GFLOPs)"
-        )
-    lines.append(f"  seams      score {report['seam']['score']:.2f} (1 = no seam at tile borders)")
-    metrics = report.get("metrics")
-    if metrics:
-        per_phase = ", ".join(f"{k} {v:.3f}" for k, v in metrics["iou"].items() if v is not None)
-        lines.append(f"  mIoU       {metrics['miou']:.4f} ({per_phase})")
-        if "hard" in metrics:
-            lines.append(
-                f"             hard regions {metrics['hard']['miou']:.4f}, "
-                f"clean regions {metrics['clean']['miou']:.4f}"
-            )
-    return "\n".join(lines)
-
-
-def format_evaluation(result: dict) -> str:
-    """The evaluation table: every method's mIoU, GFLOPs and IoU/GFLOP gain over all-expensive."""
-    lines = [f"{'method':<14}{'lambda':>7}{'mIoU':>8}{'GFLOPs':>10}{'% exp':>7}{'IoU/GF x':>10}"]
-
-    def row(name, lam, p):
-        lines.append(
-            f"{name:<14}{lam:>7}{p['miou']:>8.4f}{p['gflops']:>10.1f}"
-            f"{100 * p['gflops_fraction']:>7.1f}{p['gain_over_all_expensive']:>10.2f}"
-        )
-
-    row("all-cheap", "", result["all_cheap"])
-    row("all-expensive", "", result["all_expensive"])
-    for r in result["sweep"]:
-        for method in ("selector", "cascade", "random", "oracle"):
-            row(method, f"{r['lambda']:g}", r[method])
-    for model, run in result.get("real", {}).items():
-        lines.append(
-            f"real run --model {model}: mIoU {run['miou']:.4f}, {run['gflops']:.1f} GFLOPs, "
-            f"{run['seconds']:.1f} s, seam score {max(run['seam']):.2f}"
-        )
-    return "\n".join(lines)
-
-
-def _budget_text(selector: dict) -> str:
-    if selector["budget_gflops"] is not None:
-        return f"budget {selector['budget_gflops']:g} GFLOPs"
-    return f"at most {selector['max_expensive_fraction']:g} of tiles upgraded"
-
-
-def format_dry_run(report: dict) -> str:
-    """What a --dry-run expects the real run to cost."""
-    e = report["estimate"]
-    mix = ", ".join(f"{n} {c}" for n, c in report["decisions"].items())
-    return "\n".join(
-        [
-            f"matseg segment --dry-run: {report['input']['source']} ({report['tiles']} tiles)",
-            f"  mix        {mix}",
-            f"  GFLOPs     {e['gflops']:,.1f} expected "
-            f"({report['cheap_pass_gflops']:,.1f} spent on the cheap pass)",
-            f"  time       ~{e['seconds']:.1f} s more for the costlier candidates and blending",
-            f"  memory     ~{e['peak_rss_mb']:,.0f} MB peak",
-            f"  cheap pass kept in {report['output']}: the real run reuses it",
-        ]
-    )
-
-
 def _gpu_out_of_memory() -> type:
     import torch
 
@@ -674,9 +664,10 @@ def _gpu_out_of_memory() -> type:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: map MatsegError to one line and exit code 2."""
-    from matseg.cluster import tune_malloc
+    from matseg.malloc import tune_malloc
 
     tune_malloc()  # before any thread starts
+    setup_logging()
     try:
         cli.main(args=argv, prog_name="matseg", standalone_mode=False)
     except MatsegError as err:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,26 +27,14 @@ import dask
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from matseg.errors import MatsegError
+from matseg.malloc import MALLOC_SETTINGS
 from matseg.tiling import GROUP_TILES
 
 CHEAP, COSTLY = "cheap", "costly"
 TASKS_PER_THREAD = 8  # tiles per thread in one batch of the threaded scheduler
-# glibc malloc for tile after tile of inference: (mallopt parameter, value) by environment name.
-# - One arena: by default each thread that contends for malloc gets its own; the few-MB arrays
-#   of tiles freed by one dask thread were then not reused by another, and peak memory crept
-#   up with the number of tiles.
-# - Blocks up to 32 MiB (a slice's activations) from the heap, which is trimmed only past
-#   256 MiB free: by default glibc maps big blocks afresh and returns them on free, so torch
-#   page-faulted its activation buffers again on many layers (benchmarks/scaling.py: the
-#   pure model 11-16 % faster without; the matseg command, where glibc's adaptive threshold
-#   already kept some blocks, up to 11 %; a MONAI sliding window 1.5x).
-MALLOC_SETTINGS = {
-    "MALLOC_ARENA_MAX": (-8, 1),  # M_ARENA_MAX
-    "MALLOC_MMAP_THRESHOLD_": (-3, 32 << 20),  # M_MMAP_THRESHOLD
-    "MALLOC_TRIM_THRESHOLD_": (-1, 256 << 20),  # M_TRIM_THRESHOLD
-}
 # The environment of worker processes: the same malloc settings (distributed's default
-# MALLOC_TRIM_THRESHOLD_=65536 made inference 2.4x slower in a worker) and one thread per library.
+# MALLOC_TRIM_THRESHOLD_ makes a worker return and re-fault activation buffers on every layer)
+# and one thread per library.
 WORKER_ENVIRON = {
     "OMP_NUM_THREADS": 1,
     "MKL_NUM_THREADS": 1,
@@ -148,12 +135,17 @@ class Backend:
         at least 32 per worker, so that a group's last tiles leave few workers idle."""
         return max(GROUP_TILES, 32 * self.workers)
 
-    def compute(self, tasks: Sequence, progress: bool = False) -> list:
+    def compute(self, tasks: Sequence, advance: Callable[[int], None] | None = None) -> list:
         """Results of ``tasks`` (in order), computed on this backend."""
-        return self.compute_groups([tasks], len(tasks), progress)
+        return self.compute_groups([tasks], len(tasks), advance)
 
-    def compute_groups(self, groups: Iterable[Sequence], total: int, progress: bool = False) -> list:
+    def compute_groups(
+        self, groups: Iterable[Sequence], total: int, advance: Callable[[int], None] | None = None
+    ) -> list:
         """Results of the tasks of ``groups`` (in order), one group after the other.
+
+        ``advance(n)`` is called as tasks finish (``n`` of them); if it raises (a run
+        cancelled), the computation stops: the tasks running finish, no other starts.
 
         ``groups`` may be a generator: the next group's tasks are made while a group
         runs (queued behind it, so that no worker waits for them) and no sooner, so at
@@ -167,43 +159,46 @@ class Backend:
         Two batches share the threads at a time, so that a thread that finishes its
         part of one batch goes on with the next instead of waiting for the batch's last tile.
         """
+        advance = advance or (lambda n: None)
         if self.client is None:
-            with _progress_bar(progress, total) as bar:
-                return self._on_threads(groups, bar)
+            return self._on_threads(groups, advance)
         results, running = [], None
         for tasks in groups:
             futures = self.client.compute(list(tasks))
             if running is not None:
-                results += self._gathered(running, progress)
+                results += self._gathered(running, advance)
             running = futures
         if running is not None:
-            results += self._gathered(running, progress)
+            results += self._gathered(running, advance)
         return results
 
-    def _gathered(self, futures: list, progress: bool) -> list:
-        if progress:
-            from distributed import progress as show
+    def _gathered(self, futures: list, advance: Callable[[int], None]) -> list:
+        from distributed import as_completed
 
-            with contextlib.redirect_stdout(sys.stderr):
-                show(futures, notebook=False)
+        try:
+            for _ in as_completed(futures):
+                advance(1)
+        except BaseException:
+            self.client.cancel(futures)
+            raise
         return self.client.gather(futures)
 
-    def _on_threads(self, groups: Iterable[Sequence], bar) -> list:
+    def _on_threads(self, groups: Iterable[Sequence], advance: Callable[[int], None]) -> list:
         size = TASKS_PER_THREAD * self.workers
         threads = ThreadPoolExecutor(self.workers, thread_name_prefix="matseg-tile")
         drivers = ThreadPoolExecutor(2, thread_name_prefix="matseg-batch")
         results, running = [], []  # running: (tiles, future) of each batch of the group before
 
         def collect(batches) -> None:
-            for n, future in batches:
+            for _, future in batches:
                 results.extend(future.result())
-                bar.update(n)
 
         try:
             for tasks in groups:
                 queued = []
                 for start in range(0, len(tasks), size):
-                    batch = tasks[start : start + size]
+                    # each finished task advances the count (and a cancelled run stops there)
+                    batch = [dask.delayed(_counted)(task, advance) for task in tasks[start : start + size]]
                     future = drivers.submit(dask.compute, *batch, scheduler="threads", pool=threads)
                     queued.append((len(batch), future))
                 collect(running)
@@ -262,15 +257,10 @@ class SharedResults:
                 self._results.pop(key, None)
 
 
-def _progress_bar(enabled: bool, total: int):
-    from tqdm import tqdm
-
-    # dask's own progress-bar format ("[####    ] | 45% Completed | 2.1s"), which tools such
-    # as the napari plugin read from matseg's stderr
-    form = "[{bar:40}] | {percentage:3.0f}% Completed | {elapsed}"
-    return tqdm(
-        total=total, file=sys.stderr, disable=not enabled, mininterval=1.0, bar_format=form, ascii=" #"
-    )
+def _counted(result, advance: Callable[[int], None]):
+    """``result``, once ``advance(1)`` has counted it."""
+    advance(1)
+    return result
 
 
 class TorchThreads(WorkerPlugin):
@@ -287,18 +277,6 @@ class TorchThreads(WorkerPlugin):
         torch.set_num_threads(self.threads)
 
 
-def tune_malloc() -> None:
-    """glibc malloc set for tile after tile of inference (a no-op elsewhere); see MALLOC_SETTINGS."""
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    for param, value in MALLOC_SETTINGS.values():
-        mallopt(param, value)
-
-
 def torch_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
@@ -309,7 +287,7 @@ def backend(spec: ClusterSpec, workers: int | None = None, log=None) -> Iterator
 
     ``workers`` (dask threads here) is used when ``spec`` has no cluster.
     """
-    from matseg.models.weights import describe_device  # torch, only once a run starts
+    from matseg.models.inference import describe_device
 
     if spec.kind is None:
         n = int(workers or os.cpu_count() or 1)

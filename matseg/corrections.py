@@ -31,11 +31,12 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from matseg import __version__
+from matseg._version import __version__
 from matseg.errors import MatsegError
 from matseg.io.write import axes_for, remove_store
+from matseg.monitor import CancelToken, Monitor, Progress
 from matseg.review import open_segmentation, tile_grid
-from matseg.train import UNLABELLED, LabelledSlices, fit, load_labelled, score
+from matseg.training import UNLABELLED, LabelledSlices, fit, load_labelled, score
 
 ATTRIBUTE = "matseg-corrections"
 SUFFIX = ".corrections.zarr"
@@ -312,6 +313,8 @@ def finetune_from_corrections(
     seed: int = 0,
     command: str | None = None,
     log: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+    cancel: CancelToken | None = None,
 ) -> dict:
     """Fine-tune the segmenters that produced an output on its corrections.
 
@@ -330,7 +333,9 @@ def finetune_from_corrections(
     steps : int or dict
         Optimiser steps, per model if a dict.
     batch, patch, lr, seed
-        As for :func:`matseg.train.fit`; ``patch`` shrinks to fit small images.
+        As for :func:`matseg.training.fit`; ``patch`` shrinks to fit small images.
+    progress, cancel
+        As for :func:`matseg.train`.
 
     Returns
     -------
@@ -338,7 +343,7 @@ def finetune_from_corrections(
         Per model: mIoU against the corrected labels on the corrected slices
         before (``miou_before``) and after (``miou_after``), slices, steps, seconds.
     """
-    from matseg.models.weights import default_weights_dir, load_segmenter, read_manifest, save_segmenter
+    from matseg.models.store import default_weights_dir, load_segmenter, read_manifest, save_segmenter
 
     if not isinstance(corrections, Corrections):
         corrections = load_corrections(corrections)
@@ -358,7 +363,7 @@ def finetune_from_corrections(
     out.mkdir(parents=True, exist_ok=True)
     if out.absolute().resolve() != init_dir.absolute().resolve():
         _copy_weights(init_dir, out, manifest, skip=models)
-    results = {}
+    results, monitor = {}, Monitor(progress, cancel)
     for name in models:
         model = load_segmenter(name, init_dir)
         if not explicit_init and used.get(name) and used[name] != model.sha256:
@@ -375,7 +380,7 @@ def finetune_from_corrections(
         n_steps = steps.get(name, max(steps.values())) if isinstance(steps, dict) else steps
         before = score(model, [data])
         started = time.perf_counter()
-        fit(model, [data], n_steps, batch=batch, patch=size, lr=lr, seed=seed, log=log)
+        fit(model, [data], n_steps, batch=batch, patch=size, lr=lr, seed=seed, log=log, monitor=monitor)
         seconds = time.perf_counter() - started
         after = score(model, [data])
         record = {
@@ -412,7 +417,7 @@ def _copy_weights(source: Path, target: Path, manifest: dict, skip: Iterable[str
     """Copy the weights files and manifest entries of ``source`` not in ``skip`` into ``target``."""
     import json
 
-    from matseg.models.weights import MANIFEST
+    from matseg.models.store import MANIFEST
 
     kept = {}
     for name, entry in manifest.items():

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from matseg.candidates.registry import CANDIDATES, Context
 from matseg.errors import MatsegError
 from matseg.metrics import iou_per_phase
-from matseg.models.weights import load_segmenter
-from matseg.selector.candidates import CANDIDATES, Context
+from matseg.models.store import load_segmenter
 from matseg.selector.policy import check_pairing, choose_by_lambda, load_selector
 from matseg.selector.table import reward, tile_iou, tile_table
 from matseg.tiling import DEFAULT_TILE
@@ -221,7 +221,7 @@ def _real_runs(volumes, truths, output, weights, tile, log) -> dict:
     from matseg.io.read import open_volume
     from matseg.io.write import remove_store
     from matseg.metrics import confusion_matrix, summarize
-    from matseg.segment import segment
+    from matseg.pipeline.run import segment
 
     runs = {}
     for model in ("auto", "expensive"):

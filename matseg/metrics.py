@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import dask.array as da
 import numpy as np
@@ -11,18 +11,25 @@ from matseg.tiling import CHUNKS_AT_ONCE, slabs
 
 
 def confusion_matrix(
-    pred: da.Array, truth: da.Array, n_phases: int, mask: da.Array | None = None
+    pred: da.Array,
+    truth: da.Array,
+    n_phases: int,
+    mask: da.Array | None = None,
+    advance: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Counts ``cm[t, p]`` of voxels of true phase ``t`` predicted as ``p``.
 
     Truth values outside ``0..n_phases-1`` (e.g. 255 = unlabelled) are ignored,
     and so are voxels where ``mask`` is False. Counted slab by slab of whole chunks of
-    ``pred`` (``truth`` and ``mask`` chunked alike), so the graph stays bounded.
+    ``pred`` (``truth`` and ``mask`` chunked alike), so the graph stays bounded;
+    ``advance(1)`` is called after each slab.
     """
     counts = np.zeros((n_phases, n_phases), np.int64)
     for start, stop in slabs(pred.chunks, CHUNKS_AT_ONCE):
         part = slice(start, stop)
         counts += _confusion(pred[part], truth[part], n_phases, None if mask is None else mask[part])
+        if advance is not None:
+            advance(1)
     return counts
 
 

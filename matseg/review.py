@@ -21,9 +21,8 @@ from zarr.storage import LocalStore
 from matseg.errors import MatsegError
 from matseg.io.read import label_phase_names, ome_attrs, open_volume, split_spec
 from matseg.io.scale import VoxelSize
+from matseg.pipeline.report import REPORT_NAME
 from matseg.tiling import TileGrid, plan_tiles
-
-REPORT_NAME = "matseg-report.json"
 
 
 @dataclass
@@ -215,7 +214,7 @@ def gflops_all(report: dict, candidate: str, weights: str | os.PathLike | None =
     weights : path, optional
         Weights folder holding ``candidate``; default: the bundled weights.
     """
-    from matseg.models.weights import load_segmenter
+    from matseg.models.store import load_segmenter
 
     model = load_segmenter(candidate, weights)
     shape = tuple(report["input"]["shape"])

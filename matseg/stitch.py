@@ -11,7 +11,7 @@ single-model runs exactly equal to whole-volume inference.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import islice, product
 
 import numpy as np
@@ -96,7 +96,7 @@ def paste(out: np.ndarray, want: tuple[slice, ...], values: np.ndarray, have: tu
     out[(Ellipsis, *dst)] = values[(Ellipsis, *src)]
 
 
-def seam_score(labels, grid: TileGrid, compute=None) -> dict:
+def seam_score(labels, grid: TileGrid, compute=None, advance: Callable[[int], None] | None = None) -> dict:
     """How much more often neighbouring voxels disagree across tile borders than inside tiles.
 
     For every in-plane pair of adjacent voxels, ``disagree`` is 1 when their
@@ -111,6 +111,7 @@ def seam_score(labels, grid: TileGrid, compute=None) -> dict:
     tile gives its pairs inside and its four edges; the pairs across borders are
     counted from the edges of neighbours, a run of whole rows of tiles at a time (the
     last row's edges kept for the next run), so memory does not grow with the volume.
+    ``advance(n)`` is called with the tiles of each run once counted.
 
     Returns
     -------
@@ -134,6 +135,8 @@ def seam_score(labels, grid: TileGrid, compute=None) -> dict:
                     first, last = edges[axis][0], before[1][axis][1]
                     counts[:2] += (np.count_nonzero(first != last), first.size)
         previous = {index: part for index, part in parts.items() if index[:-1] == run[-1][:-1]}
+        if advance is not None:
+            advance(len(run))
     border_sum, border_n, inside_sum, inside_n = counts.tolist()
     border_rate = border_sum / border_n if border_n else 0.0
     inside_rate = inside_sum / inside_n if inside_n else 0.0

@@ -10,19 +10,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import product
+from typing import TYPE_CHECKING
 
-import dask
-import dask.array as da
 import numpy as np
-from dask.delayed import Delayed
 
+from matseg.defaults import DEFAULT_TILE
 from matseg.errors import MatsegError
 
-# Tiles of 8 slices: each tile costs a fixed ~12 ms of reading, writing and scheduling
-# per stage besides its model calls; with 4-slice tiles a run took 1.23-1.29x its pure
-# model time, with 8-slice tiles 0.99-1.22x run by run over five runs (docs/benchmarks.md).
-# The models are 2-D, so the depth changes only how finely the selector decides along Z.
-DEFAULT_TILE = (8, 256, 256)
+if TYPE_CHECKING:  # dask is imported where a graph is made
+    import dask.array as da
+    from dask.delayed import Delayed
+
 # Tiles in a group whose tasks are made at once (at least: see Backend.group_tiles); a task
 # is some 6 kB of graph, and at most two groups' tasks exist at a time (see layer_groups).
 GROUP_TILES = 4096
@@ -138,13 +136,16 @@ def shared_nodes(*values) -> list:
     and dask would walk it (a grid's fields, the zarr arrays' metadata) for
     every task it builds.
     """
+    import dask
+    from dask.delayed import Delayed
+
     return [v if isinstance(v, Delayed) else dask.delayed(v, traverse=False) for v in values]
 
 
 class TileBlocks:
     """Tiles as delayed blocks, each made when asked for: ``blocks[index]`` is tile
-    ``index`` (of the whole grid) with its halo. Made for every tile at once (dask's
-    ``to_delayed``), they took 1.3 kB a tile: 2.6 GB for the 2 million tiles of a terabyte."""
+    ``index`` (of the whole grid) with its halo. Made only when asked for: dask's
+    ``to_delayed`` makes them for every tile at once, which grows with the volume."""
 
     def __init__(self, tiles: da.Array, first_layer: int = 0):
         self._name = tiles.name
@@ -153,6 +154,8 @@ class TileBlocks:
         self._first = first_layer
 
     def __getitem__(self, index: Sequence[int]) -> Delayed:
+        from dask.delayed import Delayed
+
         key = (self._name, *index) if not self._first else (self._name, index[0] - self._first, *index[1:])
         return Delayed(key, self._graph, layer=self._layer)
 
@@ -180,6 +183,8 @@ def tile_blocks(data: da.Array, grid: TileGrid, layers: range | None = None) -> 
         grid = TileGrid(data.shape, (z, *grid.chunks[1:]), grid.depth)
     data = data.rechunk(grid.chunks).map_blocks(np.copy, dtype=data.dtype)
     depth = dict(enumerate(grid.depth))
+    import dask.array as da
+
     return TileBlocks(da.overlap.overlap(data, depth=depth, boundary="none", allow_rechunk=False), first)
 
 

@@ -7,7 +7,8 @@ import pytest
 import scipy.ndimage as ndi
 import zarr
 
-from matseg.models.weights import new_segmenter, save_segmenter
+from matseg.models.segmenter import new_segmenter
+from matseg.models.store import save_segmenter
 
 PHASES = ("pore", "carbon-binder", "active")
 
@@ -21,7 +22,7 @@ def random_weights(tmp_path_factory, small_sample):
     stitching, I/O and errors without waiting for real training.
     """
     from matseg.selector.train import train_selector
-    from matseg.train import LabelledSlices, fit
+    from matseg.training import LabelledSlices, fit
 
     folder = tmp_path_factory.mktemp("weights")
     images = np.stack([smooth_noise((64, 64), seed=s) for s in range(8)])

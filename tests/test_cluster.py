@@ -11,8 +11,9 @@ import pytest
 import zarr
 
 import matseg
-from matseg.cluster import MALLOC_SETTINGS, ClusterSpec, _local_cluster
-from matseg.models.weights import describe_device
+from matseg.cluster import ClusterSpec, _local_cluster
+from matseg.malloc import MALLOC_SETTINGS
+from matseg.models.inference import describe_device
 
 from .conftest import run
 
@@ -193,14 +194,14 @@ def test_workers_that_cannot_run_matseg_are_refused(tmp_path, volume, capsys, mo
     """Workers without matseg (say, a shared scheduler's) fail when first asked, in one line."""
     from distributed import LocalCluster
 
-    import matseg.models.weights
+    import matseg.models.inference
 
     from .test_bad_input import assert_refused
 
     def missing():
         raise ModuleNotFoundError("No module named 'matseg'")
 
-    monkeypatch.setattr(matseg.models.weights, "describe_device", missing)
+    monkeypatch.setattr(matseg.models.inference, "describe_device", missing)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp") as cluster:
         args = ["segment", volume, "-o", tmp_path / "o.zarr", "--cluster", cluster.scheduler_address]
         assert_refused(tmp_path, args, capsys, "cannot run matseg (ModuleNotFoundError")

@@ -12,8 +12,9 @@ import pytest
 import matseg
 from matseg import MatsegError
 from matseg.metrics import confusion_matrix, summarize
-from matseg.models.weights import default_weights_dir, new_segmenter, save_segmenter
-from matseg.train import fit, load_labelled
+from matseg.models.segmenter import new_segmenter
+from matseg.models.store import default_weights_dir, save_segmenter
+from matseg.training import fit, load_labelled
 
 from .conftest import run
 
@@ -151,7 +152,11 @@ def test_finetune_raises_iou_on_the_corrected_slices(output, segmented_sample, f
     path = matseg.save_corrections(
         output, corrected_to_truth(output, truth), session="a", weights=fair_weights
     )
-    results = matseg.finetune_from_corrections(path, tmp_path / "tuned", steps=100, lr=3e-3)
+    seen = []
+    results = matseg.finetune_from_corrections(
+        path, tmp_path / "tuned", steps=100, lr=3e-3, progress=lambda *a: seen.append(a)
+    )
+    assert seen[0] == ("training cheap", 0, 100) and seen[-1] == ("training cheap", 100, 100)
     assert set(results) == {"cheap"}
     assert results["cheap"]["miou_after"] > results["cheap"]["miou_before"]
 
@@ -167,6 +172,26 @@ def test_finetune_raises_iou_on_the_corrected_slices(output, segmented_sample, f
     manifest = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
     assert manifest["cheap"]["training"]["from_corrections"] == str(path.absolute())
     assert manifest["cheap"]["training"]["slices"] == CORRECTED
+
+
+def test_finetune_stops_when_cancelled(output, segmented_sample, fair_weights, tmp_path):
+    """Fine-tuning runs the training loop of matseg.train: cancelled, it stops at the next step."""
+    import threading
+
+    path = matseg.save_corrections(
+        output, corrected_to_truth(output, truth_of(segmented_sample[0])), session="a", weights=fair_weights
+    )
+    cancel = threading.Event()
+
+    def progress(stage, done, total):
+        if done == 2:
+            cancel.set()
+
+    with pytest.raises(matseg.Cancelled):
+        matseg.finetune_from_corrections(
+            path, tmp_path / "tuned", steps=100, progress=progress, cancel=cancel
+        )
+    assert not (tmp_path / "tuned" / "cheap.pt").exists()
 
 
 def test_finetune_refuses_the_bundled_weights_folder(output, segmented_sample, fair_weights):

@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from matseg.models.flops import count_flops
-from matseg.models.weights import load_segmenter
+from matseg.models.store import load_segmenter
 from matseg.selector.policy import load_selector
 
 
@@ -50,7 +50,7 @@ def test_counting_leaves_the_nets_alone_and_skips_dynamo():
         assert all(not m._forward_hooks for m in net.modules())
     # counting does not pay for importing TorchDynamo (about a second per run)
     code = (
-        "import sys; from matseg.models.weights import load_segmenter; "
+        "import sys; from matseg.models.store import load_segmenter; "
         "load_segmenter('medium').gflops((4, 256, 256)); print('torch._dynamo' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -14,19 +14,9 @@ import torch
 
 import matseg
 from matseg.errors import MatsegError
-from matseg.models.weights import (
-    GPU_TILES_AT_ONCE,
-    _on,
-    default_weights_dir,
-    describe_device,
-    device_slot,
-    inference_device,
-    load_segmenter,
-    normalized_entropy,
-    phase_counts,
-    phase_labels,
-    sha256_of,
-)
+from matseg.models.inference import GPU_TILES_AT_ONCE, _on, describe_device, device_slot, inference_device
+from matseg.models.labels import normalized_entropy, phase_counts, phase_labels
+from matseg.models.store import default_weights_dir, load_segmenter, sha256_of
 from matseg.sample import write_sample
 from matseg.synth import SampleConfig
 

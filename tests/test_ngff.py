@@ -15,7 +15,7 @@ from matseg import MatsegError, open_volume
 from matseg.io.scale import VoxelSize, parse_voxel_size, unit_name
 from matseg.sample import write_sample
 
-from .conftest import smooth_noise
+from .conftest import run, smooth_noise
 
 DATA = smooth_noise((6, 80, 72)).astype(np.uint16)
 
@@ -138,3 +138,40 @@ def test_voxel_size_fits_the_volume():
     with pytest.raises(MatsegError, match="2 values"):
         VoxelSize((1.0, 2.0), None).for_ndim(3)
     assert unit_name("um") == "micrometer"
+
+
+def test_voxel_size_given_on_the_command_line(tmp_path, random_weights, capsys):
+    source = ome_input(tmp_path, (2.0, 0.5, 0.25))
+    out = tmp_path / "out.zarr"
+    args = [
+        "segment",
+        source,
+        "-o",
+        out,
+        "--model",
+        "cheap",
+        "--weights",
+        random_weights,
+        "--tile",
+        "4,64,64",
+    ]
+    assert run([*args, "--voxel-size", "30,10,10", "--unit", "nm", "--quiet"]) == 0
+    root = assert_valid_ngff(out)
+    assert stored_scale(root["labels/phases"]) == (
+        [30.0, 10.0, 10.0],
+        ["nanometer"] * 3,
+    )  # replaces the input's
+    report = matseg.open_segmentation(out).report
+    assert report["input"]["voxel_size"] == {"values": [30.0, 10.0, 10.0], "unit": "nanometer"}
+    assert "180 x 800 x 720 nanometer" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra", [["--voxel-size", "1,a"], ["--voxel-size", "1", "--unit", "furlong"], ["--unit", "nm"]]
+)
+def test_a_bad_voxel_size_is_one_line_and_exit_2(tmp_path, random_weights, capsys, extra):
+    source = ome_input(tmp_path, (2.0, 0.5, 0.25))
+    out = tmp_path / "out.zarr"
+    assert run(["segment", source, "-o", out, "--model", "cheap", "--weights", random_weights, *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("matseg: error:") and not out.exists()

@@ -189,7 +189,7 @@ def test_out_of_memory_is_one_line_and_the_run_resumes(
     tiles kept; the same command then resumes to an uninterrupted run's output."""
     import torch
 
-    from matseg.selector import candidates
+    from matseg.candidates import registry as candidates
 
     out, whole = tmp_path / "o.zarr", tmp_path / "whole.zarr"
     assert run(_args(volume, whole, random_weights, "--model", "cheap", "--workers", "1")) == 0

@@ -11,7 +11,7 @@ import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Label, Reader
 
-from matseg.models.weights import describe_device
+from matseg.models.inference import describe_device
 
 from .conftest import run
 from .test_bad_input import snapshot

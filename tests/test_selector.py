@@ -10,10 +10,12 @@ import pytest
 import zarr
 
 import matseg
-from matseg.models.weights import default_weights_dir, normalized_entropy, phase_labels
+from matseg.candidates.features import FEATURE_NAMES, median, tile_features
+from matseg.candidates.registry import CANDIDATES
+from matseg.models.labels import normalized_entropy, phase_labels
+from matseg.models.store import default_weights_dir
+from matseg.normalize import multiotsu_thresholds
 from matseg.sample import write_sample
-from matseg.selector.candidates import CANDIDATES, multiotsu_thresholds
-from matseg.selector.features import FEATURE_NAMES, median, tile_features
 from matseg.selector.policy import choose_by_budget
 from matseg.selector.table import reward, tile_iou
 from matseg.selector.train import fit_policy, greedy_reward
@@ -326,16 +328,16 @@ def test_batches_share_each_candidate_run(tmp_path, volume, monkeypatch):
 
     import matseg.cluster
 
-    module = importlib.import_module("matseg.segment")  # ``matseg.segment`` is the function
+    module = importlib.import_module("matseg.pipeline.tasks")
     matseg.segment(volume, tmp_path / "whole.zarr", tile=TILE, lam=0.01, workers=2)
     runs = []
-    original = module._candidate_task
+    original = module.candidate_task
 
     def counted(block, index, *args):
         runs.append(tuple(index))
         return original(block, index, *args)
 
-    monkeypatch.setattr(module, "_candidate_task", counted)
+    monkeypatch.setattr(module, "candidate_task", counted)
     monkeypatch.setattr(matseg.cluster, "TASKS_PER_THREAD", 1)  # batches of 2 tiles
     matseg.segment(volume, tmp_path / "split.zarr", tile=TILE, lam=0.01, workers=2)
     choice = zarr.open_group(str(tmp_path / "split.zarr"), mode="r")["selector/choice"][:]

@@ -90,8 +90,8 @@ def test_blended_labels_weigh_each_neighbours_probabilities():
     candidate that each neighbour ran (recomputed here for the cheap one), with every
     candidate keeping only the strips :func:`blend_sides` asks for; on every tile of a grid
     (corners, edges, inside) under random plans."""
+    from matseg.pipeline.blend import BorderProbs, blend_sides, blended_labels
     from matseg.stitch import crop_extended, extended_region, neighbour_indices
-    from matseg.tiles import BorderProbs, blend_sides, blended_labels
 
     rng = np.random.default_rng(3)
     grid = plan_tiles((2, 200, 232), (2, 64, 64), 16, 8)
@@ -136,8 +136,8 @@ def test_blended_labels_weigh_each_neighbours_probabilities():
 
 
 def test_border_probs_keep_only_the_bands_blending_reads():
+    from matseg.pipeline.blend import BorderProbs
     from matseg.stitch import crop_extended, extended_region
-    from matseg.tiles import BorderProbs
 
     rng = np.random.default_rng(5)
     band = 16

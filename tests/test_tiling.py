@@ -7,8 +7,9 @@ import pytest
 import zarr
 
 from matseg import MatsegError, open_volume, segment
-from matseg.models.weights import load_segmenter, segment_probs
-from matseg.segment import intensity_range, percentiles
+from matseg.models.inference import segment_probs
+from matseg.models.store import load_segmenter
+from matseg.normalize import intensity_range, percentiles
 from matseg.tiling import plan_tiles
 
 from .conftest import smooth_noise
@@ -147,7 +148,7 @@ def test_intensity_pass_slab_by_slab_is_the_same(tmp_path, monkeypatch, shape, c
 
     from matseg.tiling import slabs
 
-    seg = importlib.import_module("matseg.segment")  # the module (matseg.segment is also its function)
+    seg = importlib.import_module("matseg.normalize")
 
     data = smooth_noise(shape, seed=7) * 1000
     src = tmp_path / "in.zarr"

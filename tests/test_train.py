@@ -10,8 +10,9 @@ import pytest
 import zarr
 
 from matseg import MatsegError
-from matseg.models.weights import load_segmenter, new_segmenter
-from matseg.train import UNLABELLED, load_labelled, score
+from matseg.models.segmenter import new_segmenter
+from matseg.models.store import load_segmenter
+from matseg.training import UNLABELLED, load_labelled, score
 
 from .conftest import run
 
@@ -133,6 +134,6 @@ def test_fine_tune_from_init_writes_new_folder(tmp_path, small_sample, random_we
 
 def test_label_value_without_phase_name(tmp_path, small_sample):
     with pytest.raises(MatsegError, match="only 2 phases are named"):
-        from matseg.train import train
+        from matseg.training import train
 
         train([str(small_sample)], tmp_path / "w", models=["cheap"], phases=["a", "b"], steps=1)

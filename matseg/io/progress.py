@@ -20,7 +20,6 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import numpy as np
 import zarr
-from zarr.core.sync import sync
 
 from matseg.io.write import for_tile_writes
 
@@ -29,7 +28,7 @@ class WriteBehind:
     """Writes of finished tiles, done in a thread of their own while the workers go on.
 
     A synchronous write keeps its worker waiting on Zarr's threads (encoding, the files,
-    the hand-overs between threads): its core sat idle for 2-3 % of a run on two cores.
+    the hand-overs between threads), its core idle meanwhile.
     At most ``most`` writes wait at a time (each holds its tile's outputs): past that, a
     worker waits for room, so memory stays bounded however slow the disk. A failed
     write is raised by the next :meth:`submit` or by :meth:`flush`. Only for workers in
@@ -126,8 +125,8 @@ class TileRecords:
         its ``outputs`` ((array, region, values) of the tile's output chunks).
 
         The outputs go at once and the record after them, in one trip through Zarr's event
-        loop: each synchronous write is a round trip between threads, a tenth of a write's
-        time for a tile's chunk and most of it for a record's.
+        loop: each synchronous write is a round trip between threads, most of the time
+        of a record's write.
         """
         row = np.concatenate([np.ravel(np.asarray(values[name], np.float64)) for name, _ in self.fields])
         if self.writes is None:
@@ -141,7 +140,7 @@ class TileRecords:
             self.writes.flush()
 
     def _write_now(self, outputs, t: int, row: np.ndarray) -> None:
-        sync(self._write(outputs, t, row))
+        _event_loop().run_until_complete(self._write(outputs, t, row))
 
     async def _write(self, outputs, t: int, row: np.ndarray) -> None:
         await asyncio.gather(*(array.async_array.setitem(region, value) for array, region, value in outputs))
@@ -160,3 +159,17 @@ class TileRecords:
             out[name] = rows[:, start : start + width]
             start += width
         return out
+
+
+_THREAD = threading.local()
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """This thread's own event loop, made once, in which a tile's writes go through Zarr's
+    public async API (``zarr.Array.async_array``) together. (Zarr's own loop is reached only
+    through ``zarr.core.sync``, not public: a public ``zarr.run`` is proposed in
+    zarr-developers/zarr-python#3997.)"""
+    loop = getattr(_THREAD, "loop", None)
+    if loop is None:
+        loop = _THREAD.loop = asyncio.new_event_loop()
+    return loop

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from matseg.candidates.registry import CANDIDATES, Context
 from matseg.errors import MatsegError
-from matseg.selector.candidates import CANDIDATES, Context
 from matseg.selector.policy import Selector, choose_by_budget, choose_by_lambda
 from matseg.tiling import TileGrid
 

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from matseg.candidates.features import FEATURE_NAMES
 from matseg.errors import MatsegError
-from matseg.models.weights import MANIFEST, default_weights_dir, load_tensors, read_manifest, sha256_of
-from matseg.selector.features import FEATURE_NAMES
+from matseg.models.store import MANIFEST, default_weights_dir, load_tensors, read_manifest, sha256_of
 
 SELECTOR_FILE = "selector.pt"
 LAMBDA_FLOOR = 1e-3

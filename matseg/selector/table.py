@@ -14,12 +14,12 @@ from collections.abc import Sequence
 import dask
 import numpy as np
 
+from matseg.candidates.registry import CANDIDATES, Context
+from matseg.candidates.tile import candidate_probs, cheap_pass, tile_input
 from matseg.errors import MatsegError
 from matseg.io.read import open_volume
 from matseg.metrics import iou_per_phase
-from matseg.selector.candidates import CANDIDATES, Context
 from matseg.selector.plan import blend_gflops, candidate_gflops, cheap_pass_gflops
-from matseg.tiles import candidate_probs, cheap_pass, tile_input
 from matseg.tiling import plan_tiles, tile_blocks
 
 IGNORE = 255
@@ -82,7 +82,7 @@ def tile_table(
         rows = predicted, columns = true phase, ``gflops`` (tiles, candidates)
         spent on each tile when that candidate is chosen (cheap pass included).
     """
-    from matseg.segment import intensity_range
+    from matseg.normalize import intensity_range
 
     volume = open_volume(image)
     labels = open_volume(truth if truth is not None else image, labels=True)

@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from matseg.candidates.registry import CANDIDATES, Context, get_candidates
 from matseg.errors import MatsegError
-from matseg.models.weights import load_segmenter
-from matseg.selector.candidates import CANDIDATES, Context, get_candidates
+from matseg.models.store import load_segmenter
 from matseg.selector.policy import LAMBDA_FLOOR, PolicyNet, Selector, save_selector
 from matseg.selector.table import class_to_phase, merge_tables, remap_rows, reward, tile_iou, tile_table
 from matseg.tiling import DEFAULT_TILE
@@ -29,7 +29,7 @@ DEFAULT_CANDIDATES = ("cheap", "medium", "expensive", "expensive-2x", "classical
 
 def available_candidates(weights: str | os.PathLike) -> tuple[str, ...]:
     """The default candidates whose segmenters the weights folder holds."""
-    from matseg.models.weights import read_manifest
+    from matseg.models.store import read_manifest
 
     present = set(read_manifest(weights))
     return tuple(n for n in DEFAULT_CANDIDATES if set(CANDIDATES[n].needs) <= present)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from matseg.models.weights import phase_counts
+from matseg.models.labels import phase_counts
 
 FEATURE_NAMES = (
     "uncertainty_mean",
@@ -41,7 +41,7 @@ def tile_features(
     uncertainty : ndarray, shape (Z, Y, X)
         Its normalised predictive entropy (0 certain, 1 uniform).
     labels : ndarray, shape (Z, Y, X)
-        Its most probable phase per voxel (:func:`matseg.models.weights.phase_labels`).
+        Its most probable phase per voxel (:func:`matseg.models.labels.phase_labels`).
 
     Returns
     -------
@@ -84,8 +84,8 @@ def tile_features(
 def median(values: np.ndarray):
     """``np.median(values)``, bit for bit, from a partition at one index.
 
-    numpy partitions at the two middle indices and the last (for NaN) at once, which
-    took 12 times as long (4.4 ms vs 0.37 ms for 8 x 254 x 254 float32).
+    numpy partitions at the two middle indices and the last (for NaN) at once, an order
+    of magnitude slower on a tile's values.
     """
     flat = values.ravel()
     half = flat.size // 2

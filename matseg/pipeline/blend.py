@@ -1,7 +1,9 @@
-"""A tile's life: normalise -> cheap pass -> (maybe) a costlier candidate -> blend -> crop.
+"""Blending across tile borders: a tile's labels where its neighbours ran another candidate.
 
-Pure functions over one tile's array (halo included); :mod:`matseg.segment`
-wires them into a dask graph and writes what they return.
+A candidate's result is kept as :class:`BorderProbs` (the core's labels and the
+probabilities near its borders); :func:`blended_labels` weighs the candidates of a
+tile and its neighbours within the band of each border (weights:
+:func:`matseg.stitch.blend_weights`).
 """
 
 from __future__ import annotations
@@ -11,54 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from matseg.models.weights import normalized_entropy, phase_labels, segment_probs
-from matseg.selector.candidates import Candidate, Context
-from matseg.selector.features import tile_features
+from matseg.models.labels import phase_labels
 from matseg.stitch import blend_weights, crop_extended, extended_region, neighbour_indices, paste
 from matseg.tiling import TileGrid
-
-
-@dataclass(frozen=True)
-class TileInput:
-    """One tile as the models see it: normalised (Z, Y, X) with its halo, and where its core lies."""
-
-    image: np.ndarray
-    core: tuple[slice, slice]  # the core inside ``image`` (in-plane)
-    covers: tuple[slice, ...]  # what ``image`` covers in volume coordinates (all axes)
-
-
-def tile_input(block: np.ndarray, index: Sequence[int], grid: TileGrid, norm) -> TileInput:
-    x = norm(block)
-    x = x if x.ndim == 3 else x[None]
-    (y0, y1), (x0, x1) = grid.halo_of(index)[-2:]
-    core = (slice(y0, x.shape[-2] - y1), slice(x0, x.shape[-1] - x1))
-    region = grid.region(index)
-    covers = list(region)
-    covers[-2] = slice(region[-2].start - y0, region[-2].stop + y1)
-    covers[-1] = slice(region[-1].start - x0, region[-1].stop + x1)
-    return TileInput(x, core, tuple(covers))
-
-
-def cheap_pass(tile: TileInput, context: Context) -> dict:
-    """The cheap segmenter on a tile: labels, uncertainty and selector features of its core."""
-    model = context.models["cheap"]
-    probs = segment_probs(model, tile.image)
-    core = (slice(None), *tile.core)
-    probs_core = probs[(slice(None), slice(None), *tile.core)]
-    labels = phase_labels(probs_core)
-    uncertainty = normalized_entropy(probs_core)  # of the core only: all that is kept
-    return {
-        "labels": labels,
-        "uncertainty": uncertainty,
-        "features": tile_features(tile.image[core], probs_core, uncertainty, labels),
-        "gflops": model.gflops(tile.image.shape),
-    }
-
-
-def candidate_probs(tile: TileInput, candidate: Candidate, context: Context, want: tuple[slice, ...]):
-    """``candidate``'s probabilities over the region ``want`` (core plus blending band)."""
-    probs = candidate.run(context, tile.image)
-    return crop_extended(probs, tile.covers, want), candidate.gflops(context, tile.image.shape)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,11 @@ from torch import nn
 from matseg.errors import MatsegError
 from matseg.io.read import Volume, open_volume
 from matseg.metrics import iou_per_phase
-from matseg.models.weights import Segmenter, load_segmenter, new_segmenter, save_segmenter, segment_probs
-from matseg.segment import intensity_range
+from matseg.models.inference import segment_probs
+from matseg.models.segmenter import Segmenter, new_segmenter
+from matseg.models.store import load_segmenter, save_segmenter
+from matseg.monitor import CancelToken, Monitor, Progress
+from matseg.normalize import intensity_range
 
 UNLABELLED = 255
 MAX_TRAINING_BYTES = 4 << 30
@@ -129,8 +132,14 @@ def fit(
     lr: float = 3e-3,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    monitor: Monitor | None = None,
 ) -> list[float]:
-    """Train ``model`` in place (AdamW, warm-up then cosine decay); return the loss curve."""
+    """Train ``model`` in place (AdamW, warm-up then cosine decay); return the loss curve.
+
+    The one training loop: :func:`train` and fine-tuning from corrections both run it.
+    ``monitor`` reports the stage ``training <model>`` step by step and stops it when cancelled.
+    """
+    stage = (monitor or Monitor()).stage(f"training {model.name}", steps)
     if patch % model.stride:
         raise MatsegError(f"patch {patch} must be a multiple of {model.stride}")
     torch.manual_seed(seed)
@@ -153,6 +162,11 @@ def fit(
         losses.append(loss.item())
         if log and (step + 1) % max(1, steps // 10) == 0:
             log(f"{model.name}: step {step + 1}/{steps} loss {np.mean(losses[-50:]):.4f}")
+        try:
+            stage.advance()
+        except BaseException:
+            net.eval()
+            raise
     net.eval()
     return losses
 
@@ -174,6 +188,8 @@ def train(
     init: str | os.PathLike | None = None,
     command: str | None = None,
     log: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+    cancel: CancelToken | None = None,
 ) -> dict:
     """Train segmenters on labelled volumes and write them to a weights folder.
 
@@ -198,6 +214,11 @@ def train(
         Optimiser steps, per model if a dict.
     init : path, optional
         Start from the weights in this folder (fine-tuning) instead of from scratch.
+    progress : callable, optional
+        ``progress(stage, done, total)`` as each model trains (stage ``training <model>``).
+    cancel : object with ``is_set()``, optional
+        Once set, training stops at the next step and raises :class:`matseg.Cancelled`;
+        the models finished before it are written, the one in training is not.
 
     Returns
     -------
@@ -225,14 +246,14 @@ def train(
         val_data, data = _hold_out(data)
     if not data or not val_data:
         raise MatsegError("not enough labelled slices to train and validate; label more slices")
-    results = {}
+    results, monitor = {}, Monitor(progress, cancel)
     for name in models:
         model = load_segmenter(name, init) if init else new_segmenter(name, phases, seed)
         if model.phases != phases:
             raise MatsegError(f"--init weights have phases {model.phases}; the labels have {phases}")
         n_steps = steps[name] if isinstance(steps, dict) else steps
         started = time.perf_counter()
-        fit(model, data, n_steps, batch=batch, patch=patch, lr=lr, seed=seed, log=log)
+        fit(model, data, n_steps, batch=batch, patch=patch, lr=lr, seed=seed, log=log, monitor=monitor)
         seconds = time.perf_counter() - started
         metrics = score(model, val_data)
         record = {

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from skimage.filters import gaussian, threshold_multiotsu
+from skimage.filters import gaussian
 from skimage.filters.rank import majority
 from skimage.morphology import disk
 
 from matseg.errors import MatsegError
-from matseg.models.weights import Segmenter, segment_probs
+from matseg.models.inference import segment_probs
+from matseg.models.segmenter import Segmenter
 
 # Honest operation count of the classical pipeline per voxel: a separable
 # Gaussian (sigma 1, 9 taps per axis: 2 x 9 x 2 FLOPs), the threshold
@@ -163,15 +164,3 @@ def get_candidates(names: Sequence[str]) -> list[Candidate]:
     if not names or names[0] != "cheap":
         raise MatsegError("the first candidate must be 'cheap' (it always runs)")
     return [CANDIDATES[n] for n in names]
-
-
-def multiotsu_thresholds(sample: np.ndarray, n_phases: int) -> tuple[float, ...]:
-    """Thresholds between ``n_phases`` intensity classes of a (normalised) subsample of the volume."""
-    values = np.asarray(sample, np.float32).ravel()
-    if np.unique(values[: 1 << 20]).size < n_phases:
-        return tuple(float(q) for q in np.quantile(values, np.linspace(0, 1, n_phases + 1)[1:-1]))
-    # the histogram scikit-image makes of an image (256 bins over its range, normalised),
-    # without the copy of the sample it flattens first
-    counts, edges = np.histogram(values, bins=256, range=(values.min(), values.max()))
-    hist = (counts / counts.sum(), (edges[:-1] + edges[1:]) / 2.0)
-    return tuple(float(t) for t in threshold_multiotsu(hist=hist, classes=n_phases))

@@ -1,0 +1,63 @@
+"""One tile through the models: normalised with its halo, the cheap pass (labels,
+uncertainty, selector features of its core), or a candidate's probabilities.
+
+Pure functions over one tile's array; the pipeline's stages wire them into task
+graphs and write what they return; selector training calls them on labelled tiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from matseg.candidates.features import tile_features
+from matseg.candidates.registry import Candidate, Context
+from matseg.models.inference import segment_probs
+from matseg.models.labels import normalized_entropy, phase_labels
+from matseg.stitch import crop_extended
+from matseg.tiling import TileGrid
+
+
+@dataclass(frozen=True)
+class TileInput:
+    """One tile as the models see it: normalised (Z, Y, X) with its halo, and where its core lies."""
+
+    image: np.ndarray
+    core: tuple[slice, slice]  # the core inside ``image`` (in-plane)
+    covers: tuple[slice, ...]  # what ``image`` covers in volume coordinates (all axes)
+
+
+def tile_input(block: np.ndarray, index: Sequence[int], grid: TileGrid, norm) -> TileInput:
+    x = norm(block)
+    x = x if x.ndim == 3 else x[None]
+    (y0, y1), (x0, x1) = grid.halo_of(index)[-2:]
+    core = (slice(y0, x.shape[-2] - y1), slice(x0, x.shape[-1] - x1))
+    region = grid.region(index)
+    covers = list(region)
+    covers[-2] = slice(region[-2].start - y0, region[-2].stop + y1)
+    covers[-1] = slice(region[-1].start - x0, region[-1].stop + x1)
+    return TileInput(x, core, tuple(covers))
+
+
+def cheap_pass(tile: TileInput, context: Context) -> dict:
+    """The cheap segmenter on a tile: labels, uncertainty and selector features of its core."""
+    model = context.models["cheap"]
+    probs = segment_probs(model, tile.image)
+    core = (slice(None), *tile.core)
+    probs_core = probs[(slice(None), slice(None), *tile.core)]
+    labels = phase_labels(probs_core)
+    uncertainty = normalized_entropy(probs_core)  # of the core only: all that is kept
+    return {
+        "labels": labels,
+        "uncertainty": uncertainty,
+        "features": tile_features(tile.image[core], probs_core, uncertainty, labels),
+        "gflops": model.gflops(tile.image.shape),
+    }
+
+
+def candidate_probs(tile: TileInput, candidate: Candidate, context: Context, want: tuple[slice, ...]):
+    """``candidate``'s probabilities over the region ``want`` (core plus blending band)."""
+    probs = candidate.run(context, tile.image)
+    return crop_extended(probs, tile.covers, want), candidate.gflops(context, tile.image.shape)

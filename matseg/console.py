@@ -1,0 +1,186 @@
+"""What a person sees of a run on the command line: progress bars named by stage, the
+library's log lines, and the summaries of reports."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+# dask's progress-bar format ("[####    ] | 45% Completed | 2.1s") after the stage's name,
+# which tools such as the napari plugin read from matseg's stderr
+BAR_FORMAT = "{desc}: [{bar:40}] | {percentage:3.0f}% Completed | {elapsed}"
+# a stage shorter than this shows no bar (nor does a run refused at once)
+BAR_DELAY_S = 2.0
+progress_log = logging.getLogger("matseg.progress")
+
+
+class StageBars:
+    """A ``progress(stage, done, total)`` callback: a progress bar per stage on stderr, or
+    (``bars`` False) a log line as each stage ends, on the ``matseg.progress`` logger."""
+
+    def __init__(self, bars: bool):
+        self.bars, self.bar, self.stage, self.started = bars, None, None, 0.0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage, self.started = stage, time.perf_counter()
+            if self.bars and total:
+                from tqdm import tqdm
+
+                self.bar = tqdm(
+                    total=total,
+                    desc=stage,
+                    file=sys.stderr,
+                    mininterval=1.0,
+                    delay=BAR_DELAY_S,
+                    bar_format=BAR_FORMAT,
+                    ascii=" #",
+                )
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.close()
+            if not self.bars:
+                seconds = time.perf_counter() - self.started
+                progress_log.info(f"{stage}: {done} of {total} done in {seconds:.1f} s")
+            self.stage = None
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def setup_logging() -> None:
+    """The library's log lines on stderr, as ``matseg: ...`` (info and above; see ``-v``, ``--quiet``)."""
+    logger = logging.getLogger("matseg")
+    logger.handlers = [h for h in logger.handlers if not isinstance(h, _StderrHandler)]
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("matseg: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    progress_log.setLevel(logging.NOTSET)  # (what --quiet raised, in this process before)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the ``sys.stderr`` of the moment (a test's captured one, too)."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _physical(report: dict) -> str:
+    """The volume's physical extent, when its voxel size is known: ", 5.1 x 5.1 x 0.3 micrometer"."""
+    size = report["input"].get("voxel_size")
+    if not size:
+        return ""
+    extent = " x ".join(f"{n * v:.4g}" for n, v in zip(report["input"]["shape"], size["values"]))
+    return f", {extent} {size['unit'] or 'units'}"
+
+
+def format_report(report: dict) -> str:
+    """The end-of-run summary a user reads."""
+    shape = " x ".join(map(str, report["input"]["shape"]))
+    models = ", ".join(
+        f"{m['name']} ({m['params'] / 1e3:,.1f} K params, sha256 {m['sha256'][:10]})"
+        for m in report["models"]
+    )
+    t = report["timings"]
+    lines = [
+        f"matseg segment: {report['input']['source']} -> {report['output']}",
+        f"  model      {models}",
+        f"  voxels     {report['voxels']:,} ({shape}) in {report['tiles']} tiles{_physical(report)}",
+        f"  time       {t['total_s']:.1f} s total, {t['segment_s']:.1f} s segmenting "
+        f"({t['voxels_per_s']:,.0f} voxels/s)",
+        f"  GFLOPs     {report['gflops']:,.1f} ({report['gflops_per_megavoxel']:.1f} per megavoxel)",
+        "  phases     " + "  ".join(f"{k} {v:.3f}" for k, v in report["volume_fractions"].items()),
+    ]
+    run = report.get("run", {})
+    if run.get("devices"):
+        lines.insert(3, "  device     " + "; ".join(run["devices"]))
+    if run.get("started_as") == "resume":
+        done = ", ".join(f"{n} {stage}" for stage, n in run["computed_tiles"].items())
+        lines.insert(2, f"  resumed    from its finished tiles; computed now: {done} tiles")
+    if run.get("scheduler") not in (None, "threads"):
+        lines.insert(
+            2,
+            f"  cluster    {run['scheduler']} at {run['address']}: {run['workers']} workers, "
+            f"{run['threads']} threads" + (", placement by cost" if run["placement_by_cost"] else ""),
+        )
+    if "selector" in report:
+        s = report["selector"]
+        mix = ", ".join(f"{n} {c}" for n, c in report["decisions"].items())
+        trade = f"lambda {s['lambda']}" if s["lambda"] is not None else _budget_text(s)
+        lines.insert(2, f"  selector   {trade}: {mix} tiles; expected gain {s['expected_gain']:+.4f}")
+        lines.append(
+            f"  cost       {100 * report['gflops_fraction_of_all_expensive']:.1f} % of an all-expensive "
+            f"run ({report['all_expensive_gflops']:,.1f} GFLOPs)"
+        )
+    lines.append(f"  seams      score {report['seam']['score']:.2f} (1 = no seam at tile borders)")
+    metrics = report.get("metrics")
+    if metrics:
+        per_phase = ", ".join(f"{k} {v:.3f}" for k, v in metrics["iou"].items() if v is not None)
+        lines.append(f"  mIoU       {metrics['miou']:.4f} ({per_phase})")
+        if "hard" in metrics:
+            lines.append(
+                f"             hard regions {metrics['hard']['miou']:.4f}, "
+                f"clean regions {metrics['clean']['miou']:.4f}"
+            )
+    return "\n".join(lines)
+
+
+def format_evaluation(result: dict) -> str:
+    """The evaluation table: every method's mIoU, GFLOPs and IoU/GFLOP gain over all-expensive."""
+    lines = [f"{'method':<14}{'lambda':>7}{'mIoU':>8}{'GFLOPs':>10}{'% exp':>7}{'IoU/GF x':>10}"]
+
+    def row(name, lam, p):
+        lines.append(
+            f"{name:<14}{lam:>7}{p['miou']:>8.4f}{p['gflops']:>10.1f}"
+            f"{100 * p['gflops_fraction']:>7.1f}{p['gain_over_all_expensive']:>10.2f}"
+        )
+
+    row("all-cheap", "", result["all_cheap"])
+    row("all-expensive", "", result["all_expensive"])
+    for r in result["sweep"]:
+        for method in ("selector", "cascade", "random", "oracle"):
+            row(method, f"{r['lambda']:g}", r[method])
+    for model, run in result.get("real", {}).items():
+        lines.append(
+            f"real run --model {model}: mIoU {run['miou']:.4f}, {run['gflops']:.1f} GFLOPs, "
+            f"{run['seconds']:.1f} s, seam score {max(run['seam']):.2f}"
+        )
+    return "\n".join(lines)
+
+
+def _budget_text(selector: dict) -> str:
+    if selector["budget_gflops"] is not None:
+        return f"budget {selector['budget_gflops']:g} GFLOPs"
+    return f"at most {selector['max_expensive_fraction']:g} of tiles upgraded"
+
+
+def format_dry_run(report: dict) -> str:
+    """What a --dry-run expects the real run to cost."""
+    e = report["estimate"]
+    mix = ", ".join(f"{n} {c}" for n, c in report["decisions"].items())
+    return "\n".join(
+        [
+            f"matseg segment --dry-run: {report['input']['source']} ({report['tiles']} tiles)",
+            f"  mix        {mix}",
+            f"  GFLOPs     {e['gflops']:,.1f} expected "
+            f"({report['cheap_pass_gflops']:,.1f} spent on the cheap pass)",
+            f"  time       ~{e['seconds']:.1f} s more for the costlier candidates and blending",
+            f"  memory     ~{e['peak_rss_mb']:,.0f} MB peak",
+            f"  cheap pass kept in {report['output']}: the real run reuses it",
+        ]
+    )

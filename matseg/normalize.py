@@ -1,0 +1,132 @@
+"""Intensity scaling: the robust range of a volume, measured in one streaming pass, mapped
+to the models' range; and the multi-Otsu thresholds of the classical candidate."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import numpy as np
+
+from matseg.errors import MatsegError
+from matseg.io.read import Volume
+from matseg.monitor import Monitor
+from matseg.tiling import CHUNKS_AT_ONCE, slabs
+
+PERCENTILES = (0.5, 99.5)
+_SUBSAMPLE_VOXELS = 1 << 22
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Maps raw intensities to the models' range: (raw - low) / (high - low)."""
+
+    low: float
+    high: float
+    thresholds: tuple[float, ...] = ()  # multi-Otsu thresholds between phases, normalised units
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        scale = self.high - self.low if self.high > self.low else 1.0
+        return (raw.astype(np.float32) - np.float32(self.low)) / np.float32(scale)
+
+    def as_dict(self) -> dict:
+        """As stored in an output's attributes and report."""
+        return {"low": self.low, "high": self.high, "thresholds": list(self.thresholds)}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> Normalization:
+        return cls(saved["low"], saved["high"], tuple(saved.get("thresholds", ())))
+
+
+def percentiles(sample: np.ndarray, q: Sequence[float]) -> np.ndarray:
+    """``np.percentile(sample.astype(np.float64), q)``, bit for bit; from a histogram for
+    8- and 16-bit integers (no sort of a float copy of the sample)."""
+    if sample.dtype.kind not in "ui" or sample.dtype.itemsize > 2:
+        return np.percentile(sample.astype(np.float64), q)
+    smallest = int(np.iinfo(sample.dtype).min)
+    flat = sample.ravel()
+    counts = np.zeros(1 << (8 * sample.dtype.itemsize), np.int64)
+    for start in range(0, flat.size, 1 << 20):  # bincount copies to intp: 8 MB at a time
+        part = flat[start : start + (1 << 20)]
+        part = part if smallest == 0 else part.astype(np.int32) - smallest
+        counts += np.bincount(part, minlength=counts.size)
+    cumulative = np.cumsum(counts)
+    # numpy's "linear" method: the order statistics either side of (n - 1) q, and its lerp
+    virtual = (flat.size - 1) * np.true_divide(np.asarray(q, np.float64), 100)
+    before = np.floor(virtual)
+    gamma = virtual - before
+    a, b = (
+        np.searchsorted(cumulative, k.astype(np.int64), side="right").astype(np.float64) + smallest
+        for k in (before, np.minimum(before + 1, flat.size - 1))
+    )
+    return np.where(gamma >= 0.5, b - (b - a) * (1 - gamma), a + (b - a) * gamma)
+
+
+def intensity_range(
+    volume: Volume, n_phases: int | None = None, monitor: Monitor | None = None
+) -> Normalization:
+    """Robust intensity range of a volume in one streaming pass over all its chunks.
+
+    The pass also proves every chunk is readable and finite, so bad data is
+    refused before any output exists. Percentiles come from a fixed strided
+    subsample, so they do not depend on tiling.
+
+    Parameters
+    ----------
+    volume : Volume
+    n_phases : int, optional
+        Also find the multi-Otsu thresholds between this many intensity classes.
+    monitor : Monitor, optional
+        Reports the stage ``intensity pass`` slab by slab, and stops it when cancelled.
+    """
+    data = volume.data
+    steps = [1] * data.ndim
+    while np.prod([-(-s // k) for s, k in zip(data.shape, steps)]) > _SUBSAMPLE_VOXELS:
+        axis = int(np.argmax([s / k for s, k in zip(data.shape, steps)]))
+        steps[axis] *= 2
+    parts = []
+    # slab by slab of whole chunks along the first axis: a reduction's graph is some 13 kB a
+    # chunk, far too much for the million chunks of a terabyte at once
+    runs = slabs(data.chunks, CHUNKS_AT_ONCE)
+    stage = (monitor or Monitor()).stage("intensity pass", len(runs))
+    for start, stop in runs:
+        slab = data[start:stop]  # (dask gives the array itself for its whole extent)
+        if np.issubdtype(data.dtype, np.floating):
+            finite = da.isfinite(slab).all()
+        else:
+            finite = slab.max() >= slab.min()  # reads every chunk all the same
+        # the slab's part of one strided subsample of the whole volume
+        first = -(-start // steps[0]) * steps[0]
+        subsample = data[(slice(first, stop, steps[0]), *(slice(None, None, k) for k in steps[1:]))]
+        try:
+            all_finite, part = dask.compute(finite, subsample)
+        except MatsegError:
+            raise
+        except Exception as err:
+            raise MatsegError(f"cannot read {volume.source}: {type(err).__name__}: {err}") from None
+        if not all_finite:
+            raise MatsegError(f"{volume.source} contains NaN or infinite values; clean or mask them first")
+        parts.append(part)
+        stage.advance()
+    sample = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    low, high = percentiles(sample, PERCENTILES)
+    norm = Normalization(float(low), float(high))
+    if n_phases:
+        norm = Normalization(norm.low, norm.high, multiotsu_thresholds(norm(sample), n_phases))
+    return norm
+
+
+def multiotsu_thresholds(sample: np.ndarray, n_phases: int) -> tuple[float, ...]:
+    """Thresholds between ``n_phases`` intensity classes of a (normalised) subsample of the volume."""
+    from skimage.filters import threshold_multiotsu
+
+    values = np.asarray(sample, np.float32).ravel()
+    if np.unique(values[: 1 << 20]).size < n_phases:
+        return tuple(float(q) for q in np.quantile(values, np.linspace(0, 1, n_phases + 1)[1:-1]))
+    # the histogram scikit-image makes of an image (256 bins over its range, normalised),
+    # without the copy of the sample it flattens first
+    counts, edges = np.histogram(values, bins=256, range=(values.min(), values.max()))
+    hist = (counts / counts.sum(), (edges[:-1] + edges[1:]) / 2.0)
+    return tuple(float(t) for t in threshold_multiotsu(hist=hist, classes=n_phases))

@@ -1,0 +1,131 @@
+"""A prepared run: its volume, models, tile grid and identity, checked before anything is written."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from matseg._version import __version__
+from matseg.candidates.registry import CANDIDATES, Context
+from matseg.errors import MatsegError
+from matseg.io.read import Volume, canonical_source, open_volume
+from matseg.io.scale import VoxelSize
+from matseg.io.write import check_output
+from matseg.models.inference import inference_device
+from matseg.models.store import load_segmenter
+from matseg.pipeline.settings import Settings
+from matseg.selector.plan import cheap_pass_gflops, check_budget
+from matseg.selector.policy import Selector, check_pairing, load_selector
+from matseg.tiling import TileGrid, default_tile, plan_tiles
+
+
+@dataclass(frozen=True)
+class Job:
+    """A run's inputs and settings, checked before anything is written."""
+
+    input: str | os.PathLike
+    output: Path
+    settings: Settings
+    volume: Volume
+    selector: Selector | None
+    names: tuple[str, ...]  # the candidates (``(model,)`` for one model on every tile)
+    models: dict
+    phases: tuple[str, ...]
+    context: Context
+    tile: tuple[int, ...]
+    halo: int
+    grid: TileGrid
+    truth: str | os.PathLike | None
+    identity: dict  # an unfinished output with the same identity is resumed
+    cheap_identity: dict | None  # what a stored cheap pass depends on (reused across λ and budgets)
+
+    @property
+    def model(self) -> str:
+        return self.settings.model
+
+    @property
+    def indices(self) -> list[tuple[int, ...]]:
+        return list(self.grid.indices())
+
+
+def halo_of(model: str, context: Context, names: Sequence[str]) -> int:
+    """A run's default and least halo: for ``auto``, the largest of its candidates' (each at
+    least the blending band); for one model on every tile, what makes tiling exact, with no
+    band to add: the net's radius, twice the expensive net's for ``expensive-2x`` (it runs at
+    half scale, where the candidate's own halo leaves the rest to blending), and the classical
+    candidate's halo."""
+    models = context.models
+    if model == "auto":
+        return max(CANDIDATES[n].halo(context) for n in names)
+    if model == "expensive-2x":
+        return 2 * models["expensive"].halo
+    if model == "classical":
+        return CANDIDATES["classical"].halo(context)
+    return models[model].halo
+
+
+def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | None = None) -> Job:
+    """The run ``settings`` ask for on ``input``, with everything it needs loaded and checked
+    (``voxel_size``, if given, replaces the one the input records)."""
+    model, lam, budget_gflops = settings.model, settings.lam, settings.budget_gflops
+    max_expensive_fraction, weights = settings.max_expensive_fraction, settings.weights
+    tile, halo = settings.tile, settings.halo
+    inference_device()  # a bad $MATSEG_DEVICE fails here, before anything is written
+    volume = open_volume(input)
+    if voxel_size is not None:
+        volume = replace(volume, voxel_size=voxel_size.for_ndim(volume.ndim))
+    selector = load_selector(weights) if model == "auto" else None
+    names = tuple(selector.candidates) if selector else (model,)
+    needed = {m for n in names for m in CANDIDATES[n].needs} or {"cheap"}
+    if selector is not None:
+        needed.add("cheap")
+    models = {m: load_segmenter(m, weights) for m in sorted(needed)}
+    if selector is not None:
+        check_pairing(selector, models)
+    phases = tuple(next(iter(models.values())).phases)
+    if truth is not None:
+        truth_volume = open_volume(truth, labels=True)
+        if truth_volume.shape != volume.shape:
+            raise MatsegError(f"truth {truth} has shape {truth_volume.shape}; the input has {volume.shape}")
+    context = Context(models, phase_order=selector.phase_order if selector else ())
+    tile = tuple(tile) if tile else default_tile(volume.ndim)
+    min_halo = halo_of(model, context, names)
+    if halo is None:
+        halo = min_halo
+    elif halo < min_halo:
+        raise MatsegError(
+            f"halo {halo} is smaller than the receptive radius of --model {model}; use {min_halo}"
+        )
+    stride = max(m.stride for m in models.values())
+    grid = plan_tiles(volume.shape, tile, halo, stride)
+    if budget_gflops is not None:  # known before anything runs: the cheap pass's cost is its tiles' shapes
+        check_budget(
+            budget_gflops, float(cheap_pass_gflops(grid, context).sum()) + selector.gflops(grid.n_tiles)
+        )
+    out = Path(str(output))
+    check_output(out, overwrite=True, inputs=[str(input)])  # not an input, and writable
+    identity = {
+        "input": canonical_source(input),
+        "shape": list(volume.shape),
+        "dtype": str(volume.data.dtype),
+        "model": model,
+        "candidates": list(names),
+        "weights_sha256": {name: m.sha256 for name, m in models.items()},
+        "selector_sha256": selector.sha256 if selector else None,
+        "tile": list(tile),
+        "halo": halo,
+        "lambda": lam,
+        "budget_gflops": budget_gflops,
+        "max_expensive_fraction": max_expensive_fraction,
+        "version": __version__,
+    }
+    cheap_identity = None  # what a cheap pass depends on: the run's settings but λ, budget, costlier weights
+    if selector is not None:
+        kept = ("input", "candidates", "shape", "dtype", "tile", "halo", "version")
+        cheap_identity = {k: identity[k] for k in kept} | {"cheap_sha256": models["cheap"].sha256}
+    return Job(
+        input, out, settings, volume, selector, names, models, phases, context, tile, halo, grid,
+        truth, identity, cheap_identity,
+    )  # fmt: skip

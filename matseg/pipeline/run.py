@@ -1,0 +1,240 @@
+"""``matseg.segment``: a volume in, an OME-Zarr of phase labels out, tile by tile.
+
+open -> intensity range (one streaming pass) -> tile grid -> the cheap pass per tile
+(labels, uncertainty, selector features) -> the selector picks a candidate per tile
+(by λ or under a budget) -> only where needed, the chosen candidates, blended across
+borders with neighbours that ran another one -> whole chunks written -> report. With
+``model`` set to one candidate, every tile runs that candidate and nothing is blended
+(exactly whole-volume inference).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from matseg.candidates.registry import Context
+from matseg.cluster import Backend, ClusterSpec, backend
+from matseg.errors import MatsegError
+from matseg.io.lock import OutputLock
+from matseg.io.progress import TileRecords, WriteBehind
+from matseg.io.scale import VoxelSize
+from matseg.io.write import for_tile_writes, remove_store, run_attrs
+from matseg.monitor import CancelToken, Monitor, Progress
+from matseg.normalize import Normalization, intensity_range
+from matseg.pipeline.estimate import dry_run_report, estimate
+from matseg.pipeline.job import Job, prepare
+from matseg.pipeline.report import REPORT_NAME, run_report, score_labels
+from matseg.pipeline.resume import Start, Status, any_done, open_output, set_status, start_of, todo
+from matseg.pipeline.settings import Settings
+from matseg.pipeline.stages import cheap_results, run_candidates, run_cheap, run_single, selector_stats
+from matseg.selector.plan import make_plan
+from matseg.stitch import seam_score
+from matseg.tiling import shared_nodes
+
+logger = logging.getLogger(__name__)
+
+
+def segment(
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    settings: Settings | None = None,
+    *,
+    overwrite: bool = False,
+    workers: int | None = None,
+    cluster: str | ClusterSpec | None = None,
+    truth: str | os.PathLike | None = None,
+    voxel_size: VoxelSize | None = None,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    cancel: CancelToken | None = None,
+    command: str | None = None,
+    **shortcuts,
+) -> dict:
+    """Segment a volume into phases and write an OME-Zarr of labels, decisions and uncertainty.
+
+    A run killed at any point (kill -9, a job's time limit) or cancelled is resumed
+    by the same call: an unfinished output of the same input and settings is
+    recognised from its provenance and only its unfinished tiles are computed;
+    the result equals an uninterrupted run's.
+
+    Parameters
+    ----------
+    input : str or path
+        Anything :func:`matseg.open_volume` reads (Zarr, OME-Zarr, ``file.h5:/dataset``, TIFF).
+    output : str or path
+        OME-Zarr store to create: ``labels/phases`` (uint8 phase labels),
+        ``labels/decisions`` (candidate per tile), the cheap pass's uncertainty as
+        the image, with the selector ``selector/`` (features, expected gain
+        and choice per tile), and ``progress/`` (per-tile records for resuming).
+    settings : Settings, optional
+        Model, λ or budget, weights, tile and halo (default: :class:`Settings`' defaults).
+    overwrite : bool
+        Replace an existing output of other settings or a finished one (for
+        ``auto``, its stored cheap pass is reused when input, weights and tiling match).
+    workers : int, optional
+        Without ``cluster``: tiles segmented at once (dask threads); default: number of cores.
+    cluster : str or ClusterSpec, optional
+        ``local``, ``slurm`` or ``tcp://host:port`` to run on dask.distributed
+        (see :class:`matseg.cluster.ClusterSpec` for workers, memory, SLURM
+        settings and a costly-candidate pool); default: threads in this process.
+    truth : str or path, optional
+        Ground-truth labels (or a ``matseg sample`` store) to score the result against.
+    voxel_size : VoxelSize, optional
+        Physical size of a voxel, recorded as the output's scale and units; default:
+        what the input records (OME-Zarr scale, HDF5 attributes, TIFF tags), if anything.
+    dry_run : bool
+        Run only the cheap pass and the selector (stored in ``output`` for the
+        real run to reuse) and return the estimated GFLOPs, time, memory and mix.
+    progress : callable, optional
+        ``progress(stage, done, total)``, called as each stage advances: ``intensity pass``,
+        ``cheap pass``, ``selector``, ``costlier candidates`` (or ``single model`` for one
+        model on every tile), ``seam score``, ``scoring``; ``done == total`` when a stage ends.
+    cancel : object with ``is_set()``, optional
+        E.g. a :class:`threading.Event`: once set, the run stops at the next tile
+        and raises :class:`matseg.Cancelled`. Its finished tiles are kept (the same
+        call resumes it); an output with none finished is removed.
+    command : str, optional
+        The command line recorded in the report (default ``matseg.segment``).
+    **shortcuts
+        Settings by name (``model=``, ``lam=``, ``budget_gflops=``,
+        ``max_expensive_fraction=``, ``weights=``, ``tile=``, ``halo=``), applied to ``settings``.
+
+    Returns
+    -------
+    dict
+        The report, also saved in the output (``matseg-report.json`` and attributes).
+
+    Examples
+    --------
+    >>> report = matseg.segment("cathode.zarr", "phases.zarr", matseg.Settings(lam=0.03))  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    settings = Settings.of(settings, **shortcuts)
+    monitor = Monitor(progress, cancel)
+    job = prepare(input, output, settings, truth, voxel_size)
+    if dry_run and job.model != "auto":
+        raise MatsegError("--dry-run estimates a selector run; use it with --model auto")
+    spec = cluster if isinstance(cluster, ClusterSpec) else ClusterSpec(kind=cluster)
+    spec.check()
+    start, stored = start_of(job, overwrite)
+    if stored is None:
+        norm = intensity_range(job.volume, len(job.phases) if "classical" in job.names else None, monitor)
+    else:
+        norm = Normalization.from_dict(stored["normalization"])
+    job = replace(job, context=Context(job.models, norm.thresholds, job.context.phase_order))
+    job.output.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(job.output):  # one writer at a time, from here on
+        if start_of(job, overwrite)[0] != start:  # another run changed it meanwhile
+            raise MatsegError(f"output {output} changed while this run started; run it again")
+        root = open_output(job, start, norm)
+        try:
+            with backend(spec, workers, logger.info) as runner, _tile_writes(runner) as writes:
+                return _run(job, root, start, norm, runner, writes, monitor, dry_run, command, started)
+        except BaseException:
+            if (
+                start == Start.NEW
+                and Status.of(run_attrs(job.output)) == Status.RUNNING
+                and not any_done(root)
+            ):
+                remove_store(job.output)  # nothing finished: nothing half-written is left behind
+            raise
+
+
+def _tile_writes(runner: Backend) -> contextlib.AbstractContextManager[WriteBehind | None]:
+    """Write-behind for a run on threads (two waiting writes a worker); a cluster's workers
+    write their tiles themselves."""
+    return WriteBehind(2 * runner.workers) if runner.client is None else contextlib.nullcontext()
+
+
+def _run(
+    job: Job, root, start: Start, norm, runner: Backend, writes, monitor: Monitor, dry_run, command, started
+):
+    """The stages of a run on an open output; each computes only the tiles not yet recorded."""
+    grid, indices, context = job.grid, job.indices, job.context
+    paths = {"uncertainty": "0", "phases": "labels/phases/0", "decisions": "labels/decisions/0"}
+    arrays = {name: for_tile_writes(root[path]) for name, path in paths.items()}
+    compute_started = time.perf_counter()
+    computed = {}
+    ctx, out = shared_nodes(context, arrays)
+    if job.selector is None:
+        records = TileRecords.open(root, "tiles", writes)
+        remaining = todo(records, indices)
+        computed["tiles"] = len(remaining)
+        stage = monitor.stage("single model", len(remaining))
+        stats = run_single(job, remaining, norm, ctx, out, records, runner, stage)
+        counts, plan = stats["counts"], None
+    else:
+        cheap_records = TileRecords.open(root, "cheap", writes)
+        remaining = todo(cheap_records, indices)
+        computed["cheap"] = len(remaining)
+        run_cheap(
+            job, remaining, norm, ctx, out, cheap_records, runner, monitor.stage("cheap pass", len(remaining))
+        )
+        cheap = cheap_results(root, cheap_records)
+        if Status.of(root.attrs["matseg"]) == Status.RUNNING:
+            set_status(root, Status.CHEAP_PASS)
+        stage = monitor.stage("selector", 1)
+        plan = make_plan(
+            job.selector, cheap, grid, context, job.names, job.settings.lam, job.settings.budget_gflops,
+            job.settings.max_expensive_fraction,
+        )  # fmt: skip
+        stage.finish()
+        attrs = root.attrs["matseg"]
+        if Status.of(attrs) == Status.CANDIDATES:
+            if not np.array_equal(root["selector/choice"][:], plan["choice"]):
+                raise MatsegError(
+                    f"output {job.output}: the selector's plan differs from the stored one; "
+                    "pass --overwrite to start the candidates again"
+                )
+            rewrite = set(map(tuple, attrs["rewritten"]))
+        else:
+            root["selector/gain"][:] = plan["gain"]
+            root["selector/choice"][:] = plan["choice"].astype(np.uint8)
+            if dry_run:
+                expected = estimate(
+                    plan, cheap, job.volume.data, grid, norm, context, job.names, runner.workers
+                )
+                # what is kept is a cheap pass for the real run to finish (a finished output
+                # given with --overwrite becomes one too: its rewritten tiles are redone)
+                set_status(root, Status.CHEAP_PASS)
+                return dry_run_report(job, plan, cheap, expected)
+            previous = set(map(tuple, attrs.get("rewritten", [])))
+            rewrite = {indices[t] for t in np.flatnonzero(plan["rewritten"])} | previous
+            set_status(root, Status.CANDIDATES, rewritten=sorted(map(list, rewrite)))
+        finish_records = TileRecords.open(root, "finish", writes)
+        remaining = todo(finish_records, indices, rewrite)
+        computed["candidates"] = len(remaining)
+        stage = monitor.stage("costlier candidates", len(remaining))
+        run_candidates(job, plan, remaining, norm, ctx, out, finish_records, runner, stage)
+        stats = selector_stats(job, plan, cheap, finish_records, rewrite)
+        counts = stats["counts"]
+    if start == Start.RESUME:
+        done = ", ".join(f"{n} {s} tiles" for s, n in computed.items())
+        logger.info(f"resumed {job.output}: computed {done}")
+    compute_seconds = time.perf_counter() - compute_started
+    report = run_report(job, norm, plan, stats, counts, command)
+    stage = monitor.stage("seam score", grid.n_tiles)
+    report["seam"] = seam_score(arrays["phases"], grid, runner.compute, stage.advance)
+    stage.finish()
+    if job.truth is not None:
+        report["truth"] = str(job.truth)
+        report["metrics"] = score_labels(arrays["phases"], job.truth, job.phases, monitor)
+    report["timings"] = {
+        "total_s": time.perf_counter() - started,
+        "segment_s": compute_seconds,
+        "model_s": stats["seconds"],
+        "voxels_per_s": report["voxels"] / compute_seconds,
+    }
+    report["run"] = {**runner.description, "started_as": start.value, "computed_tiles": computed}
+    if plan is not None:
+        report["run"]["cheap_pass_reused"] = computed["cheap"] == 0
+    set_status(root, Status.COMPLETE, **report)
+    (job.output / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    return report

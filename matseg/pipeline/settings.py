@@ -1,0 +1,86 @@
+"""What a segment run is asked to do, checked in one place before anything is read."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+
+from matseg.candidates.registry import CANDIDATES
+from matseg.errors import MatsegError
+
+MODES = ("auto", *CANDIDATES)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings of a segment run; invalid combinations are refused when it is made.
+
+    Parameters
+    ----------
+    model : str
+        ``auto`` (default): the cheap pass everywhere and, where the selector
+        says so, a costlier candidate. Or one candidate for every tile:
+        ``cheap``, ``medium``, ``expensive``, ``expensive-2x``, ``classical``.
+    lam : float, optional
+        Accuracy/cost trade-off λ in [0, 1] for ``auto``: higher spends less.
+        Default: the selector's own, picked at training time as the largest λ
+        that stayed within 0.01 mIoU of all-expensive on its training tiles.
+    budget_gflops : float, optional
+        Instead of λ: a hard cap on the GFLOPs of the whole run.
+    max_expensive_fraction : float, optional
+        Instead of λ: at most this fraction of tiles runs a costlier candidate.
+    weights : path, optional
+        A folder written by ``matseg train`` (and ``train-selector``); default: the bundled weights.
+    tile : sequence of int, optional
+        Tile size per axis (default 8 x 256 x 256, in-plane multiples of the stride).
+    halo : int, optional
+        In-plane halo; default and minimum: the models' receptive radius.
+
+    Examples
+    --------
+    >>> Settings(lam=0.03, tile=(8, 256, 256)).model
+    'auto'
+    """
+
+    model: str = "auto"
+    lam: float | None = None
+    budget_gflops: float | None = None
+    max_expensive_fraction: float | None = None
+    weights: str | os.PathLike | None = None
+    tile: tuple[int, ...] | None = None
+    halo: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tile is not None:
+            object.__setattr__(self, "tile", tuple(int(t) for t in self.tile))
+        _check_options(self.model, self.lam, self.budget_gflops, self.max_expensive_fraction)
+
+    @classmethod
+    def of(cls, settings: Settings | None = None, **changes) -> Settings:
+        """``settings`` (default: the defaults) with ``changes`` (``lam=0.03``, ``tile=...``)."""
+        unknown = sorted(set(changes) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown setting(s) {', '.join(unknown)}; Settings has {_names()}")
+        return replace(settings or cls(), **changes) if changes else settings or cls()
+
+
+def _names() -> str:
+    return ", ".join(f.name for f in fields(Settings))
+
+
+def _check_options(model, lam, budget_gflops, max_expensive_fraction) -> None:
+    if model not in MODES:
+        raise MatsegError(f"unknown model '{model}'; choose from {', '.join(MODES)}")
+    chosen = [n for n, v in (("--lambda", lam), ("--budget-gflops", budget_gflops)) if v is not None]
+    if max_expensive_fraction is not None:
+        chosen.append("--max-expensive-fraction")
+    if model != "auto" and chosen:
+        raise MatsegError(f"{', '.join(chosen)} only apply with --model auto (the selector)")
+    if lam is not None and not 0.0 <= lam <= 1.0:
+        raise MatsegError(f"--lambda must be between 0 and 1, got {lam}")
+    if lam is not None and len(chosen) > 1:
+        raise MatsegError("give either --lambda or a budget (--budget-gflops / --max-expensive-fraction)")
+    if budget_gflops is not None and budget_gflops <= 0:
+        raise MatsegError(f"--budget-gflops must be positive, got {budget_gflops}")
+    if max_expensive_fraction is not None and not 0.0 <= max_expensive_fraction <= 1.0:
+        raise MatsegError(f"--max-expensive-fraction must be between 0 and 1, got {max_expensive_fraction}")

@@ -1,0 +1,154 @@
+"""The Python API a program (the napari plugin) drives: settings, progress, cancel, logging."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import zarr
+
+import matseg
+
+from .conftest import run
+
+TILE = (1, 64, 64)  # the 16 x 64 x 64 sample in 16 tiles
+ARRAYS = ("0", "labels/phases/0", "labels/decisions/0", "selector/choice", "selector/features")
+
+
+def _arrays(path) -> dict:
+    root = zarr.open_group(str(path), mode="r")
+    return {name: root[name][:] for name in ARRAYS}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, small_sample, random_weights):
+    out = tmp_path_factory.mktemp("api") / "whole.zarr"
+    settings = matseg.Settings(lam=0.0, weights=random_weights, tile=TILE)
+    seen = []
+    report = matseg.segment(
+        small_sample, out, settings, truth=small_sample, workers=1, progress=lambda *a: seen.append(a)
+    )
+    return out, report, seen
+
+
+def test_progress_sees_every_stage_end_with_done_equal_to_total(uninterrupted):
+    _, report, seen = uninterrupted
+    stages = list(dict.fromkeys(stage for stage, _, _ in seen))
+    assert stages == [
+        "intensity pass",
+        "cheap pass",
+        "selector",
+        "costlier candidates",
+        "seam score",
+        "scoring",
+    ]
+    last = {stage: (done, total) for stage, done, total in seen}
+    assert all(done == total for done, total in last.values()), last
+    assert last["cheap pass"] == (report["tiles"], report["tiles"]) == (16, 16)
+    assert last["costlier candidates"][1] == len(zarr.open_group(str(uninterrupted[0]))["selector/choice"][:])
+    for stage in stages:  # counts only go up within a stage
+        dones = [done for s, done, _ in seen if s == stage]
+        assert dones == sorted(dones)
+
+
+def test_cancel_keeps_finished_tiles_and_the_same_call_resumes(
+    tmp_path, small_sample, random_weights, uninterrupted
+):
+    """Cancelled after 3 tiles of the cheap pass: ``Cancelled``, the finished tiles kept; the same
+    call resumes to an output identical to an uninterrupted run's."""
+    out = tmp_path / "cancelled.zarr"
+    settings = matseg.Settings(lam=0.0, weights=random_weights, tile=TILE)
+    cancel = threading.Event()
+
+    def progress(stage, done, total):
+        if stage == "cheap pass" and done >= 3:
+            cancel.set()
+
+    with pytest.raises(matseg.Cancelled):
+        matseg.segment(small_sample, out, settings, workers=1, progress=progress, cancel=cancel)
+    progress_rows = zarr.open_group(str(out), mode="r")["progress/cheap"][:, 0]
+    finished = int((~np.isnan(progress_rows)).sum())
+    assert 3 <= finished < 16
+    report = matseg.segment(small_sample, out, settings, truth=small_sample, workers=1)
+    assert report["run"]["started_as"] == "resume"
+    assert report["run"]["computed_tiles"]["cheap"] == 16 - finished
+    expected = _arrays(uninterrupted[0])
+    for name, values in _arrays(out).items():
+        np.testing.assert_array_equal(values, expected[name], err_msg=name)
+    assert json.dumps(report["metrics"]) == json.dumps(
+        uninterrupted[1]["metrics"]
+    )  # (NaN for no hard region)
+
+
+def test_cancel_before_any_tile_leaves_no_output(tmp_path, small_sample, random_weights):
+    """Cancelled as its tiles start, before any is done: the output it created is removed."""
+    out = tmp_path / "none.zarr"
+    cancel = threading.Event()
+    with pytest.raises(matseg.Cancelled):
+        matseg.segment(
+            small_sample, out, model="cheap", weights=random_weights, tile=TILE, cancel=cancel,
+            progress=lambda stage, done, total: cancel.set() if stage == "single model" else None,
+        )  # fmt: skip
+    assert not out.exists()
+
+
+def test_settings_are_checked_when_made_and_shortcuts_map_onto_them(tmp_path, small_sample):
+    with pytest.raises(matseg.MatsegError, match="--lambda must be between 0 and 1, got 2"):
+        matseg.Settings(lam=2.0)
+    with pytest.raises(matseg.MatsegError, match="only apply with --model auto"):
+        matseg.Settings(model="cheap", budget_gflops=10.0)
+    settings = matseg.Settings(lam=0.03)
+    assert matseg.Settings.of(settings, tile=[4, 32, 32]) == matseg.Settings(lam=0.03, tile=(4, 32, 32))
+    with pytest.raises(TypeError, match="unknown setting"):
+        matseg.segment(small_sample, tmp_path / "o.zarr", lamda=0.1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.lam = 0.5
+
+
+def test_train_reports_steps_and_stops_when_cancelled(tmp_path, small_sample):
+    seen, cancel = [], threading.Event()
+
+    def progress(stage, done, total):
+        seen.append((stage, done, total))
+        if done == 3:
+            cancel.set()
+
+    with pytest.raises(matseg.Cancelled):
+        matseg.train([str(small_sample)], tmp_path / "w", models=("cheap",), steps=50, batch=2, patch=32,
+                     progress=progress, cancel=cancel)  # fmt: skip
+    assert seen[-1] == ("training cheap", 3, 50)
+    assert not (tmp_path / "w" / "cheap.pt").exists()
+
+
+def test_help_imports_no_heavy_library():
+    """``matseg --help`` stays instant: torch, dask, zarr and numpy are imported by commands only."""
+    code = (
+        "import sys\nfrom matseg.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'dask', 'zarr', 'numpy', 'distributed') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_quiet_and_default_verbosity(tmp_path, small_sample, random_weights, capfd):
+    args = [
+        "segment",
+        small_sample,
+        "-o",
+        tmp_path / "a.zarr",
+        "--weights",
+        random_weights,
+        "--model",
+        "cheap",
+    ]
+    assert run([*args, "--tile", "4,32,32", "--quiet"]) == 0
+    assert capfd.readouterr().err == ""
+    args[3] = tmp_path / "b.zarr"
+    assert run([*args, "--tile", "4,32,32", "--no-bars"]) == 0
+    err = capfd.readouterr().err
+    assert "matseg: single model: 16 of 16 done" in err and "Completed" not in err

@@ -72,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import napari
-    from matseg_napari import MatsegWidget
+    from matseg_napari._widget import MatsegWidget
 
     import matseg
 

@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from matseg_napari._reader import napari_get_reader, read_matseg
-from matseg_napari._widget import MatsegWidget
 
-__all__ = ["napari_get_reader", "read_matseg", "MatsegWidget", "__version__"]
+# The dock widget (Qt) is not imported here: napari imports it from the manifest when it is
+# opened, so importing the package (its reader, in a script) needs no Qt.
+__all__ = ["napari_get_reader", "read_matseg", "__version__"]

@@ -1,9 +1,10 @@
 """Fine-tune the segmenters on the saved corrections, then segment with the new weights.
 
-Runs ``matseg train --from-corrections OUT.corrections.zarr -o NEW_WEIGHTS`` in a
-child process (cancellable, like segmenting). The weights start from those that
-produced the output and go to a folder of the user's, never over matseg's
-bundled weights; "Use these weights" hands them to the Segment panel.
+Runs :func:`matseg.finetune_from_corrections` (what ``matseg train
+--from-corrections`` runs) in a napari thread worker, cancellable like
+segmenting. The weights start from those that produced the output and go to a
+folder of the user's, never over matseg's bundled weights; "Use these weights"
+hands them to the Segment panel.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+import matseg
+from matseg_napari._layers import path_value
 from matseg_napari._review import phases_meta
-from matseg_napari._runner import CommandPanel, CommandResult
+from matseg_napari._tasks import Task, TaskPanel, TaskResult
 
 if TYPE_CHECKING:
     from matseg_napari._review import ReviewPanel
@@ -34,15 +37,7 @@ DEFAULT_STEPS = 200
 DEFAULT_LR = 3e-3
 
 
-def train_model_choices() -> list[str]:
-    """The segmenters ``matseg train --model`` accepts, read from the command itself."""
-    from matseg.cli import cli
-
-    option = next(p for p in cli.commands["train"].params if p.name == "models")
-    return list(option.type.choices)
-
-
-class RetrainPanel(CommandPanel, Container):
+class RetrainPanel(TaskPanel, Container):
     """Fine-tune from the corrections of the phases layer under review."""
 
     def __init__(self, viewer: napari.Viewer, review: ReviewPanel, segment: SegmentPanel):
@@ -88,7 +83,7 @@ class RetrainPanel(CommandPanel, Container):
     def _model_choices(self, _widget=None) -> list[str]:
         """The segmenters that made the output under review: those fine-tuning can start from."""
         report = phases_meta(self.review.layer.value).get("report") or {}
-        trainable = train_model_choices()
+        trainable = list(matseg.SEGMENTERS)
         models = [m["name"] for m in report.get("models") or [] if m.get("name") in trainable]
         return models or trainable[:1]
 
@@ -96,42 +91,46 @@ class RetrainPanel(CommandPanel, Container):
         self.models.reset_choices()
         self.models.value = list(self.models.choices)
 
-    def arguments(self) -> list[str]:
-        from matseg_napari._widget import path_value
-
+    def task(self) -> tuple[Task, Path]:
+        """The fine-tuning call for the current choices, and the weights folder it writes."""
         meta = phases_meta(self.review.layer.value)
         corrections = meta.get("corrections")
         if not corrections:
-            raise ValueError("save corrections first (Save corrections above)")
+            raise matseg.MatsegError("save corrections first (Save corrections above)")
         output = Path(meta["output"])
         target = path_value(self.weights_out) or output.with_name(
             output.name.removesuffix(".zarr") + ".weights"
         )
-        args = ["train", "--from-corrections", corrections, "-o", str(target.absolute())]
-        args += ["--steps", str(self.steps.value), "--lr", f"{self.lr.value:g}"]
-        for model in self.models.value:
-            args += ["--model", model]
         init = path_value(self.init)
-        if init is not None or meta.get("weights"):
-            args += ["--init", str(init.absolute()) if init is not None else meta["weights"]]
-        return args
+        task = Task(
+            matseg.finetune_from_corrections,
+            corrections,
+            target.absolute(),
+            models=list(self.models.value) or None,
+            init=str(init.absolute()) if init is not None else meta.get("weights"),
+            steps=int(self.steps.value),
+            lr=float(self.lr.value),
+        )
+        return task, target.absolute()
 
     def run(self, *_) -> None:
         try:
-            args = self.arguments()
-        except ValueError as err:
+            task, target = self.task()
+        except matseg.MatsegError as err:
             self.status.value = str(err)
             return
-        target = Path(args[args.index("-o") + 1])
         self.use_button.enabled = False
-        self.start_command(args, lambda result: self._finished(result, target), "fine-tuning...")
+        self.start_task(task, lambda result: self._finished(result, target), "fine-tuning...")
 
-    def _finished(self, result: CommandResult, target: Path) -> None:
-        if not self.command_succeeded(result):
+    def _finished(self, result: TaskResult, target: Path) -> None:
+        if not self.task_succeeded(result):
             return
         self._trained = target
         self.use_button.enabled = True
-        lines = [line.split(";")[0] for line in result.stdout.strip().splitlines() if line.strip()]
+        lines = [
+            f"{name}: mIoU {r['miou_before']:.4f} -> {r['miou_after']:.4f}"
+            for name, r in result.value.items()
+        ]
         self.status.value = "; ".join(lines) + f" -> {target.name}"
 
     def use_weights(self, *_) -> None:

@@ -19,7 +19,8 @@ from napari.qt.threading import create_worker
 
 import matseg
 from matseg.corrections import new_session
-from matseg_napari._runner import CloseWatch
+from matseg_napari._layers import add_layers
+from matseg_napari._tasks import CloseWatch
 
 REVIEW_LAYER = "matseg review tile"
 
@@ -195,7 +196,6 @@ class ReviewPanel(Container):
     def open_saved(self, *_) -> None:
         """Add the saved corrections of the current output as a phases layer and review it."""
         from matseg_napari._reader import corrections_layers
-        from matseg_napari._widget import add_layers
 
         layer = self.layer.value
         if layer is None:

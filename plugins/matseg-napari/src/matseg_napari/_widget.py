@@ -1,16 +1,15 @@
 """The matseg dock widget: segment an image, review the uncertain tiles, correct, retrain.
 
-Three panels share one viewer: :class:`SegmentPanel` runs ``matseg segment`` in
-a child process (cancellable, never freezing napari) and opens the result with
-this plugin's reader; :class:`~matseg_napari._review.ReviewPanel` steps through
-the tiles by uncertainty and saves corrections; :class:`~matseg_napari._retrain.RetrainPanel`
-fine-tunes the segmenters on them. The widget owns no segmentation logic: it
-calls matseg's command line and public API.
+Three panels share one viewer: :class:`SegmentPanel` runs :func:`matseg.segment`
+in a napari thread worker (cancellable, never freezing napari) and opens the
+result with this plugin's reader; :class:`~matseg_napari._review.ReviewPanel`
+steps through the tiles by uncertainty and saves corrections;
+:class:`~matseg_napari._retrain.RetrainPanel` fine-tunes the segmenters on them.
+The widget owns no segmentation logic: it calls matseg's public API.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,41 +30,22 @@ from napari.layers import Layer
 
 import matseg
 from matseg.review import gflops_all
+from matseg_napari._layers import add_layers, layer_source, path_value
 from matseg_napari._reader import segmentation_layers
 from matseg_napari._retrain import RetrainPanel
 from matseg_napari._review import ReviewPanel
-from matseg_napari._runner import CommandPanel, CommandResult
+from matseg_napari._tasks import Task, TaskPanel, TaskResult
 
 WIDTH = 440
 
 
 DEFAULT_COST = "selector's default"
-# Cost controls by their label: the `matseg segment` parameter, range, step and a starting value.
+# Cost controls by their label: the keyword of matseg.segment, range, step and a starting value.
 COST_CONTROLS = {
     "λ (higher spends less)": ("lam", 0.0, 1.0, 0.01, 0.1),
     "GFLOP budget": ("budget_gflops", 0.0, 1e9, 1.0, 100.0),
     "max costlier fraction": ("max_expensive_fraction", 0.0, 1.0, 0.05, 0.25),
 }
-
-
-def segment_cost_options() -> dict[str, str]:
-    """Cost controls ``matseg segment`` offers: label -> option flag (e.g. ``--lambda``)."""
-    from matseg.cli import cli
-
-    params = {p.name: p for p in cli.commands["segment"].params}
-    return {
-        label: max(params[name].opts, key=len)
-        for label, (name, *_) in COST_CONTROLS.items()
-        if name in params
-    }
-
-
-def segment_model_choices() -> tuple[list[str], str]:
-    """The ``--model`` choices and default of ``matseg segment``, read from the command itself."""
-    from matseg.cli import cli
-
-    option = next(p for p in cli.commands["segment"].params if p.name == "model")
-    return list(option.type.choices), option.default
 
 
 def cost_text(report: dict, weights: str | None = None) -> str:
@@ -83,42 +63,15 @@ def cost_text(report: dict, weights: str | None = None) -> str:
     return text
 
 
-def path_value(edit: FileEdit) -> Path | None:
-    """A FileEdit's path, or None while it is empty."""
-    value = edit.value
-    text = os.fspath(value) if value is not None else ""
-    return Path(text) if text not in ("", ".") else None
-
-
-def add_layers(viewer: napari.Viewer, layer_data: list[tuple]) -> list[Layer]:
-    """Add reader output (data, kwargs, type) to the viewer."""
-    layers = []
-    for data, kwargs, layer_type in layer_data:
-        layer = Layer.create(data, kwargs, layer_type)
-        viewer.add_layer(layer)
-        layers.append(layer)
-    return layers
-
-
-def layer_source(layer: Layer) -> str | None:
-    """The file an image layer was read from, if any."""
-    meta = layer.metadata.get("matseg", {})
-    if meta.get("source"):
-        return meta["source"]
-    path = getattr(layer.source, "path", None)
-    return str(Path(path).absolute()) if path else None
-
-
-class SegmentPanel(CommandPanel, Container):
-    """Pick an image, a model and a tile size; run ``matseg segment`` and open the result."""
+class SegmentPanel(TaskPanel, Container):
+    """Pick an image, a model and a tile size; run :func:`matseg.segment` and open the result."""
 
     def __init__(self, viewer: napari.Viewer, on_result: Callable[[list[Layer]], None] | None = None):
         super().__init__(labels=True)
         self.viewer = viewer
         self._on_result = on_result
-        models, default = segment_model_choices()
         self.image = ComboBox(label="image", choices=self._image_choices, nullable=True)
-        self.model = ComboBox(label="model", choices=models, value=default)
+        self.model = ComboBox(label="model", choices=list(matseg.MODES), value=matseg.MODES[0])
         self.tile_yx = SpinBox(label="tile Y, X", value=matseg.DEFAULT_TILE[-1], min=16, max=8192, step=16)
         self.tile_z = SpinBox(label="tile Z", value=matseg.DEFAULT_TILE[0], min=1, max=4096)
         self.weights = FileEdit(
@@ -155,17 +108,15 @@ class SegmentPanel(CommandPanel, Container):
         self.watch_close()
         self._suggest_output()
 
-    # Accuracy/cost control of `--model auto` (the selector): whichever of λ, a GFLOP budget
-    # or a cap on the fraction of costlier tiles `matseg segment` offers, read from the
-    # command itself; "selector's default" passes none (the λ recorded with the selector).
+    # Accuracy/cost control of the selector (model auto): λ, a GFLOP budget or a cap on the
+    # fraction of costlier tiles; "selector's default" passes none (the λ recorded with the selector).
     def _cost_widgets(self) -> list:
-        options = segment_cost_options()
-        self.cost_mode = ComboBox(label="cost control", choices=[DEFAULT_COST, *options])
+        self.cost_mode = ComboBox(label="cost control", choices=[DEFAULT_COST, *COST_CONTROLS])
         self.cost_value = FloatSpinBox(label="value", value=0.0, min=0.0, max=1.0, step=0.01)
         self.cost_mode.changed.connect(self._cost_mode_changed)
         self.model.changed.connect(self._cost_mode_changed)
         self._cost_mode_changed()
-        return [self.cost_mode, self.cost_value] if options else []
+        return [self.cost_mode, self.cost_value]
 
     def _cost_mode_changed(self, *_) -> None:
         auto = self.model.value == "auto"
@@ -177,11 +128,11 @@ class SegmentPanel(CommandPanel, Container):
             self.cost_value.min, self.cost_value.max, self.cost_value.step = low, high, step
             self.cost_value.value = default
 
-    def _cost_arguments(self) -> list[str]:
-        flag = segment_cost_options().get(self.cost_mode.value)
-        if self.model.value != "auto" or flag is None:
-            return []
-        return [flag, f"{self.cost_value.value:g}"]
+    def _cost_keywords(self) -> dict[str, float]:
+        mode = COST_CONTROLS.get(self.cost_mode.value)
+        if self.model.value != "auto" or mode is None:
+            return {}
+        return {mode[0]: float(self.cost_value.value)}
 
     def _image_choices(self, _widget=None) -> list[tuple[str, Layer]]:
         return [
@@ -201,26 +152,27 @@ class SegmentPanel(CommandPanel, Container):
         stem = name[: -len(".zarr")] if name.endswith(".zarr") else Path(name).stem
         self.output.value = folder / f"{stem}-phases.zarr"
 
-    def arguments(self) -> list[str]:
-        """The ``matseg segment`` arguments for the current choices."""
+    def task(self) -> tuple[Task, Path]:
+        """The :func:`matseg.segment` call for the current choices, and its output."""
         layer = self.image.value
         if layer is None:
             raise matseg.MatsegError("choose an image layer to segment")
         output = path_value(self.output)
         if output is None:
             raise matseg.MatsegError("choose an output store (e.g. phases.zarr)")
+        output = output.absolute()
         source = layer_source(layer) or self._save_layer(layer, output)
         tile = [self.tile_yx.value] * 2
         if layer.ndim == 3:
             tile = [self.tile_z.value, *tile]
-        args = ["segment", source, "-o", str(output.absolute()), "--model", self.model.value]
-        args += ["--tile", ",".join(map(str, tile)), *self._cost_arguments()]
         weights = path_value(self.weights)
-        if weights is not None:
-            args += ["--weights", str(weights.absolute())]
-        if self.overwrite.value:
-            args.append("--overwrite")
-        return args
+        settings = matseg.Settings(
+            model=self.model.value,
+            tile=tuple(tile),
+            weights=str(weights.absolute()) if weights is not None else None,
+            **self._cost_keywords(),
+        )
+        return Task(matseg.segment, source, output, settings, overwrite=bool(self.overwrite.value)), output
 
     def _save_layer(self, layer: Layer, output: Path) -> str:
         """An image made in napari (no file) is saved beside the output, as matseg reads files."""
@@ -231,31 +183,30 @@ class SegmentPanel(CommandPanel, Container):
         return str(path.absolute())
 
     def run(self, *_):
-        """Start ``matseg segment`` in the background."""
+        """Start :func:`matseg.segment` in the background."""
         try:
-            args = self.arguments()
+            task, output = self.task()
         except matseg.MatsegError as err:
             self.status.value = str(err)
             return
-        output, weights = Path(args[args.index("-o") + 1]), path_value(self.weights)
+        weights = path_value(self.weights)
         self.cost.value = ""
-        self.start_command(
-            args,
+        self.start_task(
+            task,
             lambda result: self._finished(result, output, weights),
             f"segmenting with {self.model.value}...",
         )
 
-    def _finished(self, result: CommandResult, output: Path, weights: Path | None):
-        left = " (an unfinished output is left there)" if output.exists() else ""
-        if not self.command_succeeded(result, cancelled=f"cancelled{left}"):
+    def _finished(self, result: TaskResult, output: Path, weights: Path | None):
+        left = " (the finished tiles are kept: Segment again resumes)" if output.exists() else ""
+        if not self.task_succeeded(result, cancelled=f"cancelled{left}"):
             return
         image = self.image.value
         layers = add_layers(self.viewer, segmentation_layers(output, include_image=image is None))
         for layer in layers:
             if layer.metadata["matseg"].get("role") == "phases":
                 layer.metadata["matseg"]["weights"] = str(weights.absolute()) if weights else None
-        segmentation = matseg.open_segmentation(output)
-        self.cost.value = cost_text(segmentation.report, str(weights) if weights else None)
+        self.cost.value = cost_text(result.value, str(weights) if weights else None)
         self.status.value = f"done: {output.name}"
         if self._on_result:
             self._on_result(layers)

@@ -19,6 +19,8 @@ from matseg.errors import Cancelled, MatsegError
 _API = {
     "segment": "matseg.pipeline.run",
     "Settings": "matseg.pipeline.settings",
+    "MODES": "matseg.pipeline.settings",  # what Settings.model accepts: "auto" and each candidate
+    "SEGMENTERS": "matseg.models.segmenter",  # the networks matseg trains and fine-tunes
     "score_labels": "matseg.pipeline.report",
     "REPORT_NAME": "matseg.pipeline.report",
     "Volume": "matseg.io.read",

@@ -17,6 +17,7 @@ ARCHITECTURES = {
     "medium": {"width": 12, "depth": 2, "dropout": 0.0},
     "expensive": {"width": 24, "depth": 3, "dropout": 0.0},
 }
+SEGMENTERS = tuple(ARCHITECTURES)
 MC_PASSES = 4
 
 

@@ -124,7 +124,11 @@ def test_cancel_stops_the_run_and_segment_again_resumes_it(qtbot, viewer_and_wid
     panel.model.value, panel.tile_z.value, panel.tile_yx.value = "expensive", 4, 64
     panel.weights.value, panel.output.value = weights, output
     click(panel.run_button)
-    qtbot.waitUntil(lambda: panel.progress.value > 0, timeout=RUN_TIMEOUT_MS)  # segmenting, not starting
+
+    def segmenting() -> bool:  # tiles finished, not only the intensity pass before them
+        return panel.status.value.startswith("single model") and panel.progress.value > 0
+
+    qtbot.waitUntil(segmenting, timeout=RUN_TIMEOUT_MS)
     clicked = time.perf_counter()
     click(panel.cancel_button)
     qtbot.waitUntil(lambda: panel.run_button.enabled, timeout=30_000)

@@ -29,3 +29,8 @@ __all__ += [
     "training_data_from_corrections",
     "finetune_from_corrections",
 ]
+
+# Microstructure metrics of a segmentation (``matseg measure``).
+from matseg.measure import measure  # noqa: E402
+
+__all__ += ["measure"]

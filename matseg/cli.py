@@ -666,6 +666,147 @@ def format_dry_run(report: dict) -> str:
     )
 
 
+@cli.command()
+@click.argument("store", type=str)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(),
+    help="Folder for measure.json, measure.csv and the plots "
+    "(default: STORE's name with -measure, beside it).",
+)
+@click.option(
+    "--labels",
+    "as_labels",
+    is_flag=True,
+    help="STORE is any integer label volume (or a sample's truth), not a matseg output.",
+)
+@click.option(
+    "--voxel-size",
+    "voxel_text",
+    metavar="Z,Y,X",
+    help="Voxel size when the store records none (overrides a recorded one).",
+)
+@click.option("--unit", help="Unit of --voxel-size, e.g. micrometer (default: recorded, else voxel).")
+@click.option("--phase", help="Phase of the diffusion solve, by name or index (default: pore, else 0).")
+@click.option(
+    "--tpb",
+    "tpb_text",
+    metavar="A,B,C",
+    help="Phases of the triple-phase boundary (default: the three of a 3-phase volume).",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=0),
+    default=8,
+    show_default=True,
+    help="Label volumes drawn from the uncertainty for the intervals (0: none).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draws.")
+@click.option(
+    "--max-radius",
+    type=click.IntRange(min=1),
+    default=12,
+    show_default=True,
+    help="Largest inscribed-sphere radius of the size distributions, in voxels.",
+)
+@click.option("--no-transport", is_flag=True, help="Skip the diffusion solves (tortuosity).")
+@click.option("--no-rev", is_flag=True, help="Skip the representative-volume curves.")
+@click.option(
+    "--tol",
+    type=float,
+    default=1e-8,
+    show_default=True,
+    help="Relative residual at which the diffusion solve stops.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the output folder's files if it exists.")
+def measure(
+    store,
+    output,
+    as_labels,
+    voxel_text,
+    unit,
+    phase,
+    tpb_text,
+    samples,
+    seed,
+    max_radius,
+    no_transport,
+    no_rev,
+    tol,
+    overwrite,
+) -> None:
+    """Microstructure metrics of a segmentation, with intervals from its uncertainty.
+
+    Volume fractions, specific surface and interfacial areas, connectivity,
+    tortuosity factor, size distributions (local thickness), triple-phase
+    boundary density and representative-volume curves, in the store's physical
+    units (see docs/measure.md for every definition).
+    """
+    from pathlib import Path
+
+    import matseg
+
+    voxel_size = None
+    if voxel_text is not None:
+        try:
+            voxel_size = tuple(float(v) for v in voxel_text.replace("x", ",").split(","))
+        except ValueError:
+            raise MatsegError(
+                f"--voxel-size '{voxel_text}': give three numbers Z,Y,X, e.g. 0.05,0.01,0.01"
+            ) from None
+    tpb = tuple(p.strip() for p in tpb_text.split(",")) if tpb_text else None
+    folder = (
+        Path(output)
+        if output
+        else Path(store.rstrip("/")).with_name(Path(store.rstrip("/")).stem + "-measure")
+    )
+    if folder.exists() and not overwrite:
+        raise MatsegError(
+            f"output {folder} exists; pass --overwrite to replace its files, or -o another folder"
+        )
+    report = matseg.measure(
+        store,
+        labels=as_labels,
+        voxel_size=voxel_size,
+        unit=unit,
+        phase=phase,
+        tpb=tpb,
+        samples=samples,
+        seed=seed,
+        max_radius=max_radius,
+        transport=not no_transport,
+        rev=not no_rev,
+        tol=tol,
+    )
+    from matseg.measure import write_report
+
+    files = write_report(report, folder)
+    click.echo(format_measure(report))
+    click.echo("wrote " + ", ".join(str(f) for f in files))
+
+
+def format_measure(report: dict) -> str:
+    """The metrics table a user reads: value and interval of each metric."""
+    source = report["input"]
+    lines = [
+        f"matseg measure: {source['source']} ({' x '.join(map(str, source['shape']))} voxels of "
+        f"{' x '.join(f'{v:g}' for v in source['voxel_size'])} {source['unit']}, "
+        f"voxel size from {source['voxel_size_from']}); {report['uncertainty']['samples']} draws",
+        f"  {'metric':<22}{'phases':<28}{'axis':<5}{'value':>11}  {'interval':<25}unit",
+    ]
+    for r in report["rows"]:
+        interval = f"[{r['low']:.4g}, {r['high']:.4g}]" if r["low"] is not None else ""
+        value = f"{r['value']:>11.4g}"
+        lines.append(f"  {r['metric']:<22}{r['phases']:<28}{r['axis']:<5}{value}  {interval:<25}{r['unit']}")
+    for solve in report["solves"]:
+        lines.append(
+            f"  solve axis {solve['axis']}: {solve['iterations']} iterations on {solve['device']}, relative "
+            f"residual {solve['residual']:.1e}, flux mismatch {solve['flux_mismatch']:.1e}"
+        )
+    return "\n".join(lines)
+
+
 def _gpu_out_of_memory() -> type:
     import torch
 

@@ -711,6 +711,7 @@ def format_dry_run(report: dict) -> str:
     help="Largest inscribed-sphere radius of the size distributions, in voxels.",
 )
 @click.option("--no-transport", is_flag=True, help="Skip the diffusion solves (tortuosity).")
+@click.option("--no-connectivity", is_flag=True, help="Skip the connectivity (its global labelling).")
 @click.option("--no-rev", is_flag=True, help="Skip the representative-volume curves.")
 @click.option(
     "--tol",
@@ -732,6 +733,7 @@ def measure(
     seed,
     max_radius,
     no_transport,
+    no_connectivity,
     no_rev,
     tol,
     overwrite,
@@ -776,6 +778,7 @@ def measure(
         seed=seed,
         max_radius=max_radius,
         transport=not no_transport,
+        connectivity=not no_connectivity,
         rev=not no_rev,
         tol=tol,
     )

@@ -61,7 +61,9 @@ def local_table(reader: Reader, settings: Settings, within: Region | None = None
     return table
 
 
-def full_table(reader: Reader, settings: Settings, transport: bool = True) -> tuple[dict[str, float], dict]:
+def full_table(
+    reader: Reader, settings: Settings, transport: bool = True, connected: bool = True
+) -> tuple[dict[str, float], dict]:
     """Every metric of the whole volume, and the size histograms and solver details behind them."""
     names, unit = settings.phase_names, settings.unit
     table = local_table(reader, settings)
@@ -72,9 +74,8 @@ def full_table(reader: Reader, settings: Settings, transport: bool = True) -> tu
         d10, d50, d90 = quantiles(sizes["counts"][i], sizes["diameters"])
         for key, value in (("d10", d10), ("d50", d50), ("d90", d90)):
             table[row(f"thickness_{key}", name, "", unit)] = value
-    lazy = as_dask(reader, settings.block)
-    links = connectivity(lazy, settings.n_phases)
-    for i, name in enumerate(names):
+    links = connectivity(as_dask(reader, settings.block), settings.n_phases) if connected else {}
+    for i, name in enumerate(names if connected else ()):
         for axis in AXES:
             for kind, value in links[i][axis].items():
                 table[row(f"{kind}_fraction", name, axis, "1")] = value

@@ -57,6 +57,21 @@ def _settings(source: LabelSource, transport_phase, tpb, max_radius, block, tol,
     return Settings(names, source.voxel_size, source.unit, transport, triple, max_radius, block, tol, device)
 
 
+def interval(value: float, draws: list[float], width: float = 2.0) -> tuple[float | None, float | None]:
+    """``value`` plus or minus ``width`` times the draws' root-mean-square deviation from it (>= 0).
+
+    Centred on the segmentation's own value, not on the draws: random draws
+    roughen interfaces, so their mean is biased for some metrics (areas up); their
+    spread around the value, bias included, is the width, on both sides.
+    """
+    values = np.asarray(draws, dtype=float)
+    values = values[np.isfinite(values)]
+    if not values.size or not math.isfinite(value):
+        return None, None
+    spread = width * float(np.sqrt(np.mean((values - value) ** 2)))
+    return max(0.0, value - spread), value + spread
+
+
 def measure(
     source: str | os.PathLike,
     labels: bool = False,
@@ -69,6 +84,7 @@ def measure(
     correlation: float = 2.0,
     max_radius: int = 12,
     transport: bool = True,
+    connectivity: bool = True,
     rev: bool = True,
     tol: float = 1e-8,
     device: str | None = None,
@@ -95,8 +111,9 @@ def measure(
         Seed of the draws and the correlation length (voxels) of their noise.
     max_radius : int
         Largest inscribed-sphere radius (voxels) of the size distributions.
-    transport, rev : bool
-        Run the diffusion solves; the representative-volume curves.
+    transport, connectivity, rev : bool
+        Run the diffusion solves; the global labelling (connectivity); the
+        representative-volume curves. Without the first two every metric streams.
     tol : float
         Relative residual at which the conjugate-gradient solve stops.
     device : str, optional
@@ -108,7 +125,8 @@ def measure(
     -------
     dict
         ``rows``: one dict per metric (``metric``, ``phases``, ``axis``, ``unit``,
-        ``value``, ``low``, ``high``); ``sizes``, ``rev``, ``solves``, ``input``,
+        ``value``, ``low``, ``high``); ``draws`` (each draw's values by row key
+        ``metric/phases/axis/unit``); ``sizes``, ``rev``, ``solves``, ``input``,
         ``uncertainty`` (the scheme and draws) and ``seconds``.
     """
     start = time.perf_counter()
@@ -119,22 +137,19 @@ def measure(
     reader = Reader(src.labels)
     if transport:
         log.info("the diffusion solve holds the volume in memory: ~%.0f MiB", solve_memory(src.shape) / 2**20)
-    table, details = full_table(reader, settings, transport)
+    table, details = full_table(reader, settings, transport, connectivity)
     draws = []
     if src.uncertainty is not None and samples > 0:
         for k in range(samples):
             log.info("draw %d of %d", k + 1, samples)
             perturbed = Perturbed(src.labels, src.uncertainty, settings.n_phases, k, seed, correlation)
-            draws.append(full_table(perturbed, settings, transport)[0])
+            draws.append(full_table(perturbed, settings, transport, connectivity)[0])
     rows = []
     for key, value in table.items():
         metric, phases, axis, unit_text = key.split("/", 3)
-        values = np.array([d[key] for d in draws if key in d], dtype=float)
-        finite = values[np.isfinite(values)]
-        low = high = None
-        if finite.size:
-            low = float(min(np.percentile(finite, 2.5), value)) if math.isfinite(value) else None
-            high = float(max(np.percentile(finite, 97.5), value)) if math.isfinite(value) else None
+        low, high = interval(value, [d[key] for d in draws if key in d])
+        if high is not None and metric.endswith("fraction"):
+            high = min(high, 1.0)
         rows.append(
             {
                 "metric": metric,
@@ -174,6 +189,7 @@ def measure(
             else "none: no uncertainty image or samples=0",
         },
         "rows": rows,
+        "draws": draws,
         "sizes": details["sizes"],
         "solves": details["solves"],
         "solve_memory_bytes": solve_memory(src.shape) if transport else 0,

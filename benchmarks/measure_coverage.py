@@ -1,6 +1,6 @@
 """How often the truth's metric lies inside `matseg measure`'s interval, on generated volumes.
 
-    python benchmarks/measure_coverage.py [--seeds 921 922 923 924] [--shape 24 128 128] [--samples 6]
+    python benchmarks/measure_coverage.py [--seeds 921 922 923 924] [--shape 16 96 96] [--samples 4]
 
 Each seed: a `matseg sample` volume with the test imaging profile (ranges disjoint
 from the training data's), segmented by the default selector with the bundled
@@ -29,8 +29,8 @@ from matseg.sample import write_sample
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[921, 922, 923, 924])
-    parser.add_argument("--shape", type=int, nargs=3, default=[24, 128, 128])
-    parser.add_argument("--samples", type=int, default=6)
+    parser.add_argument("--shape", type=int, nargs=3, default=[16, 96, 96])
+    parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--out", default="docs/measure-coverage.json")
     args = parser.parse_args()
     from matseg.synth import SampleConfig
@@ -48,10 +48,21 @@ def main() -> None:
             truths = {_key(r): r["value"] for r in truth["rows"]}
             for r in measured["rows"]:
                 key = _key(r)
-                draws = [d[key] for d in measured["draws"]]
+                draws = [d["/".join((*key, r["unit"]))] for d in measured["draws"]]
                 pairs.append((key, truths.get(key), r["value"], draws))
-            print(f"seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
-    result = {"seeds": args.seeds, "shape": args.shape, "samples": args.samples, "widths": {}}
+            done = args.seeds[: args.seeds.index(seed) + 1]
+            result = summarise(pairs, done, args, time.perf_counter() - start)
+            Path(args.out).write_text(json.dumps(result, indent=1))
+            print(
+                f"seed {seed}: {result['seconds']:.0f} s, coverage {result['widths']['2.0']['overall']:.2f}",
+                flush=True,
+            )
+    print(json.dumps(result["widths"]["2.0"], indent=1))
+
+
+def summarise(pairs: list, seeds: list[int], args, seconds: float) -> dict:
+    """Coverage by metric family at three widths, and the errors beside the draws' spread."""
+    result = {"seeds": seeds, "shape": args.shape, "samples": args.samples, "widths": {}}
     for width in (1.0, 2.0, 3.0):
         families = defaultdict(lambda: [0, 0])
         for (metric, _, _), truth, value, draws in pairs:
@@ -80,9 +91,8 @@ def main() -> None:
         }
         for m, v in sorted(errors.items())
     }
-    result["seconds"] = time.perf_counter() - start
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result["widths"]["2.0"], indent=1))
+    result["seconds"] = seconds
+    return result
 
 
 def _key(row: dict) -> tuple[str, str, str]:

@@ -229,3 +229,12 @@ def test_measure_bad_options_exit_2(tmp_path, small_sample, extra, capsys):
 def test_measure_wants_labels_flag_for_other_stores(tmp_path, small_sample, capsys):
     assert run(["measure", small_sample, "-o", tmp_path / "m"]) == 2
     assert "--labels" in capsys.readouterr().err
+
+
+def test_measure_refuses_instance_labels(tmp_path, capsys):
+    path = tmp_path / "instances.zarr"
+    zarr.create_array(str(path), shape=(4, 8, 8), chunks=(4, 8, 8), dtype="int32")[:] = np.arange(
+        256
+    ).reshape(4, 8, 8)
+    assert run(["measure", path, "--labels", "-o", tmp_path / "m"]) == 2
+    assert "0..255" in capsys.readouterr().err and not (tmp_path / "m").exists()

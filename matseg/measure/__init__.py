@@ -6,6 +6,7 @@ Modules by concern: ``source`` (labels, uncertainty, voxel size), ``blocks``
 ``metrics`` (one table), ``report`` (the entry point, JSON/CSV), ``plots``.
 """
 
+from matseg.measure.plots import plot_rev, plot_sizes
 from matseg.measure.report import measure, write_report
 
-__all__ = ["measure", "write_report"]
+__all__ = ["measure", "write_report", "plot_sizes", "plot_rev"]

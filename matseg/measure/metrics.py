@@ -74,6 +74,10 @@ def full_table(
         d10, d50, d90 = quantiles(sizes["counts"][i], sizes["diameters"])
         for key, value in (("d10", d10), ("d50", d50), ("d90", d90)):
             table[row(f"thickness_{key}", name, "", unit)] = value
+        counts = sizes["counts"][i]
+        # thicker features read as the cap: this share says whether --max-radius is large enough
+        capped = float(counts[-1] / counts.sum()) if counts.sum() else float("nan")
+        table[row("thickness_capped_fraction", name, "", "1")] = capped
     links = connectivity(as_dask(reader, settings.block), settings.n_phases) if connected else {}
     for i, name in enumerate(names if connected else ()):
         for axis in AXES:

@@ -21,6 +21,7 @@ def plot_sizes(report: dict):
         if counts.sum() == 0:
             continue
         axes.step(diameters, np.cumsum(counts) / counts.sum(), where="post", label=name)
+    axes.axvline(diameters[-1], color="grey", linestyle="--", label="cap (2 x max radius)")
     axes.set_xlabel(f"local thickness (diameter, {report['input']['unit']})")
     axes.set_ylabel("cumulative volume fraction of the phase")
     axes.set_ylim(0, 1.02)

@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 
 from matseg import __version__
@@ -23,6 +24,7 @@ from matseg.measure.uncertainty import Perturbed
 log = logging.getLogger(__name__)
 
 REPORT_JSON, REPORT_CSV = "measure.json", "measure.csv"
+MAX_PHASES = 16
 
 
 def _phase_index(name: str, names: tuple[str, ...], option: str) -> int:
@@ -34,7 +36,12 @@ def _phase_index(name: str, names: tuple[str, ...], option: str) -> int:
 
 
 def _settings(source: LabelSource, transport_phase, tpb, max_radius, block, tol, device) -> Settings:
-    top = int(source.labels.max().compute())
+    low, top = (int(v) for v in dask.compute(source.labels.min(), source.labels.max()))
+    if low < 0 or top >= MAX_PHASES:
+        raise MatsegError(
+            f"{source.source} holds labels {low}..{top}; matseg measure expects phase labels "
+            f"0..{MAX_PHASES - 1} (one value per phase, not one per particle)"
+        )
     names = list(source.phase_names)
     names += [f"phase{i}" for i in range(len(names), top + 1)]
     names = tuple(names)

@@ -143,8 +143,8 @@ def open_labels(
         raise MatsegError(
             f"{spec} has dtype {data.dtype}; matseg measure needs integer labels (use --labels)"
         )
-    if np.dtype(data.dtype).kind == "b" or np.dtype(data.dtype).itemsize > 1:
-        data = data.astype(np.uint8) if np.dtype(data.dtype).kind == "b" else data
+    if np.dtype(data.dtype).kind == "b":
+        data = data.astype(np.uint8)
     recorded = _scale_of(spec, is_segmentation)
     if voxel_size is not None:
         if len(voxel_size) != 3 or any(not np.isfinite(v) or v <= 0 for v in voxel_size):

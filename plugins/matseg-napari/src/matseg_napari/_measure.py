@@ -55,7 +55,7 @@ class MeasurePanel(Container):
         self.extend(
             [self.layer, self.samples, self.transport, self.run_button, self.status, self.table, self.plots]
         )
-        self.native.setMaximumWidth(WIDTH)
+        self.native.setMinimumWidth(WIDTH)  # room for the table and the plots beside the canvas
         self.run_button.changed.connect(self.start)
         self.report: dict | None = None
         self.canvases: list = []

@@ -781,6 +781,7 @@ def measure(
         connectivity=not no_connectivity,
         rev=not no_rev,
         tol=tol,
+        log=lambda m: click.echo(m, err=True),
     )
     from matseg.measure import write_report
 

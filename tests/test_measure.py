@@ -158,7 +158,7 @@ def test_measure_reads_the_stored_voxel_size(tmp_path):
     assert rows[("thickness_d50", "phase1")]["value"] == pytest.approx(6.0)  # 12 voxels of 0.5
 
 
-def test_measure_command_on_a_segmentation(tmp_path, small_sample):
+def test_measure_command_on_a_segmentation(tmp_path, small_sample, capsys):
     import matseg
 
     segmented = tmp_path / "phases.zarr"
@@ -179,6 +179,7 @@ def test_measure_command_on_a_segmentation(tmp_path, small_sample):
         "6",
     ]
     assert run(args) == 0
+    assert "diffusion solve holds the volume in memory" in capsys.readouterr().err  # said before it runs
     report = json.loads((out / "measure.json").read_text())
     assert report["uncertainty"]["samples"] == 3 and report["input"]["voxel_size_from"] == "option"
     assert {p.name for p in out.iterdir()} == {"measure.json", "measure.csv", "sizes.png", "rev.png"}

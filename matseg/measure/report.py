@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dask
@@ -21,7 +22,7 @@ from matseg.measure.source import LabelSource, open_labels
 from matseg.measure.tortuosity import solve_memory
 from matseg.measure.uncertainty import Perturbed
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 REPORT_JSON, REPORT_CSV = "measure.json", "measure.csv"
 MAX_PHASES = 16
@@ -96,6 +97,7 @@ def measure(
     tol: float = 1e-8,
     device: str | None = None,
     block: tuple[int, int, int] = (64, 128, 128),
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Microstructure metrics of a segmentation, each with an interval from its own uncertainty.
 
@@ -127,6 +129,8 @@ def measure(
         Torch device for the solve (default: a GPU when present).
     block : (int, int, int)
         Block shape of the streamed metrics.
+    log : callable, optional
+        Told what is about to run (the solve's memory need first), e.g. ``print``.
 
     Returns
     -------
@@ -139,16 +143,22 @@ def measure(
     start = time.perf_counter()
     if samples < 0:
         raise MatsegError(f"--samples {samples}: give 0 (no intervals) or more")
+
+    def say(message: str) -> None:
+        logger.info(message)
+        if log is not None:
+            log(message)
+
     src = open_labels(source, labels=labels, voxel_size=voxel_size, unit=unit)
     settings = _settings(src, phase, tpb, max_radius, block, tol, device)
     reader = Reader(src.labels)
     if transport:
-        log.info("the diffusion solve holds the volume in memory: ~%.0f MiB", solve_memory(src.shape) / 2**20)
+        say(f"the diffusion solve holds the volume in memory: ~{solve_memory(src.shape) / 2**20:.0f} MiB")
     table, details = full_table(reader, settings, transport, connectivity)
     draws = []
     if src.uncertainty is not None and samples > 0:
         for k in range(samples):
-            log.info("draw %d of %d", k + 1, samples)
+            say(f"draw {k + 1} of {samples}")
             perturbed = Perturbed(src.labels, src.uncertainty, settings.n_phases, k, seed, correlation)
             draws.append(full_table(perturbed, settings, transport, connectivity)[0])
     rows = []

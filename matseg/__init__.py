@@ -36,6 +36,8 @@ _API = {
     "load_corrections": "matseg.corrections",
     "training_data_from_corrections": "matseg.corrections",
     "finetune_from_corrections": "matseg.corrections",
+    # microstructure metrics of a segmentation (``matseg measure``)
+    "measure": "matseg.microstructure",
 }
 
 __all__ = ["__version__", "MatsegError", "Cancelled", *_API]

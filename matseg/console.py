@@ -184,3 +184,24 @@ def format_dry_run(report: dict) -> str:
             f"  cheap pass kept in {report['output']}: the real run reuses it",
         ]
     )
+
+
+def format_measure(report: dict) -> str:
+    """The metrics table a user reads: value and interval of each metric."""
+    source = report["input"]
+    lines = [
+        f"matseg measure: {source['source']} ({' x '.join(map(str, source['shape']))} voxels of "
+        f"{' x '.join(f'{v:g}' for v in source['voxel_size'])} {source['unit']}, "
+        f"voxel size from {source['voxel_size_from']}); {report['uncertainty']['samples']} draws",
+        f"  {'metric':<22}{'phases':<28}{'axis':<5}{'value':>11}  {'interval':<25}unit",
+    ]
+    for r in report["rows"]:
+        interval = f"[{r['low']:.4g}, {r['high']:.4g}]" if r["low"] is not None else ""
+        value = f"{r['value']:>11.4g}"
+        lines.append(f"  {r['metric']:<22}{r['phases']:<28}{r['axis']:<5}{value}  {interval:<25}{r['unit']}")
+    for solve in report["solves"]:
+        lines.append(
+            f"  solve axis {solve['axis']}: {solve['iterations']} iterations on {solve['device']}, relative "
+            f"residual {solve['residual']:.1e}, flux mismatch {solve['flux_mismatch']:.1e}"
+        )
+    return "\n".join(lines)

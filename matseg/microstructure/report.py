@@ -1,0 +1,257 @@
+"""``matseg.measure``: every metric of a label volume, with intervals from the segmentation's uncertainty."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dask
+import numpy as np
+
+from matseg import __version__
+from matseg.errors import MatsegError
+from matseg.microstructure.blocks import Reader
+from matseg.microstructure.metrics import Settings, full_table, rev_curves
+from matseg.microstructure.source import LabelSource, open_labels
+from matseg.microstructure.tortuosity import solve_memory
+from matseg.microstructure.uncertainty import Perturbed
+
+logger = logging.getLogger(__name__)
+
+REPORT_JSON, REPORT_CSV = "measure.json", "measure.csv"
+MAX_PHASES = 16
+
+
+def _phase_index(name: str, names: tuple[str, ...], option: str) -> int:
+    if name in names:
+        return names.index(name)
+    if name.isdigit() and int(name) < len(names):
+        return int(name)
+    raise MatsegError(f"{option} '{name}' is not a phase of this volume; phases: {', '.join(names)}")
+
+
+def _settings(source: LabelSource, transport_phase, tpb, max_radius, block, tol, device) -> Settings:
+    low, top = (int(v) for v in dask.compute(source.labels.min(), source.labels.max()))
+    if low < 0 or top >= MAX_PHASES:
+        raise MatsegError(
+            f"{source.source} holds labels {low}..{top}; matseg measure expects phase labels "
+            f"0..{MAX_PHASES - 1} (one value per phase, not one per particle)"
+        )
+    names = list(source.phase_names)
+    names += [f"phase{i}" for i in range(len(names), top + 1)]
+    names = tuple(names)
+    if len(names) < 2:
+        raise MatsegError(
+            f"{source.source} holds one phase only ({names[0]}); there is nothing to measure between phases"
+        )
+    if transport_phase is None:
+        transport = names.index("pore") if "pore" in names else 0
+    else:
+        transport = _phase_index(str(transport_phase), names, "--phase")
+    if tpb is None:
+        triple = (0, 1, 2) if len(names) == 3 else None
+    else:
+        triple = tuple(_phase_index(str(p), names, "--tpb") for p in tpb)
+        if len(triple) != 3 or len(set(triple)) != 3:
+            raise MatsegError(f"--tpb {','.join(map(str, tpb))}: name three different phases")
+    if max_radius < 1:
+        raise MatsegError(f"--max-radius {max_radius}: give at least 1 voxel")
+    return Settings(names, source.voxel_size, source.unit, transport, triple, max_radius, block, tol, device)
+
+
+def interval(value: float, draws: list[float], width: float = 2.0) -> tuple[float | None, float | None]:
+    """``value`` plus or minus ``width`` times the draws' root-mean-square deviation from it (>= 0).
+
+    Centred on the segmentation's own value, not on the draws: random draws
+    roughen interfaces, so their mean is biased for some metrics (areas up); their
+    spread around the value, bias included, is the width, on both sides.
+    """
+    values = np.asarray(draws, dtype=float)
+    values = values[np.isfinite(values)]
+    if not values.size or not math.isfinite(value):
+        return None, None
+    spread = width * float(np.sqrt(np.mean((values - value) ** 2)))
+    return max(0.0, value - spread), value + spread
+
+
+def measure(
+    source: str | os.PathLike,
+    labels: bool = False,
+    voxel_size: tuple[float, float, float] | None = None,
+    unit: str | None = None,
+    phase: str | int | None = None,
+    tpb: tuple | None = None,
+    samples: int = 8,
+    seed: int = 0,
+    correlation: float = 2.0,
+    max_radius: int = 12,
+    transport: bool = True,
+    connectivity: bool = True,
+    rev: bool = True,
+    tol: float = 1e-8,
+    device: str | None = None,
+    block: tuple[int, int, int] = (64, 128, 128),
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Microstructure metrics of a segmentation, each with an interval from its own uncertainty.
+
+    Parameters
+    ----------
+    source : str or path
+        A ``matseg segment`` output, or (``labels=True``) any integer label volume.
+    labels : bool
+        Measure ``source`` as a plain label volume (no intervals).
+    voxel_size, unit : optional
+        Physical voxel size (Z, Y, X) and its unit, when the store records none.
+    phase : str or int, optional
+        Phase for the diffusion solve (default: ``pore``, else phase 0).
+    tpb : three phase names or indices, optional
+        Triple for the triple-phase boundary (default: the three phases of a
+        three-phase volume).
+    samples : int
+        Label volumes drawn from the uncertainty (0: no intervals).
+    seed, correlation : int, float
+        Seed of the draws and the correlation length (voxels) of their noise.
+    max_radius : int
+        Largest inscribed-sphere radius (voxels) of the size distributions.
+    transport, connectivity, rev : bool
+        Run the diffusion solves; the global labelling (connectivity); the
+        representative-volume curves. Without the first two every metric streams.
+    tol : float
+        Relative residual at which the conjugate-gradient solve stops.
+    device : str, optional
+        Torch device for the solve (default: a GPU when present).
+    block : (int, int, int)
+        Block shape of the streamed metrics.
+    log : callable, optional
+        Told what is about to run (the solve's memory need first), e.g. ``print``.
+
+    Returns
+    -------
+    dict
+        ``rows``: one dict per metric (``metric``, ``phases``, ``axis``, ``unit``,
+        ``value``, ``low``, ``high``); ``draws`` (each draw's values by row key
+        ``metric/phases/axis/unit``); ``sizes``, ``rev``, ``solves``, ``input``,
+        ``uncertainty`` (the scheme and draws) and ``seconds``.
+    """
+    start = time.perf_counter()
+    if samples < 0:
+        raise MatsegError(f"--samples {samples}: give 0 (no intervals) or more")
+
+    def say(message: str) -> None:
+        logger.info(message)
+        if log is not None:
+            log(message)
+
+    src = open_labels(source, labels=labels, voxel_size=voxel_size, unit=unit)
+    settings = _settings(src, phase, tpb, max_radius, block, tol, device)
+    reader = Reader(src.labels)
+    if transport:
+        say(f"the diffusion solve holds the volume in memory: ~{solve_memory(src.shape) / 2**20:.0f} MiB")
+    table, details = full_table(reader, settings, transport, connectivity)
+    draws = []
+    if src.uncertainty is not None and samples > 0:
+        for k in range(samples):
+            say(f"draw {k + 1} of {samples}")
+            perturbed = Perturbed(src.labels, src.uncertainty, settings.n_phases, k, seed, correlation)
+            draws.append(full_table(perturbed, settings, transport, connectivity)[0])
+    rows = []
+    for key, value in table.items():
+        metric, phases, axis, unit_text = key.split("/", 3)
+        low, high = interval(value, [d[key] for d in draws if key in d])
+        if high is not None and metric.endswith("fraction"):
+            high = min(high, 1.0)
+        rows.append(
+            {
+                "metric": metric,
+                "phases": phases,
+                "axis": axis,
+                "unit": unit_text,
+                "value": float(value),
+                "low": low,
+                "high": high,
+            }
+        )
+    report = {
+        "matseg_version": __version__,
+        "input": {
+            "source": src.source,
+            "shape": list(src.shape),
+            "phases": list(settings.phase_names),
+            "voxel_size": list(src.voxel_size),
+            "unit": src.unit,
+            "voxel_size_from": src.voxel_size_from,
+        },
+        "settings": {
+            "transport_phase": settings.phase_names[settings.transport_phase] if transport else None,
+            "tpb_phases": [settings.phase_names[p] for p in settings.tpb_phases]
+            if settings.tpb_phases
+            else None,
+            "max_radius_voxels": max_radius,
+            "tolerance": tol,
+            "block": list(block),
+        },
+        "uncertainty": {
+            "samples": len(draws),
+            "seed": seed,
+            "correlation_voxels": correlation,
+            "scheme": "entropy-driven boundary re-assignment (docs/measure.md)"
+            if draws
+            else "none: no uncertainty image or samples=0",
+        },
+        "rows": rows,
+        "draws": draws,
+        "sizes": details["sizes"],
+        "solves": details["solves"],
+        "solve_memory_bytes": solve_memory(src.shape) if transport else 0,
+    }
+    if rev:
+        report["rev"] = rev_curves(reader, settings)
+    report["seconds"] = time.perf_counter() - start
+    return report
+
+
+def write_report(report: dict, folder: str | os.PathLike) -> list[Path]:
+    """Write ``measure.json``, ``measure.csv`` and the plots into ``folder``; return the files."""
+    from matseg.microstructure.plots import plot_rev, plot_sizes
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / REPORT_JSON, folder / REPORT_CSV, folder / "sizes.png"]
+    files[0].write_text(json.dumps(_finite(report), indent=1, default=_jsonable))
+    with open(files[1], "w", newline="") as handle:
+        writer = csv.DictWriter(
+            handle, fieldnames=["metric", "phases", "axis", "unit", "value", "low", "high"]
+        )
+        writer.writeheader()
+        writer.writerows(report["rows"])
+    plot_sizes(report).savefig(files[2], dpi=110)
+    if "rev" in report:
+        files.append(folder / "rev.png")
+        plot_rev(report).savefig(files[3], dpi=110)
+    return files
+
+
+def _finite(value):
+    """The report with infinities and NaN as null, for strict JSON (tau is inf without percolation)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

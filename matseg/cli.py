@@ -335,7 +335,7 @@ def segment(
 @click.option("--init", type=click.Path(file_okay=False), help="Fine-tune from this weights folder.")
 @click.option(
     "--augment",
-    default="strong",
+    default="none",
     show_default=True,
     metavar="none|light|strong|FILE.yaml",
     help="Imaging augmentation of the IMAGES' patches (blur, noise, shading, curtaining, contrast, "

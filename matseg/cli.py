@@ -228,9 +228,10 @@ def cli() -> None:
 )
 @click.option(
     "--profile",
-    type=click.Choice(["train", "test"]),
+    type=click.Choice(["train", "test", "wide"]),
     default=None,
-    help="Imaging-parameter ranges: 'test' ranges are disjoint from 'train'.",
+    help="Imaging-parameter ranges: 'test' ranges are disjoint from 'train'; 'wide' spans much "
+    "more (half the contrast, strong blur, noise, shading), to test robustness.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @_voxel_size_options
@@ -421,6 +422,15 @@ def segment(
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation and sampling.")
 @click.option("--init", type=click.Path(file_okay=False), help="Fine-tune from this weights folder.")
 @click.option(
+    "--augment",
+    default="none",
+    show_default=True,
+    metavar="none|light|strong|FILE.yaml",
+    help="Imaging augmentation of the IMAGES' patches (blur, noise, shading, curtaining, contrast, "
+    "...; docs/models.md); "
+    "'none' keeps only flips, rotations and a linear intensity jitter.",
+)
+@click.option(
     "--from-corrections",
     "from_corrections",
     type=click.Path(),
@@ -443,6 +453,7 @@ def train(
     lr,
     seed,
     init,
+    augment,
     from_corrections,
 ) -> None:
     """Train the segmenters on labelled IMAGES and write a weights folder.
@@ -451,8 +462,10 @@ def train(
     of phases; use the result with 'matseg segment --weights OUTPUT'. With
     --from-corrections, fine-tune on a reviewer's corrections instead.
     """
+    from matseg.augment import load_augmentation
     from matseg.training import train as run_train
 
+    augmentation = load_augmentation(augment)
     if from_corrections:
         if images or labels or val or slices_text or phases:
             raise click.UsageError(
@@ -482,6 +495,7 @@ def train(
         command=_command_line(),
         log=lambda m: click.echo(m, err=True),
         progress=_progress(),
+        augment=augmentation,
     )
     for name, r in results.items():
         per_phase = ", ".join(f"{k} {v:.3f}" for k, v in r["iou"].items())

@@ -42,7 +42,8 @@ _TRUNCATE = 3.0  # Gaussian kernels are cut at 3 sigma; halos are sized from thi
     _TAG_CURTAIN,
     _TAG_NOISE,
     _TAG_IMAGING,
-) = range(9)
+    _TAG_NOISE_FIELD,
+) = range(10)
 
 # Per-volume imaging parameters, drawn in this order from the seed.  For those in _TEST_SHIFTED
 # the "test" profile draws from the interval just above the configured (train) range.
@@ -73,6 +74,29 @@ _TEST_SHIFTED = (
     "shading_amplitude",
     "curtain_amplitude",
 )
+# The "wide" profile: imaging well outside both other profiles, for evaluation only (the bundled
+# weights never train on it).  Noise and curtain amplitudes are fractions of the volume's grey
+# range (active minus pore level, after the contrast change); the rest are in the units of
+# SampleConfig.  ``contrast`` pulls the three phase levels toward their mean (0.5: half the
+# phase contrast), ``blur_z_sigma`` blurs along Z (3-D only), and ``noise_variation`` scales the
+# noise by a smooth field in (1 - noise_variation, 1], so it varies across the field of view.
+_WIDE = {
+    "noise_std": (0.02, 0.1),
+    "hard_noise_std": (0.08, 0.3),
+    "shot_noise_gain": (0.0, 0.5),
+    "blur_sigma": (0.3, 1.5),
+    "hard_blur_sigma": (0.8, 2.0),
+    "hard_binder_contrast_loss": (0.2, 0.5),
+    "shine_gain": (0.0, 0.3),
+    "hard_shine_gain": (0.3, 0.8),
+    "shading_amplitude": (0.0, 0.35),
+    "curtain_amplitude": (0.0, 0.1),
+    "hard_curtain_amplitude": (0.1, 0.2),
+}
+_WIDE_RELATIVE = ("noise_std", "hard_noise_std", "curtain_amplitude", "hard_curtain_amplitude")
+_WIDE_EXTRA = {"contrast": (0.5, 1.0), "blur_z_sigma": (0.0, 4.0), "noise_variation": (0.0, 0.6)}
+_NEUTRAL_EXTRA = {"contrast": 1.0, "blur_z_sigma": 0.0, "noise_variation": 0.0}
+PROFILES = ("train", "test", "wide")
 Box = list[tuple[int, int]]
 
 
@@ -84,6 +108,10 @@ class SampleConfig:
     is drawn; ``hard_*`` values apply where the difficulty field is 1, the plain ones where it is
     0.  ``profile="test"`` shifts the noise, blur, shading and curtain ranges to disjoint
     intervals just above the configured ones, so test volumes have unseen imaging conditions.
+    ``profile="wide"`` replaces the imaging ranges by much wider fixed ones (half the phase
+    contrast, blur up to 2 voxels in-plane and 4 along Z, noise up to 0.3 of the grey range and
+    varying across the field, shading up to 35 %, curtaining up to 0.2 of the grey range, strong
+    shine-through): imaging no training profile covers, to test robustness.
     """
 
     particle_radius_mean: float = 9.0
@@ -119,9 +147,7 @@ class SampleConfig:
             if isinstance(f.default, tuple):
                 # lists from YAML/JSON become tuples so configs stay hashable and comparable
                 object.__setattr__(self, f.name, _as_range(f.name, value))
-        _require(
-            self.profile in ("train", "test"), f"profile must be 'train' or 'test', got {self.profile!r}"
-        )
+        _require(self.profile in PROFILES, f"profile must be one of {PROFILES}, got {self.profile!r}")
         _require(self.particle_radius_mean > 0, "particle_radius_mean must be > 0")
         _require(self.particle_radius_cv >= 0, "particle_radius_cv must be >= 0")
         _require(0 < self.active_fraction < 1, "active_fraction must be in (0, 1)")
@@ -187,6 +213,8 @@ def _rng(seed: int, tag: int, *index: int) -> np.random.Generator:
 
 
 def _profile_range(config: SampleConfig, name: str) -> tuple[float, float]:
+    if config.profile == "wide" and name in _WIDE:
+        return _WIDE[name]
     lo, hi = getattr(config, name)
     if config.profile == "test" and name in _TEST_SHIFTED:
         gap = 0.1 * (hi - lo) + 0.05 * hi  # nearby but disjoint, also for degenerate ranges
@@ -207,7 +235,9 @@ def imaging_parameters(seed: int, config: SampleConfig | None = None) -> dict[st
     Returns
     -------
     dict[str, float]
-        One value per imaging field of ``SampleConfig`` (e.g. ``noise_std``, ``blur_sigma``).
+        One value per imaging field of ``SampleConfig`` (e.g. ``noise_std``, ``blur_sigma``),
+        plus ``contrast``, ``blur_z_sigma`` and ``noise_variation`` (1, 0 and 0 except in the
+        ``wide`` profile).  Grey levels and noise are in grey values of the uint8 image.
     """
     config = config or SampleConfig()
     rng = _rng(_check_seed(seed), _TAG_IMAGING)
@@ -215,6 +245,18 @@ def imaging_parameters(seed: int, config: SampleConfig | None = None) -> dict[st
     for name in _IMAGING_FIELDS:
         lo, hi = _profile_range(config, name)
         params[name] = float(lo + (hi - lo) * rng.random())
+    params.update(_NEUTRAL_EXTRA)
+    if config.profile == "wide":
+        # drawn after the shared fields, so those keep the values of the same seed's stream
+        for name, (lo, hi) in _WIDE_EXTRA.items():
+            params[name] = float(lo + (hi - lo) * rng.random())
+        levels = ("pore_level", "binder_level", "active_level")
+        mean = sum(params[k] for k in levels) / 3
+        for k in levels:
+            params[k] = mean + params["contrast"] * (params[k] - mean)
+        grey_range = params["active_level"] - params["pore_level"]
+        for name in _WIDE_RELATIVE:
+            params[name] *= grey_range
     return params
 
 
@@ -475,7 +517,9 @@ def render_region(
     blur_halo = int(_TRUNCATE * max(params["blur_sigma"], params["hard_blur_sigma"]) + 0.5) + 1
     shine_halo = int(_TRUNCATE * params["shine_sigma"] + 0.5) + 1
     depth = config.shine_depth if ndim == 3 else 0
-    image_box = _grow(region_box, in_plane + [blur_halo] * 2, in_plane + [blur_halo] * 2)
+    z_sigma = params["blur_z_sigma"] if ndim == 3 else 0.0
+    z_halo = [int(_TRUNCATE * z_sigma + 0.5) + 1 if z_sigma > 0 else 0] * (ndim - 2)
+    image_box = _grow(region_box, z_halo + [blur_halo] * 2, z_halo + [blur_halo] * 2)
     geometry_box = _grow(image_box, in_plane + [shine_halo] * 2, [depth] * (ndim - 2) + [shine_halo] * 2)
 
     if ndim == 3:
@@ -499,7 +543,7 @@ def render_region(
     ).astype(np.float32)
 
     def blurred(sigma: float) -> np.ndarray:
-        out = ndimage.gaussian_filter(grey, in_plane + [sigma] * 2, truncate=_TRUNCATE)
+        out = ndimage.gaussian_filter(grey, [z_sigma] * (ndim - 2) + [sigma] * 2, truncate=_TRUNCATE)
         return _crop(out, image_box, region_box)
 
     d = _crop(difficulty, image_box, region_box)
@@ -511,6 +555,10 @@ def render_region(
     )
     image += amplitude * _curtain(region_box, seed, params)
     noise_std = params["noise_std"] + d * (params["hard_noise_std"] - params["noise_std"])
+    if params["noise_variation"] > 0:
+        field = _smooth_field(region_box, seed, _TAG_NOISE_FIELD, (60.0, 200.0), n_waves=4)
+        # a factor in (1 - noise_variation, 1]: the noise never exceeds its drawn level
+        noise_std = noise_std * (1 - np.float32(params["noise_variation"] / 2) * (1 + np.tanh(field)))
     # Gaussian read noise plus shot noise whose variance grows with the signal
     sigma = np.sqrt(noise_std**2 + params["shot_noise_gain"] * np.maximum(image, 0))
     image += sigma * _tiled_normal(region_box, seed, _TAG_NOISE)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from matseg.augment import Augmentation, augment_batch
 from matseg.errors import MatsegError
 from matseg.io.read import Volume, open_volume
 from matseg.metrics import iou_per_phase
@@ -133,17 +134,21 @@ def fit(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
     monitor: Monitor | None = None,
+    augment: Augmentation | None = None,
 ) -> list[float]:
     """Train ``model`` in place (AdamW, warm-up then cosine decay); return the loss curve.
 
     The one training loop: :func:`train` and fine-tuning from corrections both run it.
     ``monitor`` reports the stage ``training <model>`` step by step and stops it when cancelled.
+    ``augment`` re-images the patches (:mod:`matseg.augment`) from its own random stream, so
+    the patches drawn are those of a run without it.
     """
     stage = (monitor or Monitor()).stage(f"training {model.name}", steps)
     if patch % model.stride:
         raise MatsegError(f"patch {patch} must be a multiple of {model.stride}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    augment_rng = np.random.default_rng([seed, 1])
     net = model.net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     warmup = max(1, steps // 20)
@@ -154,6 +159,12 @@ def fit(
     losses = []
     for step in range(steps):
         x, y = draw_batch(data, rng, batch, patch)
+        if augment is not None:
+            x, y = (
+                torch.from_numpy(a)
+                for a in augment_batch(x[:, 0].numpy(), y.numpy(), augment_rng, augment, step / steps)
+            )
+            x = x[:, None]
         loss = loss_fn(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -190,6 +201,7 @@ def train(
     log: Callable[[str], None] | None = None,
     progress: Progress | None = None,
     cancel: CancelToken | None = None,
+    augment: Augmentation | None = None,
 ) -> dict:
     """Train segmenters on labelled volumes and write them to a weights folder.
 
@@ -219,6 +231,9 @@ def train(
     cancel : object with ``is_set()``, optional
         Once set, training stops at the next step and raises :class:`matseg.Cancelled`;
         the models finished before it are written, the one in training is not.
+    augment : Augmentation, optional
+        Imaging augmentation (see :func:`matseg.augment.load_augmentation`); ``None`` keeps only
+        flips, 90° rotations and a linear intensity jitter.
 
     Returns
     -------
@@ -253,7 +268,10 @@ def train(
             raise MatsegError(f"--init weights have phases {model.phases}; the labels have {phases}")
         n_steps = steps[name] if isinstance(steps, dict) else steps
         started = time.perf_counter()
-        fit(model, data, n_steps, batch=batch, patch=patch, lr=lr, seed=seed, log=log, monitor=monitor)
+        fit(
+            model, data, n_steps, batch=batch, patch=patch, lr=lr, seed=seed, log=log, monitor=monitor,
+            augment=augment,
+        )  # fmt: skip
         seconds = time.perf_counter() - started
         metrics = score(model, val_data)
         record = {
@@ -264,6 +282,7 @@ def train(
                 "batch": batch,
                 "patch": patch,
                 "lr": lr,
+                "augment": augment.to_dict() if augment else "none",
                 "seconds": round(seconds, 1),
                 "images": list(images),
                 "validation": list(val) if val else "every 10th labelled slice",

@@ -12,14 +12,20 @@ ROOT = Path(matseg.__file__).parent
 LAYERS = [
     ("matseg._version", "matseg.errors", "matseg.defaults", "matseg.malloc", "matseg.monitor"),
     ("matseg.io",),
-    ("matseg.tiling", "matseg.stitch", "matseg.metrics", "matseg.synth"),
+    ("matseg.tiling", "matseg.stitch", "matseg.metrics", "matseg.synth", "matseg.augment"),
     ("matseg.models",),
     ("matseg.normalize",),
     ("matseg.candidates",),
     ("matseg.selector.policy", "matseg.selector.plan", "matseg.cluster", "matseg.sample"),
     ("matseg.pipeline",),
     ("matseg.training", "matseg.selector.table", "matseg.review"),
-    ("matseg.selector.train", "matseg.corrections", "matseg.evaluate", "matseg.batch"),
+    (
+        "matseg.selector.train",
+        "matseg.corrections",
+        "matseg.evaluate",
+        "matseg.batch",
+        "matseg.microstructure",
+    ),
     ("matseg", "matseg.cli", "matseg.console"),
 ]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import dask
 import numpy as np
 
-from matseg import __version__
+from matseg._version import __version__
 from matseg.errors import MatsegError
 from matseg.microstructure.blocks import Reader
 from matseg.microstructure.metrics import Settings, full_table, rev_curves

@@ -6,6 +6,8 @@ changed), 1 internal error.
 
 from __future__ import annotations
 
+import errno
+import os
 import shlex
 import sys
 
@@ -589,6 +591,8 @@ def format_report(report: dict) -> str:
     run = report.get("run", {})
     if run.get("devices"):
         lines.insert(3, "  device     " + "; ".join(run["devices"]))
+    if run.get("started_as") == "finished":
+        lines.insert(2, "  finished   earlier, with these settings: nothing computed now (stored summary)")
     if run.get("started_as") == "resume":
         done = ", ".join(f"{n} {stage}" for stage, n in run["computed_tiles"].items())
         lines.insert(2, f"  resumed    from its finished tiles; computed now: {done} tiles")
@@ -672,6 +676,27 @@ def _gpu_out_of_memory() -> type:
     return torch.OutOfMemoryError
 
 
+# faults of the machine, not of matseg: said in one line, and the run is resumable
+_FAULTS = {
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space within the quota",
+    errno.EACCES: "fix the permissions",
+    errno.EPERM: "fix the permissions",
+    errno.EROFS: "write to a writable file system",
+}
+
+
+def _fault_text(err: OSError) -> str | None:
+    """One line for a disk-full or permission fault (None: not such a fault)."""
+    if err.errno not in _FAULTS:
+        return None
+    where = f" ({err.filename})" if err.filename else ""
+    return (
+        f"{err.strerror or os.strerror(err.errno)}{where}; {_FAULTS[err.errno]} and run the same command "
+        "again: a segment run keeps its finished tiles and resumes"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: map MatsegError to one line and exit code 2."""
     from matseg.cluster import tune_malloc
@@ -693,6 +718,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("matseg: interrupted", err=True)
         sys.exit(130)
+    except OSError as err:
+        text = _fault_text(err)
+        if text is None:
+            raise
+        click.echo(f"matseg: error: {text}", err=True)
+        sys.exit(2)
     except (MemoryError, _gpu_out_of_memory()) as err:
         # not bad input, but nothing a traceback explains better: a segment run keeps its finished tiles
         where = "this machine" if isinstance(err, MemoryError) else "the GPU"

@@ -28,6 +28,7 @@ import dask
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from matseg.errors import MatsegError
+from matseg.slurm import wait_for_jobs
 from matseg.tiling import GROUP_TILES
 
 CHEAP, COSTLY = "cheap", "costly"
@@ -343,7 +344,10 @@ def backend(spec: ClusterSpec, workers: int | None = None, log=None) -> Iterator
         elif spec.kind == "slurm":
             client.register_plugin(TorchThreads(1))  # a job's cores are its dask threads
         try:
-            client.wait_for_workers(n_expected, timeout=_wait_s(spec))
+            if spec.kind == "slurm":
+                wait_for_jobs(client, cluster, n_expected, _wait_s(spec))
+            else:
+                client.wait_for_workers(n_expected, timeout=_wait_s(spec))
         except TimeoutError:
             raise MatsegError(
                 f"no dask workers joined {spec.kind} within {_wait_s(spec):.0f} s "

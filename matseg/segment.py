@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import time
@@ -28,14 +29,16 @@ import zarr
 from matseg import __version__
 from matseg.cluster import CHEAP, COSTLY, Backend, ClusterSpec, SharedResults, backend
 from matseg.errors import MatsegError
+from matseg.io.chunks import DECLARATION
+from matseg.io.guard import building, check_replaceable, remove_output, replace_file, sweep_siblings
 from matseg.io.lock import OutputLock
+from matseg.io.paths import check_distinct
 from matseg.io.progress import TileRecords, WriteBehind
 from matseg.io.read import Volume, canonical_source, open_volume
 from matseg.io.write import (
     check_output,
     create_ome_store,
     for_tile_writes,
-    remove_store,
     run_attrs,
 )
 from matseg.metrics import confusion_matrix, summarize, volume_fractions
@@ -69,6 +72,7 @@ from matseg.tiling import (
     slabs,
     tile_blocks,
 )
+from matseg.validate import check_intensities, check_label_values, check_number
 
 MODES = ("auto", *CANDIDATES)
 REPORT_NAME = "matseg-report.json"
@@ -125,29 +129,28 @@ def intensity_range(volume: Volume, n_phases: int | None = None) -> Normalizatio
     while np.prod([-(-s // k) for s, k in zip(data.shape, steps)]) > _SUBSAMPLE_VOXELS:
         axis = int(np.argmax([s / k for s, k in zip(data.shape, steps)]))
         steps[axis] *= 2
-    parts = []
+    parts, smallest, largest = [], math.inf, -math.inf
     # slab by slab of whole chunks along the first axis: a reduction's graph is some 13 kB a
     # chunk, 13 GB for the million chunks of a terabyte if made at once
     for start, stop in slabs(data.chunks, CHUNKS_AT_ONCE):
         slab = data[start:stop]  # (dask gives the array itself for its whole extent)
-        if np.issubdtype(data.dtype, np.floating):
-            finite = da.isfinite(slab).all()
-        else:
-            finite = slab.max() >= slab.min()  # reads every chunk all the same
+        extremes = (slab.min(), slab.max())  # reads every chunk; NaN and infinities show in them
         # the slab's part of one strided subsample of the whole volume
         first = -(-start // steps[0]) * steps[0]
         subsample = data[(slice(first, stop, steps[0]), *(slice(None, None, k) for k in steps[1:]))]
         try:
-            all_finite, part = dask.compute(finite, subsample)
+            (lo, hi), part = dask.compute(extremes, subsample)
         except MatsegError:
             raise
         except Exception as err:
             raise MatsegError(f"cannot read {volume.source}: {type(err).__name__}: {err}") from None
-        if not all_finite:
+        if not (np.isfinite(lo) and np.isfinite(hi)):
             raise MatsegError(f"{volume.source} contains NaN or infinite values; clean or mask them first")
+        smallest, largest = min(smallest, float(lo)), max(largest, float(hi))
         parts.append(part)
     sample = parts[0] if len(parts) == 1 else np.concatenate(parts)
     low, high = percentiles(sample, PERCENTILES)
+    check_intensities(volume.source, smallest, largest, float(low), float(high))
     norm = Normalization(float(low), float(high))
     if n_phases:
         norm = Normalization(norm.low, norm.high, multiotsu_thresholds(norm(sample), n_phases))
@@ -261,14 +264,11 @@ def _check_options(model, lam, budget_gflops, max_expensive_fraction) -> None:
         chosen.append("--max-expensive-fraction")
     if model != "auto" and chosen:
         raise MatsegError(f"{', '.join(chosen)} only apply with --model auto (the selector)")
-    if lam is not None and not 0.0 <= lam <= 1.0:
-        raise MatsegError(f"--lambda must be between 0 and 1, got {lam}")
+    check_number("--lambda", lam, low=0.0, high=1.0)
+    check_number("--budget-gflops", budget_gflops, low=0.0, open_low=True)
+    check_number("--max-expensive-fraction", max_expensive_fraction, low=0.0, high=1.0)
     if lam is not None and len(chosen) > 1:
         raise MatsegError("give either --lambda or a budget (--budget-gflops / --max-expensive-fraction)")
-    if budget_gflops is not None and budget_gflops <= 0:
-        raise MatsegError(f"--budget-gflops must be positive, got {budget_gflops}")
-    if max_expensive_fraction is not None and not 0.0 <= max_expensive_fraction <= 1.0:
-        raise MatsegError(f"--max-expensive-fraction must be between 0 and 1, got {max_expensive_fraction}")
 
 
 def _halo_of(model: str, context: Context, names: Sequence[str]) -> int:
@@ -402,6 +402,8 @@ def segment(
     spec = cluster if isinstance(cluster, ClusterSpec) else ClusterSpec(kind=cluster)
     spec.check()
     start, stored = _start_of(job, overwrite)
+    if start == "finished":
+        return _finished_report(job, log)
     if stored is None:
         norm = intensity_range(job.volume, len(job.phases) if "classical" in job.names else None)
     else:
@@ -412,17 +414,19 @@ def segment(
     with OutputLock(job.output):  # one writer at a time, from here on
         if _start_of(job, overwrite)[0] != start:  # another run changed it meanwhile
             raise MatsegError(f"output {output} changed while this run started; run it again")
+        sweep_siblings(job.output)  # what runs that died while creating or deleting it left
         root = _open_output(job, start, norm)
         try:
             with backend(spec, workers, log) as runner, _tile_writes(runner) as writes:
                 return _run(job, root, start, norm, runner, writes, progress, dry_run, command, started, log)
         except BaseException:
             if start == "new" and run_attrs(job.output).get("status") == "running" and not _any_done(root):
-                remove_store(job.output)  # nothing finished: nothing half-written is left behind
+                remove_output(job.output, ("segment",))  # nothing finished: nothing half-written is left
             raise
 
 
 def _prepare(input, output, model, lam, budget_gflops, max_expensive_fraction, weights, tile, halo, truth):
+    check_distinct(output, [("input", input), ("--truth", truth), ("--weights", weights)])
     _check_options(model, lam, budget_gflops, max_expensive_fraction)
     inference_device()  # a bad $MATSEG_DEVICE fails here, before anything is written
     volume = open_volume(input)
@@ -439,6 +443,7 @@ def _prepare(input, output, model, lam, budget_gflops, max_expensive_fraction, w
         truth_volume = open_volume(truth, labels=True)
         if truth_volume.shape != volume.shape:
             raise MatsegError(f"truth {truth} has shape {truth_volume.shape}; the input has {volume.shape}")
+        check_label_values(truth_volume.data, len(phases), str(truth), "--truth")
     context = Context(models, phase_order=selector.phase_order if selector else ())
     tile = tuple(tile) if tile else default_tile(volume.ndim)
     min_halo = _halo_of(model, context, names)
@@ -499,6 +504,8 @@ def _start_of(job: _Job, overwrite: bool) -> tuple[str, dict | None]:
     unfinished = status in ("running", "cheap-pass", "running-candidates")
     if unfinished and attrs.get("settings") == job.identity and "normalization" in attrs:
         return "resume", attrs
+    if status == "complete" and attrs.get("settings") == job.identity and not overwrite:
+        return "finished", attrs  # a requeued job, or the same command again: nothing to do
     # a cheap pass is kept with its records (outputs of earlier versions have none)
     cheap_kept = (
         status in ("cheap-pass", "running-candidates", "complete") and (out / "progress/cheap").is_dir()
@@ -507,6 +514,7 @@ def _start_of(job: _Job, overwrite: bool) -> tuple[str, dict | None]:
         if status == "cheap-pass" or overwrite:
             return "reuse-cheap", attrs
     if overwrite:
+        check_replaceable(out, ("segment",))
         return "new", None
     if unfinished:
         stored = attrs.get("settings") or {}
@@ -530,9 +538,16 @@ def _open_output(job: _Job, start: str, norm: Normalization) -> zarr.Group:
             TileRecords.create(root, "finish", job.grid.n_tiles, _finish_fields(job))
             root.attrs["matseg"] = {**root.attrs["matseg"], "status": "cheap-pass", "settings": job.identity}
         return root
-    remove_store(job.output)
+    remove_output(job.output, ("segment",))
+    with building(job.output) as temp:  # visible at its path only once its identity is recorded
+        _create_output(job, temp, norm)
+    return zarr.open_group(str(job.output), mode="r+")
+
+
+def _create_output(job: _Job, path: Path, norm: Normalization) -> None:
+    """A new output store at ``path``: empty arrays, progress records and the run's identity."""
     root = create_ome_store(
-        job.output,
+        path,
         job.volume.shape,
         job.grid.write_chunks,
         image=("uncertainty", "uint8"),
@@ -554,7 +569,8 @@ def _open_output(job: _Job, start: str, norm: Normalization) -> zarr.Group:
         "normalization": _norm_dict(norm),
         "rewritten": [],
     }
-    return root
+    # decisions stay at the fill value (0, cheap) where stage 2 never rewrites a tile
+    root["labels/decisions/0"].attrs[DECLARATION[0]] = DECLARATION[1]
 
 
 def _finish_fields(job: _Job) -> dict:
@@ -589,12 +605,13 @@ def _run(
     paths = {"uncertainty": "0", "phases": "labels/phases/0", "decisions": "labels/decisions/0"}
     arrays = {name: for_tile_writes(root[path]) for name, path in paths.items()}
     compute_started = time.perf_counter()
-    computed = {}
+    computed, done_now = {}, set()  # tiles per stage, and every tile, computed by this run
     ctx, out = shared_nodes(context, arrays)
     if job.selector is None:
         records = TileRecords.open(root, "tiles", writes)
         todo = _todo(records, indices)
         computed["tiles"] = len(todo)
+        done_now.update(idx for _, idx in todo)
         cost = CHEAP if job.model in ("cheap", "classical") else COSTLY
 
         def tasks(group, layers):
@@ -612,6 +629,7 @@ def _run(
         cheap_records = TileRecords.open(root, "cheap", writes)
         todo = _todo(cheap_records, indices)
         computed["cheap"] = len(todo)
+        done_now.update(idx for _, idx in todo)
         if todo:
             # the cheap pass needs only its own receptive radius: its own, smaller halo
             cheap_grid = grid.with_halo(job.models["cheap"].halo)
@@ -656,6 +674,7 @@ def _run(
         finish_records = TileRecords.open(root, "finish", writes)
         todo = _todo(finish_records, indices, rewrite)
         computed["candidates"] = len(todo)
+        done_now.update(idx for _, idx in todo)
         _run_stage2(job, plan, todo, norm, ctx, out, finish_records, runner, progress)
         stats = _selector_stats(job, plan, cheap, finish_records, rewrite)
         counts = stats["counts"]
@@ -667,17 +686,40 @@ def _run(
     if job.truth is not None:
         report["truth"] = str(job.truth)
         report["metrics"] = score_labels(arrays["phases"], job.truth, job.phases)
+    # this run's own work: a resumed run counts only the tiles it computed (model_s: every run's)
+    voxels_now = sum(int(np.prod([r.stop - r.start for r in grid.region(i)])) for i in done_now)
     report["timings"] = {
         "total_s": time.perf_counter() - started,
         "segment_s": compute_seconds,
         "model_s": stats["seconds"],
-        "voxels_per_s": report["voxels"] / compute_seconds,
+        "voxels_computed": voxels_now,
+        "voxels_per_s": voxels_now / compute_seconds,
     }
     report["run"] = {**runner.description, "started_as": start, "computed_tiles": computed}
     if plan is not None:
         report["run"]["cheap_pass_reused"] = computed["cheap"] == 0
+    # the report first: a run killed between the two is resumed, never "complete" without it
+    replace_file(job.output / REPORT_NAME, (json.dumps(report, indent=2) + "\n").encode())
     root.attrs["matseg"] = {**root.attrs["matseg"], **report, "status": "complete"}
-    (job.output / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _finished_report(job: _Job, log) -> dict:
+    """The stored report of a finished run of the same settings (scored anew against another truth)."""
+    try:
+        report = json.loads((job.output / REPORT_NAME).read_text())
+    except (OSError, ValueError) as err:
+        raise MatsegError(
+            f"output {job.output} is finished but its {REPORT_NAME} is unreadable ({err}); "
+            "pass --overwrite to run it again"
+        ) from None
+    if job.truth is not None and report.get("truth") != str(job.truth):
+        phases = zarr.open_group(str(job.output), mode="r")["labels/phases/0"]
+        report["truth"] = str(job.truth)
+        report["metrics"] = score_labels(phases, job.truth, job.phases)
+    report["run"] = {**report.get("run", {}), "started_as": "finished"}
+    if log:
+        log(f"{job.output} is already a finished run of these settings: nothing to compute")
     return report
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -230,13 +231,34 @@ def normalized_entropy(probs: np.ndarray) -> np.ndarray:
     return -terms.sum(axis=1) / np.float32(np.log(probs.shape[1]))
 
 
+def check_weights_folder(folder: str | os.PathLike) -> None:
+    """Refuse to write weights into an existing folder that is not empty and not matseg's weights."""
+    from matseg.io.guard import output_kind
+
+    folder = Path(folder)
+    occupied = folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
+    if occupied and output_kind(folder) != "weights":
+        raise MatsegError(
+            f"{folder} exists and is not a matseg weights folder (no matseg {MANIFEST}); "
+            "matseg writes weights only into a new, empty or matseg weights folder: choose another"
+        )
+
+
 def save_segmenter(model: Segmenter, folder: str | os.PathLike, record: dict | None = None) -> Path:
-    """Write ``<folder>/<name>.pt`` and add its entry (sha256, architecture) to the manifest."""
+    """Write ``<folder>/<name>.pt`` and add its entry (sha256, architecture) to the manifest.
+
+    Both files are replaced whole (written aside, then renamed): a kill leaves the old
+    weights and manifest or the new ones, never a manifest naming a torn file.
+    """
+    from matseg.io.guard import replace_file
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{model.name}.pt"
     state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
-    torch.save(state, path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    replace_file(path, buffer.getvalue())
     manifest = read_manifest(folder) if (folder / MANIFEST).exists() else {}
     entry = {
         "file": path.name,
@@ -247,7 +269,7 @@ def save_segmenter(model: Segmenter, folder: str | os.PathLike, record: dict | N
     }
     entry.update(record or {})
     manifest[model.name] = entry
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    replace_file(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return path
 
 

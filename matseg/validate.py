@@ -43,12 +43,14 @@ def check_number(
     above = high is not None and (number >= high if open_high else number > high)
     if math.isfinite(number) and not below and not above:
         return
-    left = "any" if low is None else f"{'(' if open_low else '['}{low:g}"
-    right = "" if high is None else f"{high:g}{')' if open_high else ']'}"
-    if low is not None and high is None:
-        wanted = f"a finite number {'above' if open_low else 'at least'} {low:g}"
+    if low is not None and high is not None:
+        wanted = f"a finite number between {low:g} and {high:g}"
+        excluded = [f"{v:g}" for v, o in ((low, open_low), (high, open_high)) if o]
+        wanted += f" (not {' or '.join(excluded)})" if excluded else ""
     elif low is not None:
-        wanted = f"a finite number in {left}, {right}"
+        wanted = f"a finite number {'above' if open_low else 'at least'} {low:g}"
+    elif high is not None:
+        wanted = f"a finite number {'below' if open_high else 'at most'} {high:g}"
     else:
         wanted = "a finite number"
     raise MatsegError(f"{name} must be {wanted}, got {value}")

@@ -670,6 +670,15 @@ def format_dry_run(report: dict) -> str:
     )
 
 
+def _killed_worker() -> tuple[type, ...]:
+    """dask.distributed's KilledWorker (a worker died on a task, again and again), if in use."""
+    if "distributed" not in sys.modules:  # not imported: no cluster ran
+        return ()
+    from distributed import KilledWorker
+
+    return (KilledWorker,)
+
+
 def _gpu_out_of_memory() -> type:
     import torch
 
@@ -723,6 +732,13 @@ def main(argv: list[str] | None = None) -> None:
         if text is None:
             raise
         click.echo(f"matseg: error: {text}", err=True)
+        sys.exit(2)
+    except _killed_worker() as err:
+        click.echo(
+            f"matseg: error: a dask worker died running {err.args[0] if err.args else 'a task'} "
+            "(killed, or out of memory); the finished tiles are kept: run the same command again",
+            err=True,
+        )
         sys.exit(2)
     except (MemoryError, _gpu_out_of_memory()) as err:
         # not bad input, but nothing a traceback explains better: a segment run keeps its finished tiles

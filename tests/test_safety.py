@@ -306,4 +306,3 @@ def test_kill_while_overwrite_deletes_the_old_output(tmp_path, kill_volume, rand
     assert run(args) == 0
     np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["labels/phases/0"][:], clean_run)
     assert not list(tmp_path.glob(".out.zarr.matseg-*"))  # the dead run's leftovers are swept
-

@@ -207,11 +207,9 @@ def main() -> None:
     print(json.dumps({"races": result["races"], "kills": summary}, indent=2))
     if options.out:
         options.out.write_text(json.dumps(result, indent=2) + "\n")
-    sys.exit(
-        0
-        if result["kills"]["identical"] == options.kills and not result["races"]["two_or_more_holders"]
-        else 1
-    )
+    kills = result["kills"]
+    kills_ok = kills["identical_after_rerun"] == options.kills and kills["all_runs_identical"]
+    sys.exit(0 if kills_ok and not result["races"]["two_or_more_holders"] else 1)
 
 
 if __name__ == "__main__":

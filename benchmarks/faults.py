@@ -207,8 +207,8 @@ def main() -> None:
     print(json.dumps({"races": result["races"], "kills": summary}, indent=2))
     if options.out:
         options.out.write_text(json.dumps(result, indent=2) + "\n")
-    kills = result["kills"]
-    kills_ok = kills["identical_after_rerun"] == options.kills and kills["all_runs_identical"]
+    done = result["kills"]
+    kills_ok = done["identical_after_rerun"] == options.kills and done["all_runs_identical"]
     sys.exit(0 if kills_ok and not result["races"]["two_or_more_holders"] else 1)
 
 

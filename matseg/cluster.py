@@ -28,7 +28,7 @@ import dask
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from matseg.errors import MatsegError
-from matseg.slurm import wait_for_jobs
+from matseg.slurm import quiet_refused_submissions, wait_for_jobs
 from matseg.tiling import GROUP_TILES
 
 CHEAP, COSTLY = "cheap", "costly"
@@ -424,6 +424,7 @@ def _slurm_cluster(spec: ClusterSpec):
         f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON='{environ}'",
         *settings.get("job_script_prologue", []),
     ]
+    quiet_refused_submissions()
     try:
         cluster = SLURMCluster(**settings)
     except (TypeError, ValueError) as err:

@@ -8,6 +8,7 @@ state is read every two seconds, and the first that failed is named.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import tempfile
 import time
@@ -16,6 +17,21 @@ from matseg.errors import MatsegError
 
 # job states after which its dask worker will never join
 ENDED = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "COMPLETED")
+
+
+class _RefusedSubmission(logging.Filter):
+    """Drops the traceback dask logs when sbatch refuses a worker job (:func:`failed_job` says it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, RuntimeError) and "sbatch" in str(error))
+
+
+def quiet_refused_submissions() -> None:
+    """Install the filter on the logger dask's event loop reports the failed submission through."""
+    logger = logging.getLogger("tornado.application")
+    if not any(isinstance(f, _RefusedSubmission) for f in logger.filters):
+        logger.addFilter(_RefusedSubmission())
 
 
 def wait_for_jobs(client, cluster, n: int, timeout: float) -> None:

@@ -6,7 +6,9 @@ changed), 1 internal error.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import shlex
 import sys
 
@@ -789,10 +791,40 @@ def measure(
     click.echo("wrote " + ", ".join(str(f) for f in files))
 
 
+def _killed_worker() -> tuple[type, ...]:
+    """dask.distributed's KilledWorker (a worker died on a task, again and again), if in use."""
+    if "distributed" not in sys.modules:  # not imported: no cluster ran
+        return ()
+    from distributed import KilledWorker
+
+    return (KilledWorker,)
+
+
 def _gpu_out_of_memory() -> type:
     import torch
 
     return torch.OutOfMemoryError
+
+
+# faults of the machine, not of matseg: said in one line, and the run is resumable
+_FAULTS = {
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space within the quota",
+    errno.EACCES: "fix the permissions",
+    errno.EPERM: "fix the permissions",
+    errno.EROFS: "write to a writable file system",
+}
+
+
+def _fault_text(err: OSError) -> str | None:
+    """One line for a disk-full or permission fault (None: not such a fault)."""
+    if err.errno not in _FAULTS:
+        return None
+    where = f" ({err.filename})" if err.filename else ""
+    return (
+        f"{err.strerror or os.strerror(err.errno)}{where}; {_FAULTS[err.errno]} and run the same command "
+        "again: a segment run keeps its finished tiles and resumes"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -817,6 +849,19 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("matseg: interrupted", err=True)
         sys.exit(130)
+    except OSError as err:
+        text = _fault_text(err)
+        if text is None:
+            raise
+        click.echo(f"matseg: error: {text}", err=True)
+        sys.exit(2)
+    except _killed_worker() as err:
+        click.echo(
+            f"matseg: error: a dask worker died running {err.args[0] if err.args else 'a task'} "
+            "(killed, or out of memory); the finished tiles are kept: run the same command again",
+            err=True,
+        )
+        sys.exit(2)
     except (MemoryError, _gpu_out_of_memory()) as err:
         # not bad input, but nothing a traceback explains better: a segment run keeps its finished tiles
         where = "this machine" if isinstance(err, MemoryError) else "the GPU"

@@ -28,6 +28,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from matseg.errors import MatsegError
 from matseg.malloc import MALLOC_SETTINGS
+from matseg.slurm import quiet_refused_submissions, wait_for_jobs
 from matseg.tiling import GROUP_TILES
 
 CHEAP, COSTLY = "cheap", "costly"
@@ -321,7 +322,10 @@ def backend(spec: ClusterSpec, workers: int | None = None, log=None) -> Iterator
         elif spec.kind == "slurm":
             client.register_plugin(TorchThreads(1))  # a job's cores are its dask threads
         try:
-            client.wait_for_workers(n_expected, timeout=_wait_s(spec))
+            if spec.kind == "slurm":
+                wait_for_jobs(client, cluster, n_expected, _wait_s(spec))
+            else:
+                client.wait_for_workers(n_expected, timeout=_wait_s(spec))
         except TimeoutError:
             raise MatsegError(
                 f"no dask workers joined {spec.kind} within {_wait_s(spec):.0f} s "
@@ -398,6 +402,7 @@ def _slurm_cluster(spec: ClusterSpec):
         f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON='{environ}'",
         *settings.get("job_script_prologue", []),
     ]
+    quiet_refused_submissions()
     try:
         cluster = SLURMCluster(**settings)
     except (TypeError, ValueError) as err:

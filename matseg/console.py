@@ -109,6 +109,8 @@ def format_report(report: dict) -> str:
     run = report.get("run", {})
     if run.get("devices"):
         lines.insert(3, "  device     " + "; ".join(run["devices"]))
+    if run.get("started_as") == "finished":
+        lines.insert(2, "  finished   earlier, with these settings: nothing computed now (stored summary)")
     if run.get("started_as") == "resume":
         done = ", ".join(f"{n} {stage}" for stage, n in run["computed_tiles"].items())
         lines.insert(2, f"  resumed    from its finished tiles; computed now: {done} tiles")

@@ -33,7 +33,9 @@ from zarr.storage import LocalStore
 
 from matseg._version import __version__
 from matseg.errors import MatsegError
-from matseg.io.write import axes_for, remove_store
+from matseg.io.guard import building, remove_output
+from matseg.io.paths import check_distinct
+from matseg.io.write import axes_for
 from matseg.monitor import CancelToken, Monitor, Progress
 from matseg.review import open_segmentation, tile_grid
 from matseg.training import UNLABELLED, LabelledSlices, fit, load_labelled, score
@@ -130,10 +132,7 @@ def save_corrections(
     """
     segmentation = open_segmentation(output)
     target = Path(path) if path is not None else corrections_path(output)
-    if target.absolute() == segmentation.path.absolute() or target.absolute().is_relative_to(
-        segmentation.path.absolute()
-    ):
-        raise MatsegError(f"corrections {target} would overwrite the output {output}; choose another path")
+    check_distinct(target, [("output", segmentation.path), ("image", segmentation.image_source)])
     shape = tuple(int(s) for s in np.shape(labels))
     if shape != segmentation.shape:
         raise MatsegError(
@@ -155,8 +154,14 @@ def save_corrections(
     corrected = corrected.astype(np.uint8)
     changed = (corrected != segmentation.phases).astype(np.uint8)
 
-    partial = target.with_name(target.name + ".partial")
-    remove_store(partial)
+    with building(target) as partial:  # renamed into place complete, or not at all
+        _write_corrections(partial, target, segmentation, corrected, changed, reviewed, weights, session)
+    return target
+
+
+def _write_corrections(partial, target, segmentation, corrected, changed, reviewed, weights, session) -> None:
+    """The corrections store, written at ``partial``; ``target``, if any, removed at the end."""
+    shape = segmentation.shape
     root = zarr.open_group(str(partial), mode="w", zarr_format=3)
     chunk_shape = segmentation.phases.chunksize
     stored = {
@@ -195,9 +200,7 @@ def save_corrections(
         "session": session,
         "version": __version__,
     }
-    remove_store(target)
-    partial.rename(target)
-    return target
+    remove_output(target, ("corrections",), option="replacing corrections")
 
 
 def _labelled_regions(mask: da.Array, segmentation, reviewed, slices) -> list[list[int]]:
@@ -343,7 +346,13 @@ def finetune_from_corrections(
         Per model: mIoU against the corrected labels on the corrected slices
         before (``miou_before``) and after (``miou_after``), slices, steps, seconds.
     """
-    from matseg.models.store import default_weights_dir, load_segmenter, read_manifest, save_segmenter
+    from matseg.models.store import (
+        check_weights_folder,
+        default_weights_dir,
+        load_segmenter,
+        read_manifest,
+        save_segmenter,
+    )
 
     if not isinstance(corrections, Corrections):
         corrections = load_corrections(corrections)
@@ -360,9 +369,11 @@ def finetune_from_corrections(
     models = list(models or used or ["cheap"])
     data = training_data_from_corrections(corrections)
 
+    image = corrections.attrs.get("image")
+    check_distinct(out, [("corrections", corrections.path), ("image", image), ("--init", init_dir)])
+    check_weights_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    if out.absolute().resolve() != init_dir.absolute().resolve():
-        _copy_weights(init_dir, out, manifest, skip=models)
+    _copy_weights(init_dir, out, manifest, skip=models)
     results, monitor = {}, Monitor(progress, cancel)
     for name in models:
         model = load_segmenter(name, init_dir)

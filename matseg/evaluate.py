@@ -21,11 +21,15 @@ import numpy as np
 
 from matseg.candidates.registry import CANDIDATES, Context
 from matseg.errors import MatsegError
+from matseg.io.guard import EVALUATION_MARKER, check_replaceable, output_kind, remove_output
+from matseg.io.paths import check_distinct
+from matseg.io.read import open_volume
 from matseg.metrics import iou_per_phase
 from matseg.models.store import load_segmenter
 from matseg.selector.policy import check_pairing, choose_by_lambda, load_selector
 from matseg.selector.table import reward, tile_iou, tile_table
 from matseg.tiling import DEFAULT_TILE
+from matseg.validate import check_number
 
 LAMBDAS = (0.0, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.3, 1.0)
 RANDOM_REPEATS = 20
@@ -119,7 +123,28 @@ def evaluate(
         Everything written to ``evaluation.json``.
     """
     output = Path(output)
+    inputs = [("volume", v) for v in volumes] + [("--truth", t) for t in truths or ()]
+    check_distinct(output, [*inputs, ("--weights", weights)])
+    for lam in lambdas:
+        check_number("--lambdas", lam, low=0.0, high=1.0)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        check_replaceable(output, ("evaluation",), option="evaluate")
+    for volume in volumes:  # a missing or unreadable input: refused before any output exists
+        open_volume(volume)
+    for truth in truths or ():
+        open_volume(truth, labels=True)
+    created = not output.exists()
+    try:
+        return _evaluate(volumes, output, truths, weights, lambdas, tile, real_run, log)
+    except BaseException:
+        if created and output_kind(output) == "evaluation":  # no empty or half-written folder is left
+            remove_output(output, ("evaluation",), option="evaluate")
+        raise
+
+
+def _evaluate(volumes, output: Path, truths, weights, lambdas, tile, real_run, log) -> dict:
     output.mkdir(parents=True, exist_ok=True)
+    (output / EVALUATION_MARKER).write_text(json.dumps({"volumes": list(volumes)}) + "\n")
     selector = load_selector(weights)
     lambdas = sorted(set(lambdas) | {selector.default_lambda})
     names = selector.candidates
@@ -218,8 +243,6 @@ def _real_runs(volumes, truths, output, weights, tile, log) -> dict:
     import dask.array as da
     import zarr
 
-    from matseg.io.read import open_volume
-    from matseg.io.write import remove_store
     from matseg.metrics import confusion_matrix, summarize
     from matseg.pipeline.run import segment
 
@@ -228,7 +251,7 @@ def _real_runs(volumes, truths, output, weights, tile, log) -> dict:
         total_cm, gflops, seconds, seams = None, 0.0, 0.0, []
         for i, volume in enumerate(volumes):
             out = output / f"{model}-{i}.zarr"
-            remove_store(out)  # timed from scratch: no stored cheap pass reused
+            remove_output(out, ("segment",))  # timed from scratch: no stored cheap pass reused
             report = segment(volume, out, model=model, weights=weights, tile=tile)
             truth = open_volume(truths[i] if truths else volume, labels=True).data
             pred = da.from_zarr(zarr.open_group(str(out), mode="r")["labels/phases/0"])

@@ -3,17 +3,18 @@ to the models' range; and the multi-Otsu thresholds of the classical candidate."
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dask
-import dask.array as da
 import numpy as np
 
 from matseg.errors import MatsegError
 from matseg.io.read import Volume
 from matseg.monitor import Monitor
 from matseg.tiling import CHUNKS_AT_ONCE, slabs
+from matseg.validate import check_intensities
 
 PERCENTILES = (0.5, 99.5)
 _SUBSAMPLE_VOXELS = 1 << 22
@@ -86,32 +87,31 @@ def intensity_range(
     while np.prod([-(-s // k) for s, k in zip(data.shape, steps)]) > _SUBSAMPLE_VOXELS:
         axis = int(np.argmax([s / k for s, k in zip(data.shape, steps)]))
         steps[axis] *= 2
-    parts = []
+    parts, smallest, largest = [], math.inf, -math.inf
     # slab by slab of whole chunks along the first axis: a reduction's graph is some 13 kB a
     # chunk, far too much for the million chunks of a terabyte at once
     runs = slabs(data.chunks, CHUNKS_AT_ONCE)
     stage = (monitor or Monitor()).stage("intensity pass", len(runs))
     for start, stop in runs:
         slab = data[start:stop]  # (dask gives the array itself for its whole extent)
-        if np.issubdtype(data.dtype, np.floating):
-            finite = da.isfinite(slab).all()
-        else:
-            finite = slab.max() >= slab.min()  # reads every chunk all the same
+        extremes = (slab.min(), slab.max())  # reads every chunk; NaN and infinities show in them
         # the slab's part of one strided subsample of the whole volume
         first = -(-start // steps[0]) * steps[0]
         subsample = data[(slice(first, stop, steps[0]), *(slice(None, None, k) for k in steps[1:]))]
         try:
-            all_finite, part = dask.compute(finite, subsample)
+            (lo, hi), part = dask.compute(extremes, subsample)
         except MatsegError:
             raise
         except Exception as err:
             raise MatsegError(f"cannot read {volume.source}: {type(err).__name__}: {err}") from None
-        if not all_finite:
+        if not (np.isfinite(lo) and np.isfinite(hi)):
             raise MatsegError(f"{volume.source} contains NaN or infinite values; clean or mask them first")
+        smallest, largest = min(smallest, float(lo)), max(largest, float(hi))
         parts.append(part)
         stage.advance()
     sample = parts[0] if len(parts) == 1 else np.concatenate(parts)
     low, high = percentiles(sample, PERCENTILES)
+    check_intensities(volume.source, smallest, largest, float(low), float(high))
     norm = Normalization(float(low), float(high))
     if n_phases:
         norm = Normalization(norm.low, norm.high, multiotsu_thresholds(norm(sample), n_phases))

@@ -10,8 +10,9 @@ import dask
 import yaml
 
 from matseg.errors import MatsegError
+from matseg.io.guard import building, remove_output
 from matseg.io.scale import VoxelSize
-from matseg.io.write import axes_for, check_output, create_ome_store, remove_store
+from matseg.io.write import axes_for, check_output, create_ome_store, for_tile_writes
 from matseg.synth import PHASES, SampleConfig, sample_arrays
 
 
@@ -65,34 +66,38 @@ def write_sample(
         difficulty field (0 clean .. 1 hard) at ``difficulty``.
     """
     config = config or SampleConfig()
-    out = check_output(path, overwrite)
+    out = check_output(path, overwrite, kinds=("sample",))
     arrays = sample_arrays(tuple(shape), seed, config, chunks=chunks)
     chunks = arrays["image"].chunksize
-    if out.exists():
-        remove_store(out)
     attrs = {
         "sample": {"seed": int(seed), "shape": list(shape), "config": config.to_dict()},
         "phases": list(PHASES),
     }
-    root = create_ome_store(
-        out,
-        shape,
-        chunks,
-        image=("image", "uint8"),
-        labels={"truth": PHASES},
-        attrs=attrs,
-        voxel_size=voxel_size,
-    )
-    difficulty = root.create_array(
-        "difficulty", shape=tuple(shape), chunks=chunks, dtype="float32", dimension_names=axes_for(len(shape))
-    )
-    try:
-        dask.compute(
-            arrays["image"].store(root["0"], lock=False, compute=False),
-            arrays["phases"].store(root["labels/truth/0"], lock=False, compute=False),
-            arrays["difficulty"].store(difficulty, lock=False, compute=False),
+    # written whole under a hidden name, then renamed: a kill leaves no half-written sample
+    with building(out) as temp:
+        root = create_ome_store(
+            temp,
+            shape,
+            chunks,
+            image=("image", "uint8"),
+            labels={"truth": PHASES},
+            attrs=attrs,
+            voxel_size=voxel_size,
         )
-    except BaseException:
-        remove_store(out)
-        raise
+        difficulty = root.create_array(
+            "difficulty",
+            shape=tuple(shape),
+            chunks=chunks,
+            dtype="float32",
+            dimension_names=axes_for(len(shape)),
+        )
+        # every chunk stored, also those equal to the fill value: a missing chunk then means a lost one
+        targets = [for_tile_writes(a) for a in (root["0"], root["labels/truth/0"], difficulty)]
+        dask.compute(
+            *(
+                arrays[name].store(target, lock=False, compute=False)
+                for name, target in zip(("image", "phases", "difficulty"), targets)
+            )
+        )
+        remove_output(out, ("sample",))  # the old sample, once the new one is complete
     return out

@@ -7,6 +7,7 @@ trained here serve ``matseg segment --weights DIR`` unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -18,16 +19,22 @@ from torch import nn
 
 from matseg.augment import Augmentation, augment_batch
 from matseg.errors import MatsegError
+from matseg.io.paths import check_distinct
 from matseg.io.read import Volume, open_volume
 from matseg.metrics import iou_per_phase
 from matseg.models.inference import segment_probs
 from matseg.models.segmenter import Segmenter, new_segmenter
-from matseg.models.store import load_segmenter, save_segmenter
+from matseg.models.store import check_weights_folder, load_segmenter, save_segmenter
 from matseg.monitor import CancelToken, Monitor, Progress
 from matseg.normalize import intensity_range
+from matseg.validate import check_label_dtype, check_number
 
 UNLABELLED = 255
 MAX_TRAINING_BYTES = 4 << 30
+MAX_PHASES = 32  # more label values than this, with no phase names: an image given as labels
+# a training step's peak memory over the tensors autograd keeps for its backward pass:
+# 1.17 (cheap) and 0.80 (expensive) measured (ru_maxrss, batch 8 of 512 px); the larger, with room
+PEAK_OVER_SAVED = 1.25
 
 
 @dataclass
@@ -55,8 +62,7 @@ def load_labelled(
         raise MatsegError(
             f"labels {label_volume.source} have shape {label_volume.shape}; image has {volume.shape}"
         )
-    if not np.issubdtype(label_volume.data.dtype, np.integer):
-        raise MatsegError(f"labels {label_volume.source} must be integers, got {label_volume.data.dtype}")
+    check_label_dtype(label_volume.data.dtype, label_volume.source, "labels")
     norm = intensity_range(volume)
     img, lab = _as_3d(volume), _as_3d(label_volume)
     if slices is None:
@@ -146,6 +152,7 @@ def fit(
     stage = (monitor or Monitor()).stage(f"training {model.name}", steps)
     if patch % model.stride:
         raise MatsegError(f"patch {patch} must be a multiple of {model.stride}")
+    check_patch(model, data, batch, patch)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     augment_rng = np.random.default_rng([seed, 1])
@@ -180,6 +187,73 @@ def fit(
             raise
     net.eval()
     return losses
+
+
+def check_patch(model: Segmenter, data: Sequence[LabelledSlices], batch: int, patch: int) -> None:
+    """Refuse a patch larger than every labelled image, or one whose training step cannot fit in memory.
+
+    Raises
+    ------
+    MatsegError
+        Naming the largest patch that would do.
+    """
+    stride = model.stride
+    largest_side = max(max(d.images.shape[1:]) for d in data)
+    fits_image = -(-largest_side // stride) * stride
+    if patch > fits_image:
+        raise MatsegError(
+            f"--patch {patch} is larger than the largest labelled image ({largest_side} px); "
+            f"use --patch {fits_image} or less"
+        )
+    per_pixel = training_bytes_per_pixel(model)
+    available = available_memory()
+    need = per_pixel * batch * patch * patch
+    if available is not None and need > available:
+        side = int((available / (per_pixel * batch)) ** 0.5) // stride * stride
+        advice = f"use --patch {side} or less" if side >= stride else "use a smaller --batch"
+        raise MatsegError(
+            f"training {model.name} with --batch {batch} --patch {patch} needs about "
+            f"{need / 2**30:.1f} GiB of memory, {available / 2**30:.1f} GiB are available; {advice}"
+        )
+
+
+def training_bytes_per_pixel(model: Segmenter) -> float:
+    """Bytes a training step of ``model`` needs per input pixel at its peak: the tensors autograd
+    keeps for the backward pass, measured on one small patch, times :data:`PEAK_OVER_SAVED`."""
+    size = 8 * model.stride
+    saved: dict[int, int] = {}  # by storage: many operations keep the same tensor
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    net = model.net
+    was_training = net.training
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        net.train()(torch.zeros(1, 1, size, size))
+    net.train(was_training)
+    return PEAK_OVER_SAVED * sum(saved.values()) / (size * size)
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the machine's available memory, or less under
+    a cgroup (container, SLURM job) limit; None where it cannot be told."""
+    available = None
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except OSError:
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    with contextlib.suppress(OSError, ValueError):
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+        used = int(open("/sys/fs/cgroup/memory.current").read())
+        if limit != "max":
+            room = int(limit) - used
+            available = room if available is None else min(available, room)
+    return available
 
 
 def train(
@@ -242,15 +316,27 @@ def train(
     """
     if labels is not None and len(labels) != len(images):
         raise MatsegError(f"{len(labels)} label volumes for {len(images)} images; give one per image")
+    inputs = [("image", i) for i in images] + [("--labels", v) for v in labels or ()]
+    check_distinct(output, inputs + [("--val", v) for v in val or ()] + [("--init", init)])
+    check_weights_folder(output)
+    check_number("--lr", lr, low=0.0, open_low=True, high=1.0)
+    for name, value in (("--batch", batch), ("--patch", patch)):
+        check_number(name, value, low=1)
     data, found = [], None
     for i, image in enumerate(images):
         slices_i, names = load_labelled(image, labels[i] if labels else None, slices)
         data.append(slices_i)
         found = found or names
     n_values = int(max(d.labels[d.labels != UNLABELLED].max(initial=0) for d in data)) + 1
+    named = bool(phases)
     phases = (
         tuple(phases) if phases else (tuple(found) if found else tuple(f"phase{i}" for i in range(n_values)))
     )
+    if not found and not named and n_values > MAX_PHASES:
+        raise MatsegError(
+            f"labels use values up to {n_values - 1}: more than {MAX_PHASES} phases, so probably an image "
+            "given as labels; give the label image (255 = unlabelled), or name the phases with --phases"
+        )
     if n_values > len(phases):
         raise MatsegError(f"labels use values up to {n_values - 1} but only {len(phases)} phases are named")
     if len(phases) < 2:

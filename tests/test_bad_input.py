@@ -139,7 +139,7 @@ def test_existing_output_without_overwrite(tmp_path, capsys, random_weights):
         tmp_path,
         ["segment", store, "-o", tmp_path / "o.zarr", "--weights", random_weights],
         capsys,
-        "exists; pass --overwrite",
+        "exists and is not written by matseg",
     )
 
 

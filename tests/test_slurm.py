@@ -213,3 +213,29 @@ def test_driver_job_runs_a_dask_jobqueue_cluster(slurm, tmp_path, random_weights
     assert out.exists(), logs
     attrs = zarr.open_group(str(out), mode="r").attrs["matseg"]
     assert attrs["status"] == "complete" and attrs["run"]["scheduler"] == "slurm", logs
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"queue": "no-such-partition"}, "sbatch refused the dask worker job"),
+        ({"python": "/bin/false"}, "ended FAILED"),  # the job starts, its worker command fails
+    ],
+    ids=["sbatch-refuses", "job-fails"],
+)
+def test_failing_worker_job_is_told_within_seconds(slurm, tmp_path, random_weights, settings, message):
+    volume = tmp_path / "scan.zarr"
+    write_sample(volume, (4, 64, 64), seed=7)
+    before = {p: p.read_bytes() for p in volume.rglob("*") if p.is_file()}
+    config = _cluster_config(tmp_path, **settings)
+    out = tmp_path / "phases.zarr"
+    cmd = [sys.executable, "-m", "matseg.cli", "segment", str(volume), "-o", str(out), "--weights"]
+    cmd += [str(random_weights), "--cluster", "slurm", "--cluster-config", str(config), "--quiet"]
+    started = time.monotonic()
+    done = subprocess.run(cmd, env=slurm, capture_output=True, text=True, timeout=300)
+    seconds = time.monotonic() - started
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert seconds < 60  # not the 600 s time-out
+    assert not out.exists()  # nothing half-written
+    assert {p: p.read_bytes() for p in volume.rglob("*") if p.is_file()} == before

@@ -1,12 +1,17 @@
 """One writer per output: a lock file beside the output store.
 
-The lock records the writer's host and process id. A second run refuses while
-that process is alive; a lock left by a run that died (kill -9, node failure)
-on this host is recognised as stale and taken over, so it never blocks forever.
+The lock is the kernel's (``flock`` on the lock file), so it is held exactly as
+long as its process lives: a run that dies (kill -9, a job's time limit, a node
+lost) releases it with its last breath, and of any number of runs racing for one
+output exactly one gets it, stale lock file or not. The file records the
+holder's host and process id for the message a refused run prints. On network
+file systems ``flock`` is as good as the mount's locking (NFSv4: yes; Lustre:
+mount with ``flock``).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -14,21 +19,12 @@ import time
 from pathlib import Path
 
 from matseg.errors import MatsegError
+from matseg.io.faults import fault_point
 
 
 def lock_path(output: str | os.PathLike) -> Path:
     out = Path(output)
     return out.parent / f".{out.name}.matseg-lock"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
 
 
 class OutputLock:
@@ -37,41 +33,71 @@ class OutputLock:
     def __init__(self, output: str | os.PathLike):
         self.output = Path(output)
         self.path = lock_path(output)
-        self.held = False
+        self.fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
 
     def __enter__(self) -> OutputLock:
-        record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        import fcntl
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise MatsegError(f"cannot write output {self.output}: {err.strerror}") from None
+        while True:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._refuse_or_clear()
-                continue
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as err:
                 raise MatsegError(f"cannot write output {self.output}: {err.strerror}") from None
-            with os.fdopen(fd, "w") as fh:
-                json.dump(record, fh)
-            self.held = True
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = _read(fd)
+                os.close(fd)
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise self._busy(holder) from None
+                raise MatsegError(
+                    f"cannot lock output {self.output}: {err.strerror} (the file system of "
+                    f"{self.path.parent} does not support file locks)"
+                ) from None
+            # a holder that finished unlinks the file before unlocking: if we locked that
+            # unlinked file, the lock is on nothing anyone else sees; open the new one
+            try:
+                current = os.stat(self.path)
+                here = os.fstat(fd)
+                same = (current.st_dev, current.st_ino) == (here.st_dev, here.st_ino)
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(record).encode(), 0)
+            self.fd = fd
+            fault_point("after-lock")
             return self
-        raise MatsegError(f"cannot lock output {self.output}: {self.path} keeps reappearing")
 
-    def _refuse_or_clear(self) -> None:
-        try:
-            holder = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            holder = {}
+    def _busy(self, holder: dict) -> MatsegError:
         host, pid = holder.get("host"), holder.get("pid")
-        if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
-            self.path.unlink(missing_ok=True)  # stale: its run died
-            return
-        where = f"pid {pid} on {host}" if host else "an unknown process"
-        raise MatsegError(
-            f"output {self.output} is being written by another matseg run ({where}); wait for it, "
-            f"or delete {self.path} if that run is dead"
+        where = f"pid {pid} on {host}" if host else "a process that is starting"
+        return MatsegError(
+            f"output {self.output} is being written by another matseg run ({where}); wait for it "
+            "to finish (a run that died releases the lock by itself)"
         )
 
     def __exit__(self, *exc) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # before unlocking: see __enter__
+        os.close(self.fd)  # releases the lock
+        self.fd = None
+
+
+def _read(fd: int) -> dict:
+    try:
+        return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+        return {}

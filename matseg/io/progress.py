@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 import numpy as np
 import zarr
 
+from matseg.io.faults import fault_point
 from matseg.io.write import for_tile_writes
 
 
@@ -141,6 +142,7 @@ class TileRecords:
 
     def _write_now(self, outputs, t: int, row: np.ndarray) -> None:
         _event_loop().run_until_complete(self._write(outputs, t, row))
+        fault_point("after-tile")
 
     async def _write(self, outputs, t: int, row: np.ndarray) -> None:
         await asyncio.gather(*(array.async_array.setitem(region, value) for array, region, value in outputs))

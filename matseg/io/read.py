@@ -19,6 +19,7 @@ from zarr.storage import LocalStore
 
 from matseg.errors import MatsegError
 from matseg.io import scale
+from matseg.io.chunks import check_chunks
 from matseg.io.scale import VoxelSize
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5", ".nxs")
@@ -199,6 +200,8 @@ def _open_zarr(path: Path, inner: str, source: str, labels: bool) -> Volume:
             squeeze = ()
     else:
         squeeze = ()
+    if not labels:  # a label image's missing chunks are its background: zarr skips writing those
+        check_chunks(node, source)
     try:
         data = da.from_zarr(node)
     except Exception as err:

@@ -8,7 +8,6 @@ in parallel and without holding the volume in memory.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from ome_zarr.writer import add_metadata, write_label_metadata, write_multiscale
 from zarr.codecs import BloscCodec
 
 from matseg.errors import MatsegError
-from matseg.io.read import split_spec
+from matseg.io.guard import check_replaceable
+from matseg.io.paths import check_distinct
 from matseg.io.scale import VoxelSize
 
 # Fixed phase colours (RGBA 0-255), so every viewer shows phase i the same way.
@@ -51,22 +51,37 @@ def value_colours(values: Sequence[str], candidates: bool = False) -> dict[int, 
     return {i: CANDIDATE_COLOURS.get(name) or next(others) for i, name in enumerate(values)}
 
 
-def check_output(path: str | os.PathLike, overwrite: bool, inputs: Sequence[str] = ()) -> Path:
+def check_output(
+    path: str | os.PathLike,
+    overwrite: bool,
+    inputs: Sequence = (),
+    kinds: tuple[str, ...] = ("segment",),
+) -> Path:
     """Check that ``path`` may be written, before anything is computed or changed.
+
+    Parameters
+    ----------
+    path : path
+        The output.
+    overwrite : bool
+        Whether an existing output may be replaced (only a matseg output of ``kinds``).
+    inputs : sequence
+        What the command reads: paths, or (role, path) pairs named in the message.
+    kinds : tuple of str
+        The kinds of matseg output ``overwrite`` may replace (:data:`matseg.io.guard.KINDS`).
 
     Raises
     ------
     MatsegError
-        If the output exists without ``overwrite``, would replace an input, or its
-        parent folder cannot be written.
+        If the output overlaps an input, exists without ``overwrite``, is not a matseg
+        output of ``kinds``, or its parent folder cannot be written.
     """
+    check_distinct(path, [s if isinstance(s, tuple) else ("input", s) for s in inputs])
     out = Path(path).absolute()
-    for source in inputs:
-        src = split_spec(source)[0].absolute()
-        if out == src or src.is_relative_to(out):
-            raise MatsegError(f"output {path} would overwrite the input {source}; choose another")
-    if out.exists() and not overwrite:  # (segment tells its own outputs apart itself)
-        raise MatsegError(f"output {path} exists; pass --overwrite to replace it")
+    if os.path.lexists(out):
+        if not overwrite:
+            raise MatsegError(f"output {path} exists; pass --overwrite to replace it")
+        check_replaceable(out, kinds)
     parent = out.parent
     while not parent.exists():
         parent = parent.parent
@@ -81,15 +96,6 @@ def run_attrs(path: str | os.PathLike) -> dict:
         return dict(zarr.open_group(str(path), mode="r").attrs.get("matseg", {}))
     except Exception:  # not a store of ours: the caller treats it as any existing path
         return {}
-
-
-def remove_store(path: str | os.PathLike) -> None:
-    """Delete a store written by matseg (a folder) or a stray file at its path."""
-    path = Path(path)
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
 
 
 def axes_for(ndim: int) -> list[str]:

@@ -9,6 +9,7 @@ refused before it is unpickled. Segmenters and the selector load through
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from importlib import resources
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from matseg.errors import MatsegError
+from matseg.io.guard import output_kind, replace_file
 from matseg.models.segmenter import Segmenter
 from matseg.models.unet import UNet2d
 
@@ -36,13 +38,30 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def check_weights_folder(folder: str | os.PathLike) -> None:
+    """Refuse to write weights into an existing folder that is not empty and not matseg's weights."""
+    folder = Path(folder)
+    occupied = folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
+    if occupied and output_kind(folder) != "weights":
+        raise MatsegError(
+            f"{folder} exists and is not a matseg weights folder (no matseg {MANIFEST}); "
+            "matseg writes weights only into a new, empty or matseg weights folder: choose another"
+        )
+
+
 def save_segmenter(model: Segmenter, folder: str | os.PathLike, record: dict | None = None) -> Path:
-    """Write ``<folder>/<name>.pt`` and add its entry (sha256, architecture) to the manifest."""
+    """Write ``<folder>/<name>.pt`` and add its entry (sha256, architecture) to the manifest.
+
+    Both files are replaced whole (written aside, then renamed): a kill leaves the old
+    weights and manifest or the new ones, never a manifest naming a torn file.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{model.name}.pt"
     state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
-    torch.save(state, path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    replace_file(path, buffer.getvalue())
     manifest = read_manifest(folder) if (folder / MANIFEST).exists() else {}
     entry = {
         "file": path.name,
@@ -53,7 +72,7 @@ def save_segmenter(model: Segmenter, folder: str | os.PathLike, record: dict | N
     }
     entry.update(record or {})
     manifest[model.name] = entry
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    replace_file(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return path
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from matseg._version import __version__
 from matseg.candidates.registry import CANDIDATES, Context
 from matseg.errors import MatsegError
+from matseg.io.paths import check_distinct
 from matseg.io.read import Volume, canonical_source, open_volume
 from matseg.io.scale import VoxelSize
 from matseg.io.write import check_output
@@ -19,6 +20,7 @@ from matseg.pipeline.settings import Settings
 from matseg.selector.plan import cheap_pass_gflops, check_budget
 from matseg.selector.policy import Selector, check_pairing, load_selector
 from matseg.tiling import TileGrid, default_tile, plan_tiles
+from matseg.validate import check_label_values
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | No
     model, lam, budget_gflops = settings.model, settings.lam, settings.budget_gflops
     max_expensive_fraction, weights = settings.max_expensive_fraction, settings.weights
     tile, halo = settings.tile, settings.halo
+    check_distinct(output, [("input", input), ("--truth", truth), ("--weights", weights)])
     inference_device()  # a bad $MATSEG_DEVICE fails here, before anything is written
     volume = open_volume(input)
     if voxel_size is not None:
@@ -89,6 +92,7 @@ def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | No
         truth_volume = open_volume(truth, labels=True)
         if truth_volume.shape != volume.shape:
             raise MatsegError(f"truth {truth} has shape {truth_volume.shape}; the input has {volume.shape}")
+        check_label_values(truth_volume.data, len(phases), str(truth), "--truth")
     context = Context(models, phase_order=selector.phase_order if selector else ())
     tile = tuple(tile) if tile else default_tile(volume.ndim)
     min_halo = halo_of(model, context, names)

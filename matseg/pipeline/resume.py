@@ -9,14 +9,17 @@ computed again.
 from __future__ import annotations
 
 import enum
+from pathlib import Path
 
 import zarr
 
 from matseg._version import __version__
 from matseg.candidates.features import FEATURE_NAMES
 from matseg.errors import MatsegError
+from matseg.io.chunks import DECLARATION
+from matseg.io.guard import building, check_replaceable, remove_output
 from matseg.io.progress import TileRecords
-from matseg.io.write import create_ome_store, remove_store, run_attrs
+from matseg.io.write import create_ome_store, run_attrs
 from matseg.normalize import Normalization
 from matseg.pipeline.job import Job
 
@@ -47,6 +50,7 @@ class Start(str, enum.Enum):
     NEW = "new"  # nothing kept: the output is (re)created
     RESUME = "resume"  # the same run, unfinished: only its unfinished tiles are computed
     REUSE_CHEAP = "reuse-cheap"  # a selector run over a stored cheap pass
+    FINISHED = "finished"  # the same run, finished: nothing to compute (a requeued job)
 
 
 def set_status(root: zarr.Group, status: Status | None = None, **changes) -> None:
@@ -58,8 +62,8 @@ def set_status(root: zarr.Group, status: Status | None = None, **changes) -> Non
 
 def start_of(job: Job, overwrite: bool) -> tuple[Start, dict | None]:
     """How a run starts on what is at its output: ``new``, ``resume`` (the same run,
-    unfinished) or ``reuse-cheap`` (a selector run over a stored cheap pass); with the
-    stored attributes when something is kept.
+    unfinished), ``finished`` (the same run, finished) or ``reuse-cheap`` (a selector run
+    over a stored cheap pass); with the stored attributes when something is kept.
 
     Raises
     ------
@@ -74,6 +78,8 @@ def start_of(job: Job, overwrite: bool) -> tuple[Start, dict | None]:
     unfinished = status in UNFINISHED
     if unfinished and attrs.get("settings") == job.identity and "normalization" in attrs:
         return Start.RESUME, attrs
+    if status == Status.COMPLETE and attrs.get("settings") == job.identity and not overwrite:
+        return Start.FINISHED, attrs  # a requeued job, or the same command again: nothing to do
     # a cheap pass is kept with its records (outputs of earlier versions have none)
     cheap_kept = (
         status in (Status.CHEAP_PASS, Status.CANDIDATES, Status.COMPLETE)
@@ -83,6 +89,7 @@ def start_of(job: Job, overwrite: bool) -> tuple[Start, dict | None]:
         if status == Status.CHEAP_PASS or overwrite:
             return Start.REUSE_CHEAP, attrs
     if overwrite:
+        check_replaceable(out, ("segment",))
         return Start.NEW, None
     if unfinished:
         stored = attrs.get("settings") or {}
@@ -106,9 +113,16 @@ def open_output(job: Job, start: Start, norm: Normalization) -> zarr.Group:
             TileRecords.create(root, "finish", job.grid.n_tiles, finish_fields(job))
             set_status(root, Status.CHEAP_PASS, settings=job.identity)
         return root
-    remove_store(job.output)
+    remove_output(job.output, ("segment",))
+    with building(job.output) as temp:  # visible at its path only once its identity is recorded
+        _create_output(job, temp, norm)
+    return zarr.open_group(str(job.output), mode="r+")
+
+
+def _create_output(job: Job, path: Path, norm: Normalization) -> None:
+    """A new output store at ``path``: empty arrays, progress records and the run's identity."""
     root = create_ome_store(
-        job.output,
+        path,
         job.volume.shape,
         job.grid.write_chunks,
         image=("uncertainty", "uint8"),
@@ -131,7 +145,8 @@ def open_output(job: Job, start: Start, norm: Normalization) -> zarr.Group:
         "normalization": norm.as_dict(),
         "rewritten": [],
     }
-    return root
+    # decisions stay at the fill value (0, cheap) where stage 2 never rewrites a tile
+    root["labels/decisions/0"].attrs[DECLARATION[0]] = DECLARATION[1]
 
 
 def finish_fields(job: Job) -> dict:

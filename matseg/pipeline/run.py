@@ -18,14 +18,16 @@ import time
 from dataclasses import replace
 
 import numpy as np
+import zarr
 
 from matseg.candidates.registry import Context
 from matseg.cluster import Backend, ClusterSpec, backend
 from matseg.errors import MatsegError
+from matseg.io.guard import remove_output, replace_file, sweep_siblings
 from matseg.io.lock import OutputLock
 from matseg.io.progress import TileRecords, WriteBehind
 from matseg.io.scale import VoxelSize
-from matseg.io.write import for_tile_writes, remove_store, run_attrs
+from matseg.io.write import for_tile_writes, run_attrs
 from matseg.monitor import CancelToken, Monitor, Progress
 from matseg.normalize import Normalization, intensity_range
 from matseg.pipeline.estimate import dry_run_report, estimate
@@ -124,6 +126,8 @@ def segment(
     spec = cluster if isinstance(cluster, ClusterSpec) else ClusterSpec(kind=cluster)
     spec.check()
     start, stored = start_of(job, overwrite)
+    if start == Start.FINISHED:
+        return _finished_report(job)
     if stored is None:
         norm = intensity_range(job.volume, len(job.phases) if "classical" in job.names else None, monitor)
     else:
@@ -133,6 +137,7 @@ def segment(
     with OutputLock(job.output):  # one writer at a time, from here on
         if start_of(job, overwrite)[0] != start:  # another run changed it meanwhile
             raise MatsegError(f"output {output} changed while this run started; run it again")
+        sweep_siblings(job.output)  # what runs that died while creating or deleting it left
         root = open_output(job, start, norm)
         try:
             with backend(spec, workers, logger.info) as runner, _tile_writes(runner) as writes:
@@ -143,7 +148,7 @@ def segment(
                 and Status.of(run_attrs(job.output)) == Status.RUNNING
                 and not any_done(root)
             ):
-                remove_store(job.output)  # nothing finished: nothing half-written is left behind
+                remove_output(job.output, ("segment",))  # nothing finished: nothing half-written is left
             raise
 
 
@@ -161,12 +166,13 @@ def _run(
     paths = {"uncertainty": "0", "phases": "labels/phases/0", "decisions": "labels/decisions/0"}
     arrays = {name: for_tile_writes(root[path]) for name, path in paths.items()}
     compute_started = time.perf_counter()
-    computed = {}
+    computed, done_now = {}, set()  # tiles per stage, and every tile, computed by this run
     ctx, out = shared_nodes(context, arrays)
     if job.selector is None:
         records = TileRecords.open(root, "tiles", writes)
         remaining = todo(records, indices)
         computed["tiles"] = len(remaining)
+        done_now.update(idx for _, idx in remaining)
         stage = monitor.stage("single model", len(remaining))
         stats = run_single(job, remaining, norm, ctx, out, records, runner, stage)
         counts, plan = stats["counts"], None
@@ -174,6 +180,7 @@ def _run(
         cheap_records = TileRecords.open(root, "cheap", writes)
         remaining = todo(cheap_records, indices)
         computed["cheap"] = len(remaining)
+        done_now.update(idx for _, idx in remaining)
         run_cheap(
             job, remaining, norm, ctx, out, cheap_records, runner, monitor.stage("cheap pass", len(remaining))
         )
@@ -211,6 +218,7 @@ def _run(
         finish_records = TileRecords.open(root, "finish", writes)
         remaining = todo(finish_records, indices, rewrite)
         computed["candidates"] = len(remaining)
+        done_now.update(idx for _, idx in remaining)
         stage = monitor.stage("costlier candidates", len(remaining))
         run_candidates(job, plan, remaining, norm, ctx, out, finish_records, runner, stage)
         stats = selector_stats(job, plan, cheap, finish_records, rewrite)
@@ -226,15 +234,37 @@ def _run(
     if job.truth is not None:
         report["truth"] = str(job.truth)
         report["metrics"] = score_labels(arrays["phases"], job.truth, job.phases, monitor)
+    # this run's own work: a resumed run counts only the tiles it computed (model_s: every run's)
+    voxels_now = sum(int(np.prod([r.stop - r.start for r in grid.region(i)])) for i in done_now)
     report["timings"] = {
         "total_s": time.perf_counter() - started,
         "segment_s": compute_seconds,
         "model_s": stats["seconds"],
-        "voxels_per_s": report["voxels"] / compute_seconds,
+        "voxels_computed": voxels_now,
+        "voxels_per_s": voxels_now / compute_seconds,
     }
     report["run"] = {**runner.description, "started_as": start.value, "computed_tiles": computed}
     if plan is not None:
         report["run"]["cheap_pass_reused"] = computed["cheap"] == 0
+    # the report first: a run killed between the two is resumed, never "complete" without it
+    replace_file(job.output / REPORT_NAME, (json.dumps(report, indent=2) + "\n").encode())
     set_status(root, Status.COMPLETE, **report)
-    (job.output / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _finished_report(job: Job) -> dict:
+    """The stored report of a finished run of the same settings (scored anew against another truth)."""
+    try:
+        report = json.loads((job.output / REPORT_NAME).read_text())
+    except (OSError, ValueError) as err:
+        raise MatsegError(
+            f"output {job.output} is finished but its {REPORT_NAME} is unreadable ({err}); "
+            "pass --overwrite to run it again"
+        ) from None
+    if job.truth is not None and report.get("truth") != str(job.truth):
+        phases = zarr.open_group(str(job.output), mode="r")["labels/phases/0"]
+        report["truth"] = str(job.truth)
+        report["metrics"] = score_labels(phases, job.truth, job.phases)
+    report["run"] = {**report.get("run", {}), "started_as": Start.FINISHED.value}
+    logger.info("%s is already a finished run of these settings: nothing to compute", job.output)
     return report

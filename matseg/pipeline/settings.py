@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields, replace
 
 from matseg.candidates.registry import CANDIDATES
 from matseg.errors import MatsegError
+from matseg.validate import check_number
 
 MODES = ("auto", *CANDIDATES)
 
@@ -76,11 +77,8 @@ def _check_options(model, lam, budget_gflops, max_expensive_fraction) -> None:
         chosen.append("--max-expensive-fraction")
     if model != "auto" and chosen:
         raise MatsegError(f"{', '.join(chosen)} only apply with --model auto (the selector)")
-    if lam is not None and not 0.0 <= lam <= 1.0:
-        raise MatsegError(f"--lambda must be between 0 and 1, got {lam}")
+    check_number("--lambda", lam, low=0.0, high=1.0)
+    check_number("--budget-gflops", budget_gflops, low=0.0, open_low=True)
+    check_number("--max-expensive-fraction", max_expensive_fraction, low=0.0, high=1.0)
     if lam is not None and len(chosen) > 1:
         raise MatsegError("give either --lambda or a budget (--budget-gflops / --max-expensive-fraction)")
-    if budget_gflops is not None and budget_gflops <= 0:
-        raise MatsegError(f"--budget-gflops must be positive, got {budget_gflops}")
-    if max_expensive_fraction is not None and not 0.0 <= max_expensive_fraction <= 1.0:
-        raise MatsegError(f"--max-expensive-fraction must be between 0 and 1, got {max_expensive_fraction}")

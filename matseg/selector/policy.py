@@ -10,6 +10,7 @@ every accuracy/cost trade-off.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from torch import nn
 
 from matseg.candidates.features import FEATURE_NAMES
 from matseg.errors import MatsegError
+from matseg.io.guard import replace_file
 from matseg.models.store import MANIFEST, default_weights_dir, load_tensors, read_manifest, sha256_of
 
 SELECTOR_FILE = "selector.pt"
@@ -156,7 +158,9 @@ def save_selector(selector: Selector, folder: str | os.PathLike, record: dict | 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / SELECTOR_FILE
-    torch.save({k: v.detach().contiguous() for k, v in selector.net.state_dict().items()}, path)
+    buffer = io.BytesIO()  # replaced whole, as :func:`matseg.models.store.save_segmenter` does
+    torch.save({k: v.detach().contiguous() for k, v in selector.net.state_dict().items()}, buffer)
+    replace_file(path, buffer.getvalue())
     manifest = read_manifest(folder) if (folder / MANIFEST).exists() else {}
     entry = {
         "file": SELECTOR_FILE,
@@ -168,7 +172,7 @@ def save_selector(selector: Selector, folder: str | os.PathLike, record: dict | 
     }
     entry.update(record or {})
     manifest["selector"] = entry
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    replace_file(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return path
 
 

@@ -21,6 +21,7 @@ from matseg.io.read import open_volume
 from matseg.metrics import iou_per_phase
 from matseg.selector.plan import blend_gflops, candidate_gflops, cheap_pass_gflops
 from matseg.tiling import plan_tiles, tile_blocks
+from matseg.validate import check_label_values
 
 IGNORE = 255
 
@@ -88,6 +89,7 @@ def tile_table(
     labels = open_volume(truth if truth is not None else image, labels=True)
     if labels.shape != volume.shape:
         raise MatsegError(f"labels {labels.source} have shape {labels.shape}; {image} has {volume.shape}")
+    check_label_values(labels.data, context.n_phases, labels.source, "labels")
     if volume.ndim == 2:
         tile = tuple(tile)[-2:]
     stride = max(m.stride for m in context.models.values())

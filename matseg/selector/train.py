@@ -19,6 +19,7 @@ import torch
 
 from matseg.candidates.registry import CANDIDATES, Context, get_candidates
 from matseg.errors import MatsegError
+from matseg.io.paths import check_distinct
 from matseg.models.store import load_segmenter
 from matseg.selector.policy import LAMBDA_FLOOR, PolicyNet, Selector, save_selector
 from matseg.selector.table import class_to_phase, merge_tables, remap_rows, reward, tile_iou, tile_table
@@ -221,6 +222,7 @@ def train_selector(
     started = time.perf_counter()
     if labels and len(labels) != len(images):
         raise MatsegError(f"{len(images)} image(s) but {len(labels)} label volume(s); give one per image")
+    check_distinct(weights, [("image", i) for i in images] + [("--labels", v) for v in labels or ()])
     names = tuple(c.name for c in get_candidates(list(candidates or available_candidates(weights))))
     needed = {"cheap"} | {m for n in names for m in CANDIDATES[n].needs}
     models = {m: load_segmenter(m, weights) for m in sorted(needed)}

@@ -1,0 +1,106 @@
+"""Checks of the numbers and label images a user gives, before anything is written.
+
+Each check names the bad value and what would be accepted: a NaN learning rate,
+an infinite budget or an image given where labels belong never reach the
+computation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import dask
+import dask.array as da
+import numpy as np
+
+from matseg.errors import MatsegError
+
+UNLABELLED = 255
+# the largest value float32 holds: normalised intensities are float32
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_number(
+    name: str,
+    value: float | None,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> None:
+    """Refuse a number that is NaN, infinite or outside ``[low, high]`` (``open_*``: that end excluded).
+
+    ``None`` (not given) passes.
+    """
+    if value is None:
+        return
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise MatsegError(f"{name} must be a number, got {value!r}") from None
+    below = low is not None and (number <= low if open_low else number < low)
+    above = high is not None and (number >= high if open_high else number > high)
+    if math.isfinite(number) and not below and not above:
+        return
+    if low is not None and high is not None:
+        wanted = f"a finite number between {low:g} and {high:g}"
+        excluded = [f"{v:g}" for v, o in ((low, open_low), (high, open_high)) if o]
+        wanted += f" (not {' or '.join(excluded)})" if excluded else ""
+    elif low is not None:
+        wanted = f"a finite number {'above' if open_low else 'at least'} {low:g}"
+    elif high is not None:
+        wanted = f"a finite number {'below' if open_high else 'at most'} {high:g}"
+    else:
+        wanted = "a finite number"
+    raise MatsegError(f"{name} must be {wanted}, got {value}")
+
+
+def check_label_dtype(dtype, source: str, role: str) -> None:
+    """Labels are integers: refuse a floating-point image given as labels."""
+    dtype = np.dtype(dtype)
+    if not (np.issubdtype(dtype, np.integer) or dtype.kind == "b"):
+        raise MatsegError(
+            f"{role} {source} holds {dtype} values: that is an image, not labels; give the integer "
+            "label image (phase 0, 1, ...; 255 = unlabelled)"
+        )
+
+
+def check_label_values(data, n_phases: int, source: str, role: str) -> None:
+    """Every label is a phase (0 .. ``n_phases`` - 1) or 255 (unlabelled).
+
+    ``data`` is a dask or numpy array; a dask array is checked in one streaming pass.
+
+    Raises
+    ------
+    MatsegError
+        With the number of voxels outside the phases and the largest such value.
+    """
+    check_label_dtype(data.dtype, source, role)
+    bad = ((data < 0) | (data >= n_phases)) & (data != UNLABELLED)
+    if isinstance(data, da.Array):
+        count, largest = dask.compute(bad.sum(), da.where(bad, data, 0).max())
+    else:
+        count, largest = int(bad.sum()), (data[bad].max() if bad.any() else 0)
+    if int(count):
+        raise MatsegError(
+            f"{role} {source} has {int(count):,} voxels with values outside the {n_phases} phases "
+            f"(0..{n_phases - 1}, 255 = unlabelled), up to {int(largest)}: is it an image rather than labels?"
+        )
+
+
+def check_intensities(source: str, smallest: float, largest: float, low: float, high: float) -> None:
+    """Intensities normalisation can represent: finite, within float32, and a finite normalised range.
+
+    ``smallest``/``largest``: the volume's extreme values; ``low``/``high``: its robust range.
+    """
+    if not (math.isfinite(smallest) and math.isfinite(largest)):
+        raise MatsegError(f"{source} contains NaN or infinite values; clean or mask them first")
+    scale = high - low if high > low else 1.0
+    reach = max(abs(smallest), abs(largest))
+    spread = max(abs(smallest - low), abs(largest - low)) / scale
+    if reach > FLOAT32_MAX or not math.isfinite(spread) or spread > FLOAT32_MAX:
+        raise MatsegError(
+            f"{source} holds values from {smallest:g} to {largest:g} (robust range {low:g} to {high:g}), "
+            f"beyond what matseg's float32 normalisation represents (±{FLOAT32_MAX:.3g}); rescale the volume"
+        )

@@ -29,9 +29,10 @@ class _RefusedSubmission(logging.Filter):
 
 def quiet_refused_submissions() -> None:
     """Install the filter on the logger dask's event loop reports the failed submission through."""
-    logger = logging.getLogger("tornado.application")
-    if not any(isinstance(f, _RefusedSubmission) for f in logger.filters):
-        logger.addFilter(_RefusedSubmission())
+    for name in ("tornado.application", "asyncio"):  # the callback's error, the task's unretrieved one
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RefusedSubmission) for f in logger.filters):
+            logger.addFilter(_RefusedSubmission())
 
 
 def wait_for_jobs(client, cluster, n: int, timeout: float) -> None:

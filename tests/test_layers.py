@@ -10,7 +10,15 @@ import matseg
 ROOT = Path(matseg.__file__).parent
 # Layers, bottom first: a module may import its own layer and those below it only.
 LAYERS = [
-    ("matseg._version", "matseg.errors", "matseg.defaults", "matseg.malloc", "matseg.monitor"),
+    (
+        "matseg._version",
+        "matseg.errors",
+        "matseg.defaults",
+        "matseg.malloc",
+        "matseg.monitor",
+        "matseg.validate",
+    ),
+    ("matseg.slurm",),
     ("matseg.io",),
     ("matseg.tiling", "matseg.stitch", "matseg.metrics", "matseg.synth", "matseg.augment"),
     ("matseg.models",),

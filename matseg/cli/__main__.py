@@ -1,0 +1,5 @@
+"""``python -m matseg.cli``: the ``matseg`` command."""
+
+from matseg.cli import main
+
+main()

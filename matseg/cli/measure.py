@@ -1,0 +1,121 @@
+"""``matseg measure``: microstructure metrics of a segmentation, with intervals."""
+
+from __future__ import annotations
+
+import click
+
+from matseg.cli.options import voxel_size_of, voxel_size_options
+from matseg.console import format_measure
+from matseg.errors import MatsegError
+
+
+@click.command()
+@click.argument("store", type=str)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(),
+    help="Folder for measure.json, measure.csv and the plots "
+    "(default: STORE's name with -measure, beside it).",
+)
+@click.option(
+    "--labels",
+    "as_labels",
+    is_flag=True,
+    help="STORE is any integer label volume (or a sample's truth), not a matseg output.",
+)
+@voxel_size_options
+@click.option("--phase", help="Phase of the diffusion solve, by name or index (default: pore, else 0).")
+@click.option(
+    "--tpb",
+    "tpb_text",
+    metavar="A,B,C",
+    help="Phases of the triple-phase boundary (default: the three of a 3-phase volume).",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=0),
+    default=8,
+    show_default=True,
+    help="Label volumes drawn from the uncertainty for the intervals (0: none).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draws.")
+@click.option(
+    "--max-radius",
+    type=click.IntRange(min=1),
+    default=12,
+    show_default=True,
+    help="Largest inscribed-sphere radius of the size distributions, in voxels.",
+)
+@click.option("--no-transport", is_flag=True, help="Skip the diffusion solves (tortuosity).")
+@click.option("--no-connectivity", is_flag=True, help="Skip the connectivity (its global labelling).")
+@click.option("--no-rev", is_flag=True, help="Skip the representative-volume curves.")
+@click.option(
+    "--tol",
+    type=float,
+    default=1e-8,
+    show_default=True,
+    help="Relative residual at which the diffusion solve stops.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the output folder's files if it exists.")
+def measure(
+    store,
+    output,
+    as_labels,
+    voxel_size_text,
+    unit,
+    phase,
+    tpb_text,
+    samples,
+    seed,
+    max_radius,
+    no_transport,
+    no_connectivity,
+    no_rev,
+    tol,
+    overwrite,
+) -> None:
+    """Microstructure metrics of a segmentation, with intervals from its uncertainty.
+
+    Volume fractions, specific surface and interfacial areas, connectivity,
+    tortuosity factor, size distributions (local thickness), triple-phase
+    boundary density and representative-volume curves, in the store's physical
+    units (see docs/measure.md for every definition).
+    """
+    from pathlib import Path
+
+    import matseg
+
+    given = voxel_size_of(voxel_size_text, unit)
+    voxel_size = given.for_ndim(3).values if given is not None else None
+    tpb = tuple(p.strip() for p in tpb_text.split(",")) if tpb_text else None
+    folder = (
+        Path(output)
+        if output
+        else Path(store.rstrip("/")).with_name(Path(store.rstrip("/")).stem + "-measure")
+    )
+    if folder.exists() and not overwrite:
+        raise MatsegError(
+            f"output {folder} exists; pass --overwrite to replace its files, or -o another folder"
+        )
+    report = matseg.measure(
+        store,
+        labels=as_labels,
+        voxel_size=voxel_size,
+        unit=given.unit if given is not None else None,
+        phase=phase,
+        tpb=tpb,
+        samples=samples,
+        seed=seed,
+        max_radius=max_radius,
+        transport=not no_transport,
+        connectivity=not no_connectivity,
+        rev=not no_rev,
+        tol=tol,
+        log=lambda m: click.echo(m, err=True),
+    )
+    from matseg.microstructure import write_report
+
+    files = write_report(report, folder)
+    click.echo(format_measure(report))
+    click.echo("wrote " + ", ".join(str(f) for f in files))

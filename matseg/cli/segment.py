@@ -1,0 +1,239 @@
+"""``matseg sample``, ``segment`` and ``batch``: volumes in, phase labels out."""
+
+from __future__ import annotations
+
+import click
+
+from matseg.cli.options import (
+    TILE_TEXT,
+    SizesCommand,
+    cluster_options,
+    cluster_spec,
+    command_line,
+    ints,
+    model_option,
+    sizes,
+    tile_for,
+    verbosity_options,
+    voxel_size_of,
+    voxel_size_options,
+)
+from matseg.console import StageBars, format_dry_run, format_report
+from matseg.errors import MatsegError
+
+
+@click.command(cls=SizesCommand)
+@click.argument("output", type=click.Path())
+@click.option(
+    "--shape",
+    "shape",
+    callback=sizes,
+    required=True,
+    metavar="Z Y X",
+    help="Volume shape: Z Y X, or Y X for 2-D (e.g. --shape 32 256 256).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same volume.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="YAML of generator settings (see data/sample.yaml).",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(["train", "test", "wide"]),
+    default=None,
+    help="Imaging-parameter ranges: 'test' ranges are disjoint from 'train'; 'wide' spans much "
+    "more (half the contrast, strong blur, noise, shading), to test robustness.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@voxel_size_options
+@verbosity_options
+def sample(output, shape, seed, config_path, profile, overwrite, voxel_size_text, unit) -> None:
+    """Write a synthetic 3-phase battery-cathode volume with ground truth.
+
+    OUTPUT is an OME-Zarr image (uint8) whose ground truth is the label image
+    'truth' (0 pore, 1 carbon-binder, 2 active); 'difficulty' maps clean (0)
+    to artefact-heavy (1) regions.
+    """
+    import dataclasses
+
+    from matseg.sample import load_sample_config, write_sample
+
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise click.UsageError(f"--shape takes 2 (Y X) or 3 (Z Y X) positive sizes, got {shape}")
+    config = load_sample_config(config_path)
+    if profile:
+        config = dataclasses.replace(config, profile=profile)
+    voxel_size = voxel_size_of(voxel_size_text, unit)
+    path = write_sample(output, shape, seed, config, overwrite=overwrite, voxel_size=voxel_size)
+    click.echo(f"wrote {path} (shape {' x '.join(map(str, shape))}, seed {seed})")
+
+
+@click.command()
+@click.argument("input", type=str)
+@click.option("-o", "--output", required=True, type=click.Path(), help="OME-Zarr store to create.")
+@model_option("auto: the selector picks a candidate per tile; otherwise this candidate on every tile.")
+@click.option(
+    "--lambda",
+    "lam",
+    type=float,
+    help="Accuracy/cost trade-off in [0, 1] for --model auto; higher spends less "
+    "(default: the selector's own, recorded when it was trained).",
+)
+@click.option("--budget-gflops", type=float, help="Instead of --lambda: never spend more GFLOPs than this.")
+@click.option(
+    "--max-expensive-fraction",
+    type=float,
+    help="Instead of --lambda: at most this fraction of tiles gets a costlier candidate.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Run the cheap pass and the selector only; print the expected GFLOPs, time, memory "
+    "and mix. The cheap pass is kept in OUTPUT and reused by the real run.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(file_okay=False),
+    help="Weights folder from 'matseg train' (default: bundled weights).",
+)
+@click.option("--tile", "tile_text", help=f"Tile size: 256 (in-plane) or Z,Y,X (default {TILE_TEXT}).")
+@click.option("--halo", type=int, help="In-plane halo in voxels (default: the models' receptive radius).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Tiles processed at once (default: cores); with --cluster: worker processes (local) "
+    "or jobs (slurm).",
+)
+@click.option("--truth", help="Ground-truth labels (or a 'matseg sample' store) to score against.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace OUTPUT if it is finished or of other settings (reusing its cheap pass).",
+)
+@click.option(
+    "--no-bars", is_flag=True, help="No progress bars: a log line as each stage ends (for batch job logs)."
+)
+@voxel_size_options
+@verbosity_options
+@cluster_options
+def segment(
+    input,
+    output,
+    model,
+    lam,
+    budget_gflops,
+    max_expensive_fraction,
+    dry_run,
+    weights,
+    tile_text,
+    halo,
+    workers,
+    truth,
+    overwrite,
+    no_bars,
+    voxel_size_text,
+    unit,
+    **cluster,
+) -> None:
+    """Segment INPUT into phases and write OUTPUT (OME-Zarr).
+
+    OUTPUT holds labels/phases (uint8 phase labels), labels/decisions (the
+    candidate used on each tile), the cheap pass's uncertainty (uint8, 0
+    certain .. 255 uniform) as its image, the selector's per-tile features,
+    expected gain and choice (selector/), per-tile progress records
+    (progress/) and the provenance report (matseg-report.json and attributes).
+
+    A run that was killed resumes when the same command is run again: only
+    its unfinished tiles are computed, and the result is the same as an
+    uninterrupted run's.
+
+    \b
+    On a cluster (dask.distributed):
+      matseg segment big.zarr -o phases.zarr --cluster local --workers 4
+      matseg segment big.zarr -o phases.zarr --cluster slurm --cluster-config cluster.yaml
+      matseg segment big.zarr -o phases.zarr --cluster tcp://scheduler:8786
+    """
+    from matseg.pipeline.run import segment as run_segment
+    from matseg.pipeline.settings import Settings
+    from matseg.tiling import default_tile
+
+    tile = ints(tile_text, "--tile")
+    if tile is not None and len(tile) == 1:
+        tile = tile * 2
+    if tile is not None and len(tile) == 2:
+        tile = tile_for(input, tile, default_tile)
+    settings = Settings(model, lam, budget_gflops, max_expensive_fraction, weights, tile, halo)
+    voxel_size = voxel_size_of(voxel_size_text, unit)
+    bars = StageBars(not no_bars and not click.get_current_context().meta.get("matseg.quiet"))
+    try:
+        report = run_segment(
+            input,
+            output,
+            settings,
+            dry_run=dry_run,
+            overwrite=overwrite,
+            workers=workers if not cluster["kind"] else None,
+            cluster=cluster_spec(workers, cluster),
+            truth=truth,
+            voxel_size=voxel_size,
+            progress=bars,
+            command=command_line(),
+        )
+    finally:
+        bars.close()
+    click.echo(format_dry_run(report) if dry_run else format_report(report))
+
+
+@click.command()
+@click.argument("manifest", required=False)
+@click.option(
+    "--glob", "pattern", help="Instead of MANIFEST: every input matching this pattern, e.g. 'scans/*.zarr'."
+)
+@click.option(
+    "--output-dir", type=click.Path(file_okay=False), help="With --glob: outputs go here as NAME-phases.zarr."
+)
+@click.option(
+    "--index", type=click.IntRange(min=0), help="Run only job INDEX (0-based), e.g. $SLURM_ARRAY_TASK_ID."
+)
+@model_option("As for 'matseg segment'.")
+@click.option("--lambda", "lam", type=float, help="As for 'matseg segment'.")
+@click.option("--weights", type=click.Path(file_okay=False), help="Weights folder (default: bundled).")
+@click.option("--tile", "tile_text", help=f"Tile size Z,Y,X (default {TILE_TEXT}).")
+@click.option("--workers", type=click.IntRange(min=1), help="Tiles processed at once (default: cores).")
+@verbosity_options
+def batch(manifest, pattern, output_dir, index, model, lam, weights, tile_text, workers) -> None:
+    """Segment many volumes: the jobs of MANIFEST (YAML list of {input, output},
+    or CSV with columns input,output) or of --glob; finished outputs are skipped.
+
+    \b
+    Examples:
+      matseg batch jobs.yaml
+      matseg batch --glob 'scans/*.zarr' --output-dir phases/
+      matseg batch jobs.csv --index $SLURM_ARRAY_TASK_ID     # one job per array task
+    """
+    from matseg.batch import batch as run
+    from matseg.batch import glob_jobs, read_jobs
+
+    if bool(manifest) == bool(pattern):
+        raise click.UsageError("give a MANIFEST or --glob PATTERN (with --output-dir), not both")
+    if pattern and not output_dir:
+        raise click.UsageError("--glob needs --output-dir")
+    jobs = read_jobs(manifest) if manifest else glob_jobs(pattern, output_dir)
+    results = run(
+        jobs,
+        index=index,
+        model=model,
+        lam=lam,
+        weights=weights,
+        tile=ints(tile_text, "--tile"),
+        workers=workers,
+        command=command_line(),
+        log=lambda m: click.echo(m, err=True),
+    )
+    states = [r["state"] for r in results]
+    click.echo(", ".join(f"{states.count(s)} {s}" for s in ("done", "skipped", "failed")))
+    failed = [r for r in results if r["state"] == "failed"]
+    if failed:
+        raise MatsegError(f"{len(failed)} of {len(results)} jobs failed; first: {failed[0]['error']}")

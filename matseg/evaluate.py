@@ -26,6 +26,7 @@ from matseg.io.paths import check_distinct
 from matseg.io.read import open_volume
 from matseg.metrics import iou_per_phase
 from matseg.models.store import load_segmenter
+from matseg.pipeline.job import halo_of
 from matseg.selector.policy import check_pairing, choose_by_lambda, load_selector
 from matseg.selector.table import reward, tile_iou, tile_table
 from matseg.tiling import DEFAULT_TILE
@@ -154,7 +155,7 @@ def _evaluate(volumes, output: Path, truths, weights, lambdas, tile, real_run, l
     if "expensive" not in names:
         raise MatsegError("evaluate compares with the expensive net: the selector must offer 'expensive'")
     context = Context(models, phase_order=selector.phase_order)
-    halo = max(m.halo for m in models.values())
+    halo = halo_of("auto", context, names)  # the halo a segment run of these candidates reads
     started = time.perf_counter()
     tables = []
     for i, volume in enumerate(volumes):

@@ -21,6 +21,7 @@ from matseg.candidates.registry import CANDIDATES, Context, get_candidates
 from matseg.errors import MatsegError
 from matseg.io.paths import check_distinct
 from matseg.models.store import load_segmenter
+from matseg.pipeline.job import halo_of
 from matseg.selector.policy import LAMBDA_FLOOR, PolicyNet, Selector, save_selector
 from matseg.selector.table import class_to_phase, merge_tables, remap_rows, reward, tile_iou, tile_table
 from matseg.tiling import DEFAULT_TILE
@@ -227,7 +228,7 @@ def train_selector(
     needed = {"cheap"} | {m for n in names for m in CANDIDATES[n].needs}
     models = {m: load_segmenter(m, weights) for m in sorted(needed)}
     context = Context(models)
-    halo = max(m.halo for m in models.values())
+    halo = halo_of("auto", context, names)  # the halo a segment run of these candidates reads
     tables = []
     for i, image in enumerate(images):
         if log:

@@ -210,6 +210,7 @@ def test_workers_that_cannot_run_matseg_are_refused(tmp_path, volume, capsys, mo
 def test_the_next_group_is_made_while_one_runs_and_no_sooner():
     """The next group's tasks are made while a group runs, the one after only once that
     group is done: at most two groups' tasks exist at once, however many a volume has."""
+    import threading
     import time
 
     import dask
@@ -217,16 +218,22 @@ def test_the_next_group_is_made_while_one_runs_and_no_sooner():
     from matseg.cluster import Backend
 
     events = []
+    made = [threading.Event() for _ in range(5)]
 
     def slow(event):
+        _, g, i = event
         time.sleep(0.02)
+        if i == 5:  # a group's last task ends only once the next group is made (or 30 s)
+            made[g + 1].wait(30)
         events.append(event)
-        return event[2]
+        return i
 
     def groups():
         for g in range(4):
             events.append(("made", g))
+            made[g].set()
             yield [dask.delayed(slow)(("ran", g, i)) for i in range(6)]
+        made[4].set()
 
     assert Backend(None, workers=2).compute_groups(groups(), 24) == list(range(6)) * 4
     order = [e[:2] for e in events]

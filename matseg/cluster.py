@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -369,9 +370,21 @@ def _has_dashboard(client) -> bool:
         return False
 
 
+def _worker_died(record: logging.LogRecord) -> bool:
+    return "workers died while trying to run it" not in record.getMessage()
+
+
+def _quiet_dead_workers() -> None:
+    """Drop the scheduler's error for a task whose workers kept dying: the command says it in one line."""
+    if _worker_died not in logging.getLogger("distributed.scheduler").filters:
+        logging.getLogger("distributed.scheduler").addFilter(_worker_died)
+
+
 @contextlib.contextmanager
 def _local_cluster(spec: ClusterSpec):
     from distributed import LocalCluster
+
+    _quiet_dead_workers()
 
     threads = spec.threads or 1
     with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRON}):
@@ -403,6 +416,7 @@ def _slurm_cluster(spec: ClusterSpec):
         *settings.get("job_script_prologue", []),
     ]
     quiet_refused_submissions()
+    _quiet_dead_workers()
     try:
         cluster = SLURMCluster(**settings)
     except (TypeError, ValueError) as err:

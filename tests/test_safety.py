@@ -308,3 +308,22 @@ def test_kill_while_overwrite_deletes_the_old_output(tmp_path, kill_volume, rand
     assert run(args) == 0
     np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["labels/phases/0"][:], clean_run)
     assert not list(tmp_path.glob(".out.zarr.matseg-*"))  # the dead run's leftovers are swept
+
+
+def test_a_worker_that_keeps_dying_is_one_line_and_the_run_resumes(
+    tmp_path, kill_volume, random_weights, clean_run
+):
+    """A dask worker killed at its first tile, again on the retry: exit 2 with one matseg line
+    (no scheduler error, no traceback); the same command without the fault resumes the run."""
+    out = tmp_path / "out.zarr"
+    args = [*_segment(kill_volume, out, random_weights), "--tile", "4,64,64", "--cluster", "local"]
+    args += ["--workers", "1", "--quiet"]
+    before = snapshot(kill_volume)
+    died = _killed_at("after-tile:1", args, {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"})
+    assert died.returncode == 2, died.stderr
+    errors = [line for line in died.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [errors[0]] and errors[0].startswith("matseg: error: a dask worker died running matseg-")
+    assert "Traceback" not in died.stderr and "workers died while" not in died.stderr
+    assert snapshot(kill_volume) == before
+    assert run(args) == 0
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["labels/phases/0"][:], clean_run)

@@ -224,7 +224,7 @@ def _run(
         stats = selector_stats(job, plan, cheap, finish_records, rewrite)
         counts = stats["counts"]
     if start == Start.RESUME:
-        done = ", ".join(f"{n} {s} tiles" for s, n in computed.items())
+        done = ", ".join(f"{n} tiles" if s == "tiles" else f"{n} {s} tiles" for s, n in computed.items())
         logger.info(f"resumed {job.output}: computed {done}")
     compute_seconds = time.perf_counter() - compute_started
     report = run_report(job, norm, plan, stats, counts, command)

@@ -15,8 +15,6 @@ the costlier candidates' tasks for ``costly``, so each runs on its own pool
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import os
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -28,21 +26,11 @@ import dask
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from matseg.errors import MatsegError
-from matseg.malloc import MALLOC_SETTINGS
-from matseg.slurm import quiet_refused_submissions, wait_for_jobs
+from matseg.slurm import wait_for_jobs
 from matseg.tiling import GROUP_TILES
+from matseg.workers import CHEAP, COSTLY, local_cluster, slurm_cluster
 
-CHEAP, COSTLY = "cheap", "costly"
 TASKS_PER_THREAD = 8  # tiles per thread in one batch of the threaded scheduler
-# The environment of worker processes: the same malloc settings (distributed's default
-# MALLOC_TRIM_THRESHOLD_ makes a worker return and re-fault activation buffers on every layer)
-# and one thread per library.
-WORKER_ENVIRON = {
-    "OMP_NUM_THREADS": 1,
-    "MKL_NUM_THREADS": 1,
-    "OPENBLAS_NUM_THREADS": 1,
-    **{name: value for name, (_, value) in MALLOC_SETTINGS.items()},
-}
 # keys of a cluster YAML that are matseg's own; every other key goes to SLURMCluster as it is
 _OWN_KEYS = {"workers", "costly_workers", "costly", "threads", "memory"}
 
@@ -308,9 +296,9 @@ def backend(spec: ClusterSpec, workers: int | None = None, log=None) -> Iterator
         spec = replace(spec, workers=1)
     with contextlib.ExitStack() as stack:
         if spec.kind == "local":
-            cluster = stack.enter_context(_local_cluster(spec))
+            cluster = stack.enter_context(local_cluster(spec))
         elif spec.kind == "slurm":
-            cluster = stack.enter_context(_slurm_cluster(spec))
+            cluster = stack.enter_context(slurm_cluster(spec))
         else:
             cluster = spec.kind
         try:
@@ -368,83 +356,3 @@ def _has_dashboard(client) -> bool:
         return bool(client.scheduler_info().get("services", {}).get("dashboard"))
     except Exception:  # an old scheduler that does not say
         return False
-
-
-def _worker_died(record: logging.LogRecord) -> bool:
-    return "workers died while trying to run it" not in record.getMessage()
-
-
-def _quiet_dead_workers() -> None:
-    """Drop the scheduler's error for a task whose workers kept dying: the command says it in one line."""
-    if _worker_died not in logging.getLogger("distributed.scheduler").filters:
-        logging.getLogger("distributed.scheduler").addFilter(_worker_died)
-
-
-@contextlib.contextmanager
-def _local_cluster(spec: ClusterSpec):
-    from distributed import LocalCluster
-
-    _quiet_dead_workers()
-
-    threads = spec.threads or 1
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRON}):
-        cluster = LocalCluster(
-            n_workers=0,
-            threads_per_worker=threads,
-            memory_limit=spec.memory or "auto",
-            dashboard_address=":0",
-            silence_logs=40,
-        )
-
-        def with_resources(options, name):
-            return {**options, "resources": {name: options.get("nthreads", threads)}}
-
-        with cluster:
-            _scale_pools(cluster, spec, with_resources)
-            yield cluster
-
-
-@contextlib.contextmanager
-def _slurm_cluster(spec: ClusterSpec):
-    from dask_jobqueue import SLURMCluster
-
-    settings = {"cores": 1, "processes": 1, "memory": spec.memory or "2GB", **spec.slurm}
-    settings.setdefault("job_name", "matseg-worker")
-    environ = json.dumps(WORKER_ENVIRON)
-    settings["job_script_prologue"] = [
-        f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON='{environ}'",
-        *settings.get("job_script_prologue", []),
-    ]
-    quiet_refused_submissions()
-    _quiet_dead_workers()
-    try:
-        cluster = SLURMCluster(**settings)
-    except (TypeError, ValueError) as err:
-        raise MatsegError(f"SLURM settings not accepted by dask-jobqueue: {err}") from None
-
-    def with_resources(options, name):
-        threads = max(1, int(options.get("cores", 1)) // int(options.get("processes") or 1))
-        extra = [*options.get("worker_extra_args", []), "--resources", f"{name}={threads}"]
-        return {**options, "worker_extra_args": extra}
-
-    with cluster:
-        _scale_pools(cluster, spec, with_resources)
-        yield cluster
-
-
-def _scale_pools(cluster, spec: ClusterSpec, with_resources) -> None:
-    """Start ``spec.workers`` workers, and ``spec.costly_workers`` more for the costly pool.
-
-    With a costly pool, the first pool offers the resource ``cheap`` and the
-    second ``costly`` (one unit per thread), each through the cluster's own
-    worker spec (dask's SpecCluster), so dask places and restarts them.
-    """
-    if not spec.costly_workers:
-        cluster.scale(spec.workers)
-        return
-    base = dict(cluster.new_spec)
-    cluster.new_spec = {**base, "options": with_resources(base["options"], CHEAP)}
-    cluster.scale(spec.workers)
-    costly = {**base["options"], **dict(spec.costly)}
-    cluster.new_spec = {**base, "options": with_resources(costly, COSTLY)}
-    cluster.scale(spec.workers + spec.costly_workers)

@@ -11,9 +11,10 @@ import pytest
 import zarr
 
 import matseg
-from matseg.cluster import ClusterSpec, _local_cluster
+from matseg.cluster import ClusterSpec
 from matseg.malloc import MALLOC_SETTINGS
 from matseg.models.inference import describe_device
+from matseg.workers import local_cluster
 
 from .conftest import run
 
@@ -63,7 +64,7 @@ def test_cheap_and_costly_tasks_run_on_their_own_worker_pools(tmp_path, volume, 
     from distributed import Client, get_task_stream
 
     pools = ClusterSpec("local", workers=1, costly_workers=1)
-    with _local_cluster(pools) as cluster, Client(cluster) as client:
+    with local_cluster(pools) as cluster, Client(cluster) as client:
         client.wait_for_workers(2)
         resources = {w["name"]: set(w["resources"]) for w in client.scheduler_info()["workers"].values()}
         assert sorted(map(sorted, resources.values())) == [["cheap"], ["costly"]]

@@ -18,7 +18,7 @@ LAYERS = [
         "matseg.monitor",
         "matseg.validate",
     ),
-    ("matseg.slurm",),
+    ("matseg.slurm", "matseg.workers"),
     ("matseg.io",),
     ("matseg.tiling", "matseg.stitch", "matseg.metrics", "matseg.synth", "matseg.augment"),
     ("matseg.models",),

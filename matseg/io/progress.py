@@ -168,9 +168,8 @@ _THREAD = threading.local()
 
 def _event_loop() -> asyncio.AbstractEventLoop:
     """This thread's own event loop, made once, in which a tile's writes go through Zarr's
-    public async API (``zarr.Array.async_array``) together. (Zarr's own loop is reached only
-    through ``zarr.core.sync``, not public: a public ``zarr.run`` is proposed in
-    zarr-developers/zarr-python#3997.)"""
+    public async API (``zarr.Array.async_array``) together. (Zarr's own event loop has no
+    public entry point; a public ``zarr.run`` is proposed in zarr-developers/zarr-python#3997.)"""
     loop = getattr(_THREAD, "loop", None)
     if loop is None:
         loop = _THREAD.loop = asyncio.new_event_loop()

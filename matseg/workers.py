@@ -1,0 +1,108 @@
+"""Starting a cluster's workers: processes on this machine or SLURM jobs, their environment
+(the malloc settings and one thread per library) and their pools by cost."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+
+import dask
+
+from matseg.errors import MatsegError
+from matseg.malloc import MALLOC_SETTINGS
+from matseg.slurm import quiet_refused_submissions
+
+# worker resources of the two pools: the cheap pass and blending, the costlier candidates
+CHEAP, COSTLY = "cheap", "costly"
+# The environment of worker processes: the same malloc settings (distributed's default
+# MALLOC_TRIM_THRESHOLD_ makes a worker return and re-fault activation buffers on every layer)
+# and one thread per library.
+WORKER_ENVIRON = {
+    "OMP_NUM_THREADS": 1,
+    "MKL_NUM_THREADS": 1,
+    "OPENBLAS_NUM_THREADS": 1,
+    **{name: value for name, (_, value) in MALLOC_SETTINGS.items()},
+}
+
+
+def _worker_died(record: logging.LogRecord) -> bool:
+    return "workers died while trying to run it" not in record.getMessage()
+
+
+def _quiet_dead_workers() -> None:
+    """Drop the scheduler's error for a task whose workers kept dying: the command says it in one line."""
+    if _worker_died not in logging.getLogger("distributed.scheduler").filters:
+        logging.getLogger("distributed.scheduler").addFilter(_worker_died)
+
+
+@contextlib.contextmanager
+def local_cluster(spec):
+    """Worker processes on this machine (distributed's LocalCluster) for ``spec`` (a ClusterSpec)."""
+    from distributed import LocalCluster
+
+    _quiet_dead_workers()
+
+    threads = spec.threads or 1
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRON}):
+        cluster = LocalCluster(
+            n_workers=0,
+            threads_per_worker=threads,
+            memory_limit=spec.memory or "auto",
+            dashboard_address=":0",
+            silence_logs=40,
+        )
+
+        def with_resources(options, name):
+            return {**options, "resources": {name: options.get("nthreads", threads)}}
+
+        with cluster:
+            _scale_pools(cluster, spec, with_resources)
+            yield cluster
+
+
+@contextlib.contextmanager
+def slurm_cluster(spec):
+    """Worker jobs on SLURM (dask-jobqueue's SLURMCluster) for ``spec`` (a ClusterSpec)."""
+    from dask_jobqueue import SLURMCluster
+
+    settings = {"cores": 1, "processes": 1, "memory": spec.memory or "2GB", **spec.slurm}
+    settings.setdefault("job_name", "matseg-worker")
+    environ = json.dumps(WORKER_ENVIRON)
+    settings["job_script_prologue"] = [
+        f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON='{environ}'",
+        *settings.get("job_script_prologue", []),
+    ]
+    quiet_refused_submissions()
+    _quiet_dead_workers()
+    try:
+        cluster = SLURMCluster(**settings)
+    except (TypeError, ValueError) as err:
+        raise MatsegError(f"SLURM settings not accepted by dask-jobqueue: {err}") from None
+
+    def with_resources(options, name):
+        threads = max(1, int(options.get("cores", 1)) // int(options.get("processes") or 1))
+        extra = [*options.get("worker_extra_args", []), "--resources", f"{name}={threads}"]
+        return {**options, "worker_extra_args": extra}
+
+    with cluster:
+        _scale_pools(cluster, spec, with_resources)
+        yield cluster
+
+
+def _scale_pools(cluster, spec, with_resources) -> None:
+    """Start ``spec.workers`` workers, and ``spec.costly_workers`` more for the costly pool.
+
+    With a costly pool, the first pool offers the resource ``cheap`` and the
+    second ``costly`` (one unit per thread), each through the cluster's own
+    worker spec (dask's SpecCluster), so dask places and restarts them.
+    """
+    if not spec.costly_workers:
+        cluster.scale(spec.workers)
+        return
+    base = dict(cluster.new_spec)
+    cluster.new_spec = {**base, "options": with_resources(base["options"], CHEAP)}
+    cluster.scale(spec.workers)
+    costly = {**base["options"], **dict(spec.costly)}
+    cluster.new_spec = {**base, "options": with_resources(costly, COSTLY)}
+    cluster.scale(spec.workers + spec.costly_workers)

@@ -35,7 +35,7 @@ _API = {
     "save_corrections": "matseg.corrections",
     "load_corrections": "matseg.corrections",
     "training_data_from_corrections": "matseg.corrections",
-    "finetune_from_corrections": "matseg.corrections",
+    "finetune_from_corrections": "matseg.finetune",
     # microstructure metrics of a segmentation (``matseg measure``)
     "measure": "matseg.microstructure",
 }

@@ -30,6 +30,7 @@ LAYERS = [
     (
         "matseg.selector.train",
         "matseg.corrections",
+        "matseg.finetune",
         "matseg.evaluate",
         "matseg.batch",
         "matseg.microstructure",

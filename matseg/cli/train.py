@@ -141,7 +141,7 @@ def train(
 
 
 def _finetune(corrections, output, models, steps, steps_expensive, batch, patch, lr, seed, init) -> None:
-    from matseg.corrections import finetune_from_corrections
+    from matseg.finetune import finetune_from_corrections
 
     results = finetune_from_corrections(
         corrections,

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import csv
 import glob as globbing
+import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -20,6 +20,8 @@ import yaml
 from matseg.errors import MatsegError
 from matseg.io.read import canonical_source, split_spec
 from matseg.io.write import run_attrs
+
+logger = logging.getLogger(__name__)
 
 
 def read_jobs(manifest: str | os.PathLike) -> list[tuple[str, str]]:
@@ -85,7 +87,6 @@ def batch(
     jobs: list[tuple[str, str]],
     *,
     index: int | None = None,
-    log: Callable[[str], None] | None = None,
     **segment_options,
 ) -> list[dict]:
     """Run :func:`matseg.segment` on each job, skipping finished outputs.
@@ -113,8 +114,7 @@ def batch(
     for input, output in jobs:
         if finished(input, output):
             results.append({"input": input, "output": output, "state": "skipped"})
-            if log:
-                log(f"skip {output}: already a finished run of {input}")
+            logger.info("skip %s: already a finished run of %s", output, input)
             continue
         # an unfinished run of this input is started again; anything else is left alone
         restart = Path(output).exists() and _unfinished_of(input, output)
@@ -122,10 +122,10 @@ def batch(
             report = segment(input, output, overwrite=restart, **segment_options)
         except MatsegError as err:
             results.append({"input": input, "output": output, "state": "failed", "error": str(err)})
-            if log:
-                log(f"failed {input}: {err}")
+            logger.warning("failed %s: %s", input, err)
             continue
         results.append({"input": input, "output": output, "state": "done", "report": report})
-        if log:
-            log(f"done {output} ({report['voxels']:,} voxels, {report['timings']['total_s']:.1f} s)")
+        logger.info(
+            "done %s (%s voxels, %.1f s)", output, f"{report['voxels']:,}", report["timings"]["total_s"]
+        )
     return results

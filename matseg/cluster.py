@@ -15,6 +15,7 @@ the costlier candidates' tasks for ``costly``, so each runs on its own pool
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -29,6 +30,8 @@ from matseg.errors import MatsegError
 from matseg.slurm import wait_for_jobs
 from matseg.tiling import GROUP_TILES
 from matseg.workers import CHEAP, COSTLY, local_cluster, slurm_cluster
+
+logger = logging.getLogger(__name__)
 
 TASKS_PER_THREAD = 8  # tiles per thread in one batch of the threaded scheduler
 # keys of a cluster YAML that are matseg's own; every other key goes to SLURMCluster as it is
@@ -272,7 +275,7 @@ def torch_threads(workers: int) -> int:
 
 
 @contextlib.contextmanager
-def backend(spec: ClusterSpec, workers: int | None = None, log=None) -> Iterator[Backend]:
+def backend(spec: ClusterSpec, workers: int | None = None) -> Iterator[Backend]:
     """The backend ``spec`` asks for, started for the duration of the block and closed after it.
 
     ``workers`` (dask threads here) is used when ``spec`` has no cluster.
@@ -341,9 +344,8 @@ def backend(spec: ClusterSpec, workers: int | None = None, log=None) -> Iterator
             "placement_by_cost": by_cost,
             "devices": devices,
         }
-        if log:
-            link = client.dashboard_link if _has_dashboard(client) else "not running (install bokeh)"
-            log(f"dask {description['scheduler']}: {len(resources)} workers; dashboard {link}")
+        link = client.dashboard_link if _has_dashboard(client) else "not running (install bokeh)"
+        logger.info("dask %s: %d workers; dashboard %s", description["scheduler"], len(resources), link)
         yield Backend(client, n_threads, by_cost, description)
 
 

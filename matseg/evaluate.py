@@ -12,9 +12,10 @@ is run for real, to check the table's numbers against an actual output.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ from matseg.selector.policy import check_pairing, choose_by_lambda, load_selecto
 from matseg.selector.table import reward, tile_iou, tile_table
 from matseg.tiling import DEFAULT_TILE
 from matseg.validate import check_number
+
+logger = logging.getLogger(__name__)
 
 LAMBDAS = (0.0, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.3, 1.0)
 RANDOM_REPEATS = 20
@@ -100,7 +103,6 @@ def evaluate(
     lambdas: Sequence[float] = LAMBDAS,
     tile: Sequence[int] = DEFAULT_TILE,
     real_run: bool = True,
-    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Sweep λ and compare the selector with all baselines; write JSON and a Pareto plot.
 
@@ -136,14 +138,14 @@ def evaluate(
         open_volume(truth, labels=True)
     created = not output.exists()
     try:
-        return _evaluate(volumes, output, truths, weights, lambdas, tile, real_run, log)
+        return _evaluate(volumes, output, truths, weights, lambdas, tile, real_run)
     except BaseException:
         if created and output_kind(output) == "evaluation":  # no empty or half-written folder is left
             remove_output(output, ("evaluation",), option="evaluate")
         raise
 
 
-def _evaluate(volumes, output: Path, truths, weights, lambdas, tile, real_run, log) -> dict:
+def _evaluate(volumes, output: Path, truths, weights, lambdas, tile, real_run) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     (output / EVALUATION_MARKER).write_text(json.dumps({"volumes": list(volumes)}) + "\n")
     selector = load_selector(weights)
@@ -159,8 +161,7 @@ def _evaluate(volumes, output: Path, truths, weights, lambdas, tile, real_run, l
     started = time.perf_counter()
     tables = []
     for i, volume in enumerate(volumes):
-        if log:
-            log(f"evaluate: every candidate on every tile of {volume}")
+        logger.info("evaluate: every candidate on every tile of %s", volume)
         tables.append(tile_table(volume, truths[i] if truths else None, context, names, tile, halo))
     data = _Volumes(tables, selector, selector.gflops(1))
     table_seconds = time.perf_counter() - started
@@ -201,13 +202,12 @@ def _evaluate(volumes, output: Path, truths, weights, lambdas, tile, real_run, l
         for point in (policy, cascade, random_point, oracle):
             _add_efficiency(point, all_expensive)
         sweep.append(row)
-        if log:
-            log(
-                f"evaluate: lambda {lam:g}: selector mIoU {policy['miou']:.4f} "
-                f"at {policy['gflops']:.0f} GFLOPs "
-                f"({100 * policy['gflops'] / all_expensive['gflops']:.1f} % of all-expensive); cascade "
-                f"{cascade['miou']:.4f}, random {random_point['miou']:.4f}, oracle {oracle['miou']:.4f}"
-            )
+        logger.info(
+            "evaluate: lambda %g: selector mIoU %.4f at %.0f GFLOPs (%.1f %% of all-expensive); "
+            "cascade %.4f, random %.4f, oracle %.4f",
+            lam, policy["miou"], policy["gflops"], 100 * policy["gflops"] / all_expensive["gflops"],
+            cascade["miou"], random_point["miou"], oracle["miou"],
+        )  # fmt: skip
     for point in (all_cheap, all_expensive):
         _add_efficiency(point, all_expensive)
     result = {
@@ -225,7 +225,7 @@ def _evaluate(volumes, output: Path, truths, weights, lambdas, tile, real_run, l
         "table_seconds": table_seconds,
     }
     if real_run:
-        result["real"] = _real_runs(volumes, truths, output, weights, tile, log)
+        result["real"] = _real_runs(volumes, truths, output, weights, tile)
     (output / "evaluation.json").write_text(json.dumps(result, indent=2, default=_json) + "\n")
     pareto_plot(result, output / "pareto.png")
     return result
@@ -239,7 +239,7 @@ def _add_efficiency(point: dict, all_expensive: dict) -> None:
     point["gflops_fraction"] = point["gflops"] / all_expensive["gflops"]
 
 
-def _real_runs(volumes, truths, output, weights, tile, log) -> dict:
+def _real_runs(volumes, truths, output, weights, tile) -> dict:
     """The default λ and all-expensive, run for real on every volume."""
     import dask.array as da
     import zarr
@@ -269,11 +269,13 @@ def _real_runs(volumes, truths, output, weights, tile, log) -> dict:
             "seconds": seconds,
             "seam": seams,
         }
-        if log:
-            log(
-                f"evaluate: real run --model {model}: mIoU {summary['miou']:.4f}, "
-                f"{gflops:.0f} GFLOPs, {seconds:.1f} s"
-            )
+        logger.info(
+            "evaluate: real run --model %s: mIoU %.4f, %.0f GFLOPs, %.1f s",
+            model,
+            summary["miou"],
+            gflops,
+            seconds,
+        )
     return runs
 
 

@@ -8,10 +8,11 @@ never over the bundled one.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from matseg.corrections import Corrections, load_corrections, training_data_from_corrections
@@ -19,6 +20,8 @@ from matseg.errors import MatsegError
 from matseg.io.paths import check_distinct
 from matseg.monitor import CancelToken, Monitor, Progress
 from matseg.training import fit, score
+
+logger = logging.getLogger(__name__)
 
 
 def finetune_from_corrections(
@@ -33,7 +36,6 @@ def finetune_from_corrections(
     lr: float = 1e-3,
     seed: int = 0,
     command: str | None = None,
-    log: Callable[[str], None] | None = None,
     progress: Progress | None = None,
     cancel: CancelToken | None = None,
 ) -> dict:
@@ -109,7 +111,7 @@ def finetune_from_corrections(
         n_steps = steps.get(name, max(steps.values())) if isinstance(steps, dict) else steps
         before = score(model, [data])
         started = time.perf_counter()
-        fit(model, [data], n_steps, batch=batch, patch=size, lr=lr, seed=seed, log=log, monitor=monitor)
+        fit(model, [data], n_steps, batch=batch, patch=size, lr=lr, seed=seed, monitor=monitor)
         seconds = time.perf_counter() - started
         after = score(model, [data])
         record = {
@@ -137,8 +139,7 @@ def finetune_from_corrections(
             "steps": n_steps,
             "seconds": seconds,
         }
-        if log:
-            log(f"{name}: mIoU on corrected slices {before['miou']:.4f} -> {after['miou']:.4f}")
+        logger.info("%s: mIoU on corrected slices %.4f -> %.4f", name, before["miou"], after["miou"])
     return results
 
 

@@ -8,9 +8,10 @@ trained here serve ``matseg segment --weights DIR`` unchanged.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,8 @@ from matseg.models.store import check_weights_folder, load_segmenter, save_segme
 from matseg.monitor import CancelToken, Monitor, Progress
 from matseg.normalize import intensity_range
 from matseg.validate import check_label_dtype, check_number
+
+logger = logging.getLogger(__name__)
 
 UNLABELLED = 255
 MAX_TRAINING_BYTES = 4 << 30
@@ -138,7 +141,6 @@ def fit(
     patch: int = 128,
     lr: float = 3e-3,
     seed: int = 0,
-    log: Callable[[str], None] | None = None,
     monitor: Monitor | None = None,
     augment: Augmentation | None = None,
 ) -> list[float]:
@@ -178,8 +180,8 @@ def fit(
         opt.step()
         sched.step()
         losses.append(loss.item())
-        if log and (step + 1) % max(1, steps // 10) == 0:
-            log(f"{model.name}: step {step + 1}/{steps} loss {np.mean(losses[-50:]):.4f}")
+        if (step + 1) % max(1, steps // 10) == 0:
+            logger.info("%s: step %d/%d loss %.4f", model.name, step + 1, steps, np.mean(losses[-50:]))
         try:
             stage.advance()
         except BaseException:
@@ -272,7 +274,6 @@ def train(
     seed: int = 0,
     init: str | os.PathLike | None = None,
     command: str | None = None,
-    log: Callable[[str], None] | None = None,
     progress: Progress | None = None,
     cancel: CancelToken | None = None,
     augment: Augmentation | None = None,
@@ -355,7 +356,7 @@ def train(
         n_steps = steps[name] if isinstance(steps, dict) else steps
         started = time.perf_counter()
         fit(
-            model, data, n_steps, batch=batch, patch=patch, lr=lr, seed=seed, log=log, monitor=monitor,
+            model, data, n_steps, batch=batch, patch=patch, lr=lr, seed=seed, monitor=monitor,
             augment=augment,
         )  # fmt: skip
         seconds = time.perf_counter() - started
@@ -379,8 +380,9 @@ def train(
         }
         save_segmenter(model, output, record)
         results[name] = {**metrics, "steps": n_steps, "seconds": seconds}
-        if log:
-            log(f"{name}: validation mIoU {metrics['miou']:.4f} after {n_steps} steps ({seconds:.0f} s)")
+        logger.info(
+            "%s: validation mIoU %.4f after %d steps (%.0f s)", name, metrics["miou"], n_steps, seconds
+        )
     return results
 
 

@@ -29,13 +29,17 @@ def test_glob_runs_every_input_then_skips_finished_ones(tmp_path, scans, random_
     args = ["batch", "--glob", f"{scans}/*.zarr", "--output-dir", tmp_path / "out"]
     args += ["--weights", random_weights, "--model", "cheap", "--tile", "4,64,64"]
     assert run(args) == 0, capsys.readouterr().err
-    assert "2 done, 0 skipped, 0 failed" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "2 done, 0 skipped, 0 failed" in captured.out
+    assert captured.err.count("matseg: done ") == 2  # the library's log lines, shown by default
     outputs = sorted((tmp_path / "out").glob("*-phases.zarr"))
     assert [p.name for p in outputs] == ["scan1-phases.zarr", "scan2-phases.zarr"]
     assert all(_state(p) == "complete" for p in outputs)
     before = snapshot(tmp_path / "out")
     assert run(args) == 0
-    assert "0 done, 2 skipped" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "0 done, 2 skipped" in captured.out
+    assert captured.err.count("matseg: skip ") == 2
     assert snapshot(tmp_path / "out") == before  # nothing recomputed or rewritten
 
 

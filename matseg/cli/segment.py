@@ -230,7 +230,6 @@ def batch(manifest, pattern, output_dir, index, model, lam, weights, tile_text, 
         tile=ints(tile_text, "--tile"),
         workers=workers,
         command=command_line(),
-        log=lambda m: click.echo(m, err=True),
     )
     states = [r["state"] for r in results]
     click.echo(", ".join(f"{states.count(s)} {s}" for s in ("done", "skipped", "failed")))

@@ -128,7 +128,6 @@ def train(
         seed=seed,
         init=init,
         command=command_line(),
-        log=lambda m: click.echo(m, err=True),
         progress=progress_bars(),
         augment=augmentation,
     )
@@ -154,7 +153,6 @@ def _finetune(corrections, output, models, steps, steps_expensive, batch, patch,
         lr=lr,
         seed=seed,
         command=command_line(),
-        log=lambda m: click.echo(m, err=True),
         progress=progress_bars(),
     )
     for name, r in results.items():
@@ -202,7 +200,6 @@ def train_selector(images, weights, labels, slices_text, candidates, tile_text, 
         steps=steps,
         seed=seed,
         command=command_line(),
-        log=lambda m: click.echo(m, err=True),
     )
     last = record["history"][-1]
     rewards = ", ".join(f"{k[7:]} {v:+.4f}" for k, v in last.items() if k.startswith("reward@"))
@@ -247,6 +244,5 @@ def evaluate(volumes, output, truths, weights, lambdas, tile_text, no_real_run) 
         lambdas=sweep,
         tile=ints(tile_text, "--tile"),
         real_run=not no_real_run,
-        log=lambda m: click.echo(m, err=True),
     )
     click.echo(format_evaluation(result))

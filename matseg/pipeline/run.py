@@ -140,7 +140,7 @@ def segment(
         sweep_siblings(job.output)  # what runs that died while creating or deleting it left
         root = open_output(job, start, norm)
         try:
-            with backend(spec, workers, logger.info) as runner, _tile_writes(runner) as writes:
+            with backend(spec, workers) as runner, _tile_writes(runner) as writes:
                 return _run(job, root, start, norm, runner, writes, monitor, dry_run, command, started)
         except BaseException:
             if (

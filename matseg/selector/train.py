@@ -10,9 +10,10 @@ runs) by regression on the same tiles.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ from matseg.pipeline.job import halo_of
 from matseg.selector.policy import LAMBDA_FLOOR, PolicyNet, Selector, save_selector
 from matseg.selector.table import class_to_phase, merge_tables, remap_rows, reward, tile_iou, tile_table
 from matseg.tiling import DEFAULT_TILE
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CANDIDATES = ("cheap", "medium", "expensive", "expensive-2x", "classical")
 
@@ -93,7 +96,6 @@ def fit_policy(
     entropy: tuple[float, float] = (1.0, 0.01),
     samples: int = 8,
     seed: int = 0,
-    log: Callable[[str], None] | None = None,
 ) -> tuple[PolicyNet, list[dict]]:
     """REINFORCE on a tile table.
 
@@ -123,12 +125,12 @@ def fit_policy(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny network: threads cost more than they bring
     try:
-        return _fit(features, iou, gflops, steps, batch, lr, entropy, samples, rng, log)
+        return _fit(features, iou, gflops, steps, batch, lr, entropy, samples, rng)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit(features, iou, gflops, steps, batch, lr, entropy, samples, rng, log) -> tuple[PolicyNet, list[dict]]:
+def _fit(features, iou, gflops, steps, batch, lr, entropy, samples, rng) -> tuple[PolicyNet, list[dict]]:
     features = np.asarray(features, np.float32)
     net = PolicyNet(features.shape[1], iou.shape[1])
     net.feature_mean.copy_(torch.as_tensor(features.mean(axis=0)))
@@ -150,11 +152,8 @@ def _fit(features, iou, gflops, steps, batch, lr, entropy, samples, rng, log) ->
         )
         history.append(entry)
         net.train()
-        if log:
-            log(
-                f"selector: step {step}/{steps} "
-                + " ".join(f"{k} {v:+.4f}" for k, v in entry.items() if k != "step")
-            )
+        rewards = " ".join(f"{k} {v:+.4f}" for k, v in entry.items() if k != "step")
+        logger.info("selector: step %d/%d %s", step, steps, rewards)
 
     record(0)
     for step in range(steps):
@@ -195,7 +194,6 @@ def train_selector(
     steps: int = 4000,
     seed: int = 0,
     command: str | None = None,
-    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train the selector for the segmenters in ``weights`` and save it there.
 
@@ -231,8 +229,7 @@ def train_selector(
     halo = halo_of("auto", context, names)  # the halo a segment run of these candidates reads
     tables = []
     for i, image in enumerate(images):
-        if log:
-            log(f"selector: running {len(names)} candidates on every tile of {image}")
+        logger.info("selector: running %d candidates on every tile of %s", len(names), image)
         tables.append(tile_table(image, labels[i] if labels else None, context, names, tile, halo, slices))
     table = merge_tables(tables)
     confusion = table["confusion"]
@@ -242,14 +239,15 @@ def train_selector(
         mapping = class_to_phase(confusion[:, k])
         confusion[:, k] = remap_rows(confusion[:, k], mapping)
     iou = tile_iou(confusion)
-    net, history = fit_policy(table["features"], iou, table["gflops"], steps=steps, seed=seed, log=log)
+    net, history = fit_policy(table["features"], iou, table["gflops"], steps=steps, seed=seed)
     default_lambda, curve = DEFAULT_LAMBDA_GRID[0], []
     if "expensive" in names:
         default_lambda, curve = pick_default_lambda(
             net, table["features"], confusion, names.index("expensive"), DEFAULT_TOLERANCE
         )
-    if log:
-        log(f"selector: default lambda {default_lambda} (within {DEFAULT_TOLERANCE} mIoU of all-expensive)")
+    logger.info(
+        "selector: default lambda %s (within %s mIoU of all-expensive)", default_lambda, DEFAULT_TOLERANCE
+    )
     record = {
         "default_lambda": default_lambda,
         "default_lambda_curve": curve,

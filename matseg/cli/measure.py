@@ -112,7 +112,6 @@ def measure(
         connectivity=not no_connectivity,
         rev=not no_rev,
         tol=tol,
-        log=lambda m: click.echo(m, err=True),
     )
     from matseg.microstructure import write_report
 

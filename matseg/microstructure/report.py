@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import dask
@@ -97,7 +96,6 @@ def measure(
     tol: float = 1e-8,
     device: str | None = None,
     block: tuple[int, int, int] = (64, 128, 128),
-    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Microstructure metrics of a segmentation, each with an interval from its own uncertainty.
 
@@ -129,8 +127,6 @@ def measure(
         Torch device for the solve (default: a GPU when present).
     block : (int, int, int)
         Block shape of the streamed metrics.
-    log : callable, optional
-        Told what is about to run (the solve's memory need first), e.g. ``print``.
 
     Returns
     -------
@@ -144,21 +140,18 @@ def measure(
     if samples < 0:
         raise MatsegError(f"--samples {samples}: give 0 (no intervals) or more")
 
-    def say(message: str) -> None:
-        logger.info(message)
-        if log is not None:
-            log(message)
-
     src = open_labels(source, labels=labels, voxel_size=voxel_size, unit=unit)
     settings = _settings(src, phase, tpb, max_radius, block, tol, device)
     reader = Reader(src.labels)
     if transport:
-        say(f"the diffusion solve holds the volume in memory: ~{solve_memory(src.shape) / 2**20:.0f} MiB")
+        logger.info(
+            "the diffusion solve holds the volume in memory: ~%.0f MiB", solve_memory(src.shape) / 2**20
+        )
     table, details = full_table(reader, settings, transport, connectivity)
     draws = []
     if src.uncertainty is not None and samples > 0:
         for k in range(samples):
-            say(f"draw {k + 1} of {samples}")
+            logger.info("draw %d of %d", k + 1, samples)
             perturbed = Perturbed(src.labels, src.uncertainty, settings.n_phases, k, seed, correlation)
             draws.append(full_table(perturbed, settings, transport, connectivity)[0])
     rows = []

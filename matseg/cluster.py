@@ -28,7 +28,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from matseg.errors import MatsegError
 from matseg.slurm import wait_for_jobs
-from matseg.tiling import GROUP_TILES
+from matseg.tiling import GROUP_TILES, group_layers, layer_groups
 from matseg.workers import CHEAP, COSTLY, local_cluster, slurm_cluster
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,23 @@ class Backend:
         """Tiles whose tasks are made and computed at a time (:func:`matseg.tiling.layer_groups`):
         at least 32 per worker, so that a group's last tiles leave few workers idle."""
         return max(GROUP_TILES, 32 * self.workers)
+
+    def compute_tiles(
+        self,
+        todo: Sequence[tuple[int, tuple[int, ...]]],
+        tasks: Callable[[list, range | None], list],
+        advance: Callable[[int], None] | None = None,
+    ) -> list:
+        """Results of the tasks ``tasks(group, layers)`` makes for the tiles of ``todo``
+        (position, index, in grid order), in order: the one tile loop of matseg.
+
+        The tasks are made and computed group by group of whole layers of tiles
+        (:func:`matseg.tiling.layer_groups`, at most :attr:`group_tiles` tiles a group;
+        ``layers``: :func:`matseg.tiling.group_layers`, for :func:`matseg.tiling.tile_blocks`),
+        so that the graph is bounded by a group, not by the volume (:meth:`compute_groups`).
+        """
+        groups = (tasks(group, group_layers(group)) for group in layer_groups(todo, self.group_tiles))
+        return self.compute_groups(groups, len(todo), advance)
 
     def compute(self, tasks: Sequence, advance: Callable[[int], None] | None = None) -> list:
         """Results of ``tasks`` (in order), computed on this backend."""

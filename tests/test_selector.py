@@ -345,3 +345,28 @@ def test_batches_share_each_candidate_run(tmp_path, volume, monkeypatch):
     for path in ("labels/phases/0", "labels/decisions/0"):
         whole = zarr.open_group(str(tmp_path / "whole.zarr"), mode="r")[path][:]
         np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "split.zarr"), mode="r")[path][:], whole)
+
+
+def test_tile_table_by_groups_of_layers_is_the_whole_table(small_sample, random_weights, monkeypatch):
+    """The table's tiles go through the pipeline's tile loop, a group of whole layers at a time
+    (the graph bounded by a group, not by the volume), with the values of one group."""
+    import matseg.selector.table as table
+    from matseg.candidates.registry import Context
+    from matseg.cluster import Backend
+    from matseg.models.store import load_segmenter
+
+    names = ("cheap", "expensive", "classical")
+    context = Context({m: load_segmenter(m, random_weights) for m in ("cheap", "expensive")})
+    args = (str(small_sample), None, context, names, (4, 32, 32), 16)  # a halo smaller than the tiles
+    whole = table.tile_table(*args)
+    layers = []
+    blocks = table.tile_blocks
+    monkeypatch.setattr(
+        table, "tile_blocks", lambda data, grid, group: layers.append(group) or blocks(data, grid, group)
+    )
+    monkeypatch.setattr(Backend, "group_tiles", property(lambda self: 4))  # a layer of 2 x 2 tiles
+    grouped = table.tile_table(*args)
+    assert set(layers) == {range(z, z + 1) for z in range(4)}
+    assert len(whole["features"]) == 16
+    for key in ("features", "confusion", "gflops", "recompute", "labelled"):
+        np.testing.assert_array_equal(grouped[key], whole[key], err_msg=key)

@@ -28,19 +28,17 @@ from matseg.pipeline.tasks import (
 )
 from matseg.selector.plan import candidate_grid
 from matseg.stitch import BAND, neighbour_indices
-from matseg.tiling import group_layers, layer_groups, shared_nodes, tile_blocks
+from matseg.tiling import shared_nodes, tile_blocks
 
 
 def compute_tiles(
     runner: Backend, todo, tasks: Callable[[list, range | None], list], stage: Stage, records: TileRecords
 ) -> None:
     """The tasks ``tasks(group, layers)`` makes for the tiles of ``todo`` (position, index),
-    made and computed group by group of whole layers (:func:`matseg.tiling.layer_groups`;
-    ``layers``: :func:`matseg.tiling.group_layers`, for :func:`matseg.tiling.tile_blocks`);
-    when it returns, every tile the tasks wrote to ``records`` is written."""
-    groups = (tasks(group, group_layers(group)) for group in layer_groups(todo, runner.group_tiles))
+    computed by :meth:`matseg.cluster.Backend.compute_tiles`; when it returns, every tile the
+    tasks wrote to ``records`` is written."""
     try:
-        runner.compute_groups(groups, len(todo), stage.advance)
+        runner.compute_tiles(todo, tasks, stage.advance)
     except BaseException:
         with contextlib.suppress(Exception):  # the tiles already done stay recorded; the error stands
             records.flush()

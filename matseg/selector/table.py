@@ -9,6 +9,7 @@ the chosen confusion matrices, so a λ sweep costs nothing more.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import dask
@@ -16,11 +17,12 @@ import numpy as np
 
 from matseg.candidates.registry import CANDIDATES, Context
 from matseg.candidates.tile import candidate_probs, cheap_pass, tile_input
+from matseg.cluster import Backend
 from matseg.errors import MatsegError
 from matseg.io.read import open_volume
 from matseg.metrics import iou_per_phase
 from matseg.selector.plan import blend_gflops, candidate_gflops, cheap_pass_gflops
-from matseg.tiling import plan_tiles, tile_blocks
+from matseg.tiling import TileGrid, plan_tiles, shared_nodes, tile_blocks
 from matseg.validate import check_label_values
 
 IGNORE = 255
@@ -103,13 +105,15 @@ def tile_table(
         keep = np.zeros(volume.shape[0], bool)
         keep[list(slices)] = True
         label_data = da.where(da.from_array(keep, chunks=-1)[:, None, None], label_data, IGNORE)
-    blocks = tile_blocks(volume.data, grid)
-    truths = label_data.rechunk(grid.chunks).to_delayed()
-    tasks = [
-        dask.delayed(_table_task)(blocks[i], truths[i], i, grid, norm, context, tuple(names))
-        for i in grid.indices()
-    ]
-    results = dask.compute(*tasks, scheduler="threads")
+    truth_grid = TileGrid(grid.shape, grid.chunks, (0,) * len(grid.shape))  # the core only
+    shared = shared_nodes(grid, norm, context, tuple(names))
+
+    def tasks(group, layers) -> list:
+        blocks = tile_blocks(volume.data, grid, layers)
+        truths = tile_blocks(label_data, truth_grid, layers)
+        return [dask.delayed(_table_task)(blocks[i], truths[i], i, *shared) for _, i in group]
+
+    results = Backend(workers=os.cpu_count() or 1).compute_tiles(list(enumerate(grid.indices())), tasks)
     table = {key: np.stack([r[key] for r in results]) for key in ("features", "confusion")}
     # what segment spends when each candidate is chosen: the cheap pass plus the candidate
     # on its own halo; and the cheap pass recomputed on the band, where tiles are blended

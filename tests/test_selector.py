@@ -370,3 +370,59 @@ def test_tile_table_by_groups_of_layers_is_the_whole_table(small_sample, random_
     assert len(whole["features"]) == 16
     for key in ("features", "confusion", "gflops", "recompute", "labelled"):
         np.testing.assert_array_equal(grouped[key], whole[key], err_msg=key)
+
+
+@pytest.mark.parametrize("phases", [1, 2, 3])
+def test_torch_features_agree_with_numpy(phases):
+    """The features computed on the device (torch) are numpy's to float32 rounding."""
+    import torch
+
+    from matseg.candidates.features import tile_features_torch
+
+    rng = np.random.default_rng(phases)
+    logits = rng.normal(size=(3, phases, 61, 75)).astype(np.float32) * 3
+    logits[:, :, :10] = logits[:, :1, :10]  # ties between the top phases
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    image = rng.normal(size=(3, 61, 75)).astype(np.float32).cumsum(axis=-1) / 10
+    labels, uncertainty = phase_labels(probs), normalized_entropy(probs)
+    expected = tile_features(image, probs, uncertainty, labels)
+    tensors = (torch.from_numpy(a) for a in (image, probs, uncertainty, labels))
+    np.testing.assert_allclose(tile_features_torch(*tensors), expected, rtol=2e-6, atol=1e-7)
+
+
+def test_cheap_pass_on_the_device_makes_the_same_plan(tmp_path, volume, monkeypatch):
+    """The cheap pass with its labels, uncertainty and features computed where the
+    probabilities are (torch; here on the CPU) gives the plan and labels of numpy's."""
+    from functools import partial
+
+    import matseg.pipeline.tasks as tasks
+    from matseg.candidates.tile import cheap_pass
+
+    host = matseg.segment(volume, tmp_path / "host.zarr", tile=TILE, lam=0.05)
+    monkeypatch.setattr(tasks, "cheap_pass", partial(cheap_pass, on_device=True))
+    device = matseg.segment(volume, tmp_path / "device.zarr", tile=TILE, lam=0.05)
+    assert device["decisions"] == host["decisions"]
+    assert sum(n > 0 for n in host["decisions"].values()) >= 3  # a plan with a mix to change
+    a, b = (zarr.open_group(str(tmp_path / f"{n}.zarr"), mode="r") for n in ("host", "device"))
+    np.testing.assert_array_equal(b["selector/choice"][:], a["selector/choice"][:])
+    np.testing.assert_allclose(b["selector/features"][:], a["selector/features"][:], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(b["labels/phases/0"][:], a["labels/phases/0"][:])
+
+
+def test_tiles_batched_in_one_forward_pass_give_the_same_output(tmp_path, volume, monkeypatch):
+    """batch_tiles gathers the tiles that threads ask a model for at once into one batch (one
+    forward pass on a GPU; slice by slice on a CPU): the same output as tile by tile."""
+    import matseg.models.inference as inference
+
+    one = matseg.segment(volume, tmp_path / "one.zarr", tile=TILE, lam=0.05, workers=4)
+    slices = []
+    forward = inference._probs
+    monkeypatch.setattr(inference, "_probs", lambda m, t: slices.append(len(t)) or forward(m, t))
+    batched = matseg.segment(volume, tmp_path / "four.zarr", tile=TILE, lam=0.05, workers=4, batch_tiles=4)
+    assert max(slices) > TILE[0]  # several tiles' slices went to the model at once
+    assert batched["decisions"] == one["decisions"]
+    a, b = (zarr.open_group(str(tmp_path / n), mode="r") for n in ("one.zarr", "four.zarr"))
+    for name in ("labels/phases/0", "labels/decisions/0", "0", "selector/features"):
+        np.testing.assert_array_equal(b[name][:], a[name][:], err_msg=name)
+    with pytest.raises(matseg.MatsegError, match="batch_tiles"):
+        matseg.Settings(batch_tiles=0)

@@ -94,3 +94,66 @@ def median(values: np.ndarray):
     part = np.partition(flat, half)
     middle = part[half : half + 1] if flat.size % 2 else np.stack([part[:half].max(), part[half]])
     return middle.mean()  # as numpy takes the mean of the middle one or two
+
+
+def tile_features_torch(image, probs, uncertainty, labels) -> np.ndarray:
+    """:func:`tile_features` of tensors, computed on their device (a GPU: only the feature
+    vector comes back), in float64; equal to the numpy features to float32 rounding.
+
+    Parameters
+    ----------
+    image : Tensor, shape (Z, Y, X)
+    probs : Tensor, shape (Z, C, Y, X)
+    uncertainty : Tensor, shape (Z, Y, X)
+    labels : Tensor, shape (Z, Y, X), integer
+
+    Returns
+    -------
+    ndarray, shape (len(FEATURE_NAMES),), float32
+    """
+    import torch
+
+    image, probs, uncertainty = image.double(), probs.double(), uncertainty.double()
+    if probs.shape[1] > 1:
+        top, second = probs.topk(2, dim=1).values.unbind(dim=1)
+        margin = top - second
+    else:  # one phase: no second, an infinite margin (as the running top two gives)
+        margin = torch.full_like(probs[:, 0], np.inf)
+    boundary = (labels[..., 1:, :] != labels[..., :-1, :]).double().mean() + (
+        labels[..., :, 1:] != labels[..., :, :-1]
+    ).double().mean()
+    fractions = torch.bincount(labels.flatten().long(), minlength=probs.shape[1]).double() / labels.numel()
+    lap = 4 * image[:, 1:-1, 1:-1] - image[:, :-2, 1:-1] - image[:, 2:, 1:-1] - image[:, 1:-1, :-2]
+    lap = lap - image[:, 1:-1, 2:]
+    grad = torch.hypot(torch.diff(image, dim=-1)[:, :-1, :], torch.diff(image, dim=-2)[:, :, :-1])
+    values = torch.stack(
+        [
+            uncertainty.mean(),
+            _percentile(uncertainty, 90),
+            (uncertainty > 0.25).double().mean(),
+            (uncertainty > 0.5).double().mean(),
+            margin.mean(),
+            (margin < 0.5).double().mean(),
+            boundary,
+            fractions.min(),
+            image.std(correction=0),
+            _percentile(lap.abs(), 50) / 0.6745 / np.sqrt(20),
+            grad.mean(),
+            image.mean(dim=-1).std(correction=0),
+            image.mean(dim=-2).std(correction=0),
+        ]
+    )
+    return values.cpu().numpy().astype(np.float32)  # the one copy back to the host
+
+
+def _percentile(values, q: float):
+    """``np.percentile(values, q)`` (linear interpolation) of a tensor, by selection: no
+    sort of the whole tile, and no size limit (``torch.quantile`` takes 2**24 values at most)."""
+    flat = values.flatten()
+    position = q / 100 * (flat.numel() - 1)
+    low = int(np.floor(position))
+    below = flat.kthvalue(low + 1).values
+    if low + 1 >= flat.numel():
+        return below
+    above = flat.kthvalue(low + 2).values
+    return below + (above - below) * (position - low)

@@ -37,6 +37,7 @@ class Context:
     models: Mapping[str, Segmenter]
     thresholds: tuple[float, ...] = ()  # normalised intensities between phases, dark to bright
     phase_order: tuple[int, ...] = ()  # phase of each intensity class, dark to bright
+    batch_tiles: int = 1  # tiles in one forward pass (segment_probs)
 
     @property
     def n_phases(self) -> int:
@@ -67,7 +68,7 @@ def _model_radius(name: str) -> Callable[[Context], int]:
 
 def _model_run(name: str) -> Callable[[Context, np.ndarray], np.ndarray]:
     def run(context: Context, tile: np.ndarray) -> np.ndarray:
-        return segment_probs(context.models[name], tile)
+        return segment_probs(context.models[name], tile, context.batch_tiles)
 
     return run
 
@@ -81,7 +82,7 @@ def _downscaled_run(context: Context, tile: np.ndarray) -> np.ndarray:
     n, h, w = tile.shape
     x = torch.from_numpy(np.ascontiguousarray(tile, dtype=np.float32))[:, None]
     small = torch.nn.functional.avg_pool2d(x, 2, ceil_mode=True)[:, 0].numpy()
-    probs = torch.from_numpy(segment_probs(context.models["expensive"], small))
+    probs = torch.from_numpy(segment_probs(context.models["expensive"], small, context.batch_tiles))
     up = torch.nn.functional.interpolate(probs, scale_factor=2, mode="bilinear", align_corners=False)
     return up[..., :h, :w].numpy()
 

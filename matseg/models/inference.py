@@ -6,6 +6,9 @@ import contextlib
 import itertools
 import os
 import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -14,8 +17,10 @@ from matseg.errors import MatsegError
 from matseg.models.segmenter import Segmenter
 from matseg.models.unet import pad_to_stride
 
+Result = TypeVar("Result")
 
-def segment_probs(model: Segmenter, tile: np.ndarray) -> np.ndarray:
+
+def segment_probs(model: Segmenter, tile: np.ndarray, batch_tiles: int = 1) -> np.ndarray:
     """Phase probabilities of a batch of normalised 2-D tiles.
 
     Parameters
@@ -23,6 +28,11 @@ def segment_probs(model: Segmenter, tile: np.ndarray) -> np.ndarray:
     model : Segmenter
     tile : ndarray, shape (N, H, W), float32
         Normalised intensities of N slices (halo included).
+    batch_tiles : int
+        With more than 1, the slices of up to this many tiles of the same shape that
+        threads of this process ask for at about the same time go through the model in
+        one forward pass on a GPU (:class:`TileBatcher`): kernels big enough to fill it.
+        A CPU still runs them a slice at a time (the same numbers; docs/benchmarks.md).
 
     Returns
     -------
@@ -30,22 +40,92 @@ def segment_probs(model: Segmenter, tile: np.ndarray) -> np.ndarray:
         Mean phase probabilities over the MC-dropout passes (their uncertainty:
         :func:`normalized_entropy`).
     """
+    if batch_tiles > 1:
+        return _batcher(batch_tiles).probs(model, tile)
+    return _probs(model, tile)
+
+
+def _probs(model: Segmenter, tile: np.ndarray) -> np.ndarray:
     device = inference_device()
+    probs = np.empty((len(tile), len(model.phases), *tile.shape[-2:]), np.float32)
+    with device_slot(device), torch.inference_mode():
+        start = 0
+        for mean in _batch_probs(model, tile, device):
+            probs[start : start + len(mean)] = mean.cpu().numpy()
+            start += len(mean)
+    return probs
+
+
+def reduce_probs(model: Segmenter, tile: np.ndarray, reduce: Callable[[torch.Tensor], Result]) -> Result:
+    """``reduce(probs)`` of a tile's phase probabilities (as :func:`segment_probs`), with
+    ``probs`` a tensor where the model left it (on a GPU, the GPU): only what ``reduce``
+    returns comes back to the host, not the probabilities (C floats a voxel).
+
+    ``reduce`` runs in the tile's GPU slot (:func:`device_slot`), under ``torch.inference_mode``.
+    """
+    device = inference_device()
+    with device_slot(device), torch.inference_mode():
+        return reduce(torch.cat(list(_batch_probs(model, tile, device))))
+
+
+class TileBatcher:
+    """Serves :func:`segment_probs` of several threads with one forward pass: the first
+    thread to ask for a model's probabilities of a tile shape waits (at most ``wait_s``)
+    for ``tiles`` such requests, runs their slices as one batch, and hands each its share.
+
+    The tasks of a run stay one per tile (their graph, resume and records unchanged);
+    the tiles that the threads of a process run at once are batched where they meet.
+    """
+
+    def __init__(self, tiles: int, wait_s: float = 0.05):
+        self.tiles, self.wait_s = tiles, wait_s
+        self._ready = threading.Condition()
+        self._waiting: dict[tuple, list[tuple[np.ndarray, Future]]] = {}
+
+    def probs(self, model: Segmenter, tile: np.ndarray) -> np.ndarray:
+        key, share = (id(model), tile.shape), Future()
+        with self._ready:
+            requests = self._waiting.setdefault(key, [])
+            requests.append((tile, share))
+            first = len(requests) == 1
+            if len(requests) >= self.tiles:
+                self._ready.notify_all()
+        if first:
+            with self._ready:
+                self._ready.wait_for(lambda: len(self._waiting[key]) >= self.tiles, self.wait_s)
+                requests = self._waiting.pop(key)
+            try:
+                probs = _probs(model, np.concatenate([t for t, _ in requests]))
+            except BaseException as err:
+                for _, waiting in requests:
+                    waiting.set_exception(err)
+                raise
+            start = 0
+            for tile_of, waiting in requests:
+                waiting.set_result(probs[start : start + len(tile_of)])
+                start += len(tile_of)
+        return share.result()
+
+
+_BATCHERS: dict[int, TileBatcher] = {}
+
+
+def _batcher(tiles: int) -> TileBatcher:
+    with _MOVING:
+        return _BATCHERS.setdefault(tiles, TileBatcher(tiles))
+
+
+def _batch_probs(model: Segmenter, tile: np.ndarray, device: torch.device) -> Iterator[torch.Tensor]:
+    """The mean probabilities of ``tile``'s slices, batch by batch, on ``device``."""
     net = _on(model.net, device)
     x = torch.from_numpy(np.ascontiguousarray(tile, dtype=np.float32))[:, None]
     x, (h, w) = pad_to_stride(x, model.stride)
-    # on a CPU one slice at a time: the same numbers as a batch, faster (the activations
-    # stay in cache) and an eighth of the memory for an 8-slice tile; a GPU takes the
-    # whole tile at once (one copy each way, and kernels big enough to fill it)
-    batches = x.split(1) if device.type == "cpu" else (x,)
-    probs = np.empty((len(x), len(model.phases), h, w), np.float32)
-    with device_slot(device), torch.inference_mode():
-        start = 0
-        for batch in batches:
-            mean = net.mc_logits(batch.to(device), model.passes).softmax(dim=2).mean(dim=0)
-            probs[start : start + len(batch)] = mean[..., :h, :w].cpu().numpy()
-            start += len(batch)
-    return probs
+    # on a CPU one slice at a time: faster (the activations stay in cache), an eighth of
+    # the memory for an 8-slice tile, and the numbers of earlier versions (a batch differs
+    # in the last bit of a few probabilities); a GPU takes the whole tile, or the tiles of
+    # a TileBatcher, at once (one copy each way, and kernels big enough to fill it)
+    for batch in x.split(1) if device.type == "cpu" else (x,):
+        yield net.mc_logits(batch.to(device), model.passes).softmax(dim=2).mean(dim=0)[..., :h, :w]
 
 
 _MOVING = threading.Lock()

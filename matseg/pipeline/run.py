@@ -132,7 +132,8 @@ def segment(
         norm = intensity_range(job.volume, len(job.phases) if "classical" in job.names else None, monitor)
     else:
         norm = Normalization.from_dict(stored["normalization"])
-    job = replace(job, context=Context(job.models, norm.thresholds, job.context.phase_order))
+    context = Context(job.models, norm.thresholds, job.context.phase_order, settings.batch_tiles)
+    job = replace(job, context=context)
     job.output.parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(job.output):  # one writer at a time, from here on
         if start_of(job, overwrite)[0] != start:  # another run changed it meanwhile

@@ -36,6 +36,11 @@ class Settings:
         Tile size per axis (default 8 x 256 x 256, in-plane multiples of the stride).
     halo : int, optional
         In-plane halo; default and minimum: the models' receptive radius.
+    batch_tiles : int
+        Tiles whose slices a model runs in one forward pass, from the tiles a process's
+        threads run at once (:class:`matseg.models.inference.TileBatcher`): 1 (default)
+        runs each tile on its own; more keep a GPU's kernels full. Same labels on a CPU,
+        where it is slower (docs/benchmarks.md).
 
     Examples
     --------
@@ -50,10 +55,15 @@ class Settings:
     weights: str | os.PathLike | None = None
     tile: tuple[int, ...] | None = None
     halo: int | None = None
+    batch_tiles: int = 1
 
     def __post_init__(self) -> None:
         if self.tile is not None:
             object.__setattr__(self, "tile", tuple(int(t) for t in self.tile))
+        if not isinstance(self.batch_tiles, int) or self.batch_tiles < 1:
+            raise MatsegError(
+                f"batch_tiles must be a whole number of tiles, at least 1; got {self.batch_tiles!r}"
+            )
         _check_options(self.model, self.lam, self.budget_gflops, self.max_expensive_fraction)
 
     @classmethod

@@ -32,8 +32,8 @@ import zarr
 
 from matseg.candidates.registry import CANDIDATES, Context
 from matseg.candidates.tile import candidate_probs, cheap_pass, tile_input
+from matseg.io.guard import remove_output
 from matseg.io.read import open_volume
-from matseg.io.write import remove_store
 from matseg.malloc import tune_malloc
 from matseg.normalize import Normalization
 from matseg.sample import write_sample
@@ -75,7 +75,7 @@ def measured_run(args: list[str], env: dict | None = None, preexec_fn=None, chec
 
 def fresh(output: Path) -> Path:
     """No earlier output: a run must not reuse a stored cheap pass (--overwrite would)."""
-    remove_store(output)
+    remove_output(output, ("segment",))
     return output
 
 

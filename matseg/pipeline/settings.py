@@ -39,8 +39,9 @@ class Settings:
     batch_tiles : int
         Tiles whose slices a model runs in one forward pass, from the tiles a process's
         threads run at once (:class:`matseg.models.inference.TileBatcher`): 1 (default)
-        runs each tile on its own; more keep a GPU's kernels full. Same labels on a CPU,
-        where it is slower (docs/benchmarks.md).
+        runs each tile on its own; more keep a GPU's kernels full. Same output on a CPU,
+        where it is slower (docs/benchmarks.md). On a GPU the cheap pass is not batched:
+        its results are reduced on the device tile by tile.
 
     Examples
     --------

@@ -195,13 +195,13 @@ def test_out_of_memory_is_one_line_and_the_run_resumes(
     assert run(_args(volume, whole, random_weights, "--model", "cheap", "--workers", "1")) == 0
     segment_probs, calls = candidates.segment_probs, []
 
-    def runs_out(model, tile):
+    def runs_out(model, tile, *batching):
         calls.append(1)
         if len(calls) > 3 and error == "gpu":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         if len(calls) > 3:
             raise MemoryError()
-        return segment_probs(model, tile)
+        return segment_probs(model, tile, *batching)
 
     monkeypatch.setattr(candidates, "segment_probs", runs_out)
     args = _args(volume, out, random_weights, "--model", "cheap", "--workers", "1")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,6 @@ import zarr
 from matseg.candidates.registry import CANDIDATES, Context
 from matseg.candidates.tile import candidate_probs, cheap_pass, tile_input
 from matseg.io.read import open_volume
-from matseg.io.write import remove_store
 from matseg.malloc import tune_malloc
 from matseg.normalize import Normalization
 from matseg.sample import write_sample
@@ -75,7 +75,7 @@ def measured_run(args: list[str], env: dict | None = None, preexec_fn=None, chec
 
 def fresh(output: Path) -> Path:
     """No earlier output: a run must not reuse a stored cheap pass (--overwrite would)."""
-    remove_store(output)
+    shutil.rmtree(output, ignore_errors=True)
     return output
 
 

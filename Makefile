@@ -51,7 +51,10 @@ demo: install
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite.
 # The napari plugin's tests need a display: they run under Xvfb (skipped without one).
+# PoreSpy and OpenPNM (the measure-validation extra: ~30 s, CPU wheels, torch untouched) let
+# tests/test_measure_porespy.py compare matseg measure with PoreSpy instead of skipping.
 test: install
+	@$(BIN)/python -c "import porespy, openpnm" 2>/dev/null || $(BIN)/pip install -q -e ".[measure-validation]"
 	@if command -v xvfb-run >/dev/null 2>&1; then \
 		$(XVFB_RUN) $(BIN)/python -m pytest -q tests $(PLUGIN); \
 	else \

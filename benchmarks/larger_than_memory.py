@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -25,7 +26,6 @@ import numpy as np
 import zarr
 from scaling import measured_run  # benchmarks/ is the script's folder
 
-from matseg.io.write import remove_store
 from matseg.synth import SampleConfig, sample_arrays
 
 GIB = 1 << 30
@@ -106,7 +106,7 @@ def main() -> None:
     except OSError as err:
         raise SystemExit(f"cannot make a memory cgroup here ({err}); run as root on Linux") from None
     out = args.work / "phases.zarr"
-    remove_store(out)  # a fresh run: nothing reused
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run: nothing reused
     command = ["segment", str(volume), "-o", str(out), "--truth", str(truth), "--quiet"]
     try:
         run = measured_run(command, preexec_fn=group.enter, check=False)

@@ -10,9 +10,10 @@ import pytest
 import zarr
 
 from matseg.microstructure.blocks import Reader
+from matseg.microstructure.calibration import LEVEL, calibrated_interval, fit
 from matseg.microstructure.interfaces import local_metrics
 from matseg.microstructure.thickness import quantiles, thickness_histograms
-from matseg.microstructure.tortuosity import tortuosity
+from matseg.microstructure.tortuosity import block_tortuosity, tortuosity
 from matseg.microstructure.uncertainty import Perturbed
 
 from .conftest import run
@@ -111,6 +112,66 @@ def test_straight_and_bent_channels():
     assert tortuosity(bent, axis=1)["tau"] == float("inf")
 
 
+def test_transport_on_blocks_equals_the_whole_for_straight_channels():
+    channels = np.zeros((30, 24, 24), bool)
+    channels[:, 2:5, 3:6] = channels[:, 12:14, 15:20] = channels[:, 20, 1:23] = True
+    whole = tortuosity(channels, axis=0)
+    # 3 blocks along the axis, 2 x 2 across: the channels cross block sides and interfaces
+    blocks = block_tortuosity(lambda r: channels[r], channels.shape, 0, (10, 12, 12), (2.0, 1.0, 0.5))
+    assert blocks["blocks"] == 12 and blocks["block_shape"] == [10, 12, 12]
+    assert blocks["relative_diffusivity"] == pytest.approx(whole["relative_diffusivity"], rel=1e-9)
+    assert blocks["tau"] == pytest.approx(1.0, rel=1e-9) and blocks["eps"] == pytest.approx(whole["eps"])
+
+
+def test_transport_on_blocks_differs_where_paths_wander():
+    import scipy.ndimage as ndi
+
+    rng = np.random.default_rng(1)
+    field = ndi.gaussian_filter(rng.normal(size=(24, 32, 32)), 2.5)
+    pores = field > np.quantile(field, 0.55)
+    whole = tortuosity(pores, axis=0)["relative_diffusivity"]
+    # no-flux sides only remove conductances (Rayleigh's monotonicity): D can only fall
+    across = block_tortuosity(lambda r: pores[r], pores.shape, 0, (24, 16, 16))["relative_diffusivity"]
+    assert 0 < across < whole
+    # equipotential interfaces between blocks along the axis let the flow redistribute: D rises
+    along = block_tortuosity(lambda r: pores[r], pores.shape, 0, (12, 32, 32))["relative_diffusivity"]
+    assert along > whole
+    assert tortuosity(pores, axis=0)["relative_diffusivity"] == whole
+
+
+def test_calibrated_margin_covers_the_calibration_volumes():
+    rng = np.random.default_rng(0)
+    truths = rng.uniform(1.0, 2.0, 40)
+    values = truths * (1 + rng.normal(0.1, 0.05, 40))  # a biased segmenter, draws too narrow
+    draws = [[v * 1.01, v * 0.99] for v in values]
+    table = fit({"specific_surface_area": [(t, v, d, 2.0) for t, v, d in zip(truths, values, draws)]}, 0.9)
+    entry = table["margins"]["specific_surface_area"]
+    assert entry["scale"] == "relative" and entry["n"] == 40 and entry["margin"] > 0
+    inside = [
+        lo <= t <= hi
+        for t, v, d in zip(truths, values, draws)
+        for lo, hi in [calibrated_interval("specific_surface_area", v, d, table)]
+    ]
+    assert np.mean(inside) >= 0.9
+    assert calibrated_interval("specific_surface_area", 1.0, [1.01, 0.99], None) == pytest.approx(
+        (0.98, 1.02)
+    )
+    # fractions: an absolute margin, clipped to [0, 1]
+    fraction = fit({"volume_fraction": [(0.5, 0.9, [0.9], 2.0)] * 9})["margins"]["volume_fraction"]
+    assert fraction["scale"] == "absolute" and fraction["margin"] == pytest.approx(0.4)
+    assert calibrated_interval("volume_fraction", 0.9, [0.9], {"margins": {"volume_fraction": fraction}}) == (
+        pytest.approx(0.5),
+        1.0,
+    )
+    # thickness quantiles: in steps of two voxel sides, whatever the value
+    d10 = fit({"thickness_d10": [(4.0, 2.0, [2.0], 2.0)] * 9})["margins"]["thickness_d10"]
+    assert d10["scale"] == "steps" and d10["margin"] == pytest.approx(1.0)
+    assert calibrated_interval("thickness_d10", 0.4, [0.4], {"margins": {"thickness_d10": d10}}, 0.1) == (
+        pytest.approx(0.3),
+        pytest.approx(0.5),
+    )
+
+
 def test_draws_follow_uncertainty_and_do_not_depend_on_blocks():
     volume = slab()
     labels = da.from_array(volume, chunks=7)
@@ -193,6 +254,7 @@ def test_measure_command_on_a_segmentation(tmp_path, small_sample, capsys):
         "",
     ) in rows
     assert all(s["residual"] <= 1e-8 for s in report["solves"])
+    assert report["uncertainty"]["calibration"]["level"] == LEVEL
     assert run(args) == 2  # exists
     assert len((out / "measure.csv").read_text().splitlines()) == len(report["rows"]) + 1
 
@@ -204,6 +266,8 @@ def test_measure_command_on_a_segmentation(tmp_path, small_sample, capsys):
         ["--tpb", "pore,pore,active"],
         ["--voxel-size", "1,2"],
         ["--voxel-size", "a,b,c"],
+        ["--transport-block", "2,8,8"],
+        ["--transport-block", "a,8"],
     ],
 )
 def test_measure_bad_options_exit_2(tmp_path, small_sample, extra, capsys):
@@ -239,3 +303,23 @@ def test_measure_refuses_instance_labels(tmp_path, capsys):
     ).reshape(4, 8, 8)
     assert run(["measure", path, "--labels", "-o", tmp_path / "m"]) == 2
     assert "0..255" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+def test_measure_transport_block_option(tmp_path, capsys):
+    import matseg
+
+    store = labels_store(tmp_path / "s.zarr", slab((16, 24, 32), 8, 20))
+    whole, blocks = (
+        matseg.measure(store, labels=True, rev=False, transport_block=b, log=print)
+        for b in (None, (8, 12, 16))
+    )
+    assert "one block of 8x12x16 at a time" in capsys.readouterr().out  # said before the solves
+    assert blocks["solve_memory_bytes"] == 8 * 12 * 16 * 96 < whole["solve_memory_bytes"]
+    assert [s["blocks"] for s in blocks["solves"]] == [8, 8, 8]
+    tau = {
+        b: {r["axis"]: r["value"] for r in rep["rows"] if r["metric"] == "tortuosity_factor"}
+        for b, rep in (("whole", whole), ("blocks", blocks))
+    }
+    assert tau["whole"]["z"] == pytest.approx(1.0) and tau["blocks"]["z"] == pytest.approx(1.0)
+    assert tau["whole"]["y"] == pytest.approx(1.0) and tau["blocks"]["y"] == pytest.approx(1.0)
+    assert tau["whole"]["x"] == tau["blocks"]["x"] == float("inf")  # phase 0 is cut by the slab

@@ -41,6 +41,12 @@ from matseg.errors import MatsegError
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draws.")
 @click.option(
+    "--no-calibration",
+    is_flag=True,
+    help="Intervals from the draws alone, without the margin calibrated for the bundled weights "
+    "(for segmentations made with other weights).",
+)
+@click.option(
     "--max-radius",
     type=click.IntRange(min=1),
     default=12,
@@ -57,6 +63,13 @@ from matseg.errors import MatsegError
     show_default=True,
     help="Relative residual at which the diffusion solve stops.",
 )
+@click.option(
+    "--transport-block",
+    "transport_block_text",
+    metavar="Z,Y,X",
+    help="Solve the diffusion on sub-volumes of at most this shape, one at a time, combined "
+    "in series along the axis and in parallel across it (default: the whole volume).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the output folder's files if it exists.")
 def measure(
     store,
@@ -68,11 +81,13 @@ def measure(
     tpb_text,
     samples,
     seed,
+    no_calibration,
     max_radius,
     no_transport,
     no_connectivity,
     no_rev,
     tol,
+    transport_block_text,
     overwrite,
 ) -> None:
     """Microstructure metrics of a segmentation, with intervals from its uncertainty.
@@ -89,6 +104,14 @@ def measure(
     given = voxel_size_of(voxel_size_text, unit)
     voxel_size = given.for_ndim(3).values if given is not None else None
     tpb = tuple(p.strip() for p in tpb_text.split(",")) if tpb_text else None
+    transport_block = None
+    if transport_block_text:
+        try:
+            transport_block = tuple(int(v) for v in transport_block_text.split(","))
+        except ValueError:
+            raise MatsegError(
+                f"--transport-block {transport_block_text}: give three integers Z,Y,X, e.g. 64,128,128"
+            ) from None
     folder = (
         Path(output)
         if output
@@ -112,6 +135,8 @@ def measure(
         connectivity=not no_connectivity,
         rev=not no_rev,
         tol=tol,
+        transport_block=transport_block,
+        calibrated=not no_calibration,
     )
     from matseg.microstructure import write_report
 

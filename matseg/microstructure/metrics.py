@@ -11,7 +11,7 @@ from matseg.microstructure.blocks import Reader, Region, as_dask
 from matseg.microstructure.connectivity import AXES, connectivity
 from matseg.microstructure.interfaces import local_metrics
 from matseg.microstructure.thickness import quantiles, thickness_histograms
-from matseg.microstructure.tortuosity import tortuosity
+from matseg.microstructure.tortuosity import block_tortuosity, tortuosity
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ class Settings:
     block: tuple[int, int, int] = (64, 128, 128)
     tol: float = 1e-8
     device: str | None = None
+    transport_block: tuple[int, int, int] | None = None
 
     @property
     def n_phases(self) -> int:
@@ -86,9 +87,21 @@ def full_table(
     solves = []
     if transport and settings.transport_phase is not None:
         phase = settings.transport_phase
-        mask = reader.whole(settings.block[0]) == phase
+        if settings.transport_block is None:
+            mask = reader.whole(settings.block[0]) == phase
         for axis, name in enumerate(AXES):
-            solve = tortuosity(mask, axis, settings.voxel_size, settings.tol, device=settings.device)
+            if settings.transport_block is None:
+                solve = tortuosity(mask, axis, settings.voxel_size, settings.tol, device=settings.device)
+            else:
+                solve = block_tortuosity(
+                    lambda region: reader.read(region) == phase,
+                    reader.shape,
+                    axis,
+                    settings.transport_block,
+                    settings.voxel_size,
+                    settings.tol,
+                    settings.device,
+                )
             solves.append(solve)
             table[row("tortuosity_factor", names[phase], name, "1")] = float(solve["tau"])
             table[row("relative_diffusivity", names[phase], name, "1")] = float(solve["relative_diffusivity"])

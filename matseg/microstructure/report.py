@@ -16,9 +16,11 @@ import numpy as np
 from matseg._version import __version__
 from matseg.errors import MatsegError
 from matseg.microstructure.blocks import Reader
+from matseg.microstructure.calibration import calibrated_interval
+from matseg.microstructure.calibration import load as load_calibration
 from matseg.microstructure.metrics import Settings, full_table, rev_curves
 from matseg.microstructure.source import LabelSource, open_labels
-from matseg.microstructure.tortuosity import solve_memory
+from matseg.microstructure.tortuosity import solve_memory, split
 from matseg.microstructure.uncertainty import Perturbed
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,9 @@ def _phase_index(name: str, names: tuple[str, ...], option: str) -> int:
     raise MatsegError(f"{option} '{name}' is not a phase of this volume; phases: {', '.join(names)}")
 
 
-def _settings(source: LabelSource, transport_phase, tpb, max_radius, block, tol, device) -> Settings:
+def _settings(
+    source: LabelSource, transport_phase, tpb, max_radius, block, tol, device, transport_block
+) -> Settings:
     low, top = (int(v) for v in dask.compute(source.labels.min(), source.labels.max()))
     if low < 0 or top >= MAX_PHASES:
         raise MatsegError(
@@ -61,7 +65,25 @@ def _settings(source: LabelSource, transport_phase, tpb, max_radius, block, tol,
             raise MatsegError(f"--tpb {','.join(map(str, tpb))}: name three different phases")
     if max_radius < 1:
         raise MatsegError(f"--max-radius {max_radius}: give at least 1 voxel")
-    return Settings(names, source.voxel_size, source.unit, transport, triple, max_radius, block, tol, device)
+    if transport_block is not None:
+        transport_block = tuple(int(v) for v in transport_block)
+        if len(transport_block) != 3 or min(transport_block) < 3:
+            raise MatsegError(
+                f"--transport-block {','.join(map(str, transport_block))}: give three sides Z,Y,X of "
+                "at least 3 voxels each"
+            )
+    return Settings(
+        names,
+        source.voxel_size,
+        source.unit,
+        transport,
+        triple,
+        max_radius,
+        block,
+        tol,
+        device,
+        transport_block,
+    )
 
 
 def interval(value: float, draws: list[float], width: float = 2.0) -> tuple[float | None, float | None]:
@@ -96,6 +118,8 @@ def measure(
     tol: float = 1e-8,
     device: str | None = None,
     block: tuple[int, int, int] = (64, 128, 128),
+    transport_block: tuple[int, int, int] | None = None,
+    calibrated: bool = True,
 ) -> dict:
     """Microstructure metrics of a segmentation, each with an interval from its own uncertainty.
 
@@ -127,6 +151,13 @@ def measure(
         Torch device for the solve (default: a GPU when present).
     block : (int, int, int)
         Block shape of the streamed metrics.
+    transport_block : (int, int, int), optional
+        Solve the diffusion on sub-volumes of at most this shape, one at a time,
+        combined in series along the axis and in parallel across it (default:
+        the whole volume in one solve).
+    calibrated : bool
+        Widen the draws' intervals by the margins fitted on volumes with truth
+        (``matseg.microstructure.calibration``); False: the draws' spread alone.
 
     Returns
     -------
@@ -141,12 +172,18 @@ def measure(
         raise MatsegError(f"--samples {samples}: give 0 (no intervals) or more")
 
     src = open_labels(source, labels=labels, voxel_size=voxel_size, unit=unit)
-    settings = _settings(src, phase, tpb, max_radius, block, tol, device)
+    settings = _settings(src, phase, tpb, max_radius, block, tol, device, transport_block)
     reader = Reader(src.labels)
+    solved = src.shape
+    if transport_block is not None:
+        solved = tuple(max(s.stop - s.start for s in split(n, b)) for n, b in zip(src.shape, transport_block))
     if transport:
-        logger.info(
-            "the diffusion solve holds the volume in memory: ~%.0f MiB", solve_memory(src.shape) / 2**20
+        held = (
+            "the volume"
+            if transport_block is None
+            else f"one block of {'x'.join(map(str, solved))} at a time"
         )
+        logger.info("the diffusion solve holds %s in memory: ~%.0f MiB", held, solve_memory(solved) / 2**20)
     table, details = full_table(reader, settings, transport, connectivity)
     draws = []
     if src.uncertainty is not None and samples > 0:
@@ -154,12 +191,13 @@ def measure(
             logger.info("draw %d of %d", k + 1, samples)
             perturbed = Perturbed(src.labels, src.uncertainty, settings.n_phases, k, seed, correlation)
             draws.append(full_table(perturbed, settings, transport, connectivity)[0])
+    calibration = load_calibration() if calibrated and draws else None
     rows = []
     for key, value in table.items():
         metric, phases, axis, unit_text = key.split("/", 3)
-        low, high = interval(value, [d[key] for d in draws if key in d])
-        if high is not None and metric.endswith("fraction"):
-            high = min(high, 1.0)
+        low, high = calibrated_interval(
+            metric, value, [d[key] for d in draws if key in d], calibration, 2 * min(src.voxel_size)
+        )
         rows.append(
             {
                 "metric": metric,
@@ -189,6 +227,7 @@ def measure(
             "max_radius_voxels": max_radius,
             "tolerance": tol,
             "block": list(block),
+            "transport_block": list(transport_block) if transport_block else None,
         },
         "uncertainty": {
             "samples": len(draws),
@@ -197,12 +236,15 @@ def measure(
             "scheme": "entropy-driven boundary re-assignment (docs/measure.md)"
             if draws
             else "none: no uncertainty image or samples=0",
+            "calibration": {k: calibration[k] for k in ("level", "fitted_on", "margins")}
+            if calibration
+            else None,
         },
         "rows": rows,
         "draws": draws,
         "sizes": details["sizes"],
         "solves": details["solves"],
-        "solve_memory_bytes": solve_memory(src.shape) if transport else 0,
+        "solve_memory_bytes": solve_memory(solved) if transport else 0,
     }
     if rev:
         report["rev"] = rev_curves(reader, settings)

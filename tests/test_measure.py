@@ -305,15 +305,17 @@ def test_measure_refuses_instance_labels(tmp_path, capsys):
     assert "0..255" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
-def test_measure_transport_block_option(tmp_path, capsys):
+def test_measure_transport_block_option(tmp_path, caplog):
+    import logging
+
     import matseg
 
     store = labels_store(tmp_path / "s.zarr", slab((16, 24, 32), 8, 20))
-    whole, blocks = (
-        matseg.measure(store, labels=True, rev=False, transport_block=b, log=print)
-        for b in (None, (8, 12, 16))
-    )
-    assert "one block of 8x12x16 at a time" in capsys.readouterr().out  # said before the solves
+    with caplog.at_level(logging.INFO, logger="matseg"):
+        whole, blocks = (
+            matseg.measure(store, labels=True, rev=False, transport_block=b) for b in (None, (8, 12, 16))
+        )
+    assert "one block of 8x12x16 at a time" in caplog.text  # said before the solves
     assert blocks["solve_memory_bytes"] == 8 * 12 * 16 * 96 < whole["solve_memory_bytes"]
     assert [s["blocks"] for s in blocks["solves"]] == [8, 8, 8]
     tau = {

@@ -24,7 +24,7 @@ from matseg.io.read import Volume, open_volume
 from matseg.metrics import iou_per_phase
 from matseg.models.inference import segment_probs
 from matseg.models.segmenter import Segmenter, new_segmenter
-from matseg.models.store import check_weights_folder, load_segmenter, save_segmenter
+from matseg.models.store import check_weights_folder, load_segmenter, read_manifest, save_segmenter
 from matseg.monitor import CancelToken, Monitor, Progress
 from matseg.normalize import intensity_range
 from matseg.validate import check_label_dtype, check_number
@@ -381,6 +381,10 @@ def train(
         results[name] = {**metrics, "steps": n_steps, "seconds": seconds}
         if log:
             log(f"{name}: validation mIoU {metrics['miou']:.4f} after {n_steps} steps ({seconds:.0f} s)")
+    if "cheap" in read_manifest(output):  # what a run compares its volume with (candidates.fit)
+        from matseg.statistics import record_statistics
+
+        record_statistics(output, [d.images for d in data], ", ".join(map(str, images)))
     return results
 
 

@@ -36,6 +36,10 @@ class Settings:
         Tile size per axis (default 8 x 256 x 256, in-plane multiples of the stride).
     halo : int, optional
         In-plane halo; default and minimum: the models' receptive radius.
+    phases : sequence of str, optional
+        With ``model="classical"`` only: the volume's phase names, dark to bright (as many as
+        it has intensity classes); the run then needs no network weights at all. Default:
+        the phases the weights name.
 
     Examples
     --------
@@ -50,10 +54,14 @@ class Settings:
     weights: str | os.PathLike | None = None
     tile: tuple[int, ...] | None = None
     halo: int | None = None
+    phases: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.tile is not None:
             object.__setattr__(self, "tile", tuple(int(t) for t in self.tile))
+        if self.phases is not None:
+            object.__setattr__(self, "phases", tuple(str(p).strip() for p in self.phases))
+            _check_phases(self.model, self.phases)
         _check_options(self.model, self.lam, self.budget_gflops, self.max_expensive_fraction)
 
     @classmethod
@@ -63,6 +71,18 @@ class Settings:
         if unknown:
             raise TypeError(f"unknown setting(s) {', '.join(unknown)}; Settings has {_names()}")
         return replace(settings or cls(), **changes) if changes else settings or cls()
+
+
+def _check_phases(model: str, phases: tuple[str, ...]) -> None:
+    if model != "classical":
+        raise MatsegError(
+            f"--phases names the phases of --model classical; --model {model} takes the phases "
+            "its weights name"
+        )
+    if len(phases) < 2 or not all(phases) or len(set(phases)) != len(phases):
+        raise MatsegError(
+            f"--phases {','.join(phases)}: give at least 2 distinct, non-empty names, dark to bright"
+        )
 
 
 def _names() -> str:

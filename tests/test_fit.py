@@ -129,7 +129,7 @@ def test_the_way_out_from_no_weights_with_the_volumes_own_phases(tmp_path, capsy
 
     report = matseg.segment(volume, tmp_path / "again.zarr", weights=weights, tile=(4, 64, 64))
     assert report["phases"] == ["background", "particle"] and report["model"] == "auto"
-    assert report["fit"]["fits"]
+    assert report["fit"]["fits"], report["fit"]
     assert set(report["decisions"]) == set(manifest["selector"]["candidates"])
 
 

@@ -12,7 +12,9 @@ gradient, stripes). A run compares its own volume with them after the cheap pass
 - contrast: that distance over the same distance for the volume with inverted grey
   levels (its quantile function reflected). Above 1 the inverted volume looks more like
   the training data than the volume itself: the contrast is inverted (phases the
-  generator varies change the distance itself, but rarely this ratio);
+  generator varies change the distance itself, but rarely this ratio). Scaled down for a
+  volume within half the intensity threshold, where both distances are too small to
+  compare;
 - uncertainty: per uncertainty feature of the cheap net (mean and 90th percentile of
   its entropy, the fractions above 0.25 and 0.5, the low-margin fraction, and the mean
   margin, sign reversed), how far the volume's median over its tiles lies *above* the
@@ -26,7 +28,8 @@ gradient, stripes). A run compares its own volume with them after the cheap pass
 Each part is divided by its threshold (calibrated on generated volumes, see
 docs/models.md, "Does a volume fit the weights?"), and the distance is the larger:
 a volume does not fit when it exceeds 1. A weights folder may record several sets
-(fine-tuning adds the corrected slices' set): the nearest counts.
+(fine-tuning adds the corrected slices' set): the nearest counts. A set of fewer than
+:data:`MIN_FEATURE_TILES` tiles is compared by its intensities only.
 """
 
 from __future__ import annotations
@@ -53,7 +56,13 @@ STATISTICS = "training_statistics"  # the manifest's entry
 # each part's distance at which a volume stops fitting (calibrated: docs/models.md)
 INTENSITY_THRESHOLD = 0.075
 CONTRAST_THRESHOLD = 1.0
+# nearer than this to the training intensities, the contrast ratio means nothing (a volume
+# whose distribution is its own mirror image has both distances small): it is scaled down
+CONTRAST_FLOOR = INTENSITY_THRESHOLD / 2
 FEATURE_THRESHOLD = 0.75
+# fewer tiles than this (a few corrected slices) measure no spread worth comparing with:
+# such a set is compared by its intensities only
+MIN_FEATURE_TILES = 16
 THRESHOLD = 1.0  # of the distance: the larger part, each divided by its own threshold
 # tiles the training images are cut into: smaller than a run's (8 x 256 x 256) so that a few
 # training volumes give enough tiles to measure the spread of the features over tiles
@@ -183,9 +192,9 @@ def fit_of(
         away = float(np.mean(np.abs(np.asarray(quantiles) - reference)))
         away_inverted = float(np.mean(np.abs(1.0 - np.asarray(quantiles)[::-1] - reference)))
         intensity = away / INTENSITY_THRESHOLD
-        contrast = away / max(away_inverted, 1e-6) / CONTRAST_THRESHOLD
+        contrast = away / max(away_inverted, 1e-6) / CONTRAST_THRESHOLD * min(1.0, away / CONTRAST_FLOOR)
         part = None
-        if volume_median is not None:
+        if volume_median is not None and entry.get("tiles", 0) >= MIN_FEATURE_TILES:
             spread = np.maximum((np.subtract(entry["high"], entry["low"])) / 2, 1e-3)
             z = (volume_median - np.asarray(entry["median"])) / spread
             sign = np.array([1.0 if n in UNCERTAIN else -1.0 for n in UNCERTAIN + CERTAIN])

@@ -105,12 +105,15 @@ class RetrainPanel(TaskPanel, Container):
             output.name.removesuffix(".zarr") + ".weights"
         )
         init = path_value(self.init)
+        made_by = (meta.get("report") or {}).get("models")
+        # an output made without networks trains from scratch unless a start is chosen here
+        recorded = meta.get("weights") if made_by or made_by is None else None
         task = Task(
             matseg.finetune_from_corrections,
             corrections,
             target.absolute(),
             models=list(self.models.value) or None,
-            init=str(init.absolute()) if init is not None else meta.get("weights"),
+            init=str(init.absolute()) if init is not None else recorded,
             steps=int(self.steps.value),
             lr=float(self.lr.value),
         )

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.matseg-installed
 DEMO   ?= demo-out
 
-.PHONY: install xvfb demo test lint weights weights-segmenters weights-selector weights-finetune bench-models bench-robustness clean
+.PHONY: install xvfb demo test lint weights weights-segmenters weights-selector weights-finetune weights-statistics bench-models bench-robustness bench-fit clean
 
 WORK   ?= work-out
 
@@ -77,6 +77,13 @@ weights-segmenters: install
 	$(BIN)/matseg train $(foreach s,$(TRAIN_SEEDS),$(WORK)/train-$(s).zarr) --val $(WORK)/val-201.zarr \
 		--model medium --steps 2000 --batch 8 --patch 128 --lr 3e-3 --seed 0 --augment none -o $(WEIGHTS)
 
+# The training statistics of the bundled segmenters (docs/models.md, "Does a volume fit the
+# weights?"), measured on their regenerated training volumes; only manifest.json changes.
+weights-statistics: install
+	for s in $(TRAIN_SEEDS); do $(BIN)/matseg sample $(WORK)/train-$$s.zarr --shape 24 256 256 --seed $$s \
+		--config data/segmenter-training.yaml --overwrite; done
+	$(BIN)/matseg train $(foreach s,$(TRAIN_SEEDS),$(WORK)/train-$(s).zarr) -o $(WEIGHTS) --statistics-only
+
 # Proposed, not yet applied to the bundled weights (docs/models.md, "Robustness"): fine-tune the
 # segmenters above with imaging augmentation, then retrain the selector for them.
 weights-finetune: install
@@ -96,6 +103,10 @@ bench-models: install
 
 bench-robustness: install
 	$(BIN)/python benchmarks/robustness.py --out docs/robustness.json
+
+bench-fit: install
+	$(BIN)/python benchmarks/fit.py --out docs/fit.json
+	$(BIN)/python benchmarks/fit.py --offset 8 --out docs/fit-heldout.json
 
 lint: install
 	$(BIN)/ruff check matseg tests $(PLUGIN)

@@ -92,9 +92,12 @@ def _physical(report: dict) -> str:
 def format_report(report: dict) -> str:
     """The end-of-run summary a user reads."""
     shape = " x ".join(map(str, report["input"]["shape"]))
-    models = ", ".join(
-        f"{m['name']} ({m['params'] / 1e3:,.1f} K params, sha256 {m['sha256'][:10]})"
-        for m in report["models"]
+    models = (
+        ", ".join(
+            f"{m['name']} ({m['params'] / 1e3:,.1f} K params, sha256 {m['sha256'][:10]})"
+            for m in report["models"]
+        )
+        or f"{report['model']} (no network weights)"
     )
     t = report["timings"]
     lines = [
@@ -132,6 +135,10 @@ def format_report(report: dict) -> str:
             f"run ({report['all_expensive_gflops']:,.1f} GFLOPs)"
         )
     lines.append(f"  seams      score {report['seam']['score']:.2f} (1 = no seam at tile borders)")
+    if report.get("fit"):
+        from matseg.candidates.fit import describe_fit
+
+        lines.append(f"  fit        {describe_fit(report['fit'])}")
     metrics = report.get("metrics")
     if metrics:
         per_phase = ", ".join(f"{k} {v:.3f}" for k, v in metrics["iou"].items() if v is not None)

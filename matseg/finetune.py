@@ -18,7 +18,10 @@ from pathlib import Path
 from matseg.corrections import Corrections, load_corrections, training_data_from_corrections
 from matseg.errors import MatsegError
 from matseg.io.paths import check_distinct
+from matseg.models.segmenter import SEGMENTERS, new_segmenter
 from matseg.monitor import CancelToken, Monitor, Progress
+from matseg.selector.refit import SELECTOR_STEPS, selector_from_slices
+from matseg.statistics import previous_sets, record_statistics
 from matseg.training import fit, score
 
 logger = logging.getLogger(__name__)
@@ -38,8 +41,15 @@ def finetune_from_corrections(
     command: str | None = None,
     progress: Progress | None = None,
     cancel: CancelToken | None = None,
+    selector_steps: int = SELECTOR_STEPS,
 ) -> dict:
     """Fine-tune the segmenters that produced an output on its corrections.
+
+    An output made without networks (``--model classical``) has no segmenters to start
+    from: then the segmenters (cheap, medium and expensive, or ``models``) are trained from
+    scratch, with the corrections' phase names. Either way the new folder gets a selector
+    retrained for its segmenters on the corrected tiles (``result["selector"]``), or none
+    when too few tiles were corrected: never the old one.
 
     Parameters
     ----------
@@ -59,12 +69,15 @@ def finetune_from_corrections(
         As for :func:`matseg.training.fit`; ``patch`` shrinks to fit small images.
     progress, cancel
         As for :func:`matseg.train`.
+    selector_steps : int
+        REINFORCE steps of the selector retrained for the new segmenters.
 
     Returns
     -------
     dict
         Per model: mIoU against the corrected labels on the corrected slices
-        before (``miou_before``) and after (``miou_after``), slices, steps, seconds.
+        before (``miou_before``; None from scratch) and after (``miou_after``), slices,
+        steps, seconds; and ``selector``: whether one was trained (tiles, default λ), or why not.
     """
     from matseg.models.store import (
         check_weights_folder,
@@ -83,20 +96,28 @@ def finetune_from_corrections(
             "choose another output folder"
         )
     explicit_init = init is not None
-    init_dir = Path(init or corrections.attrs.get("weights") or bundled)
-    manifest = read_manifest(init_dir)
     used = {m["name"]: m.get("sha256") for m in corrections.attrs.get("models") or [] if "name" in m}
-    models = list(models or used or ["cheap"])
+    scratch = not used and not explicit_init  # made without networks: nothing to start from
+    init_dir = Path(init or corrections.attrs.get("weights") or bundled)
+    manifest = {} if scratch else read_manifest(init_dir)
+    models = list(models or used or (SEGMENTERS if scratch else ["cheap"]))
+    if scratch and "cheap" not in models:
+        raise MatsegError("training from scratch needs the cheap segmenter among --model (it always runs)")
+    if scratch and len(corrections.phases) < 2:
+        raise MatsegError(f"{corrections.path} names fewer than 2 phases; cannot train segmenters")
     data = training_data_from_corrections(corrections)
 
     image = corrections.attrs.get("image")
     check_distinct(out, [("corrections", corrections.path), ("image", image), ("--init", init_dir)])
     check_weights_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    _copy_weights(init_dir, out, manifest, skip=models)
+    _copy_weights(init_dir, out, manifest, skip=[*models, "selector"])
     results, monitor = {}, Monitor(progress, cancel)
     for name in models:
-        model = load_segmenter(name, init_dir)
+        if scratch:
+            model = new_segmenter(name, corrections.phases, seed)
+        else:
+            model = load_segmenter(name, init_dir)
         if not explicit_init and used.get(name) and used[name] != model.sha256:
             raise MatsegError(
                 f"the output was segmented with {name} weights sha256 {used[name][:12]}..., but "
@@ -109,7 +130,7 @@ def finetune_from_corrections(
         size = min(patch, *data.images.shape[1:])
         size = max(model.stride, size - size % model.stride)
         n_steps = steps.get(name, max(steps.values())) if isinstance(steps, dict) else steps
-        before = score(model, [data])
+        before = None if scratch else score(model, [data])
         started = time.perf_counter()
         fit(model, [data], n_steps, batch=batch, patch=size, lr=lr, seed=seed, monitor=monitor)
         seconds = time.perf_counter() - started
@@ -118,7 +139,7 @@ def finetune_from_corrections(
             "training": {
                 "command": command or "matseg.corrections.finetune_from_corrections",
                 "from_corrections": str(corrections.path.absolute()),
-                "init": str(init_dir.absolute()),
+                "init": None if scratch else str(init_dir.absolute()),
                 "slices": corrections.corrected_slices,
                 "seed": seed,
                 "steps": n_steps,
@@ -126,20 +147,35 @@ def finetune_from_corrections(
                 "patch": size,
                 "lr": lr,
                 "seconds": round(seconds, 1),
-                "miou_before": before["miou"],
+                "miou_before": before and before["miou"],
                 "miou_after": after["miou"],
             }
         }
         save_segmenter(model, out, record)
         results[name] = {
-            "miou_before": before["miou"],
+            "miou_before": before and before["miou"],
             "miou_after": after["miou"],
             "iou_after": after["iou"],
             "slices": corrections.corrected_slices,
             "steps": n_steps,
             "seconds": seconds,
         }
-        logger.info("%s: mIoU on corrected slices %.4f -> %.4f", name, before["miou"], after["miou"])
+        start = "scratch" if before is None else f"{before['miou']:.4f}"
+        logger.info("%s: mIoU on corrected slices %s -> %.4f", name, start, after["miou"])
+    if "cheap" in read_manifest(out):
+        keep = [] if scratch else previous_sets(init_dir)
+        record_statistics(out, [data.images], f"{corrections.path} (corrected slices)", keep)
+    tile = tuple((corrections.attrs.get("tile") or [256, 256])[-2:])
+    results["selector"] = selector_from_slices(data, out, tile, selector_steps, seed, command)
+    selector = results["selector"]
+    if selector["trained"]:
+        logger.info("selector retrained for the new segmenters on %d tiles", selector["tiles"])
+    else:
+        logger.warning(
+            "no selector in %s (%s): use --model with it, or train one with 'matseg train-selector'",
+            out,
+            selector["reason"],
+        )
     return results
 
 

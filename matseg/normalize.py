@@ -17,6 +17,9 @@ from matseg.tiling import CHUNKS_AT_ONCE, slabs
 from matseg.validate import check_intensities
 
 PERCENTILES = (0.5, 99.5)
+# levels of the normalised intensity quantiles kept for comparing a volume with the
+# weights' training data (:mod:`matseg.candidates.fit`)
+QUANTILE_LEVELS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 97.5, 99.0)
 _SUBSAMPLE_VOXELS = 1 << 22
 
 
@@ -27,6 +30,7 @@ class Normalization:
     low: float
     high: float
     thresholds: tuple[float, ...] = ()  # multi-Otsu thresholds between phases, normalised units
+    quantiles: tuple[float, ...] = ()  # normalised intensities at QUANTILE_LEVELS
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         scale = self.high - self.low if self.high > self.low else 1.0
@@ -34,11 +38,14 @@ class Normalization:
 
     def as_dict(self) -> dict:
         """As stored in an output's attributes and report."""
-        return {"low": self.low, "high": self.high, "thresholds": list(self.thresholds)}
+        saved = {"low": self.low, "high": self.high, "thresholds": list(self.thresholds)}
+        return saved | ({"quantiles": list(self.quantiles)} if self.quantiles else {})
 
     @classmethod
     def from_dict(cls, saved: dict) -> Normalization:
-        return cls(saved["low"], saved["high"], tuple(saved.get("thresholds", ())))
+        return cls(
+            saved["low"], saved["high"], tuple(saved.get("thresholds", ())), tuple(saved.get("quantiles", ()))
+        )
 
 
 def percentiles(sample: np.ndarray, q: Sequence[float]) -> np.ndarray:
@@ -110,12 +117,12 @@ def intensity_range(
         parts.append(part)
         stage.advance()
     sample = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    low, high = percentiles(sample, PERCENTILES)
+    low, high, *levels = percentiles(sample, PERCENTILES + QUANTILE_LEVELS)
     check_intensities(volume.source, smallest, largest, float(low), float(high))
     norm = Normalization(float(low), float(high))
-    if n_phases:
-        norm = Normalization(norm.low, norm.high, multiotsu_thresholds(norm(sample), n_phases))
-    return norm
+    quantiles = tuple(float(q) for q in norm(np.asarray(levels)))
+    thresholds = multiotsu_thresholds(norm(sample), n_phases) if n_phases else ()
+    return Normalization(norm.low, norm.high, thresholds, quantiles)
 
 
 def multiotsu_thresholds(sample: np.ndarray, n_phases: int) -> tuple[float, ...]:

@@ -25,7 +25,7 @@ from matseg.io.read import Volume, open_volume
 from matseg.metrics import iou_per_phase
 from matseg.models.inference import segment_probs
 from matseg.models.segmenter import Segmenter, new_segmenter
-from matseg.models.store import check_weights_folder, load_segmenter, save_segmenter
+from matseg.models.store import check_weights_folder, load_segmenter, read_manifest, save_segmenter
 from matseg.monitor import CancelToken, Monitor, Progress
 from matseg.normalize import intensity_range
 from matseg.validate import check_label_dtype, check_number
@@ -383,6 +383,10 @@ def train(
         logger.info(
             "%s: validation mIoU %.4f after %d steps (%.0f s)", name, metrics["miou"], n_steps, seconds
         )
+    if "cheap" in read_manifest(output):  # what a run compares its volume with (candidates.fit)
+        from matseg.statistics import record_statistics
+
+        record_statistics(output, [d.images for d in data], ", ".join(map(str, images)))
     return results
 
 

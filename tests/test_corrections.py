@@ -157,7 +157,7 @@ def test_finetune_raises_iou_on_the_corrected_slices(output, segmented_sample, f
         path, tmp_path / "tuned", steps=100, lr=3e-3, progress=lambda *a: seen.append(a)
     )
     assert seen[0] == ("training cheap", 0, 100) and seen[-1] == ("training cheap", 100, 100)
-    assert set(results) == {"cheap"}
+    assert set(results) == {"cheap", "selector"}
     assert results["cheap"]["miou_after"] > results["cheap"]["miou_before"]
 
     again = tmp_path / "again.zarr"

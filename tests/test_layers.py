@@ -26,9 +26,10 @@ LAYERS = [
     ("matseg.candidates",),
     ("matseg.selector.policy", "matseg.selector.plan", "matseg.cluster", "matseg.sample"),
     ("matseg.pipeline",),
-    ("matseg.training", "matseg.selector.table", "matseg.review"),
+    ("matseg.training", "matseg.selector.table", "matseg.review", "matseg.statistics"),
     (
         "matseg.selector.train",
+        "matseg.selector.refit",
         "matseg.corrections",
         "matseg.finetune",
         "matseg.evaluate",

@@ -38,10 +38,11 @@ class Context:
     thresholds: tuple[float, ...] = ()  # normalised intensities between phases, dark to bright
     phase_order: tuple[int, ...] = ()  # phase of each intensity class, dark to bright
     batch_tiles: int = 1  # tiles in one forward pass (segment_probs)
+    phases: tuple[str, ...] = ()  # without models (classical alone): the phases it tells apart
 
     @property
     def n_phases(self) -> int:
-        return len(next(iter(self.models.values())).phases)
+        return len(next(iter(self.models.values())).phases) if self.models else len(self.phases)
 
 
 @dataclass(frozen=True)

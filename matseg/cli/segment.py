@@ -115,6 +115,11 @@ def sample(output, shape, seed, config_path, profile, overwrite, voxel_size_text
 @click.option(
     "--no-bars", is_flag=True, help="No progress bars: a log line as each stage ends (for batch job logs)."
 )
+@click.option(
+    "--phases",
+    help="With --model classical: the volume's phase names, dark to bright, e.g. background,particle "
+    "(as many as it has intensity classes); no network weights are needed. Default: the weights' phases.",
+)
 @voxel_size_options
 @verbosity_options
 @cluster_options
@@ -133,6 +138,7 @@ def segment(
     truth,
     overwrite,
     no_bars,
+    phases,
     voxel_size_text,
     unit,
     **cluster,
@@ -164,7 +170,8 @@ def segment(
         tile = tile * 2
     if tile is not None and len(tile) == 2:
         tile = tile_for(input, tile, default_tile)
-    settings = Settings(model, lam, budget_gflops, max_expensive_fraction, weights, tile, halo)
+    names = tuple(p.strip() for p in phases.split(",")) if phases else None
+    settings = Settings(model, lam, budget_gflops, max_expensive_fraction, weights, tile, halo, names)
     voxel_size = voxel_size_of(voxel_size_text, unit)
     bars = StageBars(not no_bars and not click.get_current_context().meta.get("matseg.quiet"))
     try:

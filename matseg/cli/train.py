@@ -72,6 +72,13 @@ from matseg.console import format_evaluation
     help="Fine-tune on a corrections store (saved by the napari plugin) instead of IMAGES: "
     "its corrected slices, from the weights that made the corrected output (or --init).",
 )
+@click.option(
+    "--statistics-only",
+    "statistics_only",
+    is_flag=True,
+    help="Train nothing: record in OUTPUT's manifest the training statistics of IMAGES (what a run "
+    "compares a volume with to say whether the weights fit it), for weights trained on IMAGES before.",
+)
 @verbosity_options
 def train(
     images,
@@ -90,6 +97,7 @@ def train(
     init,
     augment,
     from_corrections,
+    statistics_only,
 ) -> None:
     """Train the segmenters on labelled IMAGES and write a weights folder.
 
@@ -101,6 +109,14 @@ def train(
     from matseg.training import train as run_train
 
     augmentation = load_augmentation(augment)
+    if statistics_only:
+        from matseg.statistics import statistics_from_volumes
+
+        if not images:
+            raise click.UsageError("--statistics-only needs the IMAGES the weights were trained on")
+        entry = statistics_from_volumes(list(images), output, ints(slices_text, "--slices"))
+        click.echo(f"training statistics of {entry['tiles']} tiles recorded in {output}")
+        return
     if from_corrections:
         if images or labels or val or slices_text or phases:
             raise click.UsageError(
@@ -147,7 +163,7 @@ def _finetune(corrections, output, models, steps, steps_expensive, batch, patch,
         output,
         models=models or None,
         init=init,
-        steps={"cheap": steps, "expensive": steps_expensive or steps},
+        steps={"cheap": steps, "medium": steps, "expensive": steps_expensive or steps},
         batch=batch,
         patch=patch,
         lr=lr,
@@ -155,11 +171,20 @@ def _finetune(corrections, output, models, steps, steps_expensive, batch, patch,
         command=command_line(),
         progress=progress_bars(),
     )
+    selector = results.pop("selector")
     for name, r in results.items():
+        before = "scratch" if r["miou_before"] is None else f"{r['miou_before']:.4f}"
         click.echo(
-            f"{name}: mIoU on the {len(r['slices'])} corrected slice(s) {r['miou_before']:.4f} -> "
+            f"{name}: mIoU on the {len(r['slices'])} corrected slice(s) {before} -> "
             f"{r['miou_after']:.4f}; {r['steps']} steps, {r['seconds']:.0f} s -> {output}"
         )
+    click.echo(
+        f"selector: retrained for them on {selector['tiles']} corrected tiles (default lambda "
+        f"{selector['default_lambda']:g})"
+        if selector["trained"]
+        else f"selector: none in {output} ({selector['reason']}); segment with --model, or train one "
+        "with 'matseg train-selector'"
+    )
 
 
 @click.command("train-selector")

@@ -15,7 +15,7 @@ from matseg.io.read import Volume, canonical_source, open_volume
 from matseg.io.scale import VoxelSize
 from matseg.io.write import check_output
 from matseg.models.inference import inference_device
-from matseg.models.store import load_segmenter
+from matseg.models.store import default_weights_dir, load_segmenter, read_manifest
 from matseg.pipeline.settings import Settings
 from matseg.selector.plan import cheap_pass_gflops, check_budget
 from matseg.selector.policy import Selector, check_pairing, load_selector
@@ -68,6 +68,15 @@ def halo_of(model: str, context: Context, names: Sequence[str]) -> int:
     return models[model].halo
 
 
+def weights_phases(weights) -> tuple[str, ...]:
+    """The phases the segmenters of ``weights`` (default: bundled) name, read from the manifest alone."""
+    entries = read_manifest(weights if weights is not None else default_weights_dir()).values()
+    named = [tuple(e["phases"]) for e in entries if isinstance(e, dict) and e.get("phases")]
+    if not named:
+        raise MatsegError(f"weights {weights} name no phases; give the volume's phases with --phases")
+    return named[0]
+
+
 def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | None = None) -> Job:
     """The run ``settings`` ask for on ``input``, with everything it needs loaded and checked
     (``voxel_size``, if given, replaces the one the input records)."""
@@ -81,19 +90,22 @@ def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | No
         volume = replace(volume, voxel_size=voxel_size.for_ndim(volume.ndim))
     selector = load_selector(weights) if model == "auto" else None
     names = tuple(selector.candidates) if selector else (model,)
-    needed = {m for n in names for m in CANDIDATES[n].needs} or {"cheap"}
+    needed = {m for n in names for m in CANDIDATES[n].needs}
     if selector is not None:
         needed.add("cheap")
     models = {m: load_segmenter(m, weights) for m in sorted(needed)}
     if selector is not None:
         check_pairing(selector, models)
-    phases = tuple(next(iter(models.values())).phases)
+    # the classical candidate alone loads no network: its phases are named, or those of the weights
+    phases = (
+        tuple(next(iter(models.values())).phases) if models else settings.phases or weights_phases(weights)
+    )
     if truth is not None:
         truth_volume = open_volume(truth, labels=True)
         if truth_volume.shape != volume.shape:
             raise MatsegError(f"truth {truth} has shape {truth_volume.shape}; the input has {volume.shape}")
         check_label_values(truth_volume.data, len(phases), str(truth), "--truth")
-    context = Context(models, phase_order=selector.phase_order if selector else ())
+    context = Context(models, phase_order=selector.phase_order if selector else (), phases=phases)
     tile = tuple(tile) if tile else default_tile(volume.ndim)
     min_halo = halo_of(model, context, names)
     if halo is None:
@@ -102,7 +114,7 @@ def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | No
         raise MatsegError(
             f"halo {halo} is smaller than the receptive radius of --model {model}; use {min_halo}"
         )
-    stride = max(m.stride for m in models.values())
+    stride = max((m.stride for m in models.values()), default=1)
     grid = plan_tiles(volume.shape, tile, halo, stride)
     if budget_gflops is not None:  # known before anything runs: the cheap pass's cost is its tiles' shapes
         check_budget(
@@ -125,6 +137,8 @@ def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | No
         "max_expensive_fraction": max_expensive_fraction,
         "version": __version__,
     }
+    if settings.phases is not None:
+        identity["phases"] = list(phases)
     cheap_identity = None  # what a cheap pass depends on: the run's settings but λ, budget, costlier weights
     if selector is not None:
         kept = ("input", "candidates", "shape", "dtype", "tile", "halo", "version")

@@ -20,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 import zarr
 
-from matseg.candidates.registry import Context
+from matseg.candidates.fit import check_fit
 from matseg.cluster import Backend, ClusterSpec, backend
 from matseg.errors import MatsegError
 from matseg.io.guard import remove_output, replace_file, sweep_siblings
@@ -132,8 +132,9 @@ def segment(
         norm = intensity_range(job.volume, len(job.phases) if "classical" in job.names else None, monitor)
     else:
         norm = Normalization.from_dict(stored["normalization"])
-    context = Context(job.models, norm.thresholds, job.context.phase_order, settings.batch_tiles)
-    job = replace(job, context=context)
+    job = replace(
+        job, context=replace(job.context, thresholds=norm.thresholds, batch_tiles=settings.batch_tiles)
+    )
     job.output.parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(job.output):  # one writer at a time, from here on
         if start_of(job, overwrite)[0] != start:  # another run changed it meanwhile
@@ -229,6 +230,9 @@ def _run(
         logger.info(f"resumed {job.output}: computed {done}")
     compute_seconds = time.perf_counter() - compute_started
     report = run_report(job, norm, plan, stats, counts, command)
+    fit = volume_fit(job, norm, cheap["features"] if plan is not None else None)
+    if fit is not None:
+        report["fit"] = fit
     stage = monitor.stage("seam score", grid.n_tiles)
     report["seam"] = seam_score(arrays["phases"], grid, runner.compute, stage.advance)
     stage.finish()
@@ -251,6 +255,15 @@ def _run(
     replace_file(job.output / REPORT_NAME, (json.dumps(report, indent=2) + "\n").encode())
     set_status(root, Status.COMPLETE, **report)
     return report
+
+
+def volume_fit(job: Job, norm: Normalization, features) -> dict | None:
+    """Whether the volume looks like the weights' training data (:mod:`matseg.candidates.fit`);
+    None for a run without networks or weights that record no training statistics."""
+    if not job.models:
+        return None
+    cheap = job.models.get("cheap")
+    return check_fit(job.settings.weights, norm.quantiles, features, cheap.sha256 if cheap else "")
 
 
 def _finished_report(job: Job) -> dict:

@@ -42,6 +42,10 @@ class Settings:
         runs each tile on its own; more keep a GPU's kernels full. Same output on a CPU,
         where it is slower (docs/benchmarks.md). On a GPU the cheap pass is not batched:
         its results are reduced on the device tile by tile.
+    phases : sequence of str, optional
+        With ``model="classical"`` only: the volume's phase names, dark to bright (as many as
+        it has intensity classes); the run then needs no network weights at all. Default:
+        the phases the weights name.
 
     Examples
     --------
@@ -57,6 +61,7 @@ class Settings:
     tile: tuple[int, ...] | None = None
     halo: int | None = None
     batch_tiles: int = 1
+    phases: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.tile is not None:
@@ -65,6 +70,9 @@ class Settings:
             raise MatsegError(
                 f"batch_tiles must be a whole number of tiles, at least 1; got {self.batch_tiles!r}"
             )
+        if self.phases is not None:
+            object.__setattr__(self, "phases", tuple(str(p).strip() for p in self.phases))
+            _check_phases(self.model, self.phases)
         _check_options(self.model, self.lam, self.budget_gflops, self.max_expensive_fraction)
 
     @classmethod
@@ -74,6 +82,18 @@ class Settings:
         if unknown:
             raise TypeError(f"unknown setting(s) {', '.join(unknown)}; Settings has {_names()}")
         return replace(settings or cls(), **changes) if changes else settings or cls()
+
+
+def _check_phases(model: str, phases: tuple[str, ...]) -> None:
+    if model != "classical":
+        raise MatsegError(
+            f"--phases names the phases of --model classical; --model {model} takes the phases "
+            "its weights name"
+        )
+    if len(phases) < 2 or not all(phases) or len(set(phases)) != len(phases):
+        raise MatsegError(
+            f"--phases {','.join(phases)}: give at least 2 distinct, non-empty names, dark to bright"
+        )
 
 
 def _names() -> str:

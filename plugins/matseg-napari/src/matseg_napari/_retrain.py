@@ -81,9 +81,12 @@ class RetrainPanel(TaskPanel, Container):
         self.watch_close()
 
     def _model_choices(self, _widget=None) -> list[str]:
-        """The segmenters that made the output under review: those fine-tuning can start from."""
+        """The segmenters that made the output under review: those fine-tuning can start from
+        (all of them, trained from scratch, for an output made without networks)."""
         report = phases_meta(self.review.layer.value).get("report") or {}
         trainable = list(matseg.SEGMENTERS)
+        if report.get("model") == "classical" and not report.get("models"):
+            return trainable
         models = [m["name"] for m in report.get("models") or [] if m.get("name") in trainable]
         return models or trainable[:1]
 
@@ -102,12 +105,15 @@ class RetrainPanel(TaskPanel, Container):
             output.name.removesuffix(".zarr") + ".weights"
         )
         init = path_value(self.init)
+        made_by = (meta.get("report") or {}).get("models")
+        # an output made without networks trains from scratch unless a start is chosen here
+        recorded = meta.get("weights") if made_by or made_by is None else None
         task = Task(
             matseg.finetune_from_corrections,
             corrections,
             target.absolute(),
             models=list(self.models.value) or None,
-            init=str(init.absolute()) if init is not None else meta.get("weights"),
+            init=str(init.absolute()) if init is not None else recorded,
             steps=int(self.steps.value),
             lr=float(self.lr.value),
         )
@@ -127,10 +133,19 @@ class RetrainPanel(TaskPanel, Container):
             return
         self._trained = target
         self.use_button.enabled = True
+        results = dict(result.value)
+        selector = results.pop("selector", None) or {"trained": False, "reason": "not retrained"}
         lines = [
-            f"{name}: mIoU {r['miou_before']:.4f} -> {r['miou_after']:.4f}"
-            for name, r in result.value.items()
+            f"{name}: mIoU "
+            + ("scratch" if r["miou_before"] is None else f"{r['miou_before']:.4f}")
+            + f" -> {r['miou_after']:.4f}"
+            for name, r in results.items()
         ]
+        lines.append(
+            f"selector retrained ({selector['tiles']} tiles)"
+            if selector["trained"]
+            else f"no selector ({selector['reason']}): Segment with a single model"
+        )
         self.status.value = "; ".join(lines) + f" -> {target.name}"
 
     def use_weights(self, *_) -> None:

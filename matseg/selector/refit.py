@@ -1,0 +1,80 @@
+"""A selector for segmenters fine-tuned (or trained) on a reviewer's corrections.
+
+The selector chooses by what each candidate gains on a tile; segmenters trained
+anew change those gains, so a weights folder whose segmenters changed gets a selector
+retrained in the same step, on the tiles the reviewer corrected or marked reviewed,
+or none at all: never the old one kept silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from matseg.errors import MatsegError
+from matseg.io.guard import replace_file
+from matseg.models.store import MANIFEST, read_manifest
+from matseg.selector.policy import SELECTOR_FILE
+from matseg.selector.train import train_selector
+from matseg.training import UNLABELLED, LabelledSlices
+
+logger = logging.getLogger(__name__)
+
+SELECTOR_STEPS = 2000  # the table is a few dozen tiles: fewer steps than for the bundled selector
+
+
+def selector_from_slices(
+    data: LabelledSlices,
+    weights: str | os.PathLike,
+    tile: tuple[int, int] = (256, 256),
+    steps: int = SELECTOR_STEPS,
+    seed: int = 0,
+    command: str | None = None,
+) -> dict:
+    """Train the selector of ``weights`` on labelled slices (255 = unlabelled), slice by slice.
+
+    Each corrected slice is cut into tiles of ``tile`` in-plane, one slice deep, so a few
+    slices give enough tiles; the tile table is the one ``matseg train-selector`` makes.
+
+    Returns
+    -------
+    dict
+        ``{"trained": True, "tiles": n, "default_lambda": λ}``, or ``{"trained": False,
+        "reason": ...}`` when it could not be trained (the folder then holds no selector).
+    """
+    weights = Path(weights)
+    remove_selector(weights)
+    if (data.labels != UNLABELLED).sum() == 0:
+        return {"trained": False, "reason": "no labelled voxel"}
+    with tempfile.TemporaryDirectory(prefix="matseg-selector-") as scratch:
+        image, labels = Path(scratch) / "image.zarr", Path(scratch) / "labels.zarr"
+        zarr.save_array(str(image), np.ascontiguousarray(data.images, np.float32), zarr_format=3)
+        zarr.save_array(str(labels), np.ascontiguousarray(data.labels, np.uint8), zarr_format=3)
+        try:
+            record = train_selector(
+                [str(image)], weights, labels=[str(labels)], tile=(1, *tile), steps=steps, seed=seed,
+                command=command,
+            )  # fmt: skip
+        except MatsegError as err:
+            remove_selector(weights)
+            logger.warning(f"no selector for {weights}: {err}")
+            return {"trained": False, "reason": str(err)}
+    # the tile table names the scratch volumes: what they were made of is what counts
+    manifest = read_manifest(weights)
+    manifest["selector"]["trained_on"] = [f"{data.source} (corrected slices)"]
+    replace_file(weights / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    return {"trained": True, "tiles": record["tiles"], "default_lambda": record["default_lambda"]}
+
+
+def remove_selector(weights: Path) -> None:
+    """Drop the selector of a weights folder (file and manifest entry), if it has one."""
+    manifest = read_manifest(weights)
+    if manifest.pop("selector", None) is not None:
+        replace_file(weights / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    (weights / SELECTOR_FILE).unlink(missing_ok=True)

@@ -171,7 +171,16 @@ def segment(
     if tile is not None and len(tile) == 2:
         tile = tile_for(input, tile, default_tile)
     names = tuple(p.strip() for p in phases.split(",")) if phases else None
-    settings = Settings(model, lam, budget_gflops, max_expensive_fraction, weights, tile, halo, names)
+    settings = Settings(
+        model=model,
+        lam=lam,
+        budget_gflops=budget_gflops,
+        max_expensive_fraction=max_expensive_fraction,
+        weights=weights,
+        tile=tile,
+        halo=halo,
+        phases=names,
+    )
     voxel_size = voxel_size_of(voxel_size_text, unit)
     bars = StageBars(not no_bars and not click.get_current_context().meta.get("matseg.quiet"))
     try:

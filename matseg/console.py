@@ -132,8 +132,10 @@ def format_report(report: dict) -> str:
         lines.insert(2, f"  selector   {trade}: {mix} tiles; expected gain {s['expected_gain']:+.4f}")
         lines.append(
             f"  cost       {100 * report['gflops_fraction_of_all_expensive']:.1f} % of an all-expensive "
-            f"run ({report['all_expensive_gflops']:,.1f} GFLOPs)"
+            f"run ({report['all_expensive_gflops']:,.1f} GFLOPs)" + _audit_share(report)
         )
+    if "estimate" in report:
+        lines.append(f"  estimate   {format_estimate(report['estimate'])}")
     lines.append(f"  seams      score {report['seam']['score']:.2f} (1 = no seam at tile borders)")
     if report.get("fit"):
         from matseg.candidates.fit import describe_fit
@@ -149,6 +151,28 @@ def format_report(report: dict) -> str:
                 f"clean regions {metrics['clean']['miou']:.4f}"
             )
     return "\n".join(lines)
+
+
+def format_estimate(estimate: dict) -> str:
+    """The audit's estimate in one line: the change against the all-reference run and its interval."""
+    low, high = estimate["ci95"]
+    return (
+        f"vs all-{estimate['reference']}: {_signed(estimate['delta_miou'])} mIoU "
+        f"(95 % {_signed(low)} … {_signed(high)}), "
+        f"{100 * estimate['audited_fraction']:.1f} % of the other cells audited "
+        f"({estimate['audited_cells']})"
+    )
+
+
+def _audit_share(report: dict) -> str:
+    audit = report.get("gflops_breakdown", {}).get("audit")
+    if not audit:
+        return ""
+    return f", the audit {100 * audit / report['all_expensive_gflops']:.1f} % of it"
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.3f}".replace("-", "−")
 
 
 def format_evaluation(result: dict) -> str:
@@ -182,14 +206,15 @@ def _budget_text(selector: dict) -> str:
 
 def format_dry_run(report: dict) -> str:
     """What a --dry-run expects the real run to cost."""
-    e = report["estimate"]
+    e = report["expected"]
     mix = ", ".join(f"{n} {c}" for n, c in report["decisions"].items())
     return "\n".join(
         [
             f"matseg segment --dry-run: {report['input']['source']} ({report['tiles']} tiles)",
             f"  mix        {mix}",
             f"  GFLOPs     {e['gflops']:,.1f} expected "
-            f"({report['cheap_pass_gflops']:,.1f} spent on the cheap pass)",
+            f"({report['cheap_pass_gflops']:,.1f} spent on the cheap pass, "
+            f"{e['audit_gflops']:,.1f} to go on the audit)",
             f"  time       ~{e['seconds']:.1f} s more for the costlier candidates and blending",
             f"  memory     ~{e['peak_rss_mb']:,.0f} MB peak",
             f"  cheap pass kept in {report['output']}: the real run reuses it",

@@ -62,5 +62,5 @@ def dry_run_report(job: Job, plan, cheap, expected: dict) -> dict:
         "voxels": int(np.prod(job.volume.shape)),
         "decisions": {n: int((plan["choice"] == k).sum()) for k, n in enumerate(job.names)},
         "cheap_pass_gflops": float(cheap["gflops"].sum()),
-        "estimate": expected,
+        "expected": expected,
     }

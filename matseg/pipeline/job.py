@@ -96,6 +96,11 @@ def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | No
     models = {m: load_segmenter(m, weights) for m in sorted(needed)}
     if selector is not None:
         check_pairing(selector, models)
+        if settings.audit_fraction > 0 and settings.reference not in names:
+            raise MatsegError(
+                f"--reference {settings.reference} is not one of the selector's candidates "
+                f"({', '.join(names[1:])}); choose one of them, or --audit-fraction 0"
+            )
     # the classical candidate alone loads no network: its phases are named, or those of the weights
     phases = (
         tuple(next(iter(models.values())).phases) if models else settings.phases or weights_phases(weights)
@@ -139,6 +144,12 @@ def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | No
     }
     if settings.phases is not None:
         identity["phases"] = list(phases)
+    if selector is not None:
+        identity["audit"] = {
+            "fraction": settings.audit_fraction,
+            "reference": settings.reference,
+            "seed": settings.audit_seed,
+        }
     cheap_identity = None  # what a cheap pass depends on: the run's settings but λ, budget, costlier weights
     if selector is not None:
         kept = ("input", "candidates", "shape", "dtype", "tile", "halo", "version")

@@ -30,6 +30,17 @@ from matseg.io.scale import VoxelSize
 from matseg.io.write import for_tile_writes, run_attrs
 from matseg.monitor import CancelToken, Monitor, Progress
 from matseg.normalize import Normalization, intensity_range
+from matseg.pipeline.audit import (
+    AUDIT_HALO,
+    AuditPlan,
+    audit_evidence,
+    audit_gflops,
+    create_audit,
+    load_audit,
+    plan_audit,
+    run_audit,
+)
+from matseg.pipeline.confidence import estimate_change
 from matseg.pipeline.estimate import dry_run_report, estimate
 from matseg.pipeline.job import Job, prepare
 from matseg.pipeline.report import REPORT_NAME, run_report, score_labels
@@ -206,17 +217,27 @@ def _run(
         else:
             root["selector/gain"][:] = plan["gain"]
             root["selector/choice"][:] = plan["choice"].astype(np.uint8)
+            settings = job.settings
+            audit = plan_audit(
+                job, plan["choice"], cheap["features"][:, 0], settings.audit_fraction, settings.audit_seed
+            )
             if dry_run:
                 expected = estimate(
                     plan, cheap, job.volume.data, grid, norm, context, job.names, runner.workers
                 )
+                expected["audit_gflops"] = _audit_cost(job, audit)
+                expected["gflops"] += expected["audit_gflops"]
                 # what is kept is a cheap pass for the real run to finish (a finished output
                 # given with --overwrite becomes one too: its rewritten tiles are redone)
                 set_status(root, Status.CHEAP_PASS)
                 return dry_run_report(job, plan, cheap, expected)
-            previous = set(map(tuple, attrs.get("rewritten", [])))
+            # tiles an earlier plan rewrote or audited hold what that plan made: they are redone
+            previous = set(map(tuple, attrs.get("rewritten", []) + attrs.get("audited", [])))
             rewrite = {indices[t] for t in np.flatnonzero(plan["rewritten"])} | previous
-            set_status(root, Status.CANDIDATES, rewritten=sorted(map(list, rewrite)))
+            if settings.audit_fraction > 0:
+                create_audit(root, audit, len(job.phases))
+            audited = sorted(list(indices[t]) for t in audit.tiles)
+            set_status(root, Status.CANDIDATES, rewritten=sorted(map(list, rewrite)), audited=audited)
         finish_records = TileRecords.open(root, "finish", writes)
         remaining = todo(finish_records, indices, rewrite)
         computed["candidates"] = len(remaining)
@@ -224,12 +245,21 @@ def _run(
         stage = monitor.stage("costlier candidates", len(remaining))
         run_candidates(job, plan, remaining, norm, ctx, out, finish_records, runner, stage)
         stats = selector_stats(job, plan, cheap, finish_records, rewrite)
+        if job.settings.audit_fraction > 0:
+            audit = load_audit(root)
+            records, remaining = run_audit(job, audit, root, norm, arrays, runner, writes, monitor)
+            computed["audit"] = len(remaining)
+            done_now.update(idx for _, idx in remaining)
+            found = audit_evidence(audit, records, len(job.phases))
+            evidence = _audited(job, plan, audit, found, finish_records, stats)
         counts = stats["counts"]
     if start == Start.RESUME:
         done = ", ".join(f"{n} tiles" if s == "tiles" else f"{n} {s} tiles" for s, n in computed.items())
         logger.info(f"resumed {job.output}: computed {done}")
     compute_seconds = time.perf_counter() - compute_started
     report = run_report(job, norm, plan, stats, counts, command)
+    if plan is not None and job.settings.audit_fraction > 0:
+        report["estimate"] = evidence
     fit = volume_fit(job, norm, cheap["features"] if plan is not None else None)
     if fit is not None:
         report["fit"] = fit
@@ -255,6 +285,27 @@ def _run(
     replace_file(job.output / REPORT_NAME, (json.dumps(report, indent=2) + "\n").encode())
     set_status(root, Status.COMPLETE, **report)
     return report
+
+
+def _audited(job: Job, plan, audit: AuditPlan, evidence: np.ndarray, finish_records, stats: dict) -> dict:
+    """What the audit changed in the run's numbers (its GFLOPs, the labels it replaced; in
+    ``stats``), and the estimate it gives (the report's ``estimate``)."""
+    k = len(job.phases)
+    gflops = float(evidence[:, 0].sum())
+    stats["counts"] = stats["counts"] + (evidence[:, 1 + k : 1 + 2 * k] - evidence[:, 1 : 1 + k]).sum(0)
+    stats["gflops"] += gflops
+    stats["breakdown"]["audit"] = gflops
+    on_reference = plan["choice"] == audit.reference
+    common = np.nan_to_num(finish_records.read()["counts"][on_reference]).sum(0)
+    reference = job.names[audit.reference]
+    return estimate_change(audit, evidence, common, job.phases, reference, seed=job.settings.audit_seed)
+
+
+def _audit_cost(job: Job, audit: AuditPlan) -> float:
+    from matseg.candidates.registry import CANDIDATES
+
+    grid = job.grid.with_halo(AUDIT_HALO)
+    return audit_gflops(audit, grid, CANDIDATES[job.names[audit.reference]], job.context)
 
 
 def volume_fit(job: Job, norm: Normalization, features) -> dict | None:

@@ -46,6 +46,15 @@ class Settings:
         With ``model="classical"`` only: the volume's phase names, dark to bright (as many as
         it has intensity classes); the run then needs no network weights at all. Default:
         the phases the weights name.
+    audit_fraction : float
+        With ``auto``: the fraction of the cells the selector did not send to ``reference``
+        that the reference also runs on, drawn at random by stratum (:mod:`matseg.pipeline.audit`);
+        its answer is kept there, and what it finds gives the report's ``estimate`` of how far
+        the run's mIoU falls below an all-reference run's, with a 95 % interval. 0 turns it off.
+    reference : str
+        The candidate the audit measures against: the most accurate one, ``expensive`` by default.
+    audit_seed : int
+        The seed of the audit's draw of cells (the same seed, the same cells).
 
     Examples
     --------
@@ -62,6 +71,9 @@ class Settings:
     halo: int | None = None
     batch_tiles: int = 1
     phases: tuple[str, ...] | None = None
+    audit_fraction: float = 0.03
+    reference: str = "expensive"
+    audit_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.tile is not None:
@@ -74,6 +86,10 @@ class Settings:
             object.__setattr__(self, "phases", tuple(str(p).strip() for p in self.phases))
             _check_phases(self.model, self.phases)
         _check_options(self.model, self.lam, self.budget_gflops, self.max_expensive_fraction)
+        check_number("--audit-fraction", self.audit_fraction, low=0.0, high=1.0)
+        if self.reference not in CANDIDATES or self.reference == "cheap":
+            others = ", ".join(n for n in CANDIDATES if n != "cheap")
+            raise MatsegError(f"--reference {self.reference}: choose one of {others}")
 
     @classmethod
     def of(cls, settings: Settings | None = None, **changes) -> Settings:

@@ -1,0 +1,340 @@
+"""The run-time audit: the reference candidate on a stratified random sample of the cells
+the selector did not send to it.
+
+Cells are one slice deep and ``AUDIT_CELL`` voxels wide in-plane, cut from each tile's
+core (they never cross a tile). Strata are the tile's candidate crossed with a tercile of
+its cheap-pass uncertainty; cells are drawn uniformly without replacement within each
+stratum, more of them where the cheap net was less sure (where the choices differ most).
+The reference runs on the drawn cells of a tile in one batch, each with ``AUDIT_HALO``
+voxels of context, and its answer replaces the run's on those cells (nothing computed is
+thrown away). What it finds there gives :func:`matseg.pipeline.confidence.estimate_change`
+its evidence.
+
+A tile's audit is one task: it first saves the labels its cells had (``audit/before``),
+so a run killed part-way computes the same evidence when it resumes, then writes the
+reference's labels and its record.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+
+from matseg.candidates.registry import Candidate, Context
+from matseg.candidates.tile import tile_input
+from matseg.io.progress import TileRecords
+from matseg.pipeline.job import Job
+from matseg.tiling import TileGrid
+
+AUDIT_CELL = 64  # in-plane side of an audited cell, one slice deep
+AUDIT_HALO = 32  # in-plane context the reference gets around a cell
+MIN_PER_STRATUM = 2  # cells drawn at least from each stratum (a variance needs two)
+# Temperatures at which the reference's probabilities stand in for the truth
+# (:mod:`matseg.pipeline.confidence` picks among them).
+TEMPERATURES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+_UNSAVED = 255  # fill of audit/before: no phase label is 255
+
+
+@dataclass(frozen=True)
+class AuditPlan:
+    """Which cells are audited: ``cells`` rows (tile position, z, y0, x0, height, width),
+    grouped by tile; ``stratum`` of each; ``population`` and ``sampled`` cells per stratum."""
+
+    cells: np.ndarray
+    stratum: np.ndarray
+    population: np.ndarray
+    sampled: np.ndarray
+    reference: int  # the reference's index among the run's candidates
+
+    @property
+    def tiles(self) -> np.ndarray:
+        """Tile positions with audited cells, in order."""
+        return np.unique(self.cells[:, 0])
+
+    @property
+    def slots(self) -> int:
+        """The most cells audited in one tile."""
+        return int(np.bincount(self.cells[:, 0]).max()) if len(self.cells) else 0
+
+
+def cells_of(grid: TileGrid, index) -> tuple[int, int, int]:
+    """Slices and cells along Y and X of tile ``index``."""
+    region = grid.region(index)
+    nz = region[0].stop - region[0].start if len(region) == 3 else 1
+    ny = math.ceil((region[-2].stop - region[-2].start) / AUDIT_CELL)
+    nx = math.ceil((region[-1].stop - region[-1].start) / AUDIT_CELL)
+    return nz, ny, nx
+
+
+def plan_audit(
+    job: Job, choice: np.ndarray, uncertainty: np.ndarray, fraction: float, seed: int
+) -> AuditPlan:
+    """Draw the cells to audit.
+
+    Parameters
+    ----------
+    job : Job
+    choice : ndarray (tiles,)
+        The selector's candidate per tile.
+    uncertainty : ndarray (tiles,)
+        Each tile's mean cheap-pass uncertainty (the strata's second key).
+    fraction : float
+        Cells to audit, as a fraction of those not sent to the reference (rounded up).
+    seed : int
+        The draw's seed: the same plan, seed and volume give the same cells.
+    """
+    reference = job.names.index(job.settings.reference)
+    indices = job.indices
+    n_cells = np.array([math.prod(cells_of(job.grid, idx)) for idx in indices])
+    eligible = np.flatnonzero(choice != reference)
+    empty = AuditPlan(np.zeros((0, 6), np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0), reference)
+    if fraction <= 0 or len(eligible) == 0:
+        return empty
+    edges = np.quantile(uncertainty[eligible], [1 / 3, 2 / 3])
+    tercile = np.searchsorted(edges, uncertainty, side="right")
+    keys = sorted({(int(choice[t]), int(tercile[t])) for t in eligible})
+    members = [eligible[(choice[eligible] == k) & (tercile[eligible] == q)] for k, q in keys]
+    population = np.array([n_cells[m].sum() for m in members], np.int64)
+    weight = population * np.array([uncertainty[m].mean() + 1e-3 for m in members])
+    total = math.ceil(fraction * population.sum())
+    sampled = np.maximum(np.round(total * weight / weight.sum()), MIN_PER_STRATUM)
+    sampled = np.minimum(sampled, population).astype(np.int64)
+    rng = np.random.default_rng([seed, 20261206])
+    rows, strata = [], []
+    for h, tiles in enumerate(members):
+        drawn = np.sort(rng.choice(population[h], size=sampled[h], replace=False))
+        ends = np.cumsum(n_cells[tiles])
+        which = np.searchsorted(ends, drawn, side="right")
+        for t, local in zip(tiles[which], drawn - (ends[which] - n_cells[tiles[which]])):
+            rows.append(_cell(job.grid, t, indices[t], int(local)))
+            strata.append(h)
+    cells = np.array(rows, np.int64)
+    order = np.lexsort((cells[:, 3], cells[:, 2], cells[:, 1], cells[:, 0]))  # by tile, then place
+    cells = cells[order]
+    return AuditPlan(cells, np.array(strata, np.int64)[order], population, sampled, reference)
+
+
+def _cell(grid: TileGrid, t: int, index, local: int) -> tuple[int, ...]:
+    region = grid.region(index)
+    nz, ny, nx = cells_of(grid, index)
+    z, rest = divmod(local, ny * nx)
+    iy, ix = divmod(rest, nx)
+    z0 = region[0].start + z if len(region) == 3 else -1
+    y0 = region[-2].start + iy * AUDIT_CELL
+    x0 = region[-1].start + ix * AUDIT_CELL
+    h = min(AUDIT_CELL, region[-2].stop - y0)
+    w = min(AUDIT_CELL, region[-1].stop - x0)
+    return (t, z0, y0, x0, h, w)
+
+
+def stats_width(n_phases: int) -> int:
+    """Numbers kept per audited cell: GFLOPs, the phase counts before and after, and the
+    expected confusion matrices of the run's and the reference's labels at each temperature."""
+    return 1 + 2 * n_phases + 2 * len(TEMPERATURES) * n_phases * n_phases
+
+
+def create_audit(root: zarr.Group, audit: AuditPlan, n_phases: int) -> TileRecords:
+    """The audit's arrays (the drawn cells, their saved labels) and its records, one row a tile."""
+    group = root.require_group("audit")
+    group.create_array("cells", data=audit.cells, overwrite=True, dimension_names=["cell", "field"])
+    group.create_array("stratum", data=audit.stratum, overwrite=True, dimension_names=["cell"])
+    group.create_array("population", data=audit.population, overwrite=True, dimension_names=["stratum"])
+    group.create_array("sampled", data=audit.sampled, overwrite=True, dimension_names=["stratum"])
+    slots = max(audit.slots, 1)
+    group.create_array(
+        "before",
+        shape=(max(len(audit.tiles), 1), slots, AUDIT_CELL, AUDIT_CELL),
+        chunks=(1, slots, AUDIT_CELL, AUDIT_CELL),
+        dtype="uint8",
+        fill_value=_UNSAVED,
+        overwrite=True,
+        dimension_names=["tile", "cell", "y", "x"],
+    )
+    group.attrs["matseg"] = {"reference": int(audit.reference), "temperatures": list(TEMPERATURES)}
+    return TileRecords.create(
+        root, "audit", max(len(audit.tiles), 1), {"done": 1, "cells": slots * stats_width(n_phases)}
+    )
+
+
+def load_audit(root: zarr.Group) -> AuditPlan:
+    """The audit plan stored in a run's output."""
+    group = root["audit"]
+    return AuditPlan(
+        group["cells"][:],
+        group["stratum"][:],
+        group["population"][:],
+        group["sampled"][:],
+        int(group.attrs["matseg"]["reference"]),
+    )
+
+
+def audit_evidence(audit: AuditPlan, records: TileRecords, n_phases: int) -> np.ndarray:
+    """Each audited cell's numbers (rows of :func:`stats_width`), in the order of ``audit.cells``."""
+    width = stats_width(n_phases)
+    rows = records.read()["cells"]
+    stats = np.zeros((len(audit.cells), width))
+    for a, t in enumerate(audit.tiles):
+        mine = np.flatnonzero(audit.cells[:, 0] == t)
+        stats[mine] = rows[a].reshape(-1, width)[: len(mine)]
+    return stats
+
+
+def audit_task(
+    block, a, index, grid, norm, context: Context, candidate: Candidate, cells, before, arrays, records,
+    reference: int,
+) -> None:  # fmt: skip
+    """The reference on the audited ``cells`` of one tile (row ``a`` of the audit's records)."""
+    tile = tile_input(block, index, grid, norm)
+    phases = arrays["phases"]
+    saved = before[a]
+    if saved[0, 0, 0] == _UNSAVED:  # first time here: keep what the run had on these cells
+        saved = np.full_like(saved, 0)
+        for i, cell in enumerate(cells):
+            saved[i, : cell[4], : cell[5]] = phases[_where(cell)]
+        before[a] = saved
+    probs, gflops = _reference_probs(tile, cells, candidate, context)
+    n_phases = probs[0].shape[0]
+    width = stats_width(n_phases)
+    row = np.zeros((len(saved), width))
+    # the tile's chunks are read once and written whole: cells written one by one into a
+    # shared chunk would race (each partial write reads, changes and writes the chunk)
+    region = grid.region(index)
+    labels_out, decisions_out = phases[region], arrays["decisions"][region]
+    for i, (cell, p) in enumerate(zip(cells, probs)):
+        had = saved[i, : cell[4], : cell[5]]
+        labels = np.argmax(p, axis=0).astype(np.uint8)
+        row[i] = np.concatenate(
+            [[gflops[i]], _counts(had, n_phases), _counts(labels, n_phases), cell_confusions(p, had, labels)]
+        )
+        where = _local(cell, region)
+        labels_out[where] = labels
+        decisions_out[where] = reference
+    outputs = [(phases, region, labels_out), (arrays["decisions"], region, decisions_out)]
+    records.write(a, outputs, done=1, cells=row)
+
+
+def _local(cell, region) -> tuple:
+    """A cell's place inside its tile's ``region``."""
+    where = _where(cell)
+    return tuple(
+        w - r.start if isinstance(w, int | np.integer) else slice(w.start - r.start, w.stop - r.start)
+        for w, r in zip(where, region)
+    )
+
+
+def _where(cell) -> tuple:
+    _, z, y0, x0, h, w = (int(v) for v in cell)
+    inplane = (slice(y0, y0 + h), slice(x0, x0 + w))
+    return inplane if z < 0 else (z, *inplane)
+
+
+def _counts(labels: np.ndarray, n_phases: int) -> np.ndarray:
+    return np.bincount(labels.ravel(), minlength=n_phases)[:n_phases]
+
+
+def _crop(cell, y_bounds: tuple[int, int], x_bounds: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The in-plane box a cell is segmented in: the cell and ``AUDIT_HALO`` around it, within bounds."""
+    _, _, y0, x0, h, w = (int(v) for v in cell)
+    return (
+        max(y0 - AUDIT_HALO, y_bounds[0]),
+        min(y0 + h + AUDIT_HALO, y_bounds[1]),
+        max(x0 - AUDIT_HALO, x_bounds[0]),
+        min(x0 + w + AUDIT_HALO, x_bounds[1]),
+    )
+
+
+def audit_gflops(audit: AuditPlan, grid: TileGrid, candidate: Candidate, context: Context) -> float:
+    """What the audit costs: the reference on every drawn cell's box (known before it runs)."""
+    y_bounds, x_bounds = (0, grid.shape[-2]), (0, grid.shape[-1])
+    boxes = [_crop(cell, y_bounds, x_bounds) for cell in audit.cells]
+    return float(sum(candidate.gflops(context, (1, yb - ya, xb - xa)) for ya, yb, xa, xb in boxes))
+
+
+def _reference_probs(tile, cells, candidate: Candidate, context: Context) -> tuple[list, list]:
+    """The reference's probabilities on each cell's core, from its box (:func:`_crop`; the
+    tile's halo covers it); boxes of one shape go through the model together."""
+    covers = tile.covers
+    y_bounds, x_bounds = (covers[-2].start, covers[-2].stop), (covers[-1].start, covers[-1].stop)
+    crops, cores = [], []
+    for cell in cells:
+        _, z, y0, x0, h, w = (int(v) for v in cell)
+        ya, yb, xa, xb = _crop(cell, y_bounds, x_bounds)
+        zi = z - covers[0].start if z >= 0 else 0
+        oy, ox = covers[-2].start, covers[-1].start
+        crops.append(tile.image[zi, ya - oy : yb - oy, xa - ox : xb - ox])
+        cores.append((slice(y0 - ya, y0 - ya + h), slice(x0 - xa, x0 - xa + w)))
+    probs, gflops = [None] * len(cells), [0.0] * len(cells)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, crop in enumerate(crops):
+        by_shape.setdefault(crop.shape, []).append(i)
+    for shape, which in by_shape.items():
+        out = candidate.run(context, np.stack([crops[i] for i in which]))
+        each = candidate.gflops(context, (1, *shape))
+        for j, i in enumerate(which):
+            probs[i] = out[j][(slice(None), *cores[i])]
+            gflops[i] = each
+    return probs, gflops
+
+
+def cell_confusions(probs: np.ndarray, had: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Expected confusion matrices (label, true phase) of the run's labels ``had`` and the
+    reference's ``labels`` on a cell, with the truth drawn from the reference's probabilities
+    sharpened or softened by each of :data:`TEMPERATURES`."""
+    n = probs.shape[0]
+    logp = np.log(np.clip(probs.reshape(n, -1), 1e-7, 1.0))
+    out = []
+    for temperature in TEMPERATURES:
+        q = np.exp((logp - logp.max(axis=0)) / temperature)
+        q /= q.sum(axis=0)
+        for lab in (had.ravel(), labels.ravel()):
+            cm = np.zeros((n, n))
+            for k in range(n):
+                cm[k] = q[:, lab == k].sum(axis=1)
+            out.append(cm.ravel())
+    return np.concatenate(out)
+
+
+def run_audit(
+    job: Job, audit: AuditPlan, root, norm, arrays, runner, writes, monitor
+) -> tuple[TileRecords, list]:
+    """The audit's tasks for the tiles not yet audited: its records once every tile is, and
+    the tiles (position, index) audited now."""
+    from matseg.candidates.registry import CANDIDATES
+    from matseg.io.write import for_tile_writes
+    from matseg.pipeline.stages import compute_tiles
+    from matseg.pipeline.tasks import key
+    from matseg.tiling import shared_nodes, tile_blocks
+
+    records = TileRecords.open(root, "audit", writes)
+    indices = job.indices
+    done = records.done()
+    tiles = audit.tiles
+    todo = [(a, indices[t]) for a, t in enumerate(tiles) if not done[a]]
+    grid = job.grid.with_halo(AUDIT_HALO)
+    candidate = CANDIDATES[job.names[audit.reference]]
+    before = for_tile_writes(root["audit/before"])
+    shared = shared_nodes(grid, norm, job.context, candidate, before, arrays, records)
+
+    def tasks(group, layers):
+        import dask
+
+        blocks = tile_blocks(job.volume.data, grid, layers)
+        return [
+            dask.delayed(audit_task)(
+                blocks[idx],
+                a,
+                idx,
+                *shared[:4],
+                audit.cells[audit.cells[:, 0] == tiles[a]],
+                *shared[4:],
+                audit.reference,
+                dask_key_name=key("audit", idx),
+            )  # fmt: skip
+            for a, idx in group
+        ]
+
+    compute_tiles(runner, todo, tasks, monitor.stage("audit", len(todo)), records)
+    return records, todo

@@ -44,6 +44,7 @@ def test_progress_sees_every_stage_end_with_done_equal_to_total(uninterrupted):
         "cheap pass",
         "selector",
         "costlier candidates",
+        "audit",
         "seam score",
         "scoring",
     ]

@@ -107,8 +107,8 @@ def segment(
         real run to reuse) and return the estimated GFLOPs, time, memory and mix.
     progress : callable, optional
         ``progress(stage, done, total)``, called as each stage advances: ``intensity pass``,
-        ``cheap pass``, ``selector``, ``costlier candidates`` (or ``single model`` for one
-        model on every tile), ``seam score``, ``scoring``; ``done == total`` when a stage ends.
+        ``cheap pass``, ``selector``, ``costlier candidates``, ``audit`` (or ``single model`` for
+        one model on every tile), ``seam score``, ``scoring``; ``done == total`` when a stage ends.
     cancel : object with ``is_set()``, optional
         E.g. a :class:`threading.Event`: once set, the run stops at the next tile
         and raises :class:`matseg.Cancelled`. Its finished tiles are kept (the same

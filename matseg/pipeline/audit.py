@@ -303,6 +303,7 @@ def run_audit(
     """The audit's tasks for the tiles not yet audited: its records once every tile is, and
     the tiles (position, index) audited now."""
     from matseg.candidates.registry import CANDIDATES
+    from matseg.cluster import COSTLY
     from matseg.io.write import for_tile_writes
     from matseg.pipeline.stages import compute_tiles
     from matseg.pipeline.tasks import key
@@ -322,19 +323,20 @@ def run_audit(
         import dask
 
         blocks = tile_blocks(job.volume.data, grid, layers)
-        return [
-            dask.delayed(audit_task)(
-                blocks[idx],
-                a,
-                idx,
-                *shared[:4],
-                audit.cells[audit.cells[:, 0] == tiles[a]],
-                *shared[4:],
-                audit.reference,
-                dask_key_name=key("audit", idx),
-            )  # fmt: skip
-            for a, idx in group
-        ]
+        with runner.annotate(COSTLY):  # the reference is a costly candidate: the costly pool
+            return [
+                dask.delayed(audit_task)(
+                    blocks[idx],
+                    a,
+                    idx,
+                    *shared[:4],
+                    audit.cells[audit.cells[:, 0] == tiles[a]],
+                    *shared[4:],
+                    audit.reference,
+                    dask_key_name=key("audit", idx),
+                )  # fmt: skip
+                for a, idx in group
+            ]
 
     compute_tiles(runner, todo, tasks, monitor.stage("audit", len(todo)), records)
     return records, todo

@@ -155,6 +155,8 @@ def format_report(report: dict) -> str:
 
 def format_estimate(estimate: dict) -> str:
     """The audit's estimate in one line: the change against the all-reference run and its interval."""
+    if "skipped" in estimate:
+        return f"none: {estimate['skipped']}"
     low, high = estimate["ci95"]
     return (
         f"vs all-{estimate['reference']}: {_signed(estimate['delta_miou'])} mIoU "

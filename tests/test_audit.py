@@ -93,3 +93,11 @@ def test_a_run_worse_than_the_reference_is_estimated_below_it():
 )
 def test_bad_audit_options_are_one_line_and_exit_2(volume, tmp_path, args, message, capsys):
     assert_refused(tmp_path, ["segment", volume, "-o", tmp_path / "o.zarr", *args], capsys, message)
+
+
+def test_a_budget_caps_the_audit_too(volume, tmp_path):
+    dry = matseg.segment(volume, tmp_path / "d.zarr", dry_run=True, lam=0.5)
+    budget = dry["cheap_pass_gflops"] * 1.02
+    report = matseg.segment(volume, tmp_path / "b.zarr", budget_gflops=budget)
+    assert report["gflops"] <= budget
+    assert "skipped" in report["estimate"] and "audit" not in report["gflops_breakdown"]

@@ -221,6 +221,11 @@ def _run(
             audit = plan_audit(
                 job, plan["choice"], cheap["features"][:, 0], settings.audit_fraction, settings.audit_seed
             )
+            if settings.budget_gflops is not None:  # a budget caps the whole run, the audit included
+                spent = float(cheap["gflops"].sum()) + plan["policy_gflops"] + plan["stage2_gflops"]
+                if spent + _audit_cost(job, audit) > settings.budget_gflops:
+                    logger.warning("the audit would exceed --budget-gflops: no audit, no estimate")
+                    audit = plan_audit(job, plan["choice"], cheap["features"][:, 0], 0.0, 0)
             if dry_run:
                 expected = estimate(
                     plan, cheap, job.volume.data, grid, norm, context, job.names, runner.workers
@@ -291,6 +296,8 @@ def _audited(job: Job, plan, audit: AuditPlan, evidence: np.ndarray, finish_reco
     """What the audit changed in the run's numbers (its GFLOPs, the labels it replaced; in
     ``stats``), and the estimate it gives (the report's ``estimate``)."""
     k = len(job.phases)
+    if len(audit.cells) == 0 and (plan["choice"] != audit.reference).any():
+        return {"skipped": "the audit would exceed --budget-gflops", "reference": job.names[audit.reference]}
     gflops = float(evidence[:, 0].sum())
     stats["counts"] = stats["counts"] + (evidence[:, 1 + k : 1 + 2 * k] - evidence[:, 1 : 1 + k]).sum(0)
     stats["gflops"] += gflops

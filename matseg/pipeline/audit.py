@@ -20,14 +20,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import dask
 import numpy as np
 import zarr
 
-from matseg.candidates.registry import Candidate, Context
+from matseg.candidates.registry import CANDIDATES, Candidate, Context
 from matseg.candidates.tile import tile_input
+from matseg.cluster import COSTLY
 from matseg.io.progress import TileRecords
+from matseg.io.write import for_tile_writes
 from matseg.pipeline.job import Job
-from matseg.tiling import TileGrid
+from matseg.pipeline.stages import compute_tiles
+from matseg.pipeline.tasks import key
+from matseg.tiling import TileGrid, shared_nodes, tile_blocks
 
 AUDIT_CELL = 64  # in-plane side of an audited cell, one slice deep
 AUDIT_HALO = 32  # in-plane context the reference gets around a cell
@@ -302,12 +307,6 @@ def run_audit(
 ) -> tuple[TileRecords, list]:
     """The audit's tasks for the tiles not yet audited: its records once every tile is, and
     the tiles (position, index) audited now."""
-    from matseg.candidates.registry import CANDIDATES
-    from matseg.cluster import COSTLY
-    from matseg.io.write import for_tile_writes
-    from matseg.pipeline.stages import compute_tiles
-    from matseg.pipeline.tasks import key
-    from matseg.tiling import shared_nodes, tile_blocks
 
     records = TileRecords.open(root, "audit", writes)
     indices = job.indices
@@ -320,8 +319,6 @@ def run_audit(
     shared = shared_nodes(grid, norm, job.context, candidate, before, arrays, records)
 
     def tasks(group, layers):
-        import dask
-
         blocks = tile_blocks(job.volume.data, grid, layers)
         with runner.annotate(COSTLY):  # the reference is a costly candidate: the costly pool
             return [

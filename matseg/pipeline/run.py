@@ -221,16 +221,18 @@ def _run(
             audit = plan_audit(
                 job, plan["choice"], cheap["features"][:, 0], settings.audit_fraction, settings.audit_seed
             )
+            audit_cost = _audit_cost(job, audit)
             if settings.budget_gflops is not None:  # a budget caps the whole run, the audit included
                 spent = float(cheap["gflops"].sum()) + plan["policy_gflops"] + plan["stage2_gflops"]
-                if spent + _audit_cost(job, audit) > settings.budget_gflops:
+                if spent + audit_cost > settings.budget_gflops:
                     logger.warning("the audit would exceed --budget-gflops: no audit, no estimate")
                     audit = plan_audit(job, plan["choice"], cheap["features"][:, 0], 0.0, 0)
+                    audit_cost = 0.0
             if dry_run:
                 expected = estimate(
                     plan, cheap, job.volume.data, grid, norm, context, job.names, runner.workers
                 )
-                expected["audit_gflops"] = _audit_cost(job, audit)
+                expected["audit_gflops"] = audit_cost
                 expected["gflops"] += expected["audit_gflops"]
                 # what is kept is a cheap pass for the real run to finish (a finished output
                 # given with --overwrite becomes one too: its rewritten tiles are redone)

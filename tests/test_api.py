@@ -43,8 +43,9 @@ def test_progress_sees_every_stage_end_with_done_equal_to_total(uninterrupted):
         "intensity pass",
         "cheap pass",
         "selector",
-        "costlier candidates",
         "audit",
+        "costlier candidates",
+        "audited cells",
         "seam score",
         "scoring",
     ]

@@ -24,7 +24,7 @@ def volume(tmp_path_factory):
 
 
 def test_the_report_estimates_the_change_and_the_reference_answer_is_kept(volume, tmp_path):
-    report = matseg.segment(volume, tmp_path / "o.zarr", audit_fraction=0.05, lam=0.5)
+    report = matseg.segment(volume, tmp_path / "o.zarr", audit_fraction=0.05, lam=0.5, tolerance=None)
     estimate = report["estimate"]
     low, high = estimate["ci95"]
     assert low <= estimate["delta_miou"] <= high and high - low > 0
@@ -48,8 +48,8 @@ def test_the_report_estimates_the_change_and_the_reference_answer_is_kept(volume
 
 
 def test_the_same_seed_draws_the_same_cells_and_no_audit_leaves_no_estimate(volume, tmp_path):
-    a = matseg.segment(volume, tmp_path / "a.zarr", audit_fraction=0.05, lam=0.5)
-    b = matseg.segment(volume, tmp_path / "b.zarr", audit_fraction=0.05, lam=0.5)
+    a = matseg.segment(volume, tmp_path / "a.zarr", audit_fraction=0.05, lam=0.5, tolerance=None)
+    b = matseg.segment(volume, tmp_path / "b.zarr", audit_fraction=0.05, lam=0.5, tolerance=None)
     cells = [zarr.open_group(str(tmp_path / n), mode="r")["audit/cells"][:] for n in ("a.zarr", "b.zarr")]
     assert np.array_equal(*cells) and a["estimate"] == b["estimate"]
     none = matseg.segment(volume, tmp_path / "n.zarr", audit_fraction=0.0, lam=0.5)
@@ -64,7 +64,9 @@ def test_a_run_that_agrees_with_the_reference_is_estimated_at_no_change():
         cm = np.diag(rng.uniform(100, 400, k)) + rng.uniform(0, 20, (k, k))
         stats[i, 1 + 2 * k :] = np.tile(cm.ravel(), 2 * len(TEMPERATURES))  # run == reference
     cells = np.array([[0, 0, 0, AUDIT_CELL * i, AUDIT_CELL, AUDIT_CELL] for i in range(n)])
-    audit = AuditPlan(cells, np.array([0, 0, 0, 1, 1, 1]), np.array([50, 80]), np.array([3, 3]), 2)
+    audit = AuditPlan(
+        cells, np.array([0, 0, 0, 1, 1, 1]), np.array([50, 80]), np.array([3, 3]), 2, np.array([0, 1])
+    )
     out = estimate_change(audit, stats, np.array([1000, 500, 800]), ("a", "b", "c"), "expensive")
     assert out["delta_miou"] == pytest.approx(0.0, abs=1e-12)
     assert out["ci95"][0] == pytest.approx(0.0, abs=1e-12) and out["ci95"][1] == pytest.approx(0.0, abs=1e-12)
@@ -79,7 +81,7 @@ def test_a_run_worse_than_the_reference_is_estimated_below_it():
     for i in range(n):
         stats[i, 1 + 2 * k :] = np.tile(np.concatenate([bad.ravel(), good.ravel()]), len(TEMPERATURES))
     cells = np.array([[0, 0, 0, AUDIT_CELL * i, AUDIT_CELL, AUDIT_CELL] for i in range(n)])
-    audit = AuditPlan(cells, np.zeros(n, int), np.array([100]), np.array([n]), 2)
+    audit = AuditPlan(cells, np.zeros(n, int), np.array([100]), np.array([n]), 2, np.array([0]))
     out = estimate_change(audit, stats, np.zeros(k), ("a", "b", "c"), "expensive")
     assert out["ci95"][1] < 0 and out["delta_miou"] < -0.1
 

@@ -153,11 +153,12 @@ def test_lambda_monotone_and_dry_run_reuses_the_cheap_pass(tmp_path, volume):
     out = tmp_path / "dry.zarr"
     spent = []
     for lam in (0.0, 0.01, 0.03, 0.1, 0.3, 1.0):
-        report = matseg.segment(volume, out, tile=TILE, lam=lam, dry_run=True)
+        # the selector's own plans (a tolerance would add where the audit finds losses)
+        report = matseg.segment(volume, out, tile=TILE, lam=lam, dry_run=True, tolerance=None)
         spent.append(report["expected"]["gflops"])
     assert all(a >= b for a, b in zip(spent, spent[1:])), spent
     assert spent[0] > spent[-1], "lambda changed nothing"
-    real = matseg.segment(volume, out, tile=TILE, lam=0.0)
+    real = matseg.segment(volume, out, tile=TILE, lam=0.0, tolerance=None)
     assert real["run"]["cheap_pass_reused"]
     assert abs(real["gflops"] - spent[0]) <= 0.25 * real["gflops"]
 
@@ -271,8 +272,9 @@ def test_selector_trains_on_a_labs_own_two_phase_data(tmp_path, capsys):
     reports = {}
     for lam in (0.0, 1.0):
         reports[lam] = matseg.segment(
-            image, tmp_path / f"lab-{lam}.zarr", weights=weights, lam=lam, tile=(2, 128, 128), truth=labels
-        )
+            image, tmp_path / f"lab-{lam}.zarr", weights=weights, lam=lam, tile=(2, 128, 128), truth=labels,
+            tolerance=None,
+        )  # fmt: skip
         assert reports[lam]["phases"] == ["background", "particle"]
     accurate, thrifty = reports[0.0], reports[1.0]
     cheap = matseg.segment(image, tmp_path / "cheap.zarr", weights=weights, model="cheap", truth=labels)
@@ -398,9 +400,9 @@ def test_cheap_pass_on_the_device_makes_the_same_plan(tmp_path, volume, monkeypa
     import matseg.pipeline.tasks as tasks
     from matseg.candidates.tile import cheap_pass
 
-    host = matseg.segment(volume, tmp_path / "host.zarr", tile=TILE, lam=0.05)
+    host = matseg.segment(volume, tmp_path / "host.zarr", tile=TILE, lam=0.05, tolerance=None)
     monkeypatch.setattr(tasks, "cheap_pass", partial(cheap_pass, on_device=True))
-    device = matseg.segment(volume, tmp_path / "device.zarr", tile=TILE, lam=0.05)
+    device = matseg.segment(volume, tmp_path / "device.zarr", tile=TILE, lam=0.05, tolerance=None)
     assert device["decisions"] == host["decisions"]
     assert sum(n > 0 for n in host["decisions"].values()) >= 3  # a plan with a mix to change
     a, b = (zarr.open_group(str(tmp_path / f"{n}.zarr"), mode="r") for n in ("host", "device"))

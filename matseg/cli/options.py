@@ -29,6 +29,18 @@ def ints(text: str | None, name: str) -> tuple[int, ...] | None:
     return values
 
 
+def tolerance_of(text: str) -> float | None:
+    """``--tolerance``: a number, or ``off`` (None)."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"expected a number like 0.01, or 'off'; got '{text}'", param_hint="--tolerance"
+        ) from None
+
+
 class SizesCommand(click.Command):
     """A command whose ``sizes_options`` take 2 or 3 integers: ``--shape 32 256 256``.
 

@@ -14,11 +14,13 @@ from matseg.cli.options import (
     model_option,
     sizes,
     tile_for,
+    tolerance_of,
     verbosity_options,
     voxel_size_of,
     voxel_size_options,
 )
 from matseg.console import StageBars, format_dry_run, format_report
+from matseg.defaults import DEFAULT_TOLERANCE
 from matseg.errors import MatsegError
 
 
@@ -135,6 +137,15 @@ def sample(output, shape, seed, config_path, profile, overwrite, voxel_size_text
     show_default=True,
     help="The candidate the audit measures against (the most accurate one).",
 )
+@click.option(
+    "--tolerance",
+    "tolerance_text",
+    default=str(DEFAULT_TOLERANCE),
+    show_default=True,
+    help="With --model auto: the most mIoU the run may lose against an all-reference run, at 95 %% "
+    "confidence. Where the audit's interval reaches lower, the tiles losing most per GFLOP go to "
+    "--reference until it does not. 'off': the selector's plan stands whatever the audit finds.",
+)
 @voxel_size_options
 @verbosity_options
 @cluster_options
@@ -156,6 +167,7 @@ def segment(
     phases,
     audit_fraction,
     reference,
+    tolerance_text,
     voxel_size_text,
     unit,
     **cluster,
@@ -199,6 +211,7 @@ def segment(
         phases=names,
         audit_fraction=audit_fraction,
         reference=reference,
+        tolerance=tolerance_of(tolerance_text),
     )
     voxel_size = voxel_size_of(voxel_size_text, unit)
     bars = StageBars(not no_bars and not click.get_current_context().meta.get("matseg.quiet"))

@@ -5,14 +5,14 @@ Cells are one slice deep and ``AUDIT_CELL`` voxels wide in-plane, cut from each 
 core (they never cross a tile). Strata are the tile's candidate crossed with a tercile of
 its cheap-pass uncertainty; cells are drawn uniformly without replacement within each
 stratum, more of them where the cheap net was less sure (where the choices differ most).
-The reference runs on the drawn cells of a tile in one batch, each with ``AUDIT_HALO``
-voxels of context, and its answer replaces the run's on those cells (nothing computed is
-thrown away). What it finds there gives :func:`matseg.pipeline.confidence.estimate_change`
-its evidence.
 
-A tile's audit is one task: it first saves the labels its cells had (``audit/before``),
-so a run killed part-way computes the same evidence when it resumes, then writes the
-reference's labels and its record.
+The audit runs after the selector's plan and before the costlier candidates, so that what
+it finds can still change the plan (:mod:`matseg.pipeline.escalate`). On the drawn cells of
+a tile, in one batch each, with ``AUDIT_HALO`` voxels of context, it runs the reference and
+the candidate the plan gave the tile; each cell records both answers' expected confusion
+matrices (the evidence of :func:`matseg.pipeline.confidence.estimate_change`) and the
+reference's labels are kept (``audit/labels``). Once the candidates have run, those labels
+replace the run's on the cells (:func:`write_audited`): nothing computed is thrown away.
 """
 
 from __future__ import annotations
@@ -40,19 +40,20 @@ MIN_PER_STRATUM = 2  # cells drawn at least from each stratum (a variance needs 
 # Temperatures at which the reference's probabilities stand in for the truth
 # (:mod:`matseg.pipeline.confidence` picks among them).
 TEMPERATURES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
-_UNSAVED = 255  # fill of audit/before: no phase label is 255
 
 
 @dataclass(frozen=True)
 class AuditPlan:
     """Which cells are audited: ``cells`` rows (tile position, z, y0, x0, height, width),
-    grouped by tile; ``stratum`` of each; ``population`` and ``sampled`` cells per stratum."""
+    grouped by tile; ``stratum`` of each; ``population`` and ``sampled`` cells per stratum;
+    ``tile_stratum``, each tile's stratum (-1: a tile the selector sent to the reference)."""
 
     cells: np.ndarray
     stratum: np.ndarray
     population: np.ndarray
     sampled: np.ndarray
     reference: int  # the reference's index among the run's candidates
+    tile_stratum: np.ndarray
 
     @property
     def tiles(self) -> np.ndarray:
@@ -95,9 +96,16 @@ def plan_audit(
     indices = job.indices
     n_cells = np.array([math.prod(cells_of(job.grid, idx)) for idx in indices])
     eligible = np.flatnonzero(choice != reference)
-    empty = AuditPlan(np.zeros((0, 6), np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0), reference)
+    tile_stratum = np.full(len(choice), -1, np.int64)
     if fraction <= 0 or len(eligible) == 0:
-        return empty
+        return AuditPlan(
+            np.zeros((0, 6), np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0),
+            np.zeros(0),
+            reference,
+            tile_stratum,
+        )
     edges = np.quantile(uncertainty[eligible], [1 / 3, 2 / 3])
     tercile = np.searchsorted(edges, uncertainty, side="right")
     keys = sorted({(int(choice[t]), int(tercile[t])) for t in eligible})
@@ -110,6 +118,7 @@ def plan_audit(
     rng = np.random.default_rng([seed, 20261206])
     rows, strata = [], []
     for h, tiles in enumerate(members):
+        tile_stratum[tiles] = h
         drawn = np.sort(rng.choice(population[h], size=sampled[h], replace=False))
         ends = np.cumsum(n_cells[tiles])
         which = np.searchsorted(ends, drawn, side="right")
@@ -119,7 +128,7 @@ def plan_audit(
     cells = np.array(rows, np.int64)
     order = np.lexsort((cells[:, 3], cells[:, 2], cells[:, 1], cells[:, 0]))  # by tile, then place
     cells = cells[order]
-    return AuditPlan(cells, np.array(strata, np.int64)[order], population, sampled, reference)
+    return AuditPlan(cells, np.array(strata, np.int64)[order], population, sampled, reference, tile_stratum)
 
 
 def _cell(grid: TileGrid, t: int, index, local: int) -> tuple[int, ...]:
@@ -142,26 +151,27 @@ def stats_width(n_phases: int) -> int:
 
 
 def create_audit(root: zarr.Group, audit: AuditPlan, n_phases: int) -> TileRecords:
-    """The audit's arrays (the drawn cells, their saved labels) and its records, one row a tile."""
+    """The audit's arrays (the drawn cells, the reference's labels there) and its records, one
+    row a tile: what it measured (``audit``) and whether its labels were written (``audit-written``)."""
     group = root.require_group("audit")
     group.create_array("cells", data=audit.cells, overwrite=True, dimension_names=["cell", "field"])
     group.create_array("stratum", data=audit.stratum, overwrite=True, dimension_names=["cell"])
     group.create_array("population", data=audit.population, overwrite=True, dimension_names=["stratum"])
     group.create_array("sampled", data=audit.sampled, overwrite=True, dimension_names=["stratum"])
+    group.create_array("tile_stratum", data=audit.tile_stratum, overwrite=True, dimension_names=["tile"])
     slots = max(audit.slots, 1)
     group.create_array(
-        "before",
+        "labels",
         shape=(max(len(audit.tiles), 1), slots, AUDIT_CELL, AUDIT_CELL),
         chunks=(1, slots, AUDIT_CELL, AUDIT_CELL),
         dtype="uint8",
-        fill_value=_UNSAVED,
         overwrite=True,
         dimension_names=["tile", "cell", "y", "x"],
     )
     group.attrs["matseg"] = {"reference": int(audit.reference), "temperatures": list(TEMPERATURES)}
-    return TileRecords.create(
-        root, "audit", max(len(audit.tiles), 1), {"done": 1, "cells": slots * stats_width(n_phases)}
-    )
+    n = max(len(audit.tiles), 1)
+    TileRecords.create(root, "audit-written", n, {"done": 1, "change": n_phases})
+    return TileRecords.create(root, "audit", n, {"done": 1, "cells": slots * stats_width(n_phases)})
 
 
 def load_audit(root: zarr.Group) -> AuditPlan:
@@ -173,6 +183,7 @@ def load_audit(root: zarr.Group) -> AuditPlan:
         group["population"][:],
         group["sampled"][:],
         int(group.attrs["matseg"]["reference"]),
+        group["tile_stratum"][:],
     )
 
 
@@ -188,37 +199,50 @@ def audit_evidence(audit: AuditPlan, records: TileRecords, n_phases: int) -> np.
 
 
 def audit_task(
-    block, a, index, grid, norm, context: Context, candidate: Candidate, cells, before, arrays, records,
-    reference: int,
+    block, a, index, grid, norm, context: Context, reference: Candidate, planned: Candidate, cells, labels,
+    records,
 ) -> None:  # fmt: skip
-    """The reference on the audited ``cells`` of one tile (row ``a`` of the audit's records)."""
+    """The ``planned`` candidate and the reference on the audited ``cells`` of one tile (row
+    ``a`` of the audit's records): what each cell records, and the reference's labels kept
+    for :func:`write_task`."""
     tile = tile_input(block, index, grid, norm)
-    phases = arrays["phases"]
-    saved = before[a]
-    if saved[0, 0, 0] == _UNSAVED:  # first time here: keep what the run had on these cells
-        saved = np.full_like(saved, 0)
-        for i, cell in enumerate(cells):
-            saved[i, : cell[4], : cell[5]] = phases[_where(cell)]
-        before[a] = saved
-    probs, gflops = _reference_probs(tile, cells, candidate, context)
+    probs, gflops = _cell_probs(tile, cells, reference, context)
+    had_probs, had_gflops = _cell_probs(tile, cells, planned, context)
     n_phases = probs[0].shape[0]
-    width = stats_width(n_phases)
-    row = np.zeros((len(saved), width))
-    # the tile's chunks are read once and written whole: cells written one by one into a
-    # shared chunk would race (each partial write reads, changes and writes the chunk)
-    region = grid.region(index)
-    labels_out, decisions_out = phases[region], arrays["decisions"][region]
-    for i, (cell, p) in enumerate(zip(cells, probs)):
-        had = saved[i, : cell[4], : cell[5]]
-        labels = np.argmax(p, axis=0).astype(np.uint8)
+    row = np.zeros((labels.shape[1], stats_width(n_phases)))
+    kept = np.zeros(labels.shape[1:], np.uint8)
+    for i, (cell, p, q) in enumerate(zip(cells, probs, had_probs)):
+        had = np.argmax(q, axis=0).astype(np.uint8)
+        answer = np.argmax(p, axis=0).astype(np.uint8)
         row[i] = np.concatenate(
-            [[gflops[i]], _counts(had, n_phases), _counts(labels, n_phases), cell_confusions(p, had, labels)]
+            [
+                [gflops[i] + had_gflops[i]],
+                _counts(had, n_phases),
+                _counts(answer, n_phases),
+                cell_confusions(p, had, answer),
+            ]
         )
+        kept[i, : cell[4], : cell[5]] = answer
+    records.write(a, [(labels, (a,), kept)], done=1, cells=row)
+
+
+def write_task(a, index, grid, cells, labels, arrays, records, reference: int, n_phases: int) -> None:
+    """The reference's labels into the audited cells of one tile (after its candidates ran).
+    The tile's chunks are read once and written whole: cells written one by one into a shared
+    chunk would race (each partial write reads, changes and writes the chunk)."""
+    phases, decisions = arrays["phases"], arrays["decisions"]
+    kept = labels[a]
+    region = grid.region(index)
+    labels_out, decisions_out = phases[region], decisions[region]
+    change = np.zeros(n_phases)
+    for i, cell in enumerate(cells):
         where = _local(cell, region)
-        labels_out[where] = labels
+        answer = kept[i, : cell[4], : cell[5]]
+        change += _counts(answer, len(change)) - _counts(labels_out[where], len(change))
+        labels_out[where] = answer
         decisions_out[where] = reference
-    outputs = [(phases, region, labels_out), (arrays["decisions"], region, decisions_out)]
-    records.write(a, outputs, done=1, cells=row)
+    outputs = [(phases, region, labels_out), (decisions, region, decisions_out)]
+    records.write(a, outputs, done=1, change=change)
 
 
 def _local(cell, region) -> tuple:
@@ -251,15 +275,20 @@ def _crop(cell, y_bounds: tuple[int, int], x_bounds: tuple[int, int]) -> tuple[i
     )
 
 
-def audit_gflops(audit: AuditPlan, grid: TileGrid, candidate: Candidate, context: Context) -> float:
-    """What the audit costs: the reference on every drawn cell's box (known before it runs)."""
+def audit_gflops(audit: AuditPlan, grid: TileGrid, candidates, choice: np.ndarray, context: Context) -> float:
+    """What the audit costs (known before it runs): the reference and the tile's planned
+    candidate (``candidates[choice[tile]]``) on every drawn cell's box."""
     y_bounds, x_bounds = (0, grid.shape[-2]), (0, grid.shape[-1])
-    boxes = [_crop(cell, y_bounds, x_bounds) for cell in audit.cells]
-    return float(sum(candidate.gflops(context, (1, yb - ya, xb - xa)) for ya, yb, xa, xb in boxes))
+    total = 0.0
+    for cell in audit.cells:
+        ya, yb, xa, xb = _crop(cell, y_bounds, x_bounds)
+        for candidate in (candidates[audit.reference], candidates[choice[cell[0]]]):
+            total += candidate.gflops(context, (1, yb - ya, xb - xa))
+    return float(total)
 
 
-def _reference_probs(tile, cells, candidate: Candidate, context: Context) -> tuple[list, list]:
-    """The reference's probabilities on each cell's core, from its box (:func:`_crop`; the
+def _cell_probs(tile, cells, candidate: Candidate, context: Context) -> tuple[list, list]:
+    """A candidate's probabilities on each cell's core, from its box (:func:`_crop`; the
     tile's halo covers it); boxes of one shape go through the model together."""
     covers = tile.covers
     y_bounds, x_bounds = (covers[-2].start, covers[-2].stop), (covers[-1].start, covers[-1].stop)
@@ -303,20 +332,19 @@ def cell_confusions(probs: np.ndarray, had: np.ndarray, labels: np.ndarray) -> n
 
 
 def run_audit(
-    job: Job, audit: AuditPlan, root, norm, arrays, runner, writes, monitor
+    job: Job, audit: AuditPlan, choice, root, norm, runner, writes, monitor
 ) -> tuple[TileRecords, list]:
-    """The audit's tasks for the tiles not yet audited: its records once every tile is, and
-    the tiles (position, index) audited now."""
-
+    """The audit's measuring tasks for the tiles not yet audited: its records once every tile
+    is, and the tiles (position, index) audited now. ``choice``: each tile's planned candidate."""
     records = TileRecords.open(root, "audit", writes)
-    indices = job.indices
+    indices, names = job.indices, job.names
     done = records.done()
     tiles = audit.tiles
     todo = [(a, indices[t]) for a, t in enumerate(tiles) if not done[a]]
     grid = job.grid.with_halo(AUDIT_HALO)
-    candidate = CANDIDATES[job.names[audit.reference]]
-    before = for_tile_writes(root["audit/before"])
-    shared = shared_nodes(grid, norm, job.context, candidate, before, arrays, records)
+    reference = CANDIDATES[names[audit.reference]]
+    labels = for_tile_writes(root["audit/labels"])
+    shared = shared_nodes(grid, norm, job.context, reference, labels, records)
 
     def tasks(group, layers):
         blocks = tile_blocks(job.volume.data, grid, layers)
@@ -327,13 +355,46 @@ def run_audit(
                     a,
                     idx,
                     *shared[:4],
+                    CANDIDATES[names[choice[tiles[a]]]],
                     audit.cells[audit.cells[:, 0] == tiles[a]],
                     *shared[4:],
-                    audit.reference,
                     dask_key_name=key("audit", idx),
                 )  # fmt: skip
                 for a, idx in group
             ]
 
     compute_tiles(runner, todo, tasks, monitor.stage("audit", len(todo)), records)
+    return records, todo
+
+
+def write_audited(
+    job: Job, audit: AuditPlan, skip, root, arrays, runner, writes, monitor
+) -> tuple[TileRecords, list]:
+    """The reference's labels into the audited cells, but in tiles of the strata in ``skip``
+    (sent to the reference whole): the records of these writes, and the tiles (position,
+    index) written now."""
+    records = TileRecords.open(root, "audit-written", writes)
+    indices = job.indices
+    done = records.done()
+    tiles = audit.tiles
+    todo = [(a, indices[t]) for a, t in enumerate(tiles) if not done[a] and audit.tile_stratum[t] not in skip]
+    labels = for_tile_writes(root["audit/labels"])
+    shared = shared_nodes(job.grid, labels, arrays, records)
+
+    def tasks(group, layers):
+        return [
+            dask.delayed(write_task)(
+                a,
+                idx,
+                shared[0],
+                audit.cells[audit.cells[:, 0] == tiles[a]],
+                *shared[1:],
+                audit.reference,
+                len(job.phases),
+                dask_key_name=key("audit-write", idx),
+            )
+            for a, idx in group
+        ]
+
+    compute_tiles(runner, todo, tasks, monitor.stage("audited cells", len(todo)), records)
     return records, todo

@@ -24,9 +24,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import zarr
 
+from matseg.io.progress import TileRecords
 from matseg.metrics import iou_per_phase
-from matseg.pipeline.audit import TEMPERATURES, AuditPlan
+from matseg.pipeline.audit import TEMPERATURES, AuditPlan, audit_evidence, load_audit
 
 CONFIDENCE = 0.95
 BOOTSTRAP = 2000
@@ -45,6 +47,8 @@ def estimate_change(
     temperature: float = TEMPERATURE,
     temperature_range: tuple[float, float] = TEMPERATURE_RANGE,
     seed: int = 0,
+    upgraded: frozenset[int] = frozenset(),
+    dropped: frozenset[int] = frozenset(),
 ) -> dict:
     """The report's ``estimate``: the change in mIoU against an all-reference run and the
     volume's phase fractions, each with a 95 % interval.
@@ -64,6 +68,11 @@ def estimate_change(
         The point estimate's temperature, and the range the interval's replicates draw from.
     seed : int
         The bootstrap's seed.
+    upgraded : set of int
+        Strata to count as if their tiles were sent to the reference (what sending them
+        would give: the reference's answer there in both runs; :func:`plan_escalation`).
+    dropped : set of int
+        Strata whose tiles were sent to the reference after the audit: counted in ``common``.
     """
     k, n_t = len(phases), len(TEMPERATURES)
     n = len(audit.cells)
@@ -94,10 +103,15 @@ def estimate_change(
     for h, (population, sampled) in enumerate(zip(audit.population, audit.sampled)):
         mine = np.flatnonzero(audit.stratum == h)
         run_h, ref_h = conf[mine, :, 0], conf[mine, :, 1]  # (cells, T, k*k)
+        # the same draws whatever is upgraded or dropped: estimates of two plans compare alike
+        draws = rng.multinomial(len(mine), np.full(len(mine), 1 / len(mine)), size=BOOTSTRAP)
+        if h in dropped:
+            continue
+        if h in upgraded:
+            run_h = ref_h
         rest = (population - sampled) / sampled
         final_p += ref_h[:, point_t].sum(0) + rest * run_h[:, point_t].sum(0)
         allref_p += population / sampled * ref_h[:, point_t].sum(0)
-        draws = rng.multinomial(len(mine), np.full(len(mine), 1 / len(mine)), size=BOOTSTRAP)
         run_s = np.einsum("bc,bcf->bf", draws, run_h[:, t_of].transpose(1, 0, 2))
         ref_s = np.einsum("bc,bcf->bf", draws, ref_h[:, t_of].transpose(1, 0, 2))
         final_b += ref_s + rest * run_s
@@ -124,6 +138,20 @@ def estimate_change(
         "temperature_range": list(temperature_range),
         "strata": len(audit.population),
     }
+
+
+def stored_evidence(root: zarr.Group, n_phases: int) -> tuple[AuditPlan, np.ndarray, np.ndarray, frozenset]:
+    """A finished run's audit, its cells' numbers, the phase counts of the tiles sent to the
+    reference (by the selector or by the tolerance) and the strata the tolerance sent there:
+    what :func:`estimate_change` needs, read from the output."""
+    audit = load_audit(root)
+    evidence = audit_evidence(audit, TileRecords.open(root, "audit"), n_phases)
+    decision = root.attrs["matseg"].get("escalation") or {}
+    dropped = frozenset(decision.get("strata", []))
+    on_reference = root["selector/choice"][:] == audit.reference
+    on_reference |= np.isin(audit.tile_stratum, list(dropped))
+    counts = TileRecords.open(root, "finish").read()["counts"]
+    return audit, evidence, np.nan_to_num(counts[on_reference]).sum(0), dropped
 
 
 def _miou(flat: np.ndarray, k: int) -> np.ndarray:

@@ -31,16 +31,15 @@ from matseg.io.write import for_tile_writes, run_attrs
 from matseg.monitor import CancelToken, Monitor, Progress
 from matseg.normalize import Normalization, intensity_range
 from matseg.pipeline.audit import (
-    AUDIT_HALO,
-    AuditPlan,
     audit_evidence,
-    audit_gflops,
     create_audit,
     load_audit,
     plan_audit,
     run_audit,
+    stats_width,
+    write_audited,
 )
-from matseg.pipeline.confidence import estimate_change
+from matseg.pipeline.escalate import apply, audit_cost, audited_estimate, decide
 from matseg.pipeline.estimate import dry_run_report, estimate
 from matseg.pipeline.job import Job, prepare
 from matseg.pipeline.report import REPORT_NAME, run_report, score_labels
@@ -206,45 +205,63 @@ def _run(
             job.settings.max_expensive_fraction,
         )  # fmt: skip
         stage.finish()
+        planned = plan["choice"].copy()  # the selector's choice, before the audit's evidence
         attrs = root.attrs["matseg"]
+        settings = job.settings
         if Status.of(attrs) == Status.CANDIDATES:
-            if not np.array_equal(root["selector/choice"][:], plan["choice"]):
+            if not np.array_equal(root["selector/choice"][:], planned):
                 raise MatsegError(
                     f"output {job.output}: the selector's plan differs from the stored one; "
                     "pass --overwrite to start the candidates again"
                 )
-            rewrite = set(map(tuple, attrs["rewritten"]))
+            audit = load_audit(root) if settings.audit_fraction > 0 else None
         else:
             root["selector/gain"][:] = plan["gain"]
-            root["selector/choice"][:] = plan["choice"].astype(np.uint8)
-            settings = job.settings
+            root["selector/choice"][:] = planned.astype(np.uint8)
             audit = plan_audit(
-                job, plan["choice"], cheap["features"][:, 0], settings.audit_fraction, settings.audit_seed
+                job, planned, cheap["features"][:, 0], settings.audit_fraction, settings.audit_seed
             )
-            audit_cost = _audit_cost(job, audit)
             if settings.budget_gflops is not None:  # a budget caps the whole run, the audit included
                 spent = float(cheap["gflops"].sum()) + plan["policy_gflops"] + plan["stage2_gflops"]
-                if spent + audit_cost > settings.budget_gflops:
+                if spent + audit_cost(job, audit, planned) > settings.budget_gflops:
                     logger.warning("the audit would exceed --budget-gflops: no audit, no estimate")
-                    audit = plan_audit(job, plan["choice"], cheap["features"][:, 0], 0.0, 0)
-                    audit_cost = 0.0
-            if dry_run:
-                expected = estimate(
-                    plan, cheap, job.volume.data, grid, norm, context, job.names, runner.workers
-                )
-                expected["audit_gflops"] = audit_cost
-                expected["gflops"] += expected["audit_gflops"]
-                # what is kept is a cheap pass for the real run to finish (a finished output
-                # given with --overwrite becomes one too: its rewritten tiles are redone)
-                set_status(root, Status.CHEAP_PASS)
-                return dry_run_report(job, plan, cheap, expected)
+                    audit = plan_audit(job, planned, cheap["features"][:, 0], 0.0, 0)
             # tiles an earlier plan rewrote or audited hold what that plan made: they are redone
             previous = set(map(tuple, attrs.get("rewritten", []) + attrs.get("audited", [])))
-            rewrite = {indices[t] for t in np.flatnonzero(plan["rewritten"])} | previous
             if settings.audit_fraction > 0:
                 create_audit(root, audit, len(job.phases))
             audited = sorted(list(indices[t]) for t in audit.tiles)
-            set_status(root, Status.CANDIDATES, rewritten=sorted(map(list, rewrite)), audited=audited)
+            rewritten = {indices[t] for t in np.flatnonzero(plan["rewritten"])} | previous
+            set_status(
+                root, Status.CANDIDATES, rewritten=sorted(map(list, rewritten)),
+                previous=sorted(map(list, previous)), audited=audited, escalation=None,
+            )  # fmt: skip
+        found, decision = None, None
+        if audit is not None:
+            found = np.zeros((0, stats_width(len(job.phases))))
+        if audit is not None and len(audit.cells):
+            records, remaining = run_audit(job, audit, planned, root, norm, runner, writes, monitor)
+            computed["audit"] = len(remaining)
+            done_now.update(idx for _, idx in remaining)
+            found = audit_evidence(audit, records, len(job.phases))
+            decision = root.attrs["matseg"].get("escalation")
+            if decision is None and settings.tolerance is not None:
+                spent = float(cheap["gflops"].sum()) + plan["policy_gflops"] + plan["stage2_gflops"]
+                decision = decide(job, root, plan, audit, found, cheap["counts"], spent + found[:, 0].sum())
+            plan = apply(plan, decision, job)
+        previous = set(map(tuple, root.attrs["matseg"].get("previous", [])))
+        rewrite = {indices[t] for t in np.flatnonzero(plan["rewritten"])} | previous
+        if dry_run:
+            expected = estimate(plan, cheap, job.volume.data, grid, norm, context, job.names, runner.workers)
+            expected["audit_gflops"] = float(found[:, 0].sum()) if found is not None else 0.0
+            expected["gflops"] += expected["audit_gflops"]
+            if decision is not None:
+                expected["escalation"] = decision
+            # what is kept is a cheap pass for the real run to finish (a finished output
+            # given with --overwrite becomes one too: its rewritten tiles are redone)
+            set_status(root, Status.CHEAP_PASS, rewritten=sorted(map(list, previous)), audited=[])
+            return dry_run_report(job, plan, cheap, expected)
+        set_status(root, rewritten=sorted(map(list, rewrite)))
         finish_records = TileRecords.open(root, "finish", writes)
         remaining = todo(finish_records, indices, rewrite)
         computed["candidates"] = len(remaining)
@@ -252,13 +269,13 @@ def _run(
         stage = monitor.stage("costlier candidates", len(remaining))
         run_candidates(job, plan, remaining, norm, ctx, out, finish_records, runner, stage)
         stats = selector_stats(job, plan, cheap, finish_records, rewrite)
-        if job.settings.audit_fraction > 0:
-            audit = load_audit(root)
-            records, remaining = run_audit(job, audit, root, norm, arrays, runner, writes, monitor)
-            computed["audit"] = len(remaining)
-            done_now.update(idx for _, idx in remaining)
-            found = audit_evidence(audit, records, len(job.phases))
-            evidence = _audited(job, plan, audit, found, finish_records, stats)
+        if audit is not None and len(audit.cells) == 0 and (planned != audit.reference).any():
+            evidence = {"skipped": "the audit would exceed --budget-gflops", "reference": settings.reference}
+        elif audit is not None:
+            skip = set(decision["strata"]) if decision else set()
+            written, remaining = write_audited(job, audit, skip, root, arrays, runner, writes, monitor)
+            computed["audited cells"] = len(remaining)
+            evidence = audited_estimate(job, plan, audit, found, decision, finish_records, written, stats)
         counts = stats["counts"]
     if start == Start.RESUME:
         done = ", ".join(f"{n} tiles" if s == "tiles" else f"{n} {s} tiles" for s, n in computed.items())
@@ -292,29 +309,6 @@ def _run(
     replace_file(job.output / REPORT_NAME, (json.dumps(report, indent=2) + "\n").encode())
     set_status(root, Status.COMPLETE, **report)
     return report
-
-
-def _audited(job: Job, plan, audit: AuditPlan, evidence: np.ndarray, finish_records, stats: dict) -> dict:
-    """What the audit changed in the run's numbers (its GFLOPs, the labels it replaced; in
-    ``stats``), and the estimate it gives (the report's ``estimate``)."""
-    k = len(job.phases)
-    if len(audit.cells) == 0 and (plan["choice"] != audit.reference).any():
-        return {"skipped": "the audit would exceed --budget-gflops", "reference": job.names[audit.reference]}
-    gflops = float(evidence[:, 0].sum())
-    stats["counts"] = stats["counts"] + (evidence[:, 1 + k : 1 + 2 * k] - evidence[:, 1 : 1 + k]).sum(0)
-    stats["gflops"] += gflops
-    stats["breakdown"]["audit"] = gflops
-    on_reference = plan["choice"] == audit.reference
-    common = np.nan_to_num(finish_records.read()["counts"][on_reference]).sum(0)
-    reference = job.names[audit.reference]
-    return estimate_change(audit, evidence, common, job.phases, reference, seed=job.settings.audit_seed)
-
-
-def _audit_cost(job: Job, audit: AuditPlan) -> float:
-    from matseg.candidates.registry import CANDIDATES
-
-    grid = job.grid.with_halo(AUDIT_HALO)
-    return audit_gflops(audit, grid, CANDIDATES[job.names[audit.reference]], job.context)
 
 
 def volume_fit(job: Job, norm: Normalization, features) -> dict | None:

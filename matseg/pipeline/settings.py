@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, fields, replace
 
 from matseg.candidates.registry import CANDIDATES
+from matseg.defaults import DEFAULT_TOLERANCE
 from matseg.errors import MatsegError
 from matseg.validate import check_number
 
@@ -55,6 +56,12 @@ class Settings:
         The candidate the audit measures against: the most accurate one, ``expensive`` by default.
     audit_seed : int
         The seed of the audit's draw of cells (the same seed, the same cells).
+    tolerance : float or None
+        With ``auto`` and an audit: the most mIoU the run may lose against an all-reference run
+        at 95 % confidence. Where the audit's interval reaches below ``-tolerance``, the strata
+        losing most per GFLOP go to the reference until it no longer does
+        (:mod:`matseg.pipeline.escalate`); a budget caps this too. None: the selector's plan
+        stands whatever the audit finds.
 
     Examples
     --------
@@ -74,6 +81,7 @@ class Settings:
     audit_fraction: float = 0.03
     reference: str = "expensive"
     audit_seed: int = 0
+    tolerance: float | None = DEFAULT_TOLERANCE
 
     def __post_init__(self) -> None:
         if self.tile is not None:
@@ -87,6 +95,7 @@ class Settings:
             _check_phases(self.model, self.phases)
         _check_options(self.model, self.lam, self.budget_gflops, self.max_expensive_fraction)
         check_number("--audit-fraction", self.audit_fraction, low=0.0, high=1.0)
+        check_number("--tolerance", self.tolerance, low=0.0, high=1.0)
         if self.reference not in CANDIDATES or self.reference == "cheap":
             others = ", ".join(n for n in CANDIDATES if n != "cheap")
             raise MatsegError(f"--reference {self.reference}: choose one of {others}")

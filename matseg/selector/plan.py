@@ -55,6 +55,12 @@ def stage2_gflops(
     return total, rewritten.ravel()
 
 
+def with_choice(plan: dict, choice: np.ndarray, grid: TileGrid) -> dict:
+    """``plan`` with another ``choice``: its stage-2 GFLOPs and rewritten tiles follow."""
+    stage2, rewritten = stage2_gflops(choice, grid, plan["candidate_gflops"], plan["recompute_gflops"])
+    return {**plan, "choice": choice, "stage2_gflops": stage2, "rewritten": rewritten}
+
+
 def candidate_grid(grid: TileGrid, name: str, context: Context) -> TileGrid:
     """The tiles with the halo candidate ``name`` runs with."""
     return grid.with_halo(CANDIDATES[name].halo(context))

@@ -2,7 +2,7 @@
 truth, the estimator's temperatures chosen on one set of volumes and its coverage reported on
 another.
 
-    python benchmarks/audit_coverage.py [--out docs/audit-coverage.json] [--work DIR]
+    python benchmarks/audit_coverage.py [--out docs/audit-coverage.json] [--work DIR] [--tolerance 0.01]
     python benchmarks/audit_coverage.py --analyse docs/audit-coverage.json
 
 Volumes (24 x 384 x 384): eight imaging kinds — the `train`, `test` and `wide` profiles and
@@ -70,28 +70,36 @@ def volumes() -> list[dict]:
     return rows
 
 
-def measure(row: dict, work: Path) -> dict:
-    """Segment one volume every way; the default run's estimate at every temperature."""
+def measure(row: dict, work: Path, earlier: dict | None = None, tolerance: float | None = None) -> dict:
+    """Segment one volume every way; the default run's estimate at every temperature.
+    ``earlier``: this volume's results from an earlier run, whose fixed candidates are kept
+    (one model on every tile does not depend on the selector, the audit or the tolerance)."""
     sample = work / f"{row['kind']}-{row['seed']}.zarr"
     if not sample.exists():
         write_sample(sample, SHAPE, row["seed"], SampleConfig(**KINDS[row["kind"]]))
     out = dict(row)
     for model in FIXED:
+        if earlier is not None:
+            out[model] = earlier[model]
+            continue
         report = matseg.segment(sample, work / "fixed.zarr", model=model, truth=sample, overwrite=True)
         out[model] = {"miou": report["metrics"]["miou"], "gflops": report["gflops"]}
     output = work / "auto.zarr"
-    report = matseg.segment(sample, output, truth=sample, overwrite=True)
+    report = matseg.segment(sample, output, truth=sample, overwrite=True, tolerance=tolerance)
     estimate = report["estimate"]
     out["auto"] = {"miou": report["metrics"]["miou"], "gflops": report["gflops"]}
     reference = estimate["reference"]
     out["true_change"] = report["metrics"]["miou"] - out[reference]["miou"]
     out["audit_gflops"] = report["gflops_breakdown"].get("audit", 0.0)
     out["audited_cells"] = estimate["audited_cells"]
+    out["moved_tiles"] = estimate.get("moved_tiles", {})
+    out["within_tolerance"] = estimate.get("within_tolerance")
     phases = list(estimate["phase_fractions"])
-    audit, evidence, common, dropped = stored_evidence(zarr.open_group(output, mode="r"), len(phases))
+    found = stored_evidence(zarr.open_group(output, mode="r"), len(phases), report["candidates"])
+    audit, evidence, common, assigned, dropped = found
     out["estimates"] = {
         f"{t}|{lo}|{hi}": _rounded(
-            estimate_change(audit, evidence, common, phases, reference, t, (lo, hi), dropped=dropped)
+            estimate_change(audit, evidence, common, phases, reference, t, (lo, hi), 0, assigned, dropped)
         )
         for t in TEMPERATURES
         for lo, hi in RANGES
@@ -168,7 +176,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the per-volume results as JSON here")
     parser.add_argument("--work", type=Path, help="keep the generated volumes here (reused)")
     parser.add_argument("--analyse", type=Path, help="only analyse the results in this JSON")
+    parser.add_argument("--tolerance", type=float, help="segment with this --tolerance (default: off)")
+    parser.add_argument("--all-estimates", type=Path, help="write every temperature's estimates here")
+    parser.add_argument(
+        "--fixed-from",
+        type=Path,
+        help="take the fixed candidates' results from this earlier JSON (same weights)",
+    )
     args = parser.parse_args()
+    earlier = {}
+    if args.fixed_from:
+        earlier = {(r["kind"], r["seed"]): r for r in json.loads(args.fixed_from.read_text())["volumes"]}
     if args.analyse:
         rows = json.loads(args.analyse.read_text())["volumes"]
     else:
@@ -177,12 +195,17 @@ def main() -> None:
             work.mkdir(parents=True, exist_ok=True)
             rows = []
             for row in volumes():
-                rows.append(measure(row, work))
+                fixed = earlier.get((row["kind"], row["seed"]))
+                rows.append(measure(row, work, fixed, args.tolerance))
                 print(f"{row['kind']} {row['seed']}: true {rows[-1]['true_change']:+.4f}", flush=True)
     summary = analyse(rows)
     print_table(rows, summary)
-    if args.out:
-        args.out.write_text(json.dumps({"summary": summary, "volumes": rows}, indent=1) + "\n")
+    if args.out:  # each volume's estimates at the two (temperature, range) pairs the summary names
+        kept = {summary["current"], summary["chosen"]}
+        compact = [{**r, "estimates": {k: v for k, v in r["estimates"].items() if k in kept}} for r in rows]
+        args.out.write_text(json.dumps({"summary": summary, "volumes": compact}, indent=1) + "\n")
+    if args.all_estimates:
+        args.all_estimates.write_text(json.dumps({"summary": summary, "volumes": rows}) + "\n")
 
 
 if __name__ == "__main__":

@@ -158,12 +158,30 @@ def format_estimate(estimate: dict) -> str:
     if "skipped" in estimate:
         return f"none: {estimate['skipped']}"
     low, high = estimate["ci95"]
-    return (
+    line = (
         f"vs all-{estimate['reference']}: {_signed(estimate['delta_miou'])} mIoU "
         f"(95 % {_signed(low)} … {_signed(high)}), "
         f"{100 * estimate['audited_fraction']:.1f} % of the other cells audited "
         f"({estimate['audited_cells']})"
     )
+    if "tolerance" in estimate:
+        line += "\n" + " " * 13 + format_tolerance(estimate["tolerance"], estimate["moved_tiles"])
+        if not estimate["within_tolerance"]:
+            reach = f"−{estimate['tolerance']:g}"
+            line += f"; the interval still reaches below {reach} (a budget, or the estimate moved)"
+    return line
+
+
+def _tolerance_of(decision: dict) -> str:
+    return format_tolerance(decision["tolerance"], decision["moved_tiles"])
+
+
+def format_tolerance(tolerance: float, moved: dict) -> str:
+    """What the tolerance did to the selector's plan, in words."""
+    if not moved:
+        return f"tolerance {tolerance:g}: the audit kept the selector's plan"
+    steps = ", ".join(f"{step.replace('->', ' → ')} {n}" for step, n in moved.items())
+    return f"tolerance {tolerance:g}: the audit moved tiles {steps}"
 
 
 def _audit_share(report: dict) -> str:
@@ -216,7 +234,8 @@ def format_dry_run(report: dict) -> str:
             f"  mix        {mix}",
             f"  GFLOPs     {e['gflops']:,.1f} expected "
             f"({report['cheap_pass_gflops']:,.1f} spent on the cheap pass, "
-            f"{e['audit_gflops']:,.1f} to go on the audit)",
+            f"{e['audit_gflops']:,.1f} on the audit)",
+            *([f"  audit      {_tolerance_of(e['escalation'])}"] if "escalation" in e else []),
             f"  time       ~{e['seconds']:.1f} s more for the costlier candidates and blending",
             f"  memory     ~{e['peak_rss_mb']:,.0f} MB peak",
             f"  cheap pass kept in {report['output']}: the real run reuses it",

@@ -3,11 +3,14 @@ the report's estimate of the change against an all-reference run."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import zarr
 
 import matseg
+from matseg.cli import main
 from matseg.pipeline.audit import AUDIT_CELL, TEMPERATURES, AuditPlan, stats_width
 from matseg.pipeline.confidence import estimate_change
 from matseg.sample import write_sample
@@ -56,34 +59,77 @@ def test_the_same_seed_draws_the_same_cells_and_no_audit_leaves_no_estimate(volu
     assert "estimate" not in none and "audit" not in none["gflops_breakdown"]
 
 
-def test_a_run_that_agrees_with_the_reference_is_estimated_at_no_change():
-    k, n = 3, 6
-    stats = np.zeros((n, stats_width(k)))
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        cm = np.diag(rng.uniform(100, 400, k)) + rng.uniform(0, 20, (k, k))
-        stats[i, 1 + 2 * k :] = np.tile(cm.ravel(), 2 * len(TEMPERATURES))  # run == reference
+def _evidence(run: np.ndarray, ref: np.ndarray, n: int) -> np.ndarray:
+    """``n`` cells' numbers where candidate 0 (the run's) has the expected confusion matrix
+    ``run`` and candidate 1 (the reference) ``ref``, at every temperature."""
+    k = len(ref)
+    stats = np.zeros((n, stats_width(k, 2)))
+    conf = np.stack([run.ravel(), ref.ravel()])  # (candidate, k*k)
+    stats[:, 1 + 2 * k :] = np.tile(conf.ravel(), len(TEMPERATURES))
+    return stats
+
+
+def _plan(strata: list[int], population: list[int]) -> AuditPlan:
+    n = len(strata)
     cells = np.array([[0, 0, 0, AUDIT_CELL * i, AUDIT_CELL, AUDIT_CELL] for i in range(n)])
-    audit = AuditPlan(
-        cells, np.array([0, 0, 0, 1, 1, 1]), np.array([50, 80]), np.array([3, 3]), 2, np.array([0, 1])
+    sampled = np.bincount(strata)
+    h = len(population)
+    return AuditPlan(
+        cells,
+        np.array(strata),
+        np.array(population),
+        sampled,
+        1,
+        np.arange(h),
+        np.zeros(h, int),
+        np.array([0, 1]),
     )
-    out = estimate_change(audit, stats, np.array([1000, 500, 800]), ("a", "b", "c"), "expensive")
+
+
+def test_a_run_that_agrees_with_the_reference_is_estimated_at_no_change():
+    cm = np.diag([300.0, 200.0, 250.0]) + 10.0
+    audit = _plan([0, 0, 0, 1, 1, 1], [50, 80])
+    out = estimate_change(
+        audit, _evidence(cm, cm, 6), np.array([1000, 500, 800]), ("a", "b", "c"), "expensive"
+    )
     assert out["delta_miou"] == pytest.approx(0.0, abs=1e-12)
     assert out["ci95"][0] == pytest.approx(0.0, abs=1e-12) and out["ci95"][1] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_a_run_worse_than_the_reference_is_estimated_below_it():
-    k, n = 3, 8
-    stats = np.zeros((n, stats_width(k)))
+def test_a_run_worse_than_the_reference_is_estimated_below_it_and_moving_it_closes_the_gap():
     good = np.diag([300.0, 300.0, 300.0])
     bad = good.copy()
     bad[0, 0], bad[1, 0] = 150.0, 150.0  # the run calls half of phase 0 phase 1
-    for i in range(n):
-        stats[i, 1 + 2 * k :] = np.tile(np.concatenate([bad.ravel(), good.ravel()]), len(TEMPERATURES))
-    cells = np.array([[0, 0, 0, AUDIT_CELL * i, AUDIT_CELL, AUDIT_CELL] for i in range(n)])
-    audit = AuditPlan(cells, np.zeros(n, int), np.array([100]), np.array([n]), 2, np.array([0]))
-    out = estimate_change(audit, stats, np.zeros(k), ("a", "b", "c"), "expensive")
+    audit = _plan([0] * 8, [100])
+    stats = _evidence(bad, good, 8)
+    out = estimate_change(audit, stats, np.zeros(3), ("a", "b", "c"), "expensive")
     assert out["ci95"][1] < 0 and out["delta_miou"] < -0.1
+    moved = estimate_change(audit, stats, np.zeros(3), ("a", "b", "c"), "expensive", assigned=[1])
+    assert moved["delta_miou"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_tolerance_moves_the_losing_stratum_and_keeps_the_other():
+    """Two strata on the cheap candidate: one loses half a phase, the other nothing. With a
+    tolerance the losing one goes to the reference, the other stays; without one, nothing."""
+    from matseg.pipeline.escalate import plan_escalation
+
+    good = np.diag([300.0, 300.0, 300.0])
+    bad = good.copy()
+    bad[0, 0], bad[1, 0] = 150.0, 150.0
+    stats = np.concatenate([_evidence(bad, good, 4), _evidence(good, good, 4)])
+    audit = _plan([0] * 4 + [1] * 4, [40, 40])
+
+    def cost_of(assigned):
+        return sum(10.0 if c == 1 else 1.0 for c in assigned)
+
+    assigned, predicted = plan_escalation(audit, stats, np.zeros(3), ("a", "b", "c"), "e", 0.01, cost_of)
+    assert assigned == [1, 0] and predicted["ci95"][0] >= -0.01
+    loose, _ = plan_escalation(audit, stats, np.zeros(3), ("a", "b", "c"), "e", 0.5, cost_of)
+    assert loose == [0, 0]  # within a loose tolerance the plan stands
+    capped, _ = plan_escalation(
+        audit, stats, np.zeros(3), ("a", "b", "c"), "e", 0.01, cost_of, fits=lambda a: sum(a) == 0
+    )
+    assert capped == [0, 0]  # a budget that allows no move
 
 
 @pytest.mark.parametrize(
@@ -91,6 +137,8 @@ def test_a_run_worse_than_the_reference_is_estimated_below_it():
     [
         (["--reference", "nonsense"], "--reference nonsense"),
         (["--audit-fraction", "1.5"], "--audit-fraction"),
+        (["--tolerance", "lots"], "--tolerance"),
+        (["--tolerance", "2"], "--tolerance"),
     ],
 )
 def test_bad_audit_options_are_one_line_and_exit_2(volume, tmp_path, args, message, capsys):
@@ -103,3 +151,45 @@ def test_a_budget_caps_the_audit_too(volume, tmp_path):
     report = matseg.segment(volume, tmp_path / "b.zarr", budget_gflops=budget)
     assert report["gflops"] <= budget
     assert "skipped" in report["estimate"] and "audit" not in report["gflops_breakdown"]
+
+
+def test_the_tolerance_moves_tiles_until_the_interval_keeps_it(volume, tmp_path):
+    """An all-cheap plan loses more than 0.01 here; a tolerance of 0.01 moves the losing
+    strata to costlier candidates until the interval stays within it, and says so."""
+    thrifty = matseg.segment(volume, tmp_path / "t.zarr", lam=1.0, truth=volume)
+    assert thrifty["estimate"]["ci95"][0] < -0.01 and "tolerance" not in thrifty["estimate"]
+    kept = matseg.segment(volume, tmp_path / "k.zarr", lam=1.0, tolerance=0.01, truth=volume)
+    estimate = kept["estimate"]
+    assert estimate["tolerance"] == 0.01 and estimate["moved_tiles"]
+    assert estimate["within_tolerance"] and estimate["ci95"][0] >= -0.01
+    assert kept["gflops"] > thrifty["gflops"] and kept["metrics"]["miou"] > thrifty["metrics"]["miou"]
+    root = zarr.open_group(str(tmp_path / "k.zarr"), mode="r")
+    decision = root.attrs["matseg"]["escalation"]
+    moved = sum(decision["moved_tiles"].values())
+    assert moved == sum(n for k, n in kept["decisions"].items() if k != "cheap") - thrifty_costly(thrifty)
+    # the selector's own plan is kept as it was; the decision says what the run made of it
+    assert np.array_equal(
+        root["selector/choice"][:], zarr.open_group(str(tmp_path / "t.zarr"))["selector/choice"][:]
+    )
+
+
+def thrifty_costly(report: dict) -> int:
+    return sum(n for k, n in report["decisions"].items() if k != "cheap")
+
+
+def test_a_dry_run_expects_what_the_tolerance_will_spend(volume, tmp_path):
+    out = tmp_path / "d.zarr"
+    dry = matseg.segment(volume, out, lam=1.0, dry_run=True, tolerance=0.01)
+    expected = dry["expected"]
+    assert expected["escalation"]["moved_tiles"] and expected["audit_gflops"] > 0
+    real = matseg.segment(volume, out, lam=1.0, tolerance=0.01)
+    assert real["run"]["cheap_pass_reused"]
+    assert real["decisions"] == dry["decisions"]
+    assert abs(real["gflops"] - expected["gflops"]) <= 0.02 * real["gflops"]
+
+
+def test_tolerance_off_keeps_the_plan(volume, tmp_path):
+    out = tmp_path / "o.zarr"
+    main(["segment", str(volume), "-o", str(out), "--lambda", "1", "--tolerance", "off"])
+    report = json.loads((out / "matseg-report.json").read_text())
+    assert "tolerance" not in report["estimate"] and report["decisions"]["cheap"] == report["tiles"]

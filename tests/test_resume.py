@@ -87,7 +87,12 @@ def _reference(tmp_path_factory, volume, weights, *extra):
     return out, report
 
 
-SELECTOR = ("--max-expensive-fraction", "0.5")  # a mix of candidates: both stages have work
+SELECTOR = (
+    "--max-expensive-fraction",
+    "0.5",
+    "--tolerance",
+    "0.01",
+)  # a mix of candidates: every stage has work
 
 
 @pytest.fixture(scope="module")

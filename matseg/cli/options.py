@@ -36,9 +36,7 @@ def tolerance_of(text: str) -> float | None:
     try:
         return float(text)
     except ValueError:
-        raise click.BadParameter(
-            f"expected a number like 0.01, or 'off'; got '{text}'", param_hint="--tolerance"
-        ) from None
+        raise MatsegError(f"--tolerance {text}: give a number like 0.01, or 'off'") from None
 
 
 class SizesCommand(click.Command):

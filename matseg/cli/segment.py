@@ -140,11 +140,11 @@ def sample(output, shape, seed, config_path, profile, overwrite, voxel_size_text
 @click.option(
     "--tolerance",
     "tolerance_text",
-    default=str(DEFAULT_TOLERANCE),
+    default="off" if DEFAULT_TOLERANCE is None else str(DEFAULT_TOLERANCE),
     show_default=True,
-    help="With --model auto: the most mIoU the run may lose against an all-reference run, at 95 %% "
-    "confidence. Where the audit's interval reaches lower, the tiles losing most per GFLOP go to "
-    "--reference until it does not. 'off': the selector's plan stands whatever the audit finds.",
+    help="With --model auto, e.g. 0.01: the most mIoU the run may lose against an all-reference run, "
+    "at 95 %% confidence. Where the audit's interval reaches lower, strata of tiles move to costlier "
+    "candidates until it does not. 'off': the selector's plan stands whatever the audit finds.",
 )
 @voxel_size_options
 @verbosity_options

@@ -35,7 +35,7 @@ from matseg.pipeline.tasks import key
 from matseg.tiling import TileGrid, shared_nodes, tile_blocks
 
 AUDIT_CELL = 64  # in-plane side of an audited cell, one slice deep
-AUDIT_HALO = 32  # in-plane context the reference gets around a cell
+AUDIT_HALO = 16  # in-plane context the candidates get around a cell (docs/benchmarks.md, "The audit")
 MIN_PER_STRATUM = 2  # cells drawn at least from each stratum (a variance needs two)
 # Temperatures at which the reference's probabilities stand in for the truth
 # (:mod:`matseg.pipeline.confidence` picks among them).
@@ -45,8 +45,10 @@ TEMPERATURES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 @dataclass(frozen=True)
 class AuditPlan:
     """Which cells are audited: ``cells`` rows (tile position, z, y0, x0, height, width),
-    grouped by tile; ``stratum`` of each; ``population`` and ``sampled`` cells per stratum;
-    ``tile_stratum``, each tile's stratum (-1: a tile the selector sent to the reference)."""
+    grouped by tile; ``stratum`` of each; ``population`` and ``sampled`` cells and the
+    planned candidate (``stratum_choice``) per stratum; ``tile_stratum``, each tile's stratum
+    (-1: a tile the selector sent to the reference); ``measured``, the candidates run on
+    every cell besides the tile's own (the reference and those cheaper than it)."""
 
     cells: np.ndarray
     stratum: np.ndarray
@@ -54,6 +56,12 @@ class AuditPlan:
     sampled: np.ndarray
     reference: int  # the reference's index among the run's candidates
     tile_stratum: np.ndarray
+    stratum_choice: np.ndarray
+    measured: np.ndarray
+
+    def allowed(self, h: int) -> list[int]:
+        """The candidates stratum ``h`` has evidence for (what its tiles may be moved to)."""
+        return sorted({int(self.stratum_choice[h]), *map(int, self.measured)})
 
     @property
     def tiles(self) -> np.ndarray:
@@ -97,14 +105,11 @@ def plan_audit(
     n_cells = np.array([math.prod(cells_of(job.grid, idx)) for idx in indices])
     eligible = np.flatnonzero(choice != reference)
     tile_stratum = np.full(len(choice), -1, np.int64)
+    measured = measured_candidates(job.names, reference, job.context)
     if fraction <= 0 or len(eligible) == 0:
+        none = np.zeros(0, np.int64)
         return AuditPlan(
-            np.zeros((0, 6), np.int64),
-            np.zeros(0, np.int64),
-            np.zeros(0),
-            np.zeros(0),
-            reference,
-            tile_stratum,
+            np.zeros((0, 6), np.int64), none, none, none, reference, tile_stratum, none, measured
         )
     edges = np.quantile(uncertainty[eligible], [1 / 3, 2 / 3])
     tercile = np.searchsorted(edges, uncertainty, side="right")
@@ -128,7 +133,18 @@ def plan_audit(
     cells = np.array(rows, np.int64)
     order = np.lexsort((cells[:, 3], cells[:, 2], cells[:, 1], cells[:, 0]))  # by tile, then place
     cells = cells[order]
-    return AuditPlan(cells, np.array(strata, np.int64)[order], population, sampled, reference, tile_stratum)
+    return AuditPlan(
+        cells, np.array(strata, np.int64)[order], population, sampled, reference, tile_stratum,
+        np.array([k for k, _ in keys], np.int64), measured,
+    )  # fmt: skip
+
+
+def measured_candidates(names, reference: int, context: Context) -> np.ndarray:
+    """The reference and the candidates cheaper than it: the audit runs them on every cell,
+    so the tolerance can move a stratum to any of them (:mod:`matseg.pipeline.escalate`)."""
+    box = (1, AUDIT_CELL + 2 * AUDIT_HALO, AUDIT_CELL + 2 * AUDIT_HALO)
+    cost = [CANDIDATES[n].gflops(context, box) for n in names]
+    return np.array([k for k in range(len(names)) if cost[k] <= cost[reference]], np.int64)
 
 
 def _cell(grid: TileGrid, t: int, index, local: int) -> tuple[int, ...]:
@@ -144,13 +160,14 @@ def _cell(grid: TileGrid, t: int, index, local: int) -> tuple[int, ...]:
     return (t, z0, y0, x0, h, w)
 
 
-def stats_width(n_phases: int) -> int:
-    """Numbers kept per audited cell: GFLOPs, the phase counts before and after, and the
-    expected confusion matrices of the run's and the reference's labels at each temperature."""
-    return 1 + 2 * n_phases + 2 * len(TEMPERATURES) * n_phases * n_phases
+def stats_width(n_phases: int, n_candidates: int) -> int:
+    """Numbers kept per audited cell: GFLOPs, each candidate's phase counts, and the expected
+    confusion matrix of each candidate's labels at each temperature (zeros for candidates not
+    run on the cell; :func:`cell_confusions`)."""
+    return 1 + n_candidates * n_phases + len(TEMPERATURES) * n_candidates * n_phases * n_phases
 
 
-def create_audit(root: zarr.Group, audit: AuditPlan, n_phases: int) -> TileRecords:
+def create_audit(root: zarr.Group, audit: AuditPlan, n_phases: int, n_candidates: int) -> TileRecords:
     """The audit's arrays (the drawn cells, the reference's labels there) and its records, one
     row a tile: what it measured (``audit``) and whether its labels were written (``audit-written``)."""
     group = root.require_group("audit")
@@ -159,6 +176,10 @@ def create_audit(root: zarr.Group, audit: AuditPlan, n_phases: int) -> TileRecor
     group.create_array("population", data=audit.population, overwrite=True, dimension_names=["stratum"])
     group.create_array("sampled", data=audit.sampled, overwrite=True, dimension_names=["stratum"])
     group.create_array("tile_stratum", data=audit.tile_stratum, overwrite=True, dimension_names=["tile"])
+    group.create_array(
+        "stratum_choice", data=audit.stratum_choice, overwrite=True, dimension_names=["stratum"]
+    )
+    group.create_array("measured", data=audit.measured, overwrite=True, dimension_names=["candidate"])
     slots = max(audit.slots, 1)
     group.create_array(
         "labels",
@@ -171,7 +192,8 @@ def create_audit(root: zarr.Group, audit: AuditPlan, n_phases: int) -> TileRecor
     group.attrs["matseg"] = {"reference": int(audit.reference), "temperatures": list(TEMPERATURES)}
     n = max(len(audit.tiles), 1)
     TileRecords.create(root, "audit-written", n, {"done": 1, "change": n_phases})
-    return TileRecords.create(root, "audit", n, {"done": 1, "cells": slots * stats_width(n_phases)})
+    width = stats_width(n_phases, n_candidates)
+    return TileRecords.create(root, "audit", n, {"done": 1, "cells": slots * width})
 
 
 def load_audit(root: zarr.Group) -> AuditPlan:
@@ -184,12 +206,14 @@ def load_audit(root: zarr.Group) -> AuditPlan:
         group["sampled"][:],
         int(group.attrs["matseg"]["reference"]),
         group["tile_stratum"][:],
+        group["stratum_choice"][:],
+        group["measured"][:],
     )
 
 
-def audit_evidence(audit: AuditPlan, records: TileRecords, n_phases: int) -> np.ndarray:
+def audit_evidence(audit: AuditPlan, records: TileRecords, n_phases: int, n_candidates: int) -> np.ndarray:
     """Each audited cell's numbers (rows of :func:`stats_width`), in the order of ``audit.cells``."""
-    width = stats_width(n_phases)
+    width = stats_width(n_phases, n_candidates)
     rows = records.read()["cells"]
     stats = np.zeros((len(audit.cells), width))
     for a, t in enumerate(audit.tiles):
@@ -199,30 +223,26 @@ def audit_evidence(audit: AuditPlan, records: TileRecords, n_phases: int) -> np.
 
 
 def audit_task(
-    block, a, index, grid, norm, context: Context, reference: Candidate, planned: Candidate, cells, labels,
-    records,
+    block, a, index, grid, norm, context: Context, candidates: dict, reference: int, n_candidates: int, cells,
+    labels, records,
 ) -> None:  # fmt: skip
-    """The ``planned`` candidate and the reference on the audited ``cells`` of one tile (row
-    ``a`` of the audit's records): what each cell records, and the reference's labels kept
-    for :func:`write_task`."""
+    """The ``candidates`` ({index: Candidate}: the reference, the tile's own, the measured
+    ones) on the audited ``cells`` of one tile (row ``a`` of the audit's records): what each
+    cell records (:func:`stats_width`), and the reference's labels, kept for :func:`write_task`."""
     tile = tile_input(block, index, grid, norm)
-    probs, gflops = _cell_probs(tile, cells, reference, context)
-    had_probs, had_gflops = _cell_probs(tile, cells, planned, context)
-    n_phases = probs[0].shape[0]
-    row = np.zeros((labels.shape[1], stats_width(n_phases)))
+    runs = {k: _cell_probs(tile, cells, c, context) for k, c in candidates.items()}
+    n_phases = runs[reference][0][0].shape[0]
+    row = np.zeros((labels.shape[1], stats_width(n_phases, n_candidates)))
     kept = np.zeros(labels.shape[1:], np.uint8)
-    for i, (cell, p, q) in enumerate(zip(cells, probs, had_probs)):
-        had = np.argmax(q, axis=0).astype(np.uint8)
-        answer = np.argmax(p, axis=0).astype(np.uint8)
-        row[i] = np.concatenate(
-            [
-                [gflops[i] + had_gflops[i]],
-                _counts(had, n_phases),
-                _counts(answer, n_phases),
-                cell_confusions(p, had, answer),
-            ]
-        )
-        kept[i, : cell[4], : cell[5]] = answer
+    for i, cell in enumerate(cells):
+        probs = runs[reference][0][i]
+        answers = {k: np.argmax(p[i], axis=0).astype(np.uint8) for k, (p, _) in runs.items()}
+        counts = np.zeros((n_candidates, n_phases))
+        for k, answer in answers.items():
+            counts[k] = _counts(answer, n_phases)
+        gflops = sum(g[i] for _, g in runs.values())
+        row[i] = np.concatenate([[gflops], counts.ravel(), cell_confusions(probs, answers, n_candidates)])
+        kept[i, : cell[4], : cell[5]] = answers[reference]
     records.write(a, [(labels, (a,), kept)], done=1, cells=row)
 
 
@@ -275,15 +295,15 @@ def _crop(cell, y_bounds: tuple[int, int], x_bounds: tuple[int, int]) -> tuple[i
     )
 
 
-def audit_gflops(audit: AuditPlan, grid: TileGrid, candidates, choice: np.ndarray, context: Context) -> float:
-    """What the audit costs (known before it runs): the reference and the tile's planned
-    candidate (``candidates[choice[tile]]``) on every drawn cell's box."""
+def audit_gflops(audit: AuditPlan, grid: TileGrid, names, choice: np.ndarray, context: Context) -> float:
+    """What the audit costs (known before it runs): on every drawn cell's box, the tile's
+    planned candidate (``names[choice[tile]]``) and the measured ones."""
     y_bounds, x_bounds = (0, grid.shape[-2]), (0, grid.shape[-1])
     total = 0.0
     for cell in audit.cells:
         ya, yb, xa, xb = _crop(cell, y_bounds, x_bounds)
-        for candidate in (candidates[audit.reference], candidates[choice[cell[0]]]):
-            total += candidate.gflops(context, (1, yb - ya, xb - xa))
+        for k in {int(choice[cell[0]]), *audit.measured.tolist()}:
+            total += CANDIDATES[names[k]].gflops(context, (1, yb - ya, xb - xa))
     return float(total)
 
 
@@ -313,22 +333,21 @@ def _cell_probs(tile, cells, candidate: Candidate, context: Context) -> tuple[li
     return probs, gflops
 
 
-def cell_confusions(probs: np.ndarray, had: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Expected confusion matrices (label, true phase) of the run's labels ``had`` and the
-    reference's ``labels`` on a cell, with the truth drawn from the reference's probabilities
-    sharpened or softened by each of :data:`TEMPERATURES`."""
+def cell_confusions(probs: np.ndarray, answers: dict, n_candidates: int) -> np.ndarray:
+    """Expected confusion matrices (label, true phase) of each candidate's labels on a cell
+    (``answers``: {candidate index: labels}; zeros for the others), the truth drawn from the
+    reference's probabilities sharpened or softened by each of :data:`TEMPERATURES`."""
     n = probs.shape[0]
     logp = np.log(np.clip(probs.reshape(n, -1), 1e-7, 1.0))
-    out = []
-    for temperature in TEMPERATURES:
+    out = np.zeros((len(TEMPERATURES), n_candidates, n, n))
+    for t, temperature in enumerate(TEMPERATURES):
         q = np.exp((logp - logp.max(axis=0)) / temperature)
         q /= q.sum(axis=0)
-        for lab in (had.ravel(), labels.ravel()):
-            cm = np.zeros((n, n))
+        for c, labels in answers.items():
+            flat = labels.ravel()
             for k in range(n):
-                cm[k] = q[:, lab == k].sum(axis=1)
-            out.append(cm.ravel())
-    return np.concatenate(out)
+                out[t, c, k] = q[:, flat == k].sum(axis=1)
+    return out.ravel()
 
 
 def run_audit(
@@ -342,9 +361,12 @@ def run_audit(
     tiles = audit.tiles
     todo = [(a, indices[t]) for a, t in enumerate(tiles) if not done[a]]
     grid = job.grid.with_halo(AUDIT_HALO)
-    reference = CANDIDATES[names[audit.reference]]
     labels = for_tile_writes(root["audit/labels"])
-    shared = shared_nodes(grid, norm, job.context, reference, labels, records)
+    shared = shared_nodes(grid, norm, job.context, labels, records)
+
+    def run_on(t) -> dict:
+        """The candidates the audit runs on tile ``t``'s cells."""
+        return {int(k): CANDIDATES[names[k]] for k in sorted({int(choice[t]), *audit.measured.tolist()})}
 
     def tasks(group, layers):
         blocks = tile_blocks(job.volume.data, grid, layers)
@@ -354,10 +376,12 @@ def run_audit(
                     blocks[idx],
                     a,
                     idx,
-                    *shared[:4],
-                    CANDIDATES[names[choice[tiles[a]]]],
+                    *shared[:3],
+                    run_on(tiles[a]),
+                    audit.reference,
+                    len(names),
                     audit.cells[audit.cells[:, 0] == tiles[a]],
-                    *shared[4:],
+                    *shared[3:],
                     dask_key_name=key("audit", idx),
                 )  # fmt: skip
                 for a, idx in group

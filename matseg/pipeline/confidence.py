@@ -35,7 +35,7 @@ BOOTSTRAP = 2000
 # The temperature of the point estimate, and the range the interval spans (measured with
 # benchmarks/audit_coverage.py on volumes kept apart from those that report its coverage).
 TEMPERATURE = 2.0
-TEMPERATURE_RANGE = (1.5, 3.0)
+TEMPERATURE_RANGE = (1.5, 4.0)
 
 
 def estimate_change(
@@ -47,7 +47,7 @@ def estimate_change(
     temperature: float = TEMPERATURE,
     temperature_range: tuple[float, float] = TEMPERATURE_RANGE,
     seed: int = 0,
-    upgraded: frozenset[int] = frozenset(),
+    assigned: Sequence[int] | None = None,
     dropped: frozenset[int] = frozenset(),
 ) -> dict:
     """The report's ``estimate``: the change in mIoU against an all-reference run and the
@@ -68,9 +68,9 @@ def estimate_change(
         The point estimate's temperature, and the range the interval's replicates draw from.
     seed : int
         The bootstrap's seed.
-    upgraded : set of int
-        Strata to count as if their tiles were sent to the reference (what sending them
-        would give: the reference's answer there in both runs; :func:`plan_escalation`).
+    assigned : sequence of int, optional
+        The candidate each stratum's tiles run (default: the plan's, ``audit.stratum_choice``);
+        another one predicts what moving them would give (:mod:`matseg.pipeline.escalate`).
     dropped : set of int
         Strata whose tiles were sent to the reference after the audit: counted in ``common``.
     """
@@ -91,7 +91,10 @@ def estimate_change(
             "temperature_range": list(temperature_range),
             "strata": 0,
         }
-    conf = stats[:, 1 + 2 * k :].reshape(n, n_t, 2, k * k)
+    n_c = (stats.shape[1] - 1) // (k + n_t * k * k)
+    conf = stats[:, 1 + n_c * k :].reshape(n, n_t, n_c, k * k)
+    assigned = audit.stratum_choice if assigned is None else assigned
+    ref = audit.reference
     base = np.diag(common.astype(float)).ravel()
     point_t = TEMPERATURES.index(temperature)
     allowed = [i for i, t in enumerate(TEMPERATURES) if temperature_range[0] <= t <= temperature_range[1]]
@@ -102,13 +105,11 @@ def estimate_change(
     t_of = rng.choice(allowed, size=BOOTSTRAP)
     for h, (population, sampled) in enumerate(zip(audit.population, audit.sampled)):
         mine = np.flatnonzero(audit.stratum == h)
-        run_h, ref_h = conf[mine, :, 0], conf[mine, :, 1]  # (cells, T, k*k)
-        # the same draws whatever is upgraded or dropped: estimates of two plans compare alike
+        run_h, ref_h = conf[mine, :, assigned[h]], conf[mine, :, ref]  # (cells, T, k*k)
+        # the same draws whatever is assigned or dropped: estimates of two plans compare alike
         draws = rng.multinomial(len(mine), np.full(len(mine), 1 / len(mine)), size=BOOTSTRAP)
         if h in dropped:
             continue
-        if h in upgraded:
-            run_h = ref_h
         rest = (population - sampled) / sampled
         final_p += ref_h[:, point_t].sum(0) + rest * run_h[:, point_t].sum(0)
         allref_p += population / sampled * ref_h[:, point_t].sum(0)
@@ -140,18 +141,19 @@ def estimate_change(
     }
 
 
-def stored_evidence(root: zarr.Group, n_phases: int) -> tuple[AuditPlan, np.ndarray, np.ndarray, frozenset]:
-    """A finished run's audit, its cells' numbers, the phase counts of the tiles sent to the
-    reference (by the selector or by the tolerance) and the strata the tolerance sent there:
-    what :func:`estimate_change` needs, read from the output."""
+def stored_evidence(root: zarr.Group, n_phases: int, names: Sequence[str]) -> tuple:
+    """What :func:`estimate_change` needs, read from a finished run's output: its audit, the
+    cells' numbers, the phase counts of the tiles run by the reference (by the selector's plan
+    or by the tolerance's), the candidate of each stratum and the strata sent to the reference."""
     audit = load_audit(root)
-    evidence = audit_evidence(audit, TileRecords.open(root, "audit"), n_phases)
+    evidence = audit_evidence(audit, TileRecords.open(root, "audit"), n_phases, len(names))
     decision = root.attrs["matseg"].get("escalation") or {}
-    dropped = frozenset(decision.get("strata", []))
+    assigned = [names.index(n) for n in decision["assigned"]] if decision else list(audit.stratum_choice)
+    dropped = frozenset(h for h, c in enumerate(assigned) if c == audit.reference)
     on_reference = root["selector/choice"][:] == audit.reference
     on_reference |= np.isin(audit.tile_stratum, list(dropped))
     counts = TileRecords.open(root, "finish").read()["counts"]
-    return audit, evidence, np.nan_to_num(counts[on_reference]).sum(0), dropped
+    return audit, evidence, np.nan_to_num(counts[on_reference]).sum(0), assigned, dropped
 
 
 def _miou(flat: np.ndarray, k: int) -> np.ndarray:

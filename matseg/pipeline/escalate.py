@@ -16,12 +16,12 @@ candidates run, so a killed run resumes to it and nothing is computed twice.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import zarr
 
-from matseg.candidates.registry import CANDIDATES
 from matseg.pipeline.audit import AUDIT_HALO, AuditPlan, audit_gflops
 from matseg.pipeline.confidence import estimate_change
 from matseg.pipeline.job import Job
@@ -36,11 +36,16 @@ def plan_escalation(
     phases: Sequence[str],
     reference: str,
     tolerance: float,
-    costs: np.ndarray,
-    fits: Callable[[list[int]], bool] = lambda strata: True,
+    cost_of: Callable[[list[int]], float],
+    fits: Callable[[list[int]], bool] = lambda assigned: True,
     seed: int = 0,
 ) -> tuple[list[int], dict]:
-    """The strata to send to the reference, and the estimate that sending them predicts.
+    """The candidate for each stratum's tiles, and the estimate that this predicts.
+
+    First, while the interval reaches below ``-tolerance``, the move of one stratum to a
+    candidate with evidence (:meth:`AuditPlan.allowed`) that raises the interval's lower bound
+    most per GFLOP it adds (a move that raises it and costs nothing first). Then, while the
+    interval stays within the tolerance, the move that saves the most GFLOPs.
 
     Parameters
     ----------
@@ -48,30 +53,50 @@ def plan_escalation(
         As :func:`matseg.pipeline.confidence.estimate_change` takes them.
     tolerance : float
         The largest loss of mIoU against the all-reference run the 95 % interval may reach.
-    costs : ndarray (strata,)
-        GFLOPs that sending each stratum to the reference adds.
+    cost_of : callable
+        GFLOPs the candidates' stage costs with a candidate per stratum.
     fits : callable
-        Whether sending these strata keeps the run within its budget.
+        Whether a candidate per stratum keeps the run within its budget.
     seed : int
         The bootstrap's seed (the same draws for every plan compared).
     """
 
-    def predicted(strata) -> dict:
-        return estimate_change(
-            audit, evidence, common, phases, reference, seed=seed, upgraded=frozenset(strata)
-        )
+    def predicted(assigned) -> dict:
+        return estimate_change(audit, evidence, common, phases, reference, seed=seed, assigned=assigned)
 
-    chosen: list[int] = []
-    current = predicted(chosen)
+    def moves(assigned):
+        for h in range(len(assigned)):
+            for c in audit.allowed(h):
+                if c != assigned[h]:
+                    moved = [*assigned[:h], c, *assigned[h + 1 :]]
+                    if fits(moved):
+                        yield moved
+
+    assigned = [int(c) for c in audit.stratum_choice]
+    current, cost = predicted(assigned), cost_of(assigned)
     while current["ci95"][0] < -tolerance:
-        options = [h for h in range(len(audit.population)) if h not in chosen and fits([*chosen, h])]
-        if not options:
+        best, score = None, 0.0
+        for moved in moves(assigned):
+            estimate, extra = predicted(moved), cost_of(moved) - cost
+            gain = estimate["ci95"][0] - current["ci95"][0]
+            value = gain / extra if extra > 0 else (math.inf if gain > 0 else -math.inf)
+            if gain > 0 and value > score:
+                best, score, found = moved, value, estimate
+        if best is None:
             break
-        trials = {h: predicted([*chosen, h]) for h in options}
-        best = max(options, key=lambda h: (trials[h]["ci95"][0] - current["ci95"][0]) / max(costs[h], 1e-9))
-        chosen.append(best)
-        current = trials[best]
-    return sorted(chosen), current
+        assigned, current, cost = best, found, cost_of(best)
+    while current["ci95"][0] >= -tolerance:
+        best, saved = None, 0.0
+        for moved in moves(assigned):
+            less = cost - cost_of(moved)
+            if less > saved:
+                estimate = predicted(moved)
+                if estimate["ci95"][0] >= -tolerance:
+                    best, saved, found = moved, less, estimate
+        if best is None:
+            break
+        assigned, current, cost = best, found, cost_of(best)
+    return assigned, current
 
 
 def decide(
@@ -83,62 +108,77 @@ def decide(
     counts: np.ndarray,
     spent: float,
 ) -> dict:
-    """The tolerance's decision on this volume (stored in the output's attributes): the strata
-    and tiles sent to the reference, the interval that predicts, and what it adds.
+    """The tolerance's decision on this volume, stored in the output's attributes: the
+    candidate of each stratum, the interval that predicts, the tiles moved and the GFLOPs
+    that adds (negative: saves).
 
     ``counts``: each tile's phase counts in the cheap pass (the reference's tiles have not run
     yet: their counts, which weigh both runs alike, are taken from it); ``spent``: the GFLOPs
     of the run so far and of the plan as it stands (for a budget)."""
-    reference = audit.reference
-    common = counts[plan["choice"] == reference].sum(0)
+    common = counts[plan["choice"] == audit.reference].sum(0)
     before = plan["stage2_gflops"]
 
-    def added(strata) -> float:
-        choice = plan["choice"].copy()
-        choice[np.isin(audit.tile_stratum, strata)] = reference
-        return with_choice(plan, choice, job.grid)["stage2_gflops"] - before
+    def cost_of(assigned) -> float:
+        return _moved(plan, audit, assigned, job)["stage2_gflops"]
 
-    def fits(strata) -> bool:
+    def fits(assigned) -> bool:
         """Within --budget-gflops and --max-expensive-fraction, where given."""
         settings = job.settings
-        if settings.budget_gflops is not None and spent + added(strata) > settings.budget_gflops:
+        moved = _moved(plan, audit, assigned, job)
+        if (
+            settings.budget_gflops is not None
+            and spent + moved["stage2_gflops"] - before > settings.budget_gflops
+        ):
             return False
         if settings.max_expensive_fraction is not None:  # tiles on a candidate other than cheap
-            tiles = (plan["choice"] > 0) | np.isin(audit.tile_stratum, strata)
+            tiles = moved["choice"] > 0
             return tiles.sum() <= np.floor(settings.max_expensive_fraction * len(tiles) + 1e-9)
         return True
 
-    costs = np.array([added([h]) for h in range(len(audit.population))])
-    strata, predicted = plan_escalation(
-        audit, evidence, common, job.phases, job.names[reference], job.settings.tolerance, costs, fits,
-        job.settings.audit_seed,
-    )  # fmt: skip
-    tiles = np.flatnonzero(np.isin(audit.tile_stratum, strata))
+    reference, settings = job.names[audit.reference], job.settings
+    assigned, predicted = plan_escalation(
+        audit, evidence, common, job.phases, reference, settings.tolerance, cost_of, fits, settings.audit_seed
+    )
+    moved: dict[str, int] = {}
+    for h, (was, now) in enumerate(zip(audit.stratum_choice, assigned)):
+        if was != now:
+            step = f"{job.names[was]}->{job.names[now]}"
+            moved[step] = moved.get(step, 0) + int((audit.tile_stratum == h).sum())
     decision = {
-        "strata": strata,
-        "tiles": [list(job.indices[t]) for t in tiles],
+        "tolerance": settings.tolerance,
+        "assigned": [job.names[c] for c in assigned],
+        "moved_tiles": moved,
         "predicted_ci95": predicted["ci95"],
-        "added_gflops": added(strata) if strata else 0.0,
+        "added_gflops": cost_of(assigned) - before,
     }
     set_status(root, escalation=decision)
     return decision
 
 
-def apply(plan: dict, decision: dict | None, job: Job) -> dict:
-    """``plan`` with the decision's tiles on the reference."""
-    if not decision or not decision["tiles"]:
-        return plan
-    position = {idx: t for t, idx in enumerate(job.indices)}
+def _moved(plan: dict, audit: AuditPlan, assigned, job: Job) -> dict:
     choice = plan["choice"].copy()
-    for idx in decision["tiles"]:
-        choice[position[tuple(idx)]] = job.names.index(job.settings.reference)
+    for h, c in enumerate(assigned):
+        choice[audit.tile_stratum == h] = c
     return with_choice(plan, choice, job.grid)
+
+
+def apply(plan: dict, decision: dict | None, audit: AuditPlan, job: Job) -> dict:
+    """``plan`` with each stratum's tiles on the candidate the decision gave it."""
+    if not decision:
+        return plan
+    return _moved(plan, audit, [job.names.index(n) for n in decision["assigned"]], job)
+
+
+def dropped_strata(decision: dict | None, audit: AuditPlan, job: Job) -> frozenset[int]:
+    """Strata the decision sent to the reference (counted with the reference's tiles)."""
+    if not decision:
+        return frozenset()
+    return frozenset(h for h, n in enumerate(decision["assigned"]) if job.names.index(n) == audit.reference)
 
 
 def audit_cost(job: Job, audit: AuditPlan, choice: np.ndarray) -> float:
     """The audit's GFLOPs (known before it runs)."""
-    candidates = [CANDIDATES[n] for n in job.names]
-    return audit_gflops(audit, job.grid.with_halo(AUDIT_HALO), candidates, choice, job.context)
+    return audit_gflops(audit, job.grid.with_halo(AUDIT_HALO), job.names, choice, job.context)
 
 
 def audited_estimate(
@@ -161,15 +201,15 @@ def audited_estimate(
     stats["breakdown"]["audit"] = gflops
     on_reference = plan["choice"] == audit.reference
     common = np.nan_to_num(finish.read()["counts"][on_reference]).sum(0)
-    dropped = frozenset(decision["strata"]) if decision else frozenset()
+    assigned = [job.names.index(n) for n in decision["assigned"]] if decision else None
     out = estimate_change(
         audit, evidence, common, job.phases, job.names[audit.reference], seed=job.settings.audit_seed,
-        dropped=dropped,
+        assigned=assigned, dropped=dropped_strata(decision, audit, job),
     )  # fmt: skip
     tolerance = job.settings.tolerance
     if tolerance is not None:
         out["tolerance"] = tolerance
-        out["escalated_tiles"] = len(decision["tiles"]) if decision else 0
-        out["escalated_gflops"] = decision["added_gflops"] if decision else 0.0
         out["within_tolerance"] = bool(out["ci95"][0] >= -tolerance)
+        out["moved_tiles"] = decision["moved_tiles"] if decision else {}
+        out["moved_gflops"] = decision["added_gflops"] if decision else 0.0
     return out

@@ -39,7 +39,7 @@ from matseg.pipeline.audit import (
     stats_width,
     write_audited,
 )
-from matseg.pipeline.escalate import apply, audit_cost, audited_estimate, decide
+from matseg.pipeline.escalate import apply, audit_cost, audited_estimate, decide, dropped_strata
 from matseg.pipeline.estimate import dry_run_report, estimate
 from matseg.pipeline.job import Job, prepare
 from matseg.pipeline.report import REPORT_NAME, run_report, score_labels
@@ -229,7 +229,7 @@ def _run(
             # tiles an earlier plan rewrote or audited hold what that plan made: they are redone
             previous = set(map(tuple, attrs.get("rewritten", []) + attrs.get("audited", [])))
             if settings.audit_fraction > 0:
-                create_audit(root, audit, len(job.phases))
+                create_audit(root, audit, len(job.phases), len(job.names))
             audited = sorted(list(indices[t]) for t in audit.tiles)
             rewritten = {indices[t] for t in np.flatnonzero(plan["rewritten"])} | previous
             set_status(
@@ -238,17 +238,17 @@ def _run(
             )  # fmt: skip
         found, decision = None, None
         if audit is not None:
-            found = np.zeros((0, stats_width(len(job.phases))))
+            found = np.zeros((0, stats_width(len(job.phases), len(job.names))))
         if audit is not None and len(audit.cells):
             records, remaining = run_audit(job, audit, planned, root, norm, runner, writes, monitor)
             computed["audit"] = len(remaining)
             done_now.update(idx for _, idx in remaining)
-            found = audit_evidence(audit, records, len(job.phases))
+            found = audit_evidence(audit, records, len(job.phases), len(job.names))
             decision = root.attrs["matseg"].get("escalation")
             if decision is None and settings.tolerance is not None:
                 spent = float(cheap["gflops"].sum()) + plan["policy_gflops"] + plan["stage2_gflops"]
                 decision = decide(job, root, plan, audit, found, cheap["counts"], spent + found[:, 0].sum())
-            plan = apply(plan, decision, job)
+            plan = apply(plan, decision, audit, job)
         previous = set(map(tuple, root.attrs["matseg"].get("previous", [])))
         rewrite = {indices[t] for t in np.flatnonzero(plan["rewritten"])} | previous
         if dry_run:
@@ -272,7 +272,7 @@ def _run(
         if audit is not None and len(audit.cells) == 0 and (planned != audit.reference).any():
             evidence = {"skipped": "the audit would exceed --budget-gflops", "reference": settings.reference}
         elif audit is not None:
-            skip = set(decision["strata"]) if decision else set()
+            skip = dropped_strata(decision, audit, job)
             written, remaining = write_audited(job, audit, skip, root, arrays, runner, writes, monitor)
             computed["audited cells"] = len(remaining)
             evidence = audited_estimate(job, plan, audit, found, decision, finish_records, written, stats)

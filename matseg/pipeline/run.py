@@ -258,8 +258,9 @@ def _run(
             if decision is not None:
                 expected["escalation"] = decision
             # what is kept is a cheap pass for the real run to finish (a finished output
-            # given with --overwrite becomes one too: its rewritten tiles are redone)
-            set_status(root, Status.CHEAP_PASS, rewritten=sorted(map(list, previous)), audited=[])
+            # given with --overwrite becomes one too: what earlier runs wrote is redone)
+            written = previous | set(map(tuple, attrs.get("rewritten", []) + attrs.get("audited", [])))
+            set_status(root, Status.CHEAP_PASS, rewritten=sorted(map(list, written)), audited=[])
             return dry_run_report(job, plan, cheap, expected)
         set_status(root, rewritten=sorted(map(list, rewrite)))
         finish_records = TileRecords.open(root, "finish", writes)

@@ -166,6 +166,8 @@ def format_estimate(estimate: dict) -> str:
     )
     if "tolerance" in estimate:
         line += "\n" + " " * 13 + format_tolerance(estimate["tolerance"], estimate["moved_tiles"])
+        if "every_tile" in estimate:
+            line += f": every tile now runs {estimate['every_tile']}"
         if not estimate["within_tolerance"]:
             reach = f"−{estimate['tolerance']:g}"
             line += f"; the interval still reaches below {reach} (a budget, or the estimate moved)"

@@ -212,4 +212,7 @@ def audited_estimate(
         out["within_tolerance"] = bool(out["ci95"][0] >= -tolerance)
         out["moved_tiles"] = decision["moved_tiles"] if decision else {}
         out["moved_gflops"] = decision["added_gflops"] if decision else 0.0
+        used = np.unique(plan["choice"])
+        if decision and decision["moved_tiles"] and len(used) == 1:  # the audit chose one candidate
+            out["every_tile"] = job.names[int(used[0])]
     return out

@@ -1,0 +1,77 @@
+"""How fine should the selector choose? The oracle's frontier (the best candidate per unit
+under each λ of the sweep) when the unit of choice is a tile of 256, 128 or 64 voxels
+in-plane, from `matseg evaluate`'s tile tables on the benchmark's two test volumes.
+
+    python benchmarks/cell_size.py --work /tmp/cells [--sizes 256 128 64] [--out docs/cell-size.json]
+
+Each unit runs its candidate with the candidate's own halo, as `matseg segment` does with
+tiles, so a finer grid pays more halo: the table gives the oracle's mIoU and GFLOPs at
+each size, and the GFLOPs as a share of the all-expensive run on 256-voxel tiles (the
+default's cost), so the sizes compare at equal cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from matseg.evaluate import evaluate
+from matseg.sample import write_sample
+from matseg.synth import SampleConfig
+
+SEEDS = (301, 302)  # the selector benchmark's test volumes (docs/benchmarks.md)
+SHAPE = (64, 512, 512)
+
+
+def run(work: Path, sizes) -> dict:
+    volumes = []
+    for seed in SEEDS:
+        path = work / f"test-{seed}.zarr"
+        if not path.exists():
+            write_sample(path, SHAPE, seed, SampleConfig(profile="test"))
+        volumes.append(str(path))
+    results = {}
+    for size in sizes:
+        folder = work / f"eval-{size}"
+        done = folder / "evaluation.json"
+        result = json.loads(done.read_text()) if done.exists() else None
+        if result is None:
+            result = evaluate(volumes, folder, tile=(8, size, size), real_run=False)
+        results[size] = {
+            "all_expensive": result["all_expensive"],
+            "all_cheap": result["all_cheap"],
+            "oracle": [{"lambda": s["lambda"], **s["oracle"]} for s in result["sweep"]],
+        }
+    return results
+
+
+def print_table(results: dict) -> None:
+    base = results[max(results)]["all_expensive"]["gflops"]
+    print(f"oracle per unit; GFLOPs as % of all-expensive on {max(results)}-voxel tiles ({base:,.0f})")
+    print(f"{'unit':>5} {'lambda':>7} {'mIoU':>7} {'GFLOPs':>9} {'%':>6}")
+    for size, r in sorted(results.items(), reverse=True):
+        e = r["all_expensive"]
+        print(
+            f"{size:5d} {'all-exp':>7} {e['miou']:7.4f} {e['gflops']:9,.0f} {100 * e['gflops'] / base:6.1f}"
+        )
+        for o in r["oracle"]:
+            share = 100 * o["gflops"] / base
+            print(f"{size:5d} {o['lambda']:7g} {o['miou']:7.4f} {o['gflops']:9,.0f} {share:6.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="volumes and evaluations (reused)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 128, 64])
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    results = run(args.work, args.sizes)
+    print_table(results)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -193,3 +193,22 @@ def test_tolerance_off_keeps_the_plan(volume, tmp_path):
     main(["segment", str(volume), "-o", str(out), "--lambda", "1", "--tolerance", "off"])
     report = json.loads((out / "matseg-report.json").read_text())
     assert "tolerance" not in report["estimate"] and report["decisions"]["cheap"] == report["tiles"]
+
+
+def test_the_summary_says_what_the_tolerance_did():
+    from matseg.console import format_estimate
+
+    estimate = {
+        "delta_miou": -0.006, "ci95": [-0.009, -0.002], "audited_fraction": 0.03, "audited_cells": 62,
+        "reference": "expensive", "tolerance": 0.01, "within_tolerance": True,
+        "moved_tiles": {"cheap->expensive": 2, "medium->expensive": 9}, "every_tile": "expensive",
+    }  # fmt: skip
+    lines = format_estimate(estimate).splitlines()
+    assert lines[0].startswith("vs all-expensive: −0.006 mIoU (95 % −0.009 … −0.002)")
+    assert (
+        "cheap → expensive 2, medium → expensive 9" in lines[1]
+        and "every tile now runs expensive" in lines[1]
+    )
+    estimate.pop("every_tile")
+    kept = format_estimate({**estimate, "moved_tiles": {}, "within_tolerance": False})
+    assert "kept the selector's plan" in kept and "still reaches below −0.01" in kept

@@ -47,17 +47,19 @@ def run(work: Path, sizes) -> dict:
 
 
 def print_table(results: dict) -> None:
+    """The oracle at each unit; GFLOPs as a share of the all-expensive run on the largest
+    unit as run (each unit with its own halos), and as they would be if the units of a tile
+    shared its halo (scaled by the all-expensive runs' ratio: what choosing per cell inside a
+    tile, one halo per tile, could reach)."""
     base = results[max(results)]["all_expensive"]["gflops"]
     print(f"oracle per unit; GFLOPs as % of all-expensive on {max(results)}-voxel tiles ({base:,.0f})")
-    print(f"{'unit':>5} {'lambda':>7} {'mIoU':>7} {'GFLOPs':>9} {'%':>6}")
+    print(f"{'unit':>5} {'lambda':>7} {'mIoU':>7} {'GFLOPs':>9} {'%':>6} {'% shared':>9}")
     for size, r in sorted(results.items(), reverse=True):
         e = r["all_expensive"]
-        print(
-            f"{size:5d} {'all-exp':>7} {e['miou']:7.4f} {e['gflops']:9,.0f} {100 * e['gflops'] / base:6.1f}"
-        )
-        for o in r["oracle"]:
-            share = 100 * o["gflops"] / base
-            print(f"{size:5d} {o['lambda']:7g} {o['miou']:7.4f} {o['gflops']:9,.0f} {share:6.1f}")
+        rows = [("all-exp", e), *((f"{o['lambda']:g}", o) for o in r["oracle"])]
+        for name, o in rows:
+            share, shared = 100 * o["gflops"] / base, 100 * o["gflops"] / e["gflops"]
+            print(f"{size:5d} {name:>7} {o['miou']:7.4f} {o['gflops']:9,.0f} {share:6.1f} {shared:9.1f}")
 
 
 def main() -> None:

@@ -184,6 +184,8 @@ def test_a_dry_run_expects_what_the_tolerance_will_spend(volume, tmp_path):
     assert expected["escalation"]["moved_tiles"] and expected["audit_gflops"] > 0
     real = matseg.segment(volume, out, lam=1.0, tolerance=0.01)
     assert real["run"]["cheap_pass_reused"]
+    assert real["run"]["computed_tiles"]["audit"] == 0  # the dry run's audit stands
+    assert real["gflops_breakdown"]["audit"] == pytest.approx(expected["audit_gflops"])
     assert real["decisions"] == dry["decisions"]
     assert abs(real["gflops"] - expected["gflops"]) <= 0.02 * real["gflops"]
 

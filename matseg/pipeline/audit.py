@@ -167,10 +167,22 @@ def stats_width(n_phases: int, n_candidates: int) -> int:
     return 1 + n_candidates * n_phases + len(TEMPERATURES) * n_candidates * n_phases * n_phases
 
 
-def create_audit(root: zarr.Group, audit: AuditPlan, n_phases: int, n_candidates: int) -> TileRecords:
+_PLAN_ARRAYS = ("cells", "stratum", "population", "sampled", "tile_stratum", "stratum_choice", "measured")
+
+
+def create_audit(
+    root: zarr.Group, audit: AuditPlan, n_phases: int, n_candidates: int, identity: dict
+) -> None:
     """The audit's arrays (the drawn cells, the reference's labels there) and its records, one
-    row a tile: what it measured (``audit``) and whether its labels were written (``audit-written``)."""
+    row a tile: what it measured (``audit``) and whether its labels were written
+    (``audit-written``). What an earlier run (a dry run) measured for the same plan under the
+    same settings (``identity``) is kept: the audit reads only the image, so it stands."""
+    n = max(len(audit.tiles), 1)
+    if _same_audit(root, audit, identity):
+        TileRecords.create(root, "audit-written", n, {"done": 1, "change": n_phases})
+        return
     group = root.require_group("audit")
+    group.attrs["matseg"] = {}  # not a whole audit until the end
     group.create_array("cells", data=audit.cells, overwrite=True, dimension_names=["cell", "field"])
     group.create_array("stratum", data=audit.stratum, overwrite=True, dimension_names=["cell"])
     group.create_array("population", data=audit.population, overwrite=True, dimension_names=["stratum"])
@@ -189,11 +201,26 @@ def create_audit(root: zarr.Group, audit: AuditPlan, n_phases: int, n_candidates
         overwrite=True,
         dimension_names=["tile", "cell", "y", "x"],
     )
-    group.attrs["matseg"] = {"reference": int(audit.reference), "temperatures": list(TEMPERATURES)}
-    n = max(len(audit.tiles), 1)
     TileRecords.create(root, "audit-written", n, {"done": 1, "change": n_phases})
-    width = stats_width(n_phases, n_candidates)
-    return TileRecords.create(root, "audit", n, {"done": 1, "cells": slots * width})
+    TileRecords.create(root, "audit", n, {"done": 1, "cells": slots * stats_width(n_phases, n_candidates)})
+    # written last: an audit killed while being created is never taken for a whole one
+    group.attrs["matseg"] = {
+        "reference": int(audit.reference),
+        "temperatures": list(TEMPERATURES),
+        "identity": identity,
+    }
+
+
+def _same_audit(root: zarr.Group, audit: AuditPlan, identity: dict) -> bool:
+    """Whether the output holds this audit plan, made under the same settings."""
+    if "audit" not in root or TileRecords.open(root, "audit") is None:
+        return False
+    group = root["audit"]
+    meta = group.attrs.get("matseg", {})
+    if meta.get("identity") != identity or meta.get("reference") != audit.reference:
+        return False
+    stored = load_audit(root)
+    return all(np.array_equal(getattr(stored, name), getattr(audit, name)) for name in _PLAN_ARRAYS)
 
 
 def load_audit(root: zarr.Group) -> AuditPlan:

@@ -229,7 +229,7 @@ def _run(
             # tiles an earlier plan rewrote or audited hold what that plan made: they are redone
             previous = set(map(tuple, attrs.get("rewritten", []) + attrs.get("audited", [])))
             if settings.audit_fraction > 0:
-                create_audit(root, audit, len(job.phases), len(job.names))
+                create_audit(root, audit, len(job.phases), len(job.names), job.identity)
             audited = sorted(list(indices[t]) for t in audit.tiles)
             rewritten = {indices[t] for t in np.flatnonzero(plan["rewritten"])} | previous
             set_status(

@@ -22,16 +22,7 @@ from matseg.microstructure.blocks import Reader
 from matseg.microstructure.interfaces import local_metrics
 from matseg.microstructure.thickness import local_thickness
 from matseg.microstructure.tortuosity import tortuosity
-
-
-def bed(radius: float, spacing: int, cells=(3, 3, 3), offset=0.37) -> tuple[np.ndarray, int]:
-    shape = tuple(c * spacing for c in cells)
-    grid = np.indices(shape, dtype=np.float32)
-    distance = np.full(shape, np.inf, np.float32)
-    for centre in np.ndindex(*cells):
-        c = [(k + 0.5) * spacing - 0.5 + offset for k in centre]
-        distance = np.minimum(distance, np.sqrt(sum((g - x) ** 2 for g, x in zip(grid, c))))
-    return (distance <= radius).astype(np.uint8), int(np.prod(cells))
+from matseg.synth.shapes import sphere_bed
 
 
 def local(volume, n, size=(1.0, 1.0, 1.0), tpb=None):
@@ -66,7 +57,7 @@ def main() -> None:
         r["interface_area"][(0, 1)] / r["volume"],
     )
     for radius, spacing in ((4, 11), (6, 15), (8, 19), (12, 27)):
-        volume, n = bed(radius, spacing)
+        volume, n = sphere_bed(radius, spacing)
         r = local(volume, 2)
         add(
             f"27 spheres, radius {radius} voxels",

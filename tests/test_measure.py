@@ -15,6 +15,7 @@ from matseg.microstructure.interfaces import local_metrics
 from matseg.microstructure.thickness import quantiles, thickness_histograms
 from matseg.microstructure.tortuosity import block_tortuosity, tortuosity
 from matseg.microstructure.uncertainty import Perturbed
+from matseg.synth.shapes import sphere_bed
 
 from .conftest import run
 
@@ -27,17 +28,6 @@ def slab(shape=(20, 30, 40), start=10, stop=25):
     volume = np.zeros(shape, np.uint8)
     volume[:, :, start:stop] = 1
     return volume
-
-
-def sphere_bed(radius=8.0, spacing=19, cells=(3, 3, 3), offset=0.37):
-    """Spheres on a cubic lattice, centres off the voxel grid, none touching the volume's faces."""
-    shape = tuple(c * spacing for c in cells)
-    grid = np.indices(shape, dtype=np.float32)
-    distance = np.full(shape, np.inf, np.float32)
-    for centre in np.ndindex(*cells):
-        c = [(k + 0.5) * spacing - 0.5 + offset for k in centre]
-        distance = np.minimum(distance, np.sqrt(sum((g - x) ** 2 for g, x in zip(grid, c))))
-    return (distance <= radius).astype(np.uint8), int(np.prod(cells))
 
 
 @pytest.mark.parametrize("voxel_size", [(1.0, 1.0, 1.0), (2.0, 1.0, 0.5)])

@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import zarr
 
-from matseg.pipeline.audit import AUDIT_HALO, AuditPlan, audit_gflops
+from matseg.pipeline.audit import AUDIT_HALO, AuditPlan
+from matseg.pipeline.audit_tasks import audit_gflops
 from matseg.pipeline.confidence import estimate_change
 from matseg.pipeline.job import Job
 from matseg.pipeline.resume import set_status

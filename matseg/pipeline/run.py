@@ -30,15 +30,8 @@ from matseg.io.scale import VoxelSize
 from matseg.io.write import for_tile_writes, run_attrs
 from matseg.monitor import CancelToken, Monitor, Progress
 from matseg.normalize import Normalization, intensity_range
-from matseg.pipeline.audit import (
-    audit_evidence,
-    create_audit,
-    load_audit,
-    plan_audit,
-    run_audit,
-    stats_width,
-    write_audited,
-)
+from matseg.pipeline.audit import audit_evidence, create_audit, load_audit, plan_audit, stats_width
+from matseg.pipeline.audit_tasks import run_audit, write_audited
 from matseg.pipeline.escalate import apply, audit_cost, audited_estimate, decide, dropped_strata
 from matseg.pipeline.estimate import dry_run_report, estimate
 from matseg.pipeline.job import Job, prepare

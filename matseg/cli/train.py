@@ -123,29 +123,28 @@ def train(
                 "--from-corrections takes its images, labels and slices from the corrections store; "
                 "drop IMAGES, --labels, --val, --slices and --phases"
             )
-        _finetune(from_corrections, output, models, steps, steps_expensive, batch, patch, lr, seed, init)
+    # what training and fine-tuning share
+    step_counts = {
+        m: (steps_expensive if m == "expensive" and steps_expensive else steps)
+        for m in models or ("cheap", "medium", "expensive")
+    }
+    shared = {"steps": step_counts, "batch": batch, "patch": patch, "lr": lr, "seed": seed, "init": init}
+    shared |= {"command": command_line(), "progress": progress_bars()}
+    if from_corrections:
+        _finetune(from_corrections, output, models, shared)
         return
     if not images:
         raise click.UsageError("give the labelled IMAGES to train on, or --from-corrections PATH")
-    models = models or ("cheap", "medium", "expensive")
-    step_counts = {m: (steps_expensive if m == "expensive" and steps_expensive else steps) for m in models}
     results = run_train(
         list(images),
         output,
         labels=list(labels) or None,
-        models=models,
+        models=models or ("cheap", "medium", "expensive"),
         phases=[p.strip() for p in phases.split(",")] if phases else None,
         val=list(val) or None,
         slices=ints(slices_text, "--slices"),
-        steps=step_counts,
-        batch=batch,
-        patch=patch,
-        lr=lr,
-        seed=seed,
-        init=init,
-        command=command_line(),
-        progress=progress_bars(),
         augment=augmentation,
+        **shared,
     )
     for name, r in results.items():
         per_phase = ", ".join(f"{k} {v:.3f}" for k, v in r["iou"].items())
@@ -155,22 +154,10 @@ def train(
         )
 
 
-def _finetune(corrections, output, models, steps, steps_expensive, batch, patch, lr, seed, init) -> None:
+def _finetune(corrections, output, models, shared: dict) -> None:
     from matseg.finetune import finetune_from_corrections
 
-    results = finetune_from_corrections(
-        corrections,
-        output,
-        models=models or None,
-        init=init,
-        steps={"cheap": steps, "medium": steps, "expensive": steps_expensive or steps},
-        batch=batch,
-        patch=patch,
-        lr=lr,
-        seed=seed,
-        command=command_line(),
-        progress=progress_bars(),
-    )
+    results = finetune_from_corrections(corrections, output, models=models or None, **shared)
     selector = results.pop("selector")
     for name, r in results.items():
         before = "scratch" if r["miou_before"] is None else f"{r['miou_before']:.4f}"

@@ -117,22 +117,25 @@ def analyse(rows: list[dict]) -> dict:
     def scores(subset, key):
         est = np.array([r["estimates"][key] for r in subset])
         truth = np.array([r["true_change"] for r in subset])
-        covered = (est[:, 1] <= truth) & (truth <= est[:, 2])
+        below, above = truth < est[:, 1], truth > est[:, 2]
         width = est[:, 2] - est[:, 1]
-        return float(covered.mean()), float(np.median(width)), float(width.max())
+        covered = 1 - float(below.mean() + above.mean())
+        return covered, float(np.median(width)), float(width.max()), float(below.mean()), float(above.mean())
 
     calibration = [r for r in rows if r["split"] == "calibration"]
     validation = [r for r in rows if r["split"] == "validation"]
     table = {key: scores(calibration, key) for key in calibration[0]["estimates"]}
-    best_coverage = max(c for c, _, _ in table.values())
+    best_coverage = max(v[0] for v in table.values())
     chosen = min((k for k, v in table.items() if v[0] >= best_coverage), key=lambda k: table[k][1])
     current = f"{TEMPERATURE}|{TEMPERATURE_RANGE[0]}|{TEMPERATURE_RANGE[1]}"
     result = {"chosen": chosen, "current": current}
     for name, key in (("chosen", chosen), ("current", current)):
         for split, subset in (("calibration", calibration), ("validation", validation), ("all", rows)):
-            coverage, median_width, max_width = scores(subset, key)
+            coverage, median_width, max_width, below, above = scores(subset, key)
             result[f"{name}_{split}"] = {
                 "coverage": coverage,
+                "below": below,  # the true change under the interval: the run lost more than it says
+                "above": above,
                 "median_width": median_width,
                 "max_width": max_width,
                 "volumes": len(subset),
@@ -166,8 +169,8 @@ def print_table(rows: list[dict], summary: dict) -> None:
         for split in ("calibration", "validation", "all"):
             s = summary[f"{name}_{split}"]
             print(
-                f"  {split:11} coverage {s['coverage']:.0%} of {s['volumes']}, "
-                f"width median {s['median_width']:.3f}, max {s['max_width']:.3f}"
+                f"  {split:11} coverage {s['coverage']:.0%} of {s['volumes']} (below {s['below']:.0%}, "
+                f"above {s['above']:.0%}), width median {s['median_width']:.3f}, max {s['max_width']:.3f}"
             )
 
 

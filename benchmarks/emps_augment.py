@@ -48,7 +48,7 @@ def main() -> None:
                 [train_data],
                 args.steps,
                 batch=8,
-                patch=128,
+                patch=args.patch,
                 seed=args.seed,
                 augment=load_augmentation(name),
             )

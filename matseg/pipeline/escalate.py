@@ -1,17 +1,19 @@
-"""The accuracy tolerance: after the audit, the plan sends to the reference the strata where
-the volume's own evidence says the run would lose too much.
+"""The accuracy tolerance: after the audit, the plan moves strata of tiles to other
+candidates where the volume's own evidence says the run would lose too much.
 
 The audit (:mod:`matseg.pipeline.audit`) runs after the selector's plan and before the
 costlier candidates. Its cells are drawn by stratum — the tile's candidate crossed with a
-tercile of its cheap-pass uncertainty — so it measures, stratum by stratum, how far the
-plan's answers fall below the reference's. With ``--tolerance t`` a run must end with the
-95 % interval of its change against an all-reference run above ``-t``. When the interval
-reaches below, whole strata go to the reference, greedily by how much each raises the
-interval's lower bound per GFLOP it costs, until it no longer does (or every stratum went:
-the all-reference run, change 0). This recalibrates the selector's plan per volume: where
-the cheap or medium answer is confidently wrong the audit sees it and spending follows;
-where the audit finds no loss the plan stands. The decision is stored before the
-candidates run, so a killed run resumes to it and nothing is computed twice.
+tercile of its cheap-pass uncertainty — and on each it runs the reference and every
+candidate cheaper than it, so it estimates, stratum by stratum, what each of them would
+lose against the reference. With ``--tolerance t`` a run must end with the 95 % interval of
+its change against an all-reference run above ``-t``. While the interval reaches below,
+the move of one stratum to another candidate that raises the interval's lower bound most
+per GFLOP is taken (moving every stratum to the reference is the all-reference run, change
+0); then, while it stays within, the moves that save most. This recalibrates the selector's
+plan per volume: where the cheap or medium answer is confidently wrong the audit sees it
+and spending follows; where the audit finds no loss the plan stands or gets cheaper. The
+decision is stored before the candidates run, so a killed run resumes to it and nothing
+is computed twice.
 """
 
 from __future__ import annotations

@@ -58,10 +58,10 @@ class Settings:
         The seed of the audit's draw of cells (the same seed, the same cells).
     tolerance : float or None
         With ``auto`` and an audit: the most mIoU the run may lose against an all-reference run
-        at 95 % confidence. Where the audit's interval reaches below ``-tolerance``, the strata
-        losing most per GFLOP go to the reference until it no longer does
-        (:mod:`matseg.pipeline.escalate`); a budget caps this too. None: the selector's plan
-        stands whatever the audit finds.
+        at 95 % confidence. Where the audit's interval reaches below ``-tolerance``, strata of
+        tiles move to costlier candidates until it no longer does, then to cheaper ones while
+        it stays within (:mod:`matseg.pipeline.escalate`); a budget caps this too. None (the
+        default): the selector's plan stands whatever the audit finds.
 
     Examples
     --------

@@ -65,7 +65,7 @@ def _evidence(run: np.ndarray, ref: np.ndarray, n: int) -> np.ndarray:
     k = len(ref)
     stats = np.zeros((n, stats_width(k, 2)))
     conf = np.stack([run.ravel(), ref.ravel()])  # (candidate, k*k)
-    stats[:, 1 + 2 * k :] = np.tile(conf.ravel(), len(TEMPERATURES))
+    stats[:, 1:] = np.tile(conf.ravel(), len(TEMPERATURES))
     return stats
 
 

@@ -157,10 +157,10 @@ def _cell(grid: TileGrid, t: int, index, local: int) -> tuple[int, ...]:
 
 
 def stats_width(n_phases: int, n_candidates: int) -> int:
-    """Numbers kept per audited cell: GFLOPs, each candidate's phase counts, and the expected
-    confusion matrix of each candidate's labels at each temperature (zeros for candidates not
-    run on the cell; :func:`cell_confusions`)."""
-    return 1 + n_candidates * n_phases + len(TEMPERATURES) * n_candidates * n_phases * n_phases
+    """Numbers kept per audited cell: GFLOPs, and the expected confusion matrix of each
+    candidate's labels at each temperature (zeros for candidates not run on the cell;
+    :func:`matseg.pipeline.audit_tasks.cell_confusions`)."""
+    return 1 + len(TEMPERATURES) * n_candidates * n_phases * n_phases
 
 
 _PLAN_ARRAYS = ("cells", "stratum", "population", "sampled", "tile_stratum", "stratum_choice", "measured")

@@ -13,6 +13,7 @@ from matseg.candidates.tile import tile_input
 from matseg.cluster import COSTLY
 from matseg.io.progress import TileRecords
 from matseg.io.write import for_tile_writes
+from matseg.models.labels import phase_counts
 from matseg.pipeline.audit import AUDIT_HALO, TEMPERATURES, AuditPlan, stats_width
 from matseg.pipeline.job import Job
 from matseg.pipeline.stages import compute_tiles
@@ -35,11 +36,8 @@ def audit_task(
     for i, cell in enumerate(cells):
         probs = runs[reference][0][i]
         answers = {k: np.argmax(p[i], axis=0).astype(np.uint8) for k, (p, _) in runs.items()}
-        counts = np.zeros((n_candidates, n_phases))
-        for k, answer in answers.items():
-            counts[k] = _counts(answer, n_phases)
         gflops = sum(g[i] for _, g in runs.values())
-        row[i] = np.concatenate([[gflops], counts.ravel(), cell_confusions(probs, answers, n_candidates)])
+        row[i] = np.concatenate([[gflops], cell_confusions(probs, answers, n_candidates)])
         kept[i, : cell[4], : cell[5]] = answers[reference]
     records.write(a, [(labels, (a,), kept)], done=1, cells=row)
 
@@ -56,7 +54,7 @@ def write_task(a, index, grid, cells, labels, arrays, records, reference: int, n
     for i, cell in enumerate(cells):
         where = _local(cell, region)
         answer = kept[i, : cell[4], : cell[5]]
-        change += _counts(answer, len(change)) - _counts(labels_out[where], len(change))
+        change += phase_counts(answer, n_phases) - phase_counts(labels_out[where], n_phases)
         labels_out[where] = answer
         decisions_out[where] = reference
     outputs = [(phases, region, labels_out), (decisions, region, decisions_out)]
@@ -76,10 +74,6 @@ def _where(cell) -> tuple:
     _, z, y0, x0, h, w = (int(v) for v in cell)
     inplane = (slice(y0, y0 + h), slice(x0, x0 + w))
     return inplane if z < 0 else (z, *inplane)
-
-
-def _counts(labels: np.ndarray, n_phases: int) -> np.ndarray:
-    return np.bincount(labels.ravel(), minlength=n_phases)[:n_phases]
 
 
 def _crop(cell, y_bounds: tuple[int, int], x_bounds: tuple[int, int]) -> tuple[int, int, int, int]:

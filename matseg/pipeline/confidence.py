@@ -91,8 +91,8 @@ def estimate_change(
             "temperature_range": list(temperature_range),
             "strata": 0,
         }
-    n_c = (stats.shape[1] - 1) // (k + n_t * k * k)
-    conf = stats[:, 1 + n_c * k :].reshape(n, n_t, n_c, k * k)
+    n_c = (stats.shape[1] - 1) // (n_t * k * k)
+    conf = stats[:, 1:].reshape(n, n_t, n_c, k * k)
     assigned = audit.stratum_choice if assigned is None else assigned
     ref = audit.reference
     base = np.diag(common.astype(float)).ravel()

@@ -18,6 +18,7 @@ is computed twice.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -121,13 +122,18 @@ def decide(
     common = counts[plan["choice"] == audit.reference].sum(0)
     before = plan["stage2_gflops"]
 
+    @functools.cache
+    def plan_of(assigned: tuple[int, ...]) -> dict:
+        """The plan with a candidate per stratum (each asked for by both the cost and the budget)."""
+        return _moved(plan, audit, assigned, job)
+
     def cost_of(assigned) -> float:
-        return _moved(plan, audit, assigned, job)["stage2_gflops"]
+        return plan_of(tuple(assigned))["stage2_gflops"]
 
     def fits(assigned) -> bool:
         """Within --budget-gflops and --max-expensive-fraction, where given."""
         settings = job.settings
-        moved = _moved(plan, audit, assigned, job)
+        moved = plan_of(tuple(assigned))
         if (
             settings.budget_gflops is not None
             and spent + moved["stage2_gflops"] - before > settings.budget_gflops

@@ -199,6 +199,7 @@ def _run(
         )  # fmt: skip
         stage.finish()
         planned = plan["choice"].copy()  # the selector's choice, before the audit's evidence
+        spent = float(cheap["gflops"].sum()) + plan["policy_gflops"] + plan["stage2_gflops"]  # by the plan
         attrs = root.attrs["matseg"]
         settings = job.settings
         if Status.of(attrs) == Status.CANDIDATES:
@@ -215,7 +216,6 @@ def _run(
                 job, planned, cheap["features"][:, 0], settings.audit_fraction, settings.audit_seed
             )
             if settings.budget_gflops is not None:  # a budget caps the whole run, the audit included
-                spent = float(cheap["gflops"].sum()) + plan["policy_gflops"] + plan["stage2_gflops"]
                 if spent + audit_cost(job, audit, planned) > settings.budget_gflops:
                     logger.warning("the audit would exceed --budget-gflops: no audit, no estimate")
                     audit = plan_audit(job, planned, cheap["features"][:, 0], 0.0, 0)
@@ -239,7 +239,6 @@ def _run(
             found = audit_evidence(audit, records, len(job.phases), len(job.names))
             decision = root.attrs["matseg"].get("escalation")
             if decision is None and settings.tolerance is not None:
-                spent = float(cheap["gflops"].sum()) + plan["policy_gflops"] + plan["stage2_gflops"]
                 decision = decide(job, root, plan, audit, found, cheap["counts"], spent + found[:, 0].sum())
             plan = apply(plan, decision, audit, job)
         previous = set(map(tuple, root.attrs["matseg"].get("previous", [])))

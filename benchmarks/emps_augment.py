@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from matseg.augment import load_augmentation
+from matseg.labelled import load_labelled
 from matseg.models.segmenter import new_segmenter
-from matseg.training import fit, load_labelled, score
+from matseg.training import fit, score
 
 EMPS = Path(__file__).resolve().parents[1] / "data" / "emps"
 PHASES = ("background", "particle")

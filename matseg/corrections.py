@@ -34,8 +34,8 @@ from matseg.errors import MatsegError
 from matseg.io.guard import building, remove_output
 from matseg.io.paths import check_distinct
 from matseg.io.write import axes_for
+from matseg.labelled import UNLABELLED, LabelledSlices, load_labelled
 from matseg.review import open_segmentation, tile_grid
-from matseg.training import UNLABELLED, LabelledSlices, load_labelled
 
 ATTRIBUTE = "matseg-corrections"
 SUFFIX = ".corrections.zarr"

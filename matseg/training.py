@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,101 +20,20 @@ from torch import nn
 from matseg.augment import Augmentation, augment_batch
 from matseg.errors import MatsegError
 from matseg.io.paths import check_distinct
-from matseg.io.read import Volume, open_volume
+from matseg.labelled import UNLABELLED, LabelledSlices, draw_batch, hold_out, load_labelled
 from matseg.metrics import iou_per_phase
 from matseg.models.inference import segment_probs
 from matseg.models.segmenter import Segmenter, new_segmenter
 from matseg.models.store import check_weights_folder, load_segmenter, read_manifest, save_segmenter
 from matseg.monitor import CancelToken, Monitor, Progress
-from matseg.normalize import intensity_range
-from matseg.validate import check_label_dtype, check_number
+from matseg.validate import check_number
 
 logger = logging.getLogger(__name__)
 
-UNLABELLED = 255
-MAX_TRAINING_BYTES = 4 << 30
 MAX_PHASES = 32  # more label values than this, with no phase names: an image given as labels
 # a training step's peak memory over the tensors autograd keeps for its backward pass:
 # 1.17 (cheap) and 0.80 (expensive) measured (ru_maxrss, batch 8 of 512 px); the larger, with room
 PEAK_OVER_SAVED = 1.25
-
-
-@dataclass
-class LabelledSlices:
-    """Normalised image slices (N, Y, X) float32 and their labels (N, Y, X) uint8."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    source: str
-
-
-def load_labelled(
-    image: str | os.PathLike,
-    labels: str | os.PathLike | None = None,
-    slices: Sequence[int] | None = None,
-) -> tuple[LabelledSlices, tuple[str, ...] | None]:
-    """Read the labelled slices of an image/label pair into memory.
-
-    ``labels`` defaults to the image store's own label image (e.g. ``truth`` of a
-    ``matseg sample`` store). Slices without any label (all 255) are skipped.
-    """
-    volume = open_volume(image)
-    label_volume = open_volume(labels if labels is not None else image, labels=True)
-    if label_volume.shape != volume.shape:
-        raise MatsegError(
-            f"labels {label_volume.source} have shape {label_volume.shape}; image has {volume.shape}"
-        )
-    check_label_dtype(label_volume.data.dtype, label_volume.source, "labels")
-    norm = intensity_range(volume)
-    img, lab = _as_3d(volume), _as_3d(label_volume)
-    if slices is None:
-        slices = range(img.shape[0])
-    bad = [z for z in slices if not 0 <= z < img.shape[0]]
-    if bad:
-        raise MatsegError(f"slices {bad} are outside 0..{img.shape[0] - 1} of {volume.source}")
-    nbytes = len(slices) * int(np.prod(img.shape[1:])) * 5
-    if nbytes > MAX_TRAINING_BYTES:
-        raise MatsegError(
-            f"{len(slices)} labelled slices of {volume.source} need {nbytes / 2**30:.1f} GiB; "
-            "pick fewer with --slices"
-        )
-    z = list(slices)
-    lab_np = np.asarray(lab[z].compute(), dtype=np.uint8)
-    keep = [i for i in range(len(z)) if (lab_np[i] != UNLABELLED).any()]
-    images = norm(np.asarray(img[z].compute()))[keep]
-    return LabelledSlices(images, lab_np[keep], volume.source), label_volume.phases
-
-
-def _as_3d(volume: Volume):
-    return volume.data if volume.ndim == 3 else volume.data[None]
-
-
-def draw_batch(
-    data: Sequence[LabelledSlices], rng: np.random.Generator, batch: int, patch: int, augment: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random patches (with flips, rotations and intensity jitter) and their labels."""
-    xs, ys = [], []
-    weights = np.array([len(d.images) for d in data], float)
-    for _ in range(batch):
-        d = data[rng.choice(len(data), p=weights / weights.sum())]
-        i = rng.integers(len(d.images))
-        h, w = d.images.shape[1:]
-        ph, pw = min(patch, h), min(patch, w)
-        y0, x0 = rng.integers(0, h - ph + 1), rng.integers(0, w - pw + 1)
-        x = d.images[i, y0 : y0 + ph, x0 : x0 + pw]
-        y = d.labels[i, y0 : y0 + ph, x0 : x0 + pw]
-        if (ph, pw) != (patch, patch):  # small images: pad, padding unlabelled
-            x = np.pad(x, ((0, patch - ph), (0, patch - pw)), mode="edge")
-            y = np.pad(y, ((0, patch - ph), (0, patch - pw)), constant_values=UNLABELLED)
-        if augment:
-            k = rng.integers(4)
-            x, y = np.rot90(x, k), np.rot90(y, k)
-            if rng.random() < 0.5:
-                x, y = x[:, ::-1], y[:, ::-1]
-            x = x * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08)
-        xs.append(np.ascontiguousarray(x, dtype=np.float32))
-        ys.append(np.ascontiguousarray(y, dtype=np.int64))
-    return torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(np.stack(ys))
 
 
 def score(model: Segmenter, data: Sequence[LabelledSlices]) -> dict:
@@ -345,7 +263,7 @@ def train(
     if val:
         val_data = [load_labelled(v)[0] for v in val]
     else:
-        val_data, data = _hold_out(data)
+        val_data, data = hold_out(data)
     if not data or not val_data:
         raise MatsegError("not enough labelled slices to train and validate; label more slices")
     results, monitor = {}, Monitor(progress, cancel)
@@ -388,17 +306,3 @@ def train(
 
         record_statistics(output, [d.images for d in data], ", ".join(map(str, images)))
     return results
-
-
-def _hold_out(data: list[LabelledSlices]) -> tuple[list[LabelledSlices], list[LabelledSlices]]:
-    val, train = [], []
-    for d in data:
-        held = np.zeros(len(d.images), bool)
-        held[5::10] = True
-        if len(d.images) >= 2 and not held.any():
-            held[-1] = True
-        if held.any():
-            val.append(LabelledSlices(d.images[held], d.labels[held], d.source))
-        if (~held).any():
-            train.append(LabelledSlices(d.images[~held], d.labels[~held], d.source))
-    return val, train

@@ -21,8 +21,9 @@ def random_weights(tmp_path_factory, small_sample):
     Not good models, but their label maps are non-trivial: enough to test
     stitching, I/O and errors without waiting for real training.
     """
+    from matseg.labelled import LabelledSlices
     from matseg.selector.train import train_selector
-    from matseg.training import LabelledSlices, fit
+    from matseg.training import fit
 
     folder = tmp_path_factory.mktemp("weights")
     images = np.stack([smooth_noise((64, 64), seed=s) for s in range(8)])

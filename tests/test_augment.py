@@ -7,9 +7,10 @@ import pytest
 
 from matseg import MatsegError
 from matseg.augment import STRONG, Augmentation, augment_batch, augment_patch, load_augmentation, rescale
+from matseg.labelled import LabelledSlices
 from matseg.models.segmenter import new_segmenter
 from matseg.synth import SampleConfig, imaging_parameters, render_region
-from matseg.training import LabelledSlices, fit
+from matseg.training import fit
 
 from .conftest import run
 

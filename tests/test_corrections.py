@@ -11,10 +11,11 @@ import pytest
 
 import matseg
 from matseg import MatsegError
+from matseg.labelled import load_labelled
 from matseg.metrics import confusion_matrix, summarize
 from matseg.models.segmenter import new_segmenter
 from matseg.models.store import default_weights_dir, save_segmenter
-from matseg.training import fit, load_labelled
+from matseg.training import fit
 
 from .conftest import run
 

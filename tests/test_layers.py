@@ -22,7 +22,7 @@ LAYERS = [
     ("matseg.io",),
     ("matseg.tiling", "matseg.stitch", "matseg.metrics", "matseg.synth", "matseg.augment"),
     ("matseg.models",),
-    ("matseg.normalize",),
+    ("matseg.normalize", "matseg.labelled"),
     ("matseg.candidates",),
     ("matseg.selector.policy", "matseg.selector.plan", "matseg.cluster", "matseg.sample"),
     ("matseg.pipeline",),

@@ -10,9 +10,10 @@ import pytest
 import zarr
 
 from matseg import MatsegError
+from matseg.labelled import UNLABELLED, load_labelled
 from matseg.models.segmenter import new_segmenter
 from matseg.models.store import load_segmenter
-from matseg.training import UNLABELLED, load_labelled, score
+from matseg.training import score
 
 from .conftest import run
 

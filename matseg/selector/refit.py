@@ -19,10 +19,10 @@ import zarr
 
 from matseg.errors import MatsegError
 from matseg.io.guard import replace_file
+from matseg.labelled import UNLABELLED, LabelledSlices
 from matseg.models.store import MANIFEST, read_manifest
 from matseg.selector.policy import SELECTOR_FILE
 from matseg.selector.train import train_selector
-from matseg.training import UNLABELLED, LabelledSlices
 
 logger = logging.getLogger(__name__)
 

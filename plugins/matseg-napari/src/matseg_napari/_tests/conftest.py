@@ -44,10 +44,11 @@ def sample(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def weights(tmp_path_factory) -> Path:
     """Cheap + expensive nets trained for a few steps on another sample: fair, not good."""
+    from matseg.labelled import load_labelled
     from matseg.models.segmenter import new_segmenter
     from matseg.models.store import save_segmenter
     from matseg.sample import write_sample
-    from matseg.training import fit, load_labelled
+    from matseg.training import fit
 
     folder = tmp_path_factory.mktemp("weights")
     train = tmp_path_factory.mktemp("train") / "train.zarr"

@@ -94,6 +94,11 @@ def measure(row: dict, work: Path, earlier: dict | None = None, tolerance: float
     out["audited_cells"] = estimate["audited_cells"]
     out["moved_tiles"] = estimate.get("moved_tiles", {})
     out["within_tolerance"] = estimate.get("within_tolerance")
+    out["fixed_estimates"] = {
+        name: [round(f["delta_miou"], 5), *(round(v, 5) for v in f["ci95"]), round(f["gflops"], 2)]
+        for name, f in estimate.get("fixed", {}).items()
+    }
+    out["better_fixed"] = estimate.get("better_fixed")
     phases = list(estimate["phase_fractions"])
     found = stored_evidence(zarr.open_group(output, mode="r"), len(phases), report["candidates"])
     audit, evidence, common, assigned, dropped = found
@@ -149,11 +154,37 @@ def dominated_by(row: dict) -> list[str]:
     return [m for m in FIXED if row[m]["gflops"] <= auto["gflops"] and row[m]["miou"] > auto["miou"]]
 
 
+def fixed_summary(rows: list[dict]) -> dict:
+    """How well the report's fixed-candidate estimates and its ``better_fixed`` hold up: each
+    fixed candidate's true change against all-expensive inside its interval, and the named
+    candidate truly dominating the run (as many GFLOPs or fewer, higher mIoU)."""
+    inside, total, errors = 0, 0, []
+    for r in rows:
+        for name, (point, low, high, _) in r.get("fixed_estimates", {}).items():
+            if name in FIXED:
+                truth = r[name]["miou"] - r["expensive"]["miou"]
+                inside += low <= truth <= high
+                total += 1
+                errors.append(point - truth)
+    named = [r for r in rows if r.get("better_fixed")]
+    right = [r for r in named if r["better_fixed"] in dominated_by(r)]
+    dominated = [r for r in rows if dominated_by(r)]
+    return {
+        "fixed_intervals_cover": inside / total if total else None,
+        "fixed_estimates": total,
+        "fixed_bias": float(np.mean(errors)) if errors else None,
+        "named": len(named),
+        "named_and_dominating": len(right),
+        "dominated": len(dominated),
+        "dominated_and_named": sum(1 for r in dominated if r.get("better_fixed") in dominated_by(r)),
+    }
+
+
 def print_table(rows: list[dict], summary: dict) -> None:
     key = summary["current"]
     print(f"shape {SHAPE}; estimate at T {key} (point|range)")
     head = f"{'kind':13} {'split':11} {'seed':>5} {'auto':>7} {'%GF':>5} {'ref':>7} {'medium':>7} {'true':>8}"
-    print(head + f" {'estimate':>8} {'95 % interval':>19} {'in':>3}  dominated by")
+    print(head + f" {'estimate':>8} {'95 % interval':>19} {'in':>3}  dominated by / the audit names")
     for r in rows:
         point, lo, hi = r["estimates"][key]
         reference = r["expensive"]
@@ -162,7 +193,8 @@ def print_table(rows: list[dict], summary: dict) -> None:
         print(
             f"{r['kind']:13} {r['split']:11} {r['seed']:5d} {r['auto']['miou']:7.4f} {share:5.1f} "
             f"{reference['miou']:7.4f} {r['medium']['miou']:7.4f} {r['true_change']:+8.4f} {point:+8.4f} "
-            f"{lo:+9.4f} … {hi:+7.4f} {inside:>3}  {', '.join(dominated_by(r)) or '-'}"
+            f"{lo:+9.4f} … {hi:+7.4f} {inside:>3}  {', '.join(dominated_by(r)) or '-'} / "
+            f"{r.get('better_fixed') or '-'}"
         )
     for name in ("current", "chosen"):
         print(f"{name} (T|low|high = {summary[name]}):")
@@ -202,7 +234,9 @@ def main() -> None:
                 rows.append(measure(row, work, fixed, args.tolerance))
                 print(f"{row['kind']} {row['seed']}: true {rows[-1]['true_change']:+.4f}", flush=True)
     summary = analyse(rows)
+    summary["fixed"] = fixed_summary(rows)
     print_table(rows, summary)
+    print("fixed candidates as the audit estimates them:", json.dumps(summary["fixed"]))
     if args.out:  # each volume's estimates at the two (temperature, range) pairs the summary names
         kept = {summary["current"], summary["chosen"]}
         compact = [{**r, "estimates": {k: v for k, v in r["estimates"].items() if k in kept}} for r in rows]

@@ -171,7 +171,21 @@ def format_estimate(estimate: dict) -> str:
         if not estimate["within_tolerance"]:
             reach = f"−{estimate['tolerance']:g}"
             line += f"; the interval still reaches below {reach} (a budget, or the estimate moved)"
+    if "better_fixed" in estimate:
+        line += "\n" + " " * 13 + format_better_fixed(estimate)
     return line
+
+
+def format_better_fixed(estimate: dict) -> str:
+    """The fixed candidate the audit finds as accurate as the run for fewer GFLOPs, in words."""
+    name = estimate["better_fixed"]
+    fixed = estimate["fixed"][name]
+    low, high = fixed["ci95"]
+    share = 100 * fixed["gflops"] / estimate["run_gflops"]
+    return (
+        f"--model {name} looks as accurate on this volume for {share:.0f} % of this run's GFLOPs: "
+        f"{_signed(fixed['delta_miou'])} (95 % {_signed(low)} … {_signed(high)}) by the audit"
+    )
 
 
 def _tolerance_of(decision: dict) -> str:
@@ -238,6 +252,7 @@ def format_dry_run(report: dict) -> str:
             f"({report['cheap_pass_gflops']:,.1f} spent on the cheap pass, "
             f"{e['audit_gflops']:,.1f} on the audit)",
             *([f"  audit      {_tolerance_of(e['escalation'])}"] if "escalation" in e else []),
+            *([f"  estimate   {format_estimate(e['estimate'])}"] if "estimate" in e else []),
             f"  time       ~{e['seconds']:.1f} s more for the costlier candidates and blending",
             f"  memory     ~{e['peak_rss_mb']:,.0f} MB peak",
             f"  cheap pass kept in {report['output']}: the real run reuses it",

@@ -214,3 +214,66 @@ def test_the_summary_says_what_the_tolerance_did():
     estimate.pop("every_tile")
     kept = format_estimate({**estimate, "moved_tiles": {}, "within_tolerance": False})
     assert "kept the selector's plan" in kept and "still reaches below −0.01" in kept
+
+
+def test_a_plan_without_the_audit_loses_the_reference_answers_on_the_drawn_cells():
+    """``keep_audited=False`` estimates the same plan run without an audit (a fixed candidate):
+    the drawn cells then hold the run's answer, so it loses more; with every cell drawn the
+    audited run is the all-reference run."""
+    good = np.diag([300.0, 300.0, 300.0])
+    bad = good.copy()
+    bad[0, 0], bad[1, 0] = 150.0, 150.0
+    args = (_evidence(bad, good, 8), np.zeros(3), ("a", "b", "c"), "expensive")
+    kept = estimate_change(_plan([0] * 8, [20]), *args)
+    fixed = estimate_change(_plan([0] * 8, [20]), *args, keep_audited=False)
+    assert fixed["delta_miou"] < kept["delta_miou"] < 0
+    every = estimate_change(_plan([0] * 8, [8]), *args)
+    assert every["delta_miou"] == pytest.approx(0.0, abs=1e-12)
+    assert estimate_change(_plan([0] * 8, [8]), *args, keep_audited=False)["delta_miou"] < -0.1
+
+
+def test_the_report_says_what_each_fixed_candidate_would_give_and_names_a_cheaper_one(volume, tmp_path):
+    """Each candidate the audit measures, run alone, as the audit estimates it: its GFLOPs are
+    what ``--model NAME`` spends; a fixed candidate is named only when it looks at least as
+    accurate for fewer GFLOPs; a dry run says the same before the candidates run."""
+    out = tmp_path / "o.zarr"
+    dry = matseg.segment(volume, out, dry_run=True, tolerance=None)
+    report = matseg.segment(volume, out, tolerance=None)
+    estimate = report["estimate"]
+    fixed = estimate["fixed"]
+    assert set(fixed) == {"cheap", "medium", "expensive-2x", "classical"}  # cheaper than the reference
+    assert estimate["run_gflops"] == pytest.approx(report["gflops"])
+    for name in ("medium", "cheap"):
+        alone = matseg.segment(volume, tmp_path / f"{name}.zarr", model=name)
+        assert fixed[name]["gflops"] == pytest.approx(alone["gflops"], rel=0.02)
+        low, high = fixed[name]["ci95"]
+        assert low <= fixed[name]["delta_miou"] <= high
+    named = [
+        n
+        for n, f in fixed.items()
+        if f["gflops"] < report["gflops"] and f["delta_miou"] >= estimate["delta_miou"]
+    ]
+    if named:
+        assert estimate["better_fixed"] == min(named, key=lambda n: fixed[n]["gflops"])
+    else:
+        assert "better_fixed" not in estimate
+    expected = dry["expected"]["estimate"]
+    assert set(expected["fixed"]) == set(fixed)
+    assert expected["fixed"]["medium"]["gflops"] == pytest.approx(fixed["medium"]["gflops"])
+
+
+def test_the_summary_names_the_fixed_candidate_the_audit_prefers():
+    from matseg.console import format_estimate
+
+    estimate = {
+        "delta_miou": -0.023, "ci95": [-0.035, -0.007], "audited_fraction": 0.03, "audited_cells": 62,
+        "reference": "expensive", "run_gflops": 517.8, "better_fixed": "medium",
+        "fixed": {"medium": {"delta_miou": -0.020, "ci95": [-0.030, -0.005], "gflops": 282.5}},
+    }  # fmt: skip
+    lines = format_estimate(estimate).splitlines()
+    assert lines[1].strip() == (
+        "--model medium looks as accurate on this volume for 55 % of this run's GFLOPs: "
+        "−0.020 (95 % −0.030 … −0.005) by the audit"
+    )
+    estimate.pop("better_fixed")
+    assert len(format_estimate(estimate).splitlines()) == 1

@@ -49,6 +49,7 @@ def estimate_change(
     seed: int = 0,
     assigned: Sequence[int] | None = None,
     dropped: frozenset[int] = frozenset(),
+    keep_audited: bool = True,
 ) -> dict:
     """The report's ``estimate``: the change in mIoU against an all-reference run and the
     volume's phase fractions, each with a 95 % interval.
@@ -73,6 +74,10 @@ def estimate_change(
         another one predicts what moving them would give (:mod:`matseg.pipeline.escalate`).
     dropped : set of int
         Strata whose tiles were sent to the reference after the audit: counted in ``common``.
+    keep_audited : bool
+        Whether the drawn cells hold the reference's answer (a run with this audit) or the
+        assigned candidate's (that plan run without an audit:
+        :func:`matseg.pipeline.escalate.fixed_estimates`).
     """
     k, n_t = len(phases), len(TEMPERATURES)
     n = len(audit.cells)
@@ -110,12 +115,12 @@ def estimate_change(
         draws = rng.multinomial(len(mine), np.full(len(mine), 1 / len(mine)), size=BOOTSTRAP)
         if h in dropped:
             continue
-        rest = (population - sampled) / sampled
-        final_p += ref_h[:, point_t].sum(0) + rest * run_h[:, point_t].sum(0)
+        kept, rest = (1.0, (population - sampled) / sampled) if keep_audited else (0.0, population / sampled)
+        final_p += kept * ref_h[:, point_t].sum(0) + rest * run_h[:, point_t].sum(0)
         allref_p += population / sampled * ref_h[:, point_t].sum(0)
         run_s = np.einsum("bc,bcf->bf", draws, run_h[:, t_of].transpose(1, 0, 2))
         ref_s = np.einsum("bc,bcf->bf", draws, ref_h[:, t_of].transpose(1, 0, 2))
-        final_b += ref_s + rest * run_s
+        final_b += kept * ref_s + rest * run_s
         allref_b += population / sampled * ref_s
     delta_b = _miou(final_b, k) - _miou(allref_b, k)
     low, high = (1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2

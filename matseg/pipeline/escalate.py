@@ -30,7 +30,7 @@ from matseg.pipeline.audit_tasks import audit_gflops
 from matseg.pipeline.confidence import estimate_change
 from matseg.pipeline.job import Job
 from matseg.pipeline.resume import set_status
-from matseg.selector.plan import with_choice
+from matseg.selector.plan import candidate_gflops, with_choice
 
 
 def plan_escalation(
@@ -224,4 +224,63 @@ def audited_estimate(
         used = np.unique(plan["choice"])
         if decision and decision["moved_tiles"] and len(used) == 1:  # the audit chose one candidate
             out["every_tile"] = job.names[int(used[0])]
+    if len(audit.cells):
+        with_fixed(out, job, audit, evidence, finish.read()["counts"], stats["gflops"])
+    return out
+
+
+def predicted_estimate(
+    job: Job, plan: dict, audit: AuditPlan, evidence, decision, counts, run_gflops: float
+) -> dict:
+    """Before the candidates run (a dry run): the estimate the run's plan would report, the
+    reference's tiles counted from the cheap pass (``counts``), with the fixed candidates
+    (:func:`with_fixed`; ``run_gflops``: what the run is expected to spend)."""
+    common = counts[plan["choice"] == audit.reference].sum(0)
+    assigned = [job.names.index(n) for n in decision["assigned"]] if decision else None
+    out = estimate_change(
+        audit, evidence, common, job.phases, job.names[audit.reference], seed=job.settings.audit_seed,
+        assigned=assigned, dropped=dropped_strata(decision, audit, job),
+    )  # fmt: skip
+    return with_fixed(out, job, audit, evidence, counts, run_gflops)
+
+
+def with_fixed(estimate: dict, job: Job, audit: AuditPlan, evidence, counts, run_gflops) -> dict:
+    """``estimate`` with what each fixed candidate would give instead (``fixed``,
+    :func:`fixed_estimates`) and, if one looks at least as accurate for fewer GFLOPs than the
+    run's ``run_gflops``, its name (``better_fixed``): the plan says when a volume is better
+    served by one candidate everywhere."""
+    fixed = fixed_estimates(job, audit, evidence, counts)
+    estimate["fixed"] = fixed
+    estimate["run_gflops"] = run_gflops
+    better = [
+        n for n, f in fixed.items() if f["gflops"] < run_gflops and f["delta_miou"] >= estimate["delta_miou"]
+    ]
+    if better:
+        estimate["better_fixed"] = min(better, key=lambda n: fixed[n]["gflops"])
+    return estimate
+
+
+def fixed_estimates(job: Job, audit: AuditPlan, evidence: np.ndarray, counts: np.ndarray) -> dict:
+    """What one measured candidate on every tile would have given instead of this run, as
+    the audit estimates it: {name: change against the all-reference run, its 95 % interval,
+    GFLOPs}. Every tile the selector did not send to the reference runs the candidate (as
+    ``--model NAME`` would: no cheap pass, no audit, the candidate's own halo); the tiles it
+    sent to the reference, which the audit does not see, keep the reference. ``counts``: each
+    tile's phase counts as the run finished them."""
+    planned_reference = audit.tile_stratum < 0
+    common = np.nan_to_num(counts[planned_reference]).sum(0)
+    per_tile = candidate_gflops(job.grid, job.context, job.names)
+    kept = float(per_tile[planned_reference, audit.reference].sum())
+    reference, strata = job.names[audit.reference], len(audit.population)
+    out = {}
+    for c in (int(c) for c in audit.measured if c != audit.reference):
+        found = estimate_change(
+            audit, evidence, common, job.phases, reference, seed=job.settings.audit_seed,
+            assigned=[c] * strata, keep_audited=False,
+        )  # fmt: skip
+        out[job.names[c]] = {
+            "delta_miou": found["delta_miou"],
+            "ci95": found["ci95"],
+            "gflops": float(per_tile[~planned_reference, c].sum()) + kept,
+        }
     return out

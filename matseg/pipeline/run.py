@@ -32,7 +32,14 @@ from matseg.monitor import CancelToken, Monitor, Progress
 from matseg.normalize import Normalization, intensity_range
 from matseg.pipeline.audit import audit_evidence, create_audit, load_audit, plan_audit, stats_width
 from matseg.pipeline.audit_tasks import run_audit, write_audited
-from matseg.pipeline.escalate import apply, audit_cost, audited_estimate, decide, dropped_strata
+from matseg.pipeline.escalate import (
+    apply,
+    audit_cost,
+    audited_estimate,
+    decide,
+    dropped_strata,
+    predicted_estimate,
+)
 from matseg.pipeline.estimate import dry_run_report, estimate
 from matseg.pipeline.job import Job, prepare
 from matseg.pipeline.report import REPORT_NAME, run_report, score_labels
@@ -249,6 +256,10 @@ def _run(
             expected["gflops"] += expected["audit_gflops"]
             if decision is not None:
                 expected["escalation"] = decision
+            if audit is not None and len(audit.cells):
+                expected["estimate"] = predicted_estimate(
+                    job, plan, audit, found, decision, cheap["counts"], expected["gflops"]
+                )
             # what is kept is a cheap pass for the real run to finish (a finished output
             # given with --overwrite becomes one too: what earlier runs wrote is redone)
             written = previous | set(map(tuple, attrs.get("rewritten", []) + attrs.get("audited", [])))

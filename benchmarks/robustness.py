@@ -5,9 +5,10 @@ survive imaging the segmenters were not trained on?
 
 Generates `--seeds` volumes per profile (16 x 192 x 192; seeds 301... for `test`, 501... for
 `wide`, disjoint from every training, validation and selector seed), segments each with every
-candidate (cheap, medium, expensive, expensive-2x, classical) and prints, per profile, each
-candidate's median / mean / minimum mIoU and how often the nets keep their order
-(expensive >= medium >= cheap) on a volume.
+candidate (cheap, medium, expensive, expensive-2x, classical, and the flip-averaged
+medium-tta and expensive-tta) and prints, per profile, each candidate's median / mean /
+minimum mIoU, its GFLOPs as a share of the expensive net's, and how often the nets keep their
+order (expensive >= medium >= cheap) on a volume.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import matseg
 from matseg.sample import write_sample
 from matseg.synth import SampleConfig
 
-CANDIDATES = ("cheap", "medium", "expensive", "expensive-2x", "classical")
+CANDIDATES = ("cheap", "medium", "expensive", "expensive-2x", "classical", "medium-tta", "expensive-tta")
 FIRST_SEED = {"test": 301, "wide": 501}
 SHAPE = (16, 192, 192)
 
@@ -37,7 +38,7 @@ def run(weights: str | None, n_seeds: int, work: Path, workers: int | None) -> d
             sample = work / f"{profile}-{seed}.zarr"
             if not sample.exists():
                 write_sample(sample, SHAPE, seed, SampleConfig(profile=profile))
-            row = {"seed": seed}
+            row = {"seed": seed, "gflops": {}}
             for model in CANDIDATES:
                 report = matseg.segment(
                     sample,
@@ -49,6 +50,7 @@ def run(weights: str | None, n_seeds: int, work: Path, workers: int | None) -> d
                     overwrite=True,
                 )
                 row[model] = round(report["metrics"]["miou"], 4)
+                row["gflops"][model] = report["gflops"]
             row["ordered"] = bool(row["expensive"] >= row["medium"] >= row["cheap"])
             per_volume.append(row)
         summary = {
@@ -56,6 +58,9 @@ def run(weights: str | None, n_seeds: int, work: Path, workers: int | None) -> d
                 "median": float(np.median([r[model] for r in per_volume])),
                 "mean": float(np.mean([r[model] for r in per_volume])),
                 "min": float(np.min([r[model] for r in per_volume])),
+                "gflops_of_expensive": float(
+                    np.median([r["gflops"][model] / r["gflops"]["expensive"] for r in per_volume])
+                ),
             }
             for model in CANDIDATES
         }
@@ -66,10 +71,11 @@ def run(weights: str | None, n_seeds: int, work: Path, workers: int | None) -> d
 
 def print_table(results: dict) -> None:
     print(f"shape {SHAPE}; mIoU over the volumes of each profile (median / mean / min)")
-    print(f"{'profile':8} {'candidate':13} {'median':>7} {'mean':>7} {'min':>7}")
+    print(f"{'profile':8} {'candidate':13} {'median':>7} {'mean':>7} {'min':>7} {'GFLOPs, x expensive':>20}")
     for profile, r in results.items():
         for model, s in r["summary"].items():
-            print(f"{profile:8} {model:13} {s['median']:7.4f} {s['mean']:7.4f} {s['min']:7.4f}")
+            cost = s["gflops_of_expensive"]
+            print(f"{profile:8} {model:13} {s['median']:7.4f} {s['mean']:7.4f} {s['min']:7.4f} {cost:20.3f}")
         n = len(r["volumes"])
         print(f"{profile:8} expensive >= medium >= cheap on {r['ordered_fraction']:.0%} of {n} volumes")
 

@@ -148,3 +148,39 @@ def test_a_gpu_index_beyond_the_gpus_is_refused(monkeypatch):
     monkeypatch.setenv("MATSEG_DEVICE", "cuda:3")
     with pytest.raises(MatsegError, match=r"cuda:3 but torch sees 1 GPU"):
         inference_device()
+
+
+@pytest.mark.parametrize("axes", [(-1,), (-2,), (-2, -1)])
+def test_the_flip_averaged_candidate_is_equivariant_to_flips_and_costs_four_passes(random_weights, axes):
+    """expensive-tta averages the net over the in-plane flips: mirroring the input mirrors its
+    answer (the net alone does not), and it costs four passes of the net."""
+    from matseg.candidates.registry import CANDIDATES, Context
+    from matseg.models.store import load_segmenter
+
+    context = Context({"expensive": load_segmenter("expensive", random_weights)})
+    x = np.random.default_rng(0).random((2, 48, 40), dtype=np.float32)
+    mirrored = np.ascontiguousarray(np.flip(x, axes))
+    for name, equivariant in (("expensive-tta", True), ("expensive", False)):
+        run = CANDIDATES[name].run
+        same = np.allclose(run(context, mirrored), np.flip(run(context, x), axes), atol=1e-5)
+        assert same == equivariant, name
+    base = CANDIDATES["expensive"].gflops(context, (2, 48, 40))
+    assert CANDIDATES["expensive-tta"].gflops(context, (2, 48, 40)) == pytest.approx(4 * base)
+
+
+def test_the_cli_offers_every_mode():
+    """``--model``'s choices (written out, so ``matseg --help`` loads no torch) are the modes."""
+    import click
+
+    from matseg import MODES
+    from matseg.cli.options import model_option
+
+    option = next(p for p in model_option("m")(click.command()(lambda model: None)).params)
+    assert tuple(option.type.choices) == MODES
+
+
+def test_a_flip_averaged_run_reports_its_four_passes(random_weights, small_sample, tmp_path):
+    plain = matseg.segment(small_sample, tmp_path / "e.zarr", model="expensive", weights=random_weights)
+    averaged = matseg.segment(small_sample, tmp_path / "t.zarr", model="expensive-tta", weights=random_weights)
+    assert averaged["model"] == "expensive-tta"
+    assert averaged["gflops"] == pytest.approx(4 * plain["gflops"])

@@ -78,6 +78,32 @@ def _model_gflops(name: str) -> Callable[[Context, tuple[int, int, int]], float]
     return lambda context, shape: context.models[name].gflops(shape)
 
 
+# In-plane flips (none, X, Y, both): the group the test-time-augmented candidates average over.
+FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
+def _flips_averaged_run(name: str) -> Callable[[Context, np.ndarray], np.ndarray]:
+    """Net ``name`` on the tile and on its three in-plane mirror images, each answer mirrored
+    back and the probabilities averaged (test-time augmentation): the result is exactly
+    equivariant to those flips, and steadier where the imaging differs from training
+    (docs/benchmarks.md, "Robustness")."""
+
+    def run(context: Context, tile: np.ndarray) -> np.ndarray:
+        total = None
+        for axes in FLIPS:
+            image = np.ascontiguousarray(np.flip(tile, axes)) if axes else tile
+            probs = segment_probs(context.models[name], image, context.batch_tiles)
+            probs = np.flip(probs, axes) if axes else probs
+            total = probs.astype(np.float32) if total is None else total + probs
+        return total / np.float32(len(FLIPS))
+
+    return run
+
+
+def _flips_averaged_gflops(name: str) -> Callable[[Context, tuple[int, int, int]], float]:
+    return lambda context, shape: len(FLIPS) * context.models[name].gflops(shape)
+
+
 def _downscaled_run(context: Context, tile: np.ndarray) -> np.ndarray:
     """The expensive net on a 2x down-scaled tile; probabilities upsampled back (data slimming)."""
     n, h, w = tile.shape
@@ -153,6 +179,17 @@ CANDIDATES: dict[str, Candidate] = {
         ),
         Candidate(
             "classical", _classical_run, _classical_gflops, (), "multi-Otsu + majority filter (scikit-image)"
+        ),
+        *(
+            Candidate(
+                f"{name}-tta",
+                _flips_averaged_run(name),
+                _flips_averaged_gflops(name),
+                (name,),
+                f"the {name} net averaged over in-plane flips (4 passes)",
+                _model_radius(name),
+            )
+            for name in ("medium", "expensive")
         ),
     )
 }

@@ -187,7 +187,8 @@ def _finetune(corrections, output, models, shared: dict) -> None:
 @click.option(
     "--candidates",
     help="Candidates to choose from, cheap first, e.g. cheap,expensive,classical "
-    "(default: cheap, medium, expensive, expensive-2x, classical, as far as --weights holds them).",
+    "(default: cheap, medium, expensive, expensive-2x, classical, as far as --weights holds them; "
+    "medium-tta and expensive-tta, the nets averaged over flips, only when named).",
 )
 @click.option("--tile", "tile_text", default=TILE_TEXT, show_default=True, help="Tile size Z,Y,X.")
 @click.option("--steps", type=click.IntRange(min=1), default=4000, show_default=True, help="REINFORCE steps.")

@@ -56,8 +56,8 @@ def halo_of(model: str, context: Context, names: Sequence[str]) -> int:
     """A run's default and least halo: for ``auto``, the largest of its candidates' (each at
     least the blending band); for one model on every tile, what makes tiling exact, with no
     band to add: the net's radius, twice the expensive net's for ``expensive-2x`` (it runs at
-    half scale, where the candidate's own halo leaves the rest to blending), and the classical
-    candidate's halo."""
+    half scale, where the candidate's own halo leaves the rest to blending), the classical
+    candidate's halo, and a flip-averaged net's own radius (mirroring keeps it)."""
     models = context.models
     if model == "auto":
         return max(CANDIDATES[n].halo(context) for n in names)
@@ -65,7 +65,7 @@ def halo_of(model: str, context: Context, names: Sequence[str]) -> int:
         return 2 * models["expensive"].halo
     if model == "classical":
         return CANDIDATES["classical"].halo(context)
-    return models[model].halo
+    return models[CANDIDATES[model].needs[0]].halo
 
 
 def weights_phases(weights) -> tuple[str, ...]:

@@ -115,7 +115,16 @@ def command_line() -> str:
 
 def model_option(help: str):
     """``--model``: the selector (auto) or one candidate on every tile."""
-    choices = ["auto", "cheap", "medium", "expensive", "expensive-2x", "classical", "medium-tta", "expensive-tta"]
+    choices = [
+        "auto",
+        "cheap",
+        "medium",
+        "expensive",
+        "expensive-2x",
+        "classical",
+        "medium-tta",
+        "expensive-tta",
+    ]
     return click.option("--model", type=click.Choice(choices), default="auto", show_default=True, help=help)
 
 

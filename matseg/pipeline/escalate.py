@@ -210,11 +210,7 @@ def audited_estimate(
     stats["breakdown"]["audit"] = gflops
     on_reference = plan["choice"] == audit.reference
     common = np.nan_to_num(finish.read()["counts"][on_reference]).sum(0)
-    assigned = [job.names.index(n) for n in decision["assigned"]] if decision else None
-    out = estimate_change(
-        audit, evidence, common, job.phases, job.names[audit.reference], seed=job.settings.audit_seed,
-        assigned=assigned, dropped=dropped_strata(decision, audit, job),
-    )  # fmt: skip
+    out = _plan_estimate(job, audit, evidence, decision, common)
     tolerance = job.settings.tolerance
     if tolerance is not None:
         out["tolerance"] = tolerance
@@ -235,13 +231,17 @@ def predicted_estimate(
     """Before the candidates run (a dry run): the estimate the run's plan would report, the
     reference's tiles counted from the cheap pass (``counts``), with the fixed candidates
     (:func:`with_fixed`; ``run_gflops``: what the run is expected to spend)."""
-    common = counts[plan["choice"] == audit.reference].sum(0)
+    out = _plan_estimate(job, audit, evidence, decision, counts[plan["choice"] == audit.reference].sum(0))
+    return with_fixed(out, job, audit, evidence, counts, run_gflops)
+
+
+def _plan_estimate(job: Job, audit: AuditPlan, evidence, decision: dict | None, common) -> dict:
+    """The estimate of the run's plan as the tolerance's ``decision`` (if any) left it."""
     assigned = [job.names.index(n) for n in decision["assigned"]] if decision else None
-    out = estimate_change(
+    return estimate_change(
         audit, evidence, common, job.phases, job.names[audit.reference], seed=job.settings.audit_seed,
         assigned=assigned, dropped=dropped_strata(decision, audit, job),
     )  # fmt: skip
-    return with_fixed(out, job, audit, evidence, counts, run_gflops)
 
 
 def with_fixed(estimate: dict, job: Job, audit: AuditPlan, evidence, counts, run_gflops) -> dict:

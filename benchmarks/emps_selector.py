@@ -24,6 +24,7 @@ import numpy as np
 import tifffile
 
 import matseg
+from matseg.selector.train import train_selector
 
 PHASES = ("background", "particle")
 SPLITS = {"train": range(0, 24), "selector": range(24, 36), "test": range(36, 48)}
@@ -65,17 +66,18 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     weights = args.work / "weights"
     splits = write_splits(args.data, args.work)
-    if not (weights / "selector.pt").exists():
-        train = matseg.train(
+    if not (weights / "expensive.pt").exists():
+        trained = matseg.train(
             [str(splits["train"][0])], weights, labels=[str(splits["train"][1])], phases=PHASES,
             steps=args.steps, batch=8, patch=128, seed=0,
         )  # fmt: skip
-        print("segmenters:", json.dumps(train.get("metrics", {}))[:400], flush=True)
-        chosen = matseg.train_selector(
+        print("segmenters:", json.dumps(trained, default=str)[:600], flush=True)
+    if not (weights / "selector.pt").exists():
+        chosen = train_selector(
             [str(splits["selector"][0])], weights, labels=[str(splits["selector"][1])],
             tile=(8, 256, 256), steps=args.selector_steps, seed=0,
         )  # fmt: skip
-        print("selector:", json.dumps(chosen.get("evaluation", chosen))[:600], flush=True)
+        print("selector:", json.dumps(chosen, default=str)[:600], flush=True)
     rows = []
     for i, image, label in held_out(args.data, args.work):
         row = {"image": i}

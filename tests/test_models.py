@@ -181,6 +181,8 @@ def test_the_cli_offers_every_mode():
 
 def test_a_flip_averaged_run_reports_its_four_passes(random_weights, small_sample, tmp_path):
     plain = matseg.segment(small_sample, tmp_path / "e.zarr", model="expensive", weights=random_weights)
-    averaged = matseg.segment(small_sample, tmp_path / "t.zarr", model="expensive-tta", weights=random_weights)
+    averaged = matseg.segment(
+        small_sample, tmp_path / "t.zarr", model="expensive-tta", weights=random_weights
+    )
     assert averaged["model"] == "expensive-tta"
     assert averaged["gflops"] == pytest.approx(4 * plain["gflops"])

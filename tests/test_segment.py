@@ -95,3 +95,26 @@ def test_console_script_exit_codes(tmp_path):
     assert "Traceback" not in done.stderr
     done = subprocess.run([sys.executable, "-m", "matseg.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "segment" in done.stdout
+
+
+def test_classical_alone_follows_the_phase_order_the_weights_recorded(tmp_path, small_sample, random_weights):
+    """A lab's phases need not be in intensity order (EMPS: particles darker than the
+    background); ``--model classical`` then maps its dark-to-bright classes through the order
+    the weights' selector recorded, as the selector's own classical candidate does."""
+    import shutil
+
+    import matseg
+
+    reversed_weights = tmp_path / "reversed"
+    shutil.copytree(random_weights, reversed_weights)
+    manifest = json.loads((reversed_weights / "manifest.json").read_text())
+    manifest["selector"]["phase_order"] = [2, 1, 0]
+    (reversed_weights / "manifest.json").write_text(json.dumps(manifest))
+    outputs = {}
+    for name, weights in (("recorded", random_weights), ("reversed", reversed_weights)):
+        matseg.segment(small_sample, tmp_path / f"{name}.zarr", model="classical", weights=weights)
+        outputs[name] = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="r")["labels/phases/0"][:]
+    order = json.loads((random_weights / "manifest.json").read_text())["selector"]["phase_order"]
+    classes = np.argsort(order)[outputs["recorded"]]  # back to dark-to-bright classes
+    assert np.array_equal(outputs["reversed"], np.array([2, 1, 0])[classes])
+    assert not np.array_equal(outputs["reversed"], outputs["recorded"])

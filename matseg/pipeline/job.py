@@ -77,6 +77,17 @@ def weights_phases(weights) -> tuple[str, ...]:
     return named[0]
 
 
+def recorded_phase_order(weights, settings: Settings) -> tuple[int, ...]:
+    """The phases' order from dark to bright that the weights' selector recorded from its
+    labelled data (the classical candidate's classes, darkest first, are these phases), for a
+    run without the selector: ``--model classical`` on a lab's weights whose phases are not in
+    intensity order. None recorded, or phases named with ``--phases``: their given order."""
+    if settings.phases is not None:
+        return ()
+    entry = read_manifest(weights if weights is not None else default_weights_dir()).get("selector")
+    return tuple(entry.get("phase_order", ())) if isinstance(entry, dict) else ()
+
+
 def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | None = None) -> Job:
     """The run ``settings`` ask for on ``input``, with everything it needs loaded and checked
     (``voxel_size``, if given, replaces the one the input records)."""
@@ -110,7 +121,10 @@ def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | No
         if truth_volume.shape != volume.shape:
             raise MatsegError(f"truth {truth} has shape {truth_volume.shape}; the input has {volume.shape}")
         check_label_values(truth_volume.data, len(phases), str(truth), "--truth")
-    context = Context(models, phase_order=selector.phase_order if selector else (), phases=phases)
+    phase_order = selector.phase_order if selector else ()
+    if model == "classical":
+        phase_order = recorded_phase_order(weights, settings)
+    context = Context(models, phase_order=phase_order, phases=phases)
     tile = tuple(tile) if tile else default_tile(volume.ndim)
     min_halo = halo_of(model, context, names)
     if halo is None:
@@ -144,6 +158,8 @@ def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | No
     }
     if settings.phases is not None:
         identity["phases"] = list(phases)
+    if model == "classical" and phase_order:
+        identity["phase_order"] = list(phase_order)
     if selector is not None:
         identity["audit"] = {
             "fraction": settings.audit_fraction,

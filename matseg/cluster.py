@@ -303,9 +303,13 @@ def backend(spec: ClusterSpec, workers: int | None = None) -> Iterator[Backend]:
         n = int(workers or os.cpu_count() or 1)
         import torch
 
+        before = torch.get_num_threads()  # the caller's, given back after the block
         torch.set_num_threads(torch_threads(n))
         description = {"scheduler": "threads", "workers": n, "devices": [describe_device()]}
-        yield Backend(None, n, description=description)
+        try:
+            yield Backend(None, n, description=description)
+        finally:
+            torch.set_num_threads(before)
         return
     from distributed import Client
 

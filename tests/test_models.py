@@ -186,3 +186,15 @@ def test_a_flip_averaged_run_reports_its_four_passes(random_weights, small_sampl
     )
     assert averaged["model"] == "expensive-tta"
     assert averaged["gflops"] == pytest.approx(4 * plain["gflops"])
+
+
+def test_a_run_gives_back_the_callers_torch_threads(tmp_path, small_sample, random_weights):
+    """A threads run sets torch's threads so that dask threads x torch threads fit the
+    cores, for its duration only: what the caller does next (training, say) runs as before."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        matseg.segment(small_sample, tmp_path / "o.zarr", model="cheap", weights=random_weights, workers=2)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -1,11 +1,14 @@
 """Does augmentation help on real images? Train on some EMPS images, test on the others.
 
     python benchmarks/emps_augment.py [--model cheap] [--steps 300] [--out FILE.json]
+    python benchmarks/emps_augment.py --data ../shared/data/emps --augment none light data/augment-emps.yaml
 
 `data/emps/` holds eight separate 512 x 512 SEM/TEM images with particle/background labels.
 Two folds: train on the even-numbered images and test on the odd ones, then the other way
-round. Each fold trains the same net with the same seed and steps, once with `--augment none`
-and once with `strong`, and prints the held-out mIoU of each.
+round. Each fold trains the same net with the same seed and steps, once per `--augment`
+(default `none` and `strong`), and prints the held-out mIoU of each. With `--data` pointing
+at the full 48-image set (`../shared/data/emps`), the split is `benchmarks/emps_selector.py`'s:
+train on images 0-23, test on 36-47.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 from matseg.augment import load_augmentation
 from matseg.labelled import load_labelled
@@ -35,11 +39,14 @@ def main() -> None:
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--folds", type=int, choices=(1, 2), default=2, help="run only the first fold with 1")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--data", type=Path, default=EMPS, help="folder of image.tif and labels.tif")
     args = parser.parse_args()
-    image, labels = EMPS / "image.tif", EMPS / "labels.tif"
+    image, labels = args.data / "image.tif", args.data / "labels.tif"
+    n_images = len(tifffile.TiffFile(image).pages)
+    folds = FOLDS[: args.folds] if n_images == 8 else (tuple(range(24)),)
     results = {a: [] for a in args.augment}
-    for train_slices in FOLDS[: args.folds]:
-        test_slices = [i for i in range(8) if i not in train_slices]
+    for train_slices in folds:
+        test_slices = [i for i in range(8) if i not in train_slices] if n_images == 8 else list(range(36, 48))
         train_data, _ = load_labelled(image, labels, train_slices)
         test_data, _ = load_labelled(image, labels, test_slices)
         for name in args.augment:
@@ -60,14 +67,24 @@ def main() -> None:
                 for k in range(len(test_slices))
             ]
             results[name].append({"train": list(train_slices), "test": test_slices, "miou": per_image})
-            print(f"train {train_slices} test {test_slices} augment {name}: mIoU {np.mean(per_image):.4f}")
+            print(
+                f"train {len(train_slices)} images, test {test_slices} augment {name}: "
+                f"mIoU {np.mean(per_image):.4f}"
+            )
     print(f"{args.model}, {args.steps} steps, seed {args.seed}: mean held-out mIoU")
     for name, folds in results.items():
         print(f"  --augment {name:8} {np.mean([m for f in folds for m in f['miou']]):.4f}")
     if args.out:
         args.out.write_text(
             json.dumps(
-                {"model": args.model, "steps": args.steps, "patch": args.patch, "results": results}, indent=2
+                {
+                    "model": args.model,
+                    "steps": args.steps,
+                    "patch": args.patch,
+                    "seed": args.seed,
+                    "results": results,
+                },
+                indent=2,
             )
         )
 

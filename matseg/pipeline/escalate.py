@@ -30,7 +30,7 @@ from matseg.pipeline.audit_tasks import audit_gflops
 from matseg.pipeline.confidence import estimate_change
 from matseg.pipeline.job import Job
 from matseg.pipeline.resume import set_status
-from matseg.selector.plan import candidate_gflops, with_choice
+from matseg.selector.plan import with_choice
 
 
 def plan_escalation(
@@ -221,7 +221,7 @@ def audited_estimate(
         if decision and decision["moved_tiles"] and len(used) == 1:  # the audit chose one candidate
             out["every_tile"] = job.names[int(used[0])]
     if len(audit.cells):
-        with_fixed(out, job, audit, evidence, finish.read()["counts"], stats["gflops"])
+        with_fixed(out, job, plan, audit, evidence, finish.read()["counts"], stats["gflops"])
     return out
 
 
@@ -232,7 +232,7 @@ def predicted_estimate(
     reference's tiles counted from the cheap pass (``counts``), with the fixed candidates
     (:func:`with_fixed`; ``run_gflops``: what the run is expected to spend)."""
     out = _plan_estimate(job, audit, evidence, decision, counts[plan["choice"] == audit.reference].sum(0))
-    return with_fixed(out, job, audit, evidence, counts, run_gflops)
+    return with_fixed(out, job, plan, audit, evidence, counts, run_gflops)
 
 
 def _plan_estimate(job: Job, audit: AuditPlan, evidence, decision: dict | None, common) -> dict:
@@ -244,12 +244,12 @@ def _plan_estimate(job: Job, audit: AuditPlan, evidence, decision: dict | None, 
     )  # fmt: skip
 
 
-def with_fixed(estimate: dict, job: Job, audit: AuditPlan, evidence, counts, run_gflops) -> dict:
+def with_fixed(estimate: dict, job: Job, plan: dict, audit: AuditPlan, evidence, counts, run_gflops) -> dict:
     """``estimate`` with what each fixed candidate would give instead (``fixed``,
     :func:`fixed_estimates`) and, if one looks at least as accurate for fewer GFLOPs than the
     run's ``run_gflops``, its name (``better_fixed``): the plan says when a volume is better
     served by one candidate everywhere."""
-    fixed = fixed_estimates(job, audit, evidence, counts)
+    fixed = fixed_estimates(job, audit, evidence, counts, plan["candidate_gflops"])
     estimate["fixed"] = fixed
     estimate["run_gflops"] = run_gflops
     better = [
@@ -260,16 +260,18 @@ def with_fixed(estimate: dict, job: Job, audit: AuditPlan, evidence, counts, run
     return estimate
 
 
-def fixed_estimates(job: Job, audit: AuditPlan, evidence: np.ndarray, counts: np.ndarray) -> dict:
+def fixed_estimates(
+    job: Job, audit: AuditPlan, evidence: np.ndarray, counts: np.ndarray, per_tile: np.ndarray
+) -> dict:
     """What one measured candidate on every tile would have given instead of this run, as
     the audit estimates it: {name: change against the all-reference run, its 95 % interval,
     GFLOPs}. Every tile the selector did not send to the reference runs the candidate (as
     ``--model NAME`` would: no cheap pass, no audit, the candidate's own halo); the tiles it
     sent to the reference, which the audit does not see, keep the reference. ``counts``: each
-    tile's phase counts as the run finished them."""
+    tile's phase counts as the run finished them; ``per_tile``: each candidate's GFLOPs on each
+    tile on its own halo (the plan's ``candidate_gflops``)."""
     planned_reference = audit.tile_stratum < 0
     common = np.nan_to_num(counts[planned_reference]).sum(0)
-    per_tile = candidate_gflops(job.grid, job.context, job.names)
     kept = float(per_tile[planned_reference, audit.reference].sum())
     reference, strata = job.names[audit.reference], len(audit.population)
     out = {}

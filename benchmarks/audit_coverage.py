@@ -3,6 +3,7 @@ truth, the estimator's temperatures chosen on one set of volumes and its coverag
 another.
 
     python benchmarks/audit_coverage.py [--out docs/audit-coverage.json] [--work DIR] [--tolerance 0.01]
+        [--no-recalibrate] [--fixed-from docs/audit-coverage.json]
     python benchmarks/audit_coverage.py --analyse docs/audit-coverage.json
 
 Volumes (24 x 384 x 384): eight imaging kinds — the `train`, `test` and `wide` profiles and
@@ -70,7 +71,9 @@ def volumes() -> list[dict]:
     return rows
 
 
-def measure(row: dict, work: Path, earlier: dict | None = None, tolerance: float | None = None) -> dict:
+def measure(
+    row: dict, work: Path, earlier: dict | None = None, tolerance: float | None = None, recalibrate=True
+) -> dict:
     """Segment one volume every way; the default run's estimate at every temperature.
     ``earlier``: this volume's results from an earlier run, whose fixed candidates are kept
     (one model on every tile does not depend on the selector, the audit or the tolerance)."""
@@ -85,7 +88,9 @@ def measure(row: dict, work: Path, earlier: dict | None = None, tolerance: float
         report = matseg.segment(sample, work / "fixed.zarr", model=model, truth=sample, overwrite=True)
         out[model] = {"miou": report["metrics"]["miou"], "gflops": report["gflops"]}
     output = work / "auto.zarr"
-    report = matseg.segment(sample, output, truth=sample, overwrite=True, tolerance=tolerance)
+    report = matseg.segment(
+        sample, output, truth=sample, overwrite=True, tolerance=tolerance, recalibrate=recalibrate
+    )
     estimate = report["estimate"]
     out["auto"] = {"miou": report["metrics"]["miou"], "gflops": report["gflops"]}
     reference = estimate["reference"]
@@ -212,6 +217,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="keep the generated volumes here (reused)")
     parser.add_argument("--analyse", type=Path, help="only analyse the results in this JSON")
     parser.add_argument("--tolerance", type=float, help="segment with this --tolerance (default: off)")
+    parser.add_argument(
+        "--no-recalibrate", action="store_true", help="the selector's plan as it is (no recalibration)"
+    )
     parser.add_argument("--all-estimates", type=Path, help="write every temperature's estimates here")
     parser.add_argument(
         "--fixed-from",
@@ -231,7 +239,7 @@ def main() -> None:
             rows = []
             for row in volumes():
                 fixed = earlier.get((row["kind"], row["seed"]))
-                rows.append(measure(row, work, fixed, args.tolerance))
+                rows.append(measure(row, work, fixed, args.tolerance, not args.no_recalibrate))
                 print(f"{row['kind']} {row['seed']}: true {rows[-1]['true_change']:+.4f}", flush=True)
     summary = analyse(rows)
     summary["fixed"] = fixed_summary(rows)

@@ -164,11 +164,12 @@ def format_estimate(estimate: dict) -> str:
         f"{100 * estimate['audited_fraction']:.1f} % of the other cells audited "
         f"({estimate['audited_cells']})"
     )
-    if "tolerance" in estimate:
-        line += "\n" + " " * 13 + format_tolerance(estimate["tolerance"], estimate["moved_tiles"])
+    if "moved_tiles" in estimate:
+        rule = _rule(estimate.get("tolerance"), estimate.get("recalibrated_lambda"))
+        line += "\n" + " " * 13 + format_moves(rule, estimate["moved_tiles"])
         if "every_tile" in estimate:
             line += f": every tile now runs {estimate['every_tile']}"
-        if not estimate["within_tolerance"]:
+        if not estimate.get("within_tolerance", True):
             reach = f"−{estimate['tolerance']:g}"
             line += f"; the interval still reaches below {reach} (a budget, or the estimate moved)"
     if "better_fixed" in estimate:
@@ -188,16 +189,20 @@ def format_better_fixed(estimate: dict) -> str:
     )
 
 
-def _tolerance_of(decision: dict) -> str:
-    return format_tolerance(decision["tolerance"], decision["moved_tiles"])
+def _decision_of(decision: dict) -> str:
+    return format_moves(_rule(decision["tolerance"], decision.get("lambda")), decision["moved_tiles"])
 
 
-def format_tolerance(tolerance: float, moved: dict) -> str:
-    """What the tolerance did to the selector's plan, in words."""
+def _rule(tolerance: float | None, lam: float | None) -> str:
+    return f"tolerance {tolerance:g}" if tolerance is not None else f"recalibrated at λ {lam:g}"
+
+
+def format_moves(rule: str, moved: dict) -> str:
+    """What the audit's decision (``rule``: by a tolerance or by λ) did to the selector's plan."""
     if not moved:
-        return f"tolerance {tolerance:g}: the audit kept the selector's plan"
+        return f"{rule}: the audit kept the selector's plan"
     steps = ", ".join(f"{step.replace('->', ' → ')} {n}" for step, n in moved.items())
-    return f"tolerance {tolerance:g}: the audit moved tiles {steps}"
+    return f"{rule}: the audit moved tiles {steps}"
 
 
 def _audit_share(report: dict) -> str:
@@ -251,7 +256,7 @@ def format_dry_run(report: dict) -> str:
             f"  GFLOPs     {e['gflops']:,.1f} expected "
             f"({report['cheap_pass_gflops']:,.1f} spent on the cheap pass, "
             f"{e['audit_gflops']:,.1f} on the audit)",
-            *([f"  audit      {_tolerance_of(e['escalation'])}"] if "escalation" in e else []),
+            *([f"  audit      {_decision_of(e['escalation'])}"] if "escalation" in e else []),
             *([f"  estimate   {format_estimate(e['estimate'])}"] if "estimate" in e else []),
             f"  time       ~{e['seconds']:.1f} s more for the costlier candidates and blending",
             f"  memory     ~{e['peak_rss_mb']:,.0f} MB peak",

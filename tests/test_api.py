@@ -52,7 +52,7 @@ def test_progress_sees_every_stage_end_with_done_equal_to_total(uninterrupted):
     last = {stage: (done, total) for stage, done, total in seen}
     assert all(done == total for done, total in last.values()), last
     assert last["cheap pass"] == (report["tiles"], report["tiles"]) == (16, 16)
-    assert last["costlier candidates"][1] == len(zarr.open_group(str(uninterrupted[0]))["selector/choice"][:])
+    assert last["costlier candidates"][1] == report["run"]["computed_tiles"]["candidates"] > 0
     for stage in stages:  # counts only go up within a stage
         dones = [done for s, done, _ in seen if s == stage]
         assert dones == sorted(dones)

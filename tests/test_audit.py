@@ -4,6 +4,7 @@ the report's estimate of the change against an all-reference run."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -190,11 +191,76 @@ def test_a_dry_run_expects_what_the_tolerance_will_spend(volume, tmp_path):
     assert abs(real["gflops"] - expected["gflops"]) <= 0.02 * real["gflops"]
 
 
-def test_tolerance_off_keeps_the_plan(volume, tmp_path):
+def test_no_recalibration_keeps_the_selectors_plan(volume, tmp_path):
     out = tmp_path / "o.zarr"
-    main(["segment", str(volume), "-o", str(out), "--lambda", "1", "--tolerance", "off"])
+    main(
+        ["segment", str(volume), "-o", str(out), "--lambda", "0.5", "--tolerance", "off", "--no-recalibrate"]
+    )
     report = json.loads((out / "matseg-report.json").read_text())
-    assert "tolerance" not in report["estimate"] and report["decisions"]["cheap"] == report["tiles"]
+    assert "tolerance" not in report["estimate"] and "moved_tiles" not in report["estimate"]
+    root = zarr.open_group(str(out), mode="r")
+    assert root.attrs["matseg"]["escalation"] is None
+    chosen = np.bincount(root["selector/choice"][:], minlength=len(report["candidates"]))
+    assert {n: c for n, c in report["decisions"].items() if c} == {
+        n: int(c) for n, c in zip(report["candidates"], chosen) if c
+    }
+
+
+def test_the_recalibration_takes_the_moves_the_audit_finds_worth_their_cost():
+    """The selector's trade-off with the audit's gains, three candidates (cheap, medium, the
+    reference): at a small λ the cheap stratum that loses half a phase goes to medium (as right
+    as the reference, for less), the cheap one that loses nothing stays, and a medium stratum
+    that gains nothing over cheap comes down; at λ = 1 only the cost counts."""
+    from matseg.pipeline.escalate import plan_recalibration
+
+    good = np.diag([300.0, 300.0, 300.0])
+    bad = good.copy()
+    bad[0, 0], bad[1, 0] = 150.0, 150.0
+    k = 3
+    stats = np.zeros((12, stats_width(k, 3)))
+    for h, cheap in enumerate((bad, good, good)):
+        conf = np.stack([cheap.ravel(), good.ravel(), good.ravel()])  # cheap, medium, reference
+        stats[4 * h : 4 * h + 4, 1:] = np.tile(conf.ravel(), len(TEMPERATURES))
+    audit = replace(
+        _plan([0] * 4 + [1] * 4 + [2] * 4, [40, 40, 40]),
+        reference=2, stratum_choice=np.array([0, 0, 1]), measured=np.array([0, 1, 2]),
+    )  # fmt: skip
+
+    def cost_of(assigned):
+        return sum((1.0, 3.0, 10.0)[c] for c in assigned)
+
+    args = (audit, stats, np.zeros(3), ("a", "b", "c"), "e")
+    assigned, predicted = plan_recalibration(*args, 0.05, cost_of, 30.0)
+    assert assigned == [1, 0, 0] and predicted["delta_miou"] == pytest.approx(0.0, abs=1e-12)
+    assert plan_recalibration(*args, 1.0, cost_of, 30.0)[0] == [0, 0, 0]
+    capped, _ = plan_recalibration(*args, 0.05, cost_of, 30.0, fits=lambda a: a[0] == 0)
+    assert capped == [0, 0, 0]  # a budget that forbids the move up: the saving is still taken
+
+
+def test_the_default_run_recalibrates_and_says_how_far(volume, tmp_path):
+    """By default the audit re-chooses the plan at the selector's λ: the decision is stored,
+    the report and the summary say what moved, a dry run expects what the run then spends,
+    and the moves are exactly the difference from the selector's own plan."""
+    out = tmp_path / "d.zarr"
+    dry = matseg.segment(volume, out, dry_run=True, lam=0.1, tile=(8, 96, 96))
+    report = matseg.segment(volume, out, lam=0.1, tile=(8, 96, 96), truth=volume)
+    estimate = report["estimate"]
+    assert estimate["recalibrated_lambda"] == 0.1 and "tolerance" not in estimate
+    assert dry["expected"]["escalation"]["moved_tiles"] == estimate["moved_tiles"]
+    assert abs(report["gflops"] - dry["expected"]["gflops"]) <= 0.02 * report["gflops"]
+    root = zarr.open_group(str(out), mode="r")
+    names = report["candidates"]
+    counts = dict.fromkeys(names, 0)
+    for c in root["selector/choice"][:]:
+        counts[names[c]] += 1
+    for step, n in estimate["moved_tiles"].items():
+        was, now = step.split("->")
+        counts[was], counts[now] = counts[was] - n, counts[now] + n
+    assert {n: c for n, c in counts.items() if c} == {n: c for n, c in report["decisions"].items() if c}
+    assert root.attrs["matseg"]["escalation"]["lambda"] == 0.1
+    from matseg.console import format_estimate
+
+    assert "recalibrated at λ 0.1" in format_estimate(estimate)
 
 
 def test_the_summary_says_what_the_tolerance_did():

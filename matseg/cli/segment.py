@@ -144,7 +144,15 @@ def sample(output, shape, seed, config_path, profile, overwrite, voxel_size_text
     show_default=True,
     help="With --model auto, e.g. 0.01: the most mIoU the run may lose against an all-reference run, "
     "at 95 %% confidence. Where the audit's interval reaches lower, strata of tiles move to costlier "
-    "candidates until it does not. 'off': the selector's plan stands whatever the audit finds.",
+    "candidates until it does not. 'off': --recalibrate decides.",
+)
+@click.option(
+    "--recalibrate/--no-recalibrate",
+    default=True,
+    show_default=True,
+    help="With --model auto, an audit, λ and no --tolerance: each stratum of tiles takes the candidate "
+    "the selector's own λ trade-off picks with the gains the audit measured on this volume instead of "
+    "the ones the policy predicted. --no-recalibrate: the selector's plan stands whatever the audit finds.",
 )
 @voxel_size_options
 @verbosity_options
@@ -168,6 +176,7 @@ def segment(
     audit_fraction,
     reference,
     tolerance_text,
+    recalibrate,
     voxel_size_text,
     unit,
     **cluster,
@@ -212,6 +221,7 @@ def segment(
         audit_fraction=audit_fraction,
         reference=reference,
         tolerance=tolerance_of(tolerance_text),
+        recalibrate=recalibrate,
     )
     voxel_size = voxel_size_of(voxel_size_text, unit)
     bars = StageBars(not no_bars and not click.get_current_context().meta.get("matseg.quiet"))

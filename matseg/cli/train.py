@@ -58,12 +58,13 @@ from matseg.console import format_evaluation
 @click.option("--init", type=click.Path(file_okay=False), help="Fine-tune from this weights folder.")
 @click.option(
     "--augment",
-    default="none",
+    default="light",
     show_default=True,
     metavar="none|light|strong|FILE.yaml",
     help="Imaging augmentation of the IMAGES' patches (blur, noise, shading, curtaining, contrast, "
     "...; docs/models.md); "
-    "'none' keeps only flips, rotations and a linear intensity jitter.",
+    "'none' keeps only flips, rotations and a linear intensity jitter (the bundled weights' "
+    "training). Not applied by --from-corrections.",
 )
 @click.option(
     "--from-corrections",

@@ -1,5 +1,7 @@
-"""The accuracy tolerance: after the audit, the plan moves strata of tiles to other
-candidates where the volume's own evidence says the run would lose too much.
+"""After the audit, the plan moves strata of tiles to other candidates by the volume's own
+evidence: by default to maximise the selector's own λ trade-off with the gains the audit
+measured (:func:`plan_recalibration`), or, with an accuracy tolerance, until the run's
+interval keeps it (:func:`plan_escalation`).
 
 The audit (:mod:`matseg.pipeline.audit`) runs after the selector's plan and before the
 costlier candidates. Its cells are drawn by stratum — the tile's candidate crossed with a
@@ -103,6 +105,60 @@ def plan_escalation(
     return assigned, current
 
 
+def plan_recalibration(
+    audit: AuditPlan,
+    evidence: np.ndarray,
+    common: np.ndarray,
+    phases: Sequence[str],
+    reference: str,
+    lam: float,
+    cost_of: Callable[[list[int]], float],
+    scale: float,
+    fits: Callable[[list[int]], bool] = lambda assigned: True,
+    seed: int = 0,
+) -> tuple[list[int], dict]:
+    """The candidate for each stratum's tiles by the selector's own trade-off, with the gains
+    this volume's audit measured in place of the ones the policy predicted.
+
+    The policy was trained to maximise ``(1 - λ) ΔIoU - λ GFLOPs / max GFLOPs`` per tile; here
+    the same objective is taken over the whole plan, ``ΔIoU`` being the audit's point estimate
+    of the run's change against the all-reference run and ``scale`` the GFLOPs of the costliest
+    candidate on every tile. From the selector's choice, the one-stratum move that raises the
+    objective most is taken until none does: where the cheap answer is confidently wrong the
+    audit sees the loss and the stratum moves up; where a costlier candidate gains nothing it
+    moves down. The other arguments are as :func:`plan_escalation` takes them.
+    """
+
+    def predicted(assigned) -> dict:
+        return estimate_change(audit, evidence, common, phases, reference, seed=seed, assigned=assigned)
+
+    def value(estimate: dict, assigned) -> float:
+        return (1 - lam) * estimate["delta_miou"] - lam * cost_of(assigned) / scale
+
+    assigned = [int(c) for c in audit.stratum_choice]
+    current = predicted(assigned)
+    score = value(current, assigned)
+    while True:
+        best = None
+        for h in range(len(assigned)):
+            for c in audit.allowed(h):
+                moved = [*assigned[:h], c, *assigned[h + 1 :]]
+                if c == assigned[h] or not fits(moved):
+                    continue
+                estimate = predicted(moved)
+                if value(estimate, moved) > score + 1e-9:
+                    best, score, found = moved, value(estimate, moved), estimate
+        if best is None:
+            return assigned, current
+        assigned, current = best, found
+
+
+def recalibrates(settings, plan: dict) -> bool:
+    """Whether the audit re-chooses the plan by λ: a selector run by λ (not by a budget) with
+    recalibration on and no tolerance (which decides instead)."""
+    return settings.recalibrate and settings.tolerance is None and plan["lambda"] is not None
+
+
 def decide(
     job: Job,
     root: zarr.Group,
@@ -112,9 +168,10 @@ def decide(
     counts: np.ndarray,
     spent: float,
 ) -> dict:
-    """The tolerance's decision on this volume, stored in the output's attributes: the
-    candidate of each stratum, the interval that predicts, the tiles moved and the GFLOPs
-    that adds (negative: saves).
+    """The audit's decision on this volume — by the tolerance (:func:`plan_escalation`) or,
+    without one, by the selector's λ (:func:`plan_recalibration`) — stored in the output's
+    attributes: the candidate of each stratum, the interval that predicts, the tiles moved
+    and the GFLOPs that adds (negative: saves).
 
     ``counts``: each tile's phase counts in the cheap pass (the reference's tiles have not run
     yet: their counts, which weigh both runs alike, are taken from it); ``spent``: the GFLOPs
@@ -145,9 +202,17 @@ def decide(
         return True
 
     reference, settings = job.names[audit.reference], job.settings
-    assigned, predicted = plan_escalation(
-        audit, evidence, common, job.phases, reference, settings.tolerance, cost_of, fits, settings.audit_seed
-    )
+    if settings.tolerance is not None:
+        assigned, predicted = plan_escalation(
+            audit, evidence, common, job.phases, reference, settings.tolerance, cost_of, fits,
+            settings.audit_seed,
+        )  # fmt: skip
+    else:
+        scale = float(plan["candidate_gflops"].max(axis=1).sum())
+        assigned, predicted = plan_recalibration(
+            audit, evidence, common, job.phases, reference, plan["lambda"], cost_of, scale, fits,
+            settings.audit_seed,
+        )  # fmt: skip
     moved: dict[str, int] = {}
     for h, (was, now) in enumerate(zip(audit.stratum_choice, assigned)):
         if was != now:
@@ -155,6 +220,7 @@ def decide(
             moved[step] = moved.get(step, 0) + int((audit.tile_stratum == h).sum())
     decision = {
         "tolerance": settings.tolerance,
+        "lambda": None if settings.tolerance is not None else plan["lambda"],
         "assigned": [job.names[c] for c in assigned],
         "moved_tiles": moved,
         "predicted_ci95": predicted["ci95"],
@@ -215,6 +281,9 @@ def audited_estimate(
     if tolerance is not None:
         out["tolerance"] = tolerance
         out["within_tolerance"] = bool(out["ci95"][0] >= -tolerance)
+    elif decision:
+        out["recalibrated_lambda"] = decision["lambda"]
+    if tolerance is not None or decision:
         out["moved_tiles"] = decision["moved_tiles"] if decision else {}
         out["moved_gflops"] = decision["added_gflops"] if decision else 0.0
         used = np.unique(plan["choice"])

@@ -166,6 +166,7 @@ def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | No
             "reference": settings.reference,
             "seed": settings.audit_seed,
             "tolerance": settings.tolerance,
+            "recalibrate": settings.recalibrate,
         }
     cheap_identity = None  # what a cheap pass depends on: the run's settings but λ, budget, costlier weights
     if selector is not None:

@@ -39,6 +39,7 @@ from matseg.pipeline.escalate import (
     decide,
     dropped_strata,
     predicted_estimate,
+    recalibrates,
 )
 from matseg.pipeline.estimate import dry_run_report, estimate
 from matseg.pipeline.job import Job, prepare
@@ -245,7 +246,7 @@ def _run(
             done_now.update(idx for _, idx in remaining)
             found = audit_evidence(audit, records, len(job.phases), len(job.names))
             decision = root.attrs["matseg"].get("escalation")
-            if decision is None and settings.tolerance is not None:
+            if decision is None and (settings.tolerance is not None or recalibrates(settings, plan)):
                 decision = decide(job, root, plan, audit, found, cheap["counts"], spent + found[:, 0].sum())
             plan = apply(plan, decision, audit, job)
         previous = set(map(tuple, root.attrs["matseg"].get("previous", [])))

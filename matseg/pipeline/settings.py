@@ -61,7 +61,13 @@ class Settings:
         at 95 % confidence. Where the audit's interval reaches below ``-tolerance``, strata of
         tiles move to costlier candidates until it no longer does, then to cheaper ones while
         it stays within (:mod:`matseg.pipeline.escalate`); a budget caps this too. None (the
-        default): the selector's plan stands whatever the audit finds.
+        default): the audit recalibrates the plan instead (``recalibrate``).
+    recalibrate : bool
+        With ``auto``, an audit, λ and no tolerance (the default): each stratum of tiles takes
+        the candidate that the selector's own trade-off picks when the gains are the ones the
+        audit measured on this volume, not the ones the policy predicted
+        (:func:`matseg.pipeline.escalate.plan_recalibration`). False: the selector's plan stands
+        whatever the audit finds.
 
     Examples
     --------
@@ -82,6 +88,7 @@ class Settings:
     reference: str = "expensive"
     audit_seed: int = 0
     tolerance: float | None = DEFAULT_TOLERANCE
+    recalibrate: bool = True
 
     def __post_init__(self) -> None:
         if self.tile is not None:

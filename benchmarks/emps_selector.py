@@ -7,9 +7,11 @@ and its audit scored on the rest (two phases, 2-D images).
 The 48 EMPS images (SEM/TEM, particle vs background, MIT licence, `SOURCE.md` beside them)
 are split in stack order: images 0-23 train the three segmenters (`matseg.train`, no
 augmentation), 24-35 train the selector (`matseg.train_selector`), 36-47 are held out. Each
-held-out image is one 2-D volume: segmented by the default command (selector with its audit)
-and by each candidate alone, all scored against its labels. Per image: the default's mIoU and
-GFLOPs against all-expensive, the audit's estimate and interval against the true change, the
+held-out image is one 2-D volume: segmented by the default command (selector with its audit
+against the candidate the selector found most accurate on its training tiles) and by each
+candidate alone, all scored against its labels. Per image: the default's mIoU and GFLOPs
+against all-expensive, the audit's estimate and interval against the true change (against the
+all-reference run), the
 fixed candidates that dominate the default (as many GFLOPs or fewer, higher mIoU) and the one
 the audit names (`better_fixed`).
 """
@@ -90,7 +92,9 @@ def main() -> None:
         estimate = report["estimate"]
         row["auto"] = {"miou": report["metrics"]["miou"], "gflops": report["gflops"]}
         row["decisions"] = report["decisions"]
-        row["true_change"] = report["metrics"]["miou"] - row["expensive"]["miou"]
+        row["reference"] = estimate.get("reference")  # the selector's most accurate candidate
+        row["true_change"] = report["metrics"]["miou"] - row[row["reference"] or "expensive"]["miou"]
+        row["vs_expensive"] = report["metrics"]["miou"] - row["expensive"]["miou"]
         row["estimate"] = [estimate.get("delta_miou"), *estimate.get("ci95", [None, None])]
         row["audited_cells"] = estimate.get("audited_cells")
         row["better_fixed"] = estimate.get("better_fixed")
@@ -106,7 +110,8 @@ def main() -> None:
             f"image {i}: auto {row['auto']['miou']:.4f} at {100 * share:.1f} %, expensive "
             f"{row['expensive']['miou']:.4f}, medium {row['medium']['miou']:.4f}, "
             f"cheap {row['cheap']['miou']:.4f}; "
-            f"true {row['true_change']:+.4f}, estimate {point:+.4f} ({low:+.4f} … {high:+.4f}); "
+            f"vs all-expensive {row['vs_expensive']:+.4f}; vs all-{row['reference']} true "
+            f"{row['true_change']:+.4f}, estimate {point:+.4f} ({low:+.4f} … {high:+.4f}); "
             f"dominated by {row['dominated_by'] or '-'}, audit names {row['better_fixed'] or '-'}",
             flush=True,
         )
@@ -117,7 +122,8 @@ def main() -> None:
     ]
     summary = {
         "images": len(rows),
-        "within_0.01": sum(r["true_change"] >= -0.01 for r in rows),
+        "within_0.01": sum(r["vs_expensive"] >= -0.01 for r in rows),
+        "within_0.01_of_reference": sum(r["true_change"] >= -0.01 for r in rows),
         "dominated": sum(bool(r["dominated_by"]) for r in rows),
         "covered": len(inside),
         "median_width": float(np.median([r["estimate"][2] - r["estimate"][1] for r in rows])),

@@ -343,3 +343,25 @@ def test_the_summary_names_the_fixed_candidate_the_audit_prefers():
     )
     estimate.pop("better_fixed")
     assert len(format_estimate(estimate).splitlines()) == 1
+
+
+def test_the_default_reference_is_the_candidate_the_selector_found_most_accurate(volume, tmp_path):
+    """A selector trained on a lab's data where the classical candidate scored best (EMPS)
+    audits against it; the bundled one against expensive; --reference still chooses."""
+    import shutil
+
+    from matseg.models.store import default_weights_dir
+
+    weights = tmp_path / "weights"
+    shutil.copytree(default_weights_dir(), weights)
+    manifest = json.loads((weights / "manifest.json").read_text())
+    scores = manifest["selector"]["mean_tile_iou"]
+    assert max((n for n in scores if n != "cheap"), key=scores.get) == "expensive"
+    manifest["selector"]["mean_tile_iou"] = {**scores, "classical": 0.99}
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    lab = matseg.segment(volume, tmp_path / "lab.zarr", weights=weights, lam=0.5)
+    assert lab["estimate"]["reference"] == "classical"
+    chosen = matseg.segment(volume, tmp_path / "chosen.zarr", weights=weights, lam=0.5, reference="medium")
+    assert chosen["estimate"]["reference"] == "medium"
+    bundled = matseg.segment(volume, tmp_path / "bundled.zarr", lam=0.5)
+    assert bundled["estimate"]["reference"] == "expensive"

@@ -107,6 +107,8 @@ def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | No
     models = {m: load_segmenter(m, weights) for m in sorted(needed)}
     if selector is not None:
         check_pairing(selector, models)
+        if settings.reference is None:
+            settings = replace(settings, reference=selector.most_accurate())
         if settings.audit_fraction > 0 and settings.reference not in names:
             raise MatsegError(
                 f"--reference {settings.reference} is not one of the selector's candidates "

@@ -52,8 +52,11 @@ class Settings:
         that the reference also runs on, drawn at random by stratum (:mod:`matseg.pipeline.audit`);
         its answer is kept there, and what it finds gives the report's ``estimate`` of how far
         the run's mIoU falls below an all-reference run's, with a 95 % interval. 0 turns it off.
-    reference : str
-        The candidate the audit measures against: the most accurate one, ``expensive`` by default.
+    reference : str, optional
+        The candidate the audit measures against: the most accurate one. Default: the one that
+        scored best on the selector's own labelled training tiles (its record's
+        ``mean_tile_iou``; ``expensive`` for the bundled weights, the classical candidate for a
+        selector trained on the EMPS micrographs), ``expensive`` if it records none.
     audit_seed : int
         The seed of the audit's draw of cells (the same seed, the same cells).
     tolerance : float or None
@@ -85,7 +88,7 @@ class Settings:
     batch_tiles: int = 1
     phases: tuple[str, ...] | None = None
     audit_fraction: float = 0.03
-    reference: str = "expensive"
+    reference: str | None = None
     audit_seed: int = 0
     tolerance: float | None = DEFAULT_TOLERANCE
     recalibrate: bool = True
@@ -103,7 +106,7 @@ class Settings:
         _check_options(self.model, self.lam, self.budget_gflops, self.max_expensive_fraction)
         check_number("--audit-fraction", self.audit_fraction, low=0.0, high=1.0)
         check_number("--tolerance", self.tolerance, low=0.0, high=1.0)
-        if self.reference not in CANDIDATES or self.reference == "cheap":
+        if self.reference is not None and (self.reference not in CANDIDATES or self.reference == "cheap"):
             others = ", ".join(n for n in CANDIDATES if n != "cheap")
             raise MatsegError(f"--reference {self.reference}: choose one of {others}")
 

@@ -85,6 +85,15 @@ class Selector:
         per_tile = count_flops(net, net, torch.zeros(1, net.feature_mean.numel()), torch.zeros(1))
         return max(1, n_tiles) * per_tile / 1e9
 
+    def most_accurate(self) -> str:
+        """The candidate, cheap aside, with the best mean tile IoU on the selector's training
+        tiles (``expensive`` when the record has none): the audit's default reference."""
+        scores = self.record.get("mean_tile_iou") or {}
+        costlier = [n for n in self.candidates[1:] if n in scores]
+        if not costlier:
+            return "expensive" if "expensive" in self.candidates else self.candidates[-1]
+        return max(costlier, key=lambda n: scores[n])
+
     @property
     def default_lambda(self) -> float:
         """The λ chosen at training time (see ``matseg train-selector``)."""

@@ -118,10 +118,22 @@ def test_few_labelled_slices(tmp_path, small_sample):
 
 
 def test_phases_read_from_label_metadata(tmp_path, small_sample):
-    """A sample store names its phases in NGFF label metadata: no --phases needed."""
+    """A sample store names its phases in NGFF label metadata: no --phases needed. Training
+    re-images patches with the ``light`` augmentation unless told otherwise (the manifest says
+    which)."""
+    from matseg.augment import LIGHT
+
     code = run(["train", small_sample, *QUICK, "--steps", "3", "-o", tmp_path / "w"])
     assert code == 0
     assert load_segmenter("cheap", tmp_path / "w").phases == ("pore", "carbon-binder", "active")
+    training = json.loads((tmp_path / "w" / "manifest.json").read_text())["cheap"]["training"]
+    assert training["augment"] == LIGHT.to_dict()
+    assert (
+        run(["train", small_sample, *QUICK, "--steps", "3", "--augment", "none", "-o", tmp_path / "n"]) == 0
+    )
+    assert (
+        json.loads((tmp_path / "n" / "manifest.json").read_text())["cheap"]["training"]["augment"] == "none"
+    )
 
 
 def test_fine_tune_from_init_writes_new_folder(tmp_path, small_sample, random_weights):

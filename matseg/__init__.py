@@ -38,6 +38,9 @@ _API = {
     "finetune_from_corrections": "matseg.finetune",
     # microstructure metrics of a segmentation (``matseg measure``)
     "measure": "matseg.microstructure",
+    # a report's audit and fit in words, as the CLI summary prints them
+    "format_estimate": "matseg.console",
+    "describe_fit": "matseg.candidates.fit",
 }
 
 __all__ = ["__version__", "MatsegError", "Cancelled", *_API]

@@ -63,6 +63,17 @@ def cost_text(report: dict, weights: str | None = None) -> str:
     return text
 
 
+def audit_text(report: dict) -> str:
+    """A selector run's audit (its estimate against the all-reference run and what the audit
+    moved) and whether the volume fits the weights, as the command line's summary says them."""
+    lines = []
+    if "estimate" in report:
+        lines.append("estimate: " + matseg.format_estimate(report["estimate"]).replace("\n" + " " * 13, "\n"))
+    if report.get("fit"):
+        lines.append("fit: " + matseg.describe_fit(report["fit"]))
+    return "\n".join(lines)
+
+
 class SegmentPanel(TaskPanel, Container):
     """Pick an image, a model and a tile size; run :func:`matseg.segment` and open the result."""
 
@@ -84,7 +95,8 @@ class SegmentPanel(TaskPanel, Container):
         self.progress = ProgressBar(label="progress", value=0, min=0, max=100)
         self.status = Label(label="status", value="")
         self.cost = Label(label="cost", value="")
-        for label in (self.status, self.cost):
+        self.audit = Label(label="audit", value="")
+        for label in (self.status, self.cost, self.audit):
             label.native.setWordWrap(True)
         self.extend(
             [
@@ -100,6 +112,7 @@ class SegmentPanel(TaskPanel, Container):
                 self.progress,
                 self.status,
                 self.cost,
+                self.audit,
             ]
         )
         self.image.changed.connect(self._suggest_output)
@@ -207,6 +220,7 @@ class SegmentPanel(TaskPanel, Container):
             if layer.metadata["matseg"].get("role") == "phases":
                 layer.metadata["matseg"]["weights"] = str(weights.absolute()) if weights else None
         self.cost.value = cost_text(result.value, str(weights) if weights else None)
+        self.audit.value = audit_text(result.value)
         self.status.value = f"done: {output.name}"
         if self._on_result:
             self._on_result(layers)

@@ -284,3 +284,30 @@ def test_retrain_from_corrections_raises_iou(qtbot, viewer_and_widget, sample, w
     iou_before, iou_after = miou(before[slices], truth[slices]), miou(after[slices], truth[slices])
     print(f"mIoU on the corrected slices: {iou_before:.4f} -> {iou_after:.4f}")
     assert iou_after >= iou_before + 0.05
+
+
+def test_the_audit_line_says_the_estimate_the_moves_and_the_fit():
+    from matseg_napari._widget import audit_text
+
+    estimate = {
+        "delta_miou": -0.019, "ci95": [-0.029, -0.005], "audited_fraction": 0.03, "audited_cells": 62,
+        "reference": "expensive", "recalibrated_lambda": 0.1, "moved_tiles": {"cheap->medium": 2},
+        "every_tile": "medium",
+    }  # fmt: skip
+    fit = {
+        "fits": False,
+        "distance": 1.4,
+        "threshold": 1.0,
+        "advice": "start label-free with --model classical",
+    }
+    lines = audit_text({"estimate": estimate, "fit": fit}).splitlines()
+    assert lines[0] == (
+        "estimate: vs all-expensive: −0.019 mIoU (95 % −0.029 … −0.005), "
+        "3.0 % of the other cells audited (62)"
+    )
+    assert (
+        lines[1]
+        == "recalibrated at λ 0.1: the audit moved tiles cheap → medium 2: every tile now runs medium"
+    )
+    assert lines[2].startswith("fit: UNLIKE the weights' training data (distance 1.40 > 1)")
+    assert audit_text({"gflops": 1.0}) == ""  # one model on every tile: no audit

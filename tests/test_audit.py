@@ -365,3 +365,12 @@ def test_the_default_reference_is_the_candidate_the_selector_found_most_accurate
     assert chosen["estimate"]["reference"] == "medium"
     bundled = matseg.segment(volume, tmp_path / "bundled.zarr", lam=0.5)
     assert bundled["estimate"]["reference"] == "expensive"
+
+
+def test_the_point_estimate_alone_skips_the_bootstrap_and_equals_the_full_one():
+    good = np.diag([300.0, 300.0, 300.0])
+    bad = good.copy()
+    bad[0, 0], bad[1, 0] = 150.0, 150.0
+    args = (_plan([0] * 8, [20]), _evidence(bad, good, 8), np.zeros(3), ("a", "b", "c"), "expensive")
+    full, point = estimate_change(*args), estimate_change(*args, interval=False)
+    assert point["delta_miou"] == full["delta_miou"] < 0 and np.isnan(point["ci95"]).all()

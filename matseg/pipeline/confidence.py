@@ -50,6 +50,7 @@ def estimate_change(
     assigned: Sequence[int] | None = None,
     dropped: frozenset[int] = frozenset(),
     keep_audited: bool = True,
+    interval: bool = True,
 ) -> dict:
     """The report's ``estimate``: the change in mIoU against an all-reference run and the
     volume's phase fractions, each with a 95 % interval.
@@ -78,6 +79,9 @@ def estimate_change(
         Whether the drawn cells hold the reference's answer (a run with this audit) or the
         assigned candidate's (that plan run without an audit:
         :func:`matseg.pipeline.escalate.fixed_estimates`).
+    interval : bool
+        False: the point estimate alone (``ci95`` and the fractions' intervals are NaN), without
+        the bootstrap — what a search over many plans needs (its cost grows with the cells).
     """
     k, n_t = len(phases), len(TEMPERATURES)
     n = len(audit.cells)
@@ -112,19 +116,27 @@ def estimate_change(
         mine = np.flatnonzero(audit.stratum == h)
         run_h, ref_h = conf[mine, :, assigned[h]], conf[mine, :, ref]  # (cells, T, k*k)
         # the same draws whatever is assigned or dropped: estimates of two plans compare alike
-        draws = rng.multinomial(len(mine), np.full(len(mine), 1 / len(mine)), size=BOOTSTRAP)
+        draws = (
+            rng.multinomial(len(mine), np.full(len(mine), 1 / len(mine)), size=BOOTSTRAP)
+            if interval
+            else None
+        )
         if h in dropped:
             continue
         kept, rest = (1.0, (population - sampled) / sampled) if keep_audited else (0.0, population / sampled)
         final_p += kept * ref_h[:, point_t].sum(0) + rest * run_h[:, point_t].sum(0)
         allref_p += population / sampled * ref_h[:, point_t].sum(0)
+        if not interval:
+            continue
         run_s = np.einsum("bc,bcf->bf", draws, run_h[:, t_of].transpose(1, 0, 2))
         ref_s = np.einsum("bc,bcf->bf", draws, ref_h[:, t_of].transpose(1, 0, 2))
         final_b += kept * ref_s + rest * run_s
         allref_b += population / sampled * ref_s
-    delta_b = _miou(final_b, k) - _miou(allref_b, k)
     low, high = (1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2
-    fractions_b = _fractions(final_b, k)
+    if interval:
+        delta_b, fractions_b = _miou(final_b, k) - _miou(allref_b, k), _fractions(final_b, k)
+    else:
+        delta_b, fractions_b = np.full(2, np.nan), np.full((2, k), np.nan)
     fractions_p = _fractions(final_p[None], k)[0]
     eligible = int(audit.population.sum())
     return {

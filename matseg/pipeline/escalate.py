@@ -129,28 +129,26 @@ def plan_recalibration(
     moves down. The other arguments are as :func:`plan_escalation` takes them.
     """
 
-    def predicted(assigned) -> dict:
-        return estimate_change(audit, evidence, common, phases, reference, seed=seed, assigned=assigned)
-
-    def value(estimate: dict, assigned) -> float:
-        return (1 - lam) * estimate["delta_miou"] - lam * cost_of(assigned) / scale
+    def value(assigned) -> float:  # the point estimate only: the bootstrap is for the plan found
+        point = estimate_change(
+            audit, evidence, common, phases, reference, seed=seed, assigned=assigned, interval=False
+        )["delta_miou"]
+        return (1 - lam) * point - lam * cost_of(assigned) / scale
 
     assigned = [int(c) for c in audit.stratum_choice]
-    current = predicted(assigned)
-    score = value(current, assigned)
+    score = value(assigned)
     while True:
         best = None
         for h in range(len(assigned)):
             for c in audit.allowed(h):
                 moved = [*assigned[:h], c, *assigned[h + 1 :]]
-                if c == assigned[h] or not fits(moved):
-                    continue
-                estimate = predicted(moved)
-                if value(estimate, moved) > score + 1e-9:
-                    best, score, found = moved, value(estimate, moved), estimate
+                found = value(moved) if c != assigned[h] and fits(moved) else -math.inf
+                if found > score + 1e-9:
+                    best, score = moved, found
         if best is None:
-            return assigned, current
-        assigned, current = best, found
+            break
+        assigned = best
+    return assigned, estimate_change(audit, evidence, common, phases, reference, seed=seed, assigned=assigned)
 
 
 def recalibrates(settings, plan: dict) -> bool:

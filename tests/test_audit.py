@@ -235,6 +235,13 @@ def test_the_recalibration_takes_the_moves_the_audit_finds_worth_their_cost():
     assert plan_recalibration(*args, 1.0, cost_of, 30.0)[0] == [0, 0, 0]
     capped, _ = plan_recalibration(*args, 0.05, cost_of, 30.0, fits=lambda a: a[0] == 0)
     assert capped == [0, 0, 0]  # a budget that forbids the move up: the saving is still taken
+    # the policy, trained on labels, found cheap better than medium on the first stratum's
+    # tiles: the audit (agreement with the reference) may not reverse that
+    disagree = np.array([[0.0, -0.05, 0.01], [0.0, 0.02, 0.03], [0.0, 0.0, 0.0]])
+    kept, _ = plan_recalibration(*args, 0.05, cost_of, 30.0, predicted_gain=disagree)
+    assert kept == [2, 0, 0]  # the reference, which the policy too finds better than cheap
+    agree = np.array([[0.0, 0.05, 0.06], [0.0, 0.02, 0.03], [0.0, 0.0, 0.0]])
+    assert plan_recalibration(*args, 0.05, cost_of, 30.0, predicted_gain=agree)[0] == [1, 0, 0]
 
 
 def test_the_default_run_recalibrates_and_says_how_far(volume, tmp_path):

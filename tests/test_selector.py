@@ -153,12 +153,14 @@ def test_lambda_monotone_and_dry_run_reuses_the_cheap_pass(tmp_path, volume):
     out = tmp_path / "dry.zarr"
     spent = []
     for lam in (0.0, 0.01, 0.03, 0.1, 0.3, 1.0):
-        # the selector's own plans (a tolerance would add where the audit finds losses)
-        report = matseg.segment(volume, out, tile=TILE, lam=lam, dry_run=True, tolerance=None)
+        # the selector's own plans (the audit's recalibration or a tolerance would move them)
+        report = matseg.segment(
+            volume, out, tile=TILE, lam=lam, dry_run=True, tolerance=None, recalibrate=False
+        )
         spent.append(report["expected"]["gflops"])
     assert all(a >= b for a, b in zip(spent, spent[1:])), spent
     assert spent[0] > spent[-1], "lambda changed nothing"
-    real = matseg.segment(volume, out, tile=TILE, lam=0.0, tolerance=None)
+    real = matseg.segment(volume, out, tile=TILE, lam=0.0, tolerance=None, recalibrate=False)
     assert real["run"]["cheap_pass_reused"]
     assert abs(real["gflops"] - spent[0]) <= 0.25 * real["gflops"]
 
@@ -175,7 +177,9 @@ def test_budget_is_never_exceeded(tmp_path, volume):
 
 
 def test_selector_run_writes_decisions_gain_and_no_seams(tmp_path, volume):
-    auto = matseg.segment(volume, tmp_path / "auto.zarr", tile=TILE, lam=0.01, truth=volume)
+    auto = matseg.segment(
+        volume, tmp_path / "auto.zarr", tile=TILE, lam=0.01, truth=volume, recalibrate=False
+    )
     expensive = matseg.segment(volume, tmp_path / "exp.zarr", tile=TILE, model="expensive", truth=volume)
     root = zarr.open_group(str(tmp_path / "auto.zarr"), mode="r")
     decisions = root["labels/decisions/0"][:]
@@ -400,9 +404,13 @@ def test_cheap_pass_on_the_device_makes_the_same_plan(tmp_path, volume, monkeypa
     import matseg.pipeline.tasks as tasks
     from matseg.candidates.tile import cheap_pass
 
-    host = matseg.segment(volume, tmp_path / "host.zarr", tile=TILE, lam=0.05, tolerance=None)
+    host = matseg.segment(
+        volume, tmp_path / "host.zarr", tile=TILE, lam=0.05, tolerance=None, recalibrate=False
+    )
     monkeypatch.setattr(tasks, "cheap_pass", partial(cheap_pass, on_device=True))
-    device = matseg.segment(volume, tmp_path / "device.zarr", tile=TILE, lam=0.05, tolerance=None)
+    device = matseg.segment(
+        volume, tmp_path / "device.zarr", tile=TILE, lam=0.05, tolerance=None, recalibrate=False
+    )
     assert device["decisions"] == host["decisions"]
     assert sum(n > 0 for n in host["decisions"].values()) >= 3  # a plan with a mix to change
     a, b = (zarr.open_group(str(tmp_path / f"{n}.zarr"), mode="r") for n in ("host", "device"))

@@ -116,6 +116,7 @@ def plan_recalibration(
     scale: float,
     fits: Callable[[list[int]], bool] = lambda assigned: True,
     seed: int = 0,
+    predicted_gain: np.ndarray | None = None,
 ) -> tuple[list[int], dict]:
     """The candidate for each stratum's tiles by the selector's own trade-off, with the gains
     this volume's audit measured in place of the ones the policy predicted.
@@ -126,28 +127,47 @@ def plan_recalibration(
     candidate on every tile. From the selector's choice, the one-stratum move that raises the
     objective most is taken until none does: where the cheap answer is confidently wrong the
     audit sees the loss and the stratum moves up; where a costlier candidate gains nothing it
-    moves down. The other arguments are as :func:`plan_escalation` takes them.
+    moves down.
+
+    The audit measures agreement with the reference, not accuracy: it cannot see a candidate
+    that is *better* than the reference on some tiles, which the selector, trained on labels,
+    can. So with ``predicted_gain`` (strata x candidates: the policy's mean predicted IoU gain
+    over cheap on each stratum's tiles) a move is taken only where the audit finds the change
+    in accuracy the policy predicts in sign (any, where the policy predicts none): the audit
+    corrects how much a move is worth, not its direction. The other arguments are as
+    :func:`plan_escalation` takes them.
     """
 
-    def value(assigned) -> float:  # the point estimate only: the bootstrap is for the plan found
-        point = estimate_change(
+    def point(assigned) -> float:  # the point estimate only: the bootstrap is for the plan found
+        return estimate_change(
             audit, evidence, common, phases, reference, seed=seed, assigned=assigned, interval=False
         )["delta_miou"]
-        return (1 - lam) * point - lam * cost_of(assigned) / scale
+
+    def value(assigned, delta: float) -> float:
+        return (1 - lam) * delta - lam * cost_of(assigned) / scale
+
+    def agree(h: int, was: int, now: int, audited: float) -> bool:
+        if predicted_gain is None:
+            return True
+        predicted = predicted_gain[h, now] - predicted_gain[h, was]
+        return predicted == 0 or np.sign(predicted) == np.sign(audited)
 
     assigned = [int(c) for c in audit.stratum_choice]
-    score = value(assigned)
+    delta = point(assigned)
+    score = value(assigned, delta)
     while True:
         best = None
         for h in range(len(assigned)):
             for c in audit.allowed(h):
                 moved = [*assigned[:h], c, *assigned[h + 1 :]]
-                found = value(moved) if c != assigned[h] and fits(moved) else -math.inf
-                if found > score + 1e-9:
-                    best, score = moved, found
+                if c == assigned[h] or not fits(moved):
+                    continue
+                found = point(moved)
+                if value(moved, found) > score + 1e-9 and agree(h, assigned[h], c, found - delta):
+                    best, score, best_delta = moved, value(moved, found), found
         if best is None:
             break
-        assigned = best
+        assigned, delta = best, best_delta
     return assigned, estimate_change(audit, evidence, common, phases, reference, seed=seed, assigned=assigned)
 
 
@@ -207,9 +227,11 @@ def decide(
         )  # fmt: skip
     else:
         scale = float(plan["candidate_gflops"].max(axis=1).sum())
+        strata = range(len(audit.population))
+        gain = np.array([plan["gain"][audit.tile_stratum == h].mean(axis=0) for h in strata])
         assigned, predicted = plan_recalibration(
             audit, evidence, common, job.phases, reference, plan["lambda"], cost_of, scale, fits,
-            settings.audit_seed,
+            settings.audit_seed, gain,
         )  # fmt: skip
     moved: dict[str, int] = {}
     for h, (was, now) in enumerate(zip(audit.stratum_choice, assigned)):

@@ -74,6 +74,17 @@ def audit_text(report: dict) -> str:
     return "\n".join(lines)
 
 
+def fit_height(label: Label) -> None:
+    """Make a word-wrapped label tall enough for all its lines (a dock's layout gives a label
+    only the height of its text unwrapped)."""
+    from qtpy.QtCore import QRect, Qt
+
+    native = label.native  # a QLabel
+    width = max(native.width(), 200)
+    box = native.fontMetrics().boundingRect(QRect(0, 0, width, 10_000), Qt.TextWordWrap, label.value)
+    native.setMinimumHeight(box.height() + 4)
+
+
 class SegmentPanel(TaskPanel, Container):
     """Pick an image, a model and a tile size; run :func:`matseg.segment` and open the result."""
 
@@ -221,6 +232,7 @@ class SegmentPanel(TaskPanel, Container):
                 layer.metadata["matseg"]["weights"] = str(weights.absolute()) if weights else None
         self.cost.value = cost_text(result.value, str(weights) if weights else None)
         self.audit.value = audit_text(result.value)
+        fit_height(self.audit)
         self.status.value = f"done: {output.name}"
         if self._on_result:
             self._on_result(layers)

@@ -35,6 +35,17 @@ from matseg.pipeline.resume import set_status
 from matseg.selector.plan import with_choice
 
 
+def _moves(audit: AuditPlan, assigned: list[int], fits: Callable[[list[int]], bool]):
+    """Every plan one stratum's move away from ``assigned``, to a candidate the audit has
+    evidence for, that ``fits``: (stratum, candidate, plan)."""
+    for h in range(len(assigned)):
+        for c in audit.allowed(h):
+            if c != assigned[h]:
+                moved = [*assigned[:h], c, *assigned[h + 1 :]]
+                if fits(moved):
+                    yield h, c, moved
+
+
 def plan_escalation(
     audit: AuditPlan,
     evidence: np.ndarray,
@@ -70,19 +81,11 @@ def plan_escalation(
     def predicted(assigned) -> dict:
         return estimate_change(audit, evidence, common, phases, reference, seed=seed, assigned=assigned)
 
-    def moves(assigned):
-        for h in range(len(assigned)):
-            for c in audit.allowed(h):
-                if c != assigned[h]:
-                    moved = [*assigned[:h], c, *assigned[h + 1 :]]
-                    if fits(moved):
-                        yield moved
-
     assigned = [int(c) for c in audit.stratum_choice]
     current, cost = predicted(assigned), cost_of(assigned)
     while current["ci95"][0] < -tolerance:
         best, score = None, 0.0
-        for moved in moves(assigned):
+        for _, _, moved in _moves(audit, assigned, fits):
             estimate, extra = predicted(moved), cost_of(moved) - cost
             gain = estimate["ci95"][0] - current["ci95"][0]
             value = gain / extra if extra > 0 else (math.inf if gain > 0 else -math.inf)
@@ -93,7 +96,7 @@ def plan_escalation(
         assigned, current, cost = best, found, cost_of(best)
     while current["ci95"][0] >= -tolerance:
         best, saved = None, 0.0
-        for moved in moves(assigned):
+        for _, _, moved in _moves(audit, assigned, fits):
             less = cost - cost_of(moved)
             if less > saved:
                 estimate = predicted(moved)
@@ -157,14 +160,11 @@ def plan_recalibration(
     score = value(assigned, delta)
     while True:
         best = None
-        for h in range(len(assigned)):
-            for c in audit.allowed(h):
-                moved = [*assigned[:h], c, *assigned[h + 1 :]]
-                if c == assigned[h] or not fits(moved):
-                    continue
-                found = point(moved)
-                if value(moved, found) > score + 1e-9 and agree(h, assigned[h], c, found - delta):
-                    best, score, best_delta = moved, value(moved, found), found
+        for h, c, moved in _moves(audit, assigned, fits):
+            found = point(moved)
+            moved_score = value(moved, found)
+            if moved_score > score + 1e-9 and agree(h, assigned[h], c, found - delta):
+                best, score, best_delta = moved, moved_score, found
         if best is None:
             break
         assigned, delta = best, best_delta

@@ -68,7 +68,8 @@ def audit_text(report: dict) -> str:
     moved) and whether the volume fits the weights, as the command line's summary says them."""
     lines = []
     if "estimate" in report:
-        lines.append("estimate: " + matseg.format_estimate(report["estimate"]).replace("\n" + " " * 13, "\n"))
+        summary = matseg.format_estimate(report["estimate"])  # indented for the terminal
+        lines.append("estimate: " + "\n".join(line.strip() for line in summary.splitlines()))
     if report.get("fit"):
         lines.append("fit: " + matseg.describe_fit(report["fit"]))
     return "\n".join(lines)

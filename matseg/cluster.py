@@ -186,7 +186,9 @@ class Backend:
         from distributed import as_completed
 
         try:
-            for _ in as_completed(futures):
+            for future in as_completed(futures):
+                if future.status == "error":  # the first failed task stops the run (no waiting
+                    future.result()  # for the others, nor for workers that may never come back)
                 advance(1)
         except BaseException:
             self.client.cancel(futures)

@@ -13,6 +13,8 @@ from matseg.errors import MatsegError
 from matseg.malloc import MALLOC_SETTINGS
 from matseg.slurm import quiet_refused_submissions
 
+# how long tasks wait when a local cluster has no worker left before they fail
+NO_WORKERS_TIMEOUT = "60s"
 # worker resources of the two pools: the cheap pass and blending, the costlier candidates
 CHEAP, COSTLY = "cheap", "costly"
 # The environment of worker processes: the same malloc settings (distributed's default
@@ -27,11 +29,13 @@ WORKER_ENVIRON = {
 
 
 def _worker_died(record: logging.LogRecord) -> bool:
-    return "workers died while trying to run it" not in record.getMessage()
+    message = record.getMessage()
+    return not ("workers died while trying to run it" in message or "without any running workers" in message)
 
 
 def _quiet_dead_workers() -> None:
-    """Drop the scheduler's error for a task whose workers kept dying: the command says it in one line."""
+    """Drop the scheduler's errors for a task whose workers kept dying, or that no worker was
+    left to run: the command says it in one line."""
     if _worker_died not in logging.getLogger("distributed.scheduler").filters:
         logging.getLogger("distributed.scheduler").addFilter(_worker_died)
 
@@ -44,7 +48,13 @@ def local_cluster(spec):
     _quiet_dead_workers()
 
     threads = spec.threads or 1
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRON}):
+    settings = {
+        "distributed.nanny.pre-spawn-environ": WORKER_ENVIRON,
+        # a worker killed while its nanny is still starting is not restarted: without this the
+        # tasks would wait for a worker forever instead of failing
+        "distributed.scheduler.no-workers-timeout": NO_WORKERS_TIMEOUT,
+    }
+    with dask.config.set(settings):
         cluster = LocalCluster(
             n_workers=0,
             threads_per_worker=threads,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -176,6 +177,60 @@ def test_shared_results_run_once_for_concurrent_batches_and_free_after_the_last_
         for future in (first, second):
             with pytest.raises(ValueError, match="boom"):
                 future.result(10)
+
+
+_RELEASE = threading.Event()  # ends the tasks of _fails_or_waits that wait
+
+
+def _fails_or_waits(i):
+    if i == 0:
+        raise RuntimeError("this tile's worker died")
+    _RELEASE.wait(60)  # stands for a task no worker is left to run
+    return i
+
+
+def test_a_cluster_run_stops_at_the_first_failed_task():
+    """On a cluster, a failed task (a worker killed on it twice: KilledWorker) ends the run at
+    once: it does not wait for tasks that may never run (no worker came back to run them)."""
+    import time
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    from matseg.cluster import Backend
+
+    _RELEASE.clear()
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        start = time.monotonic()
+        with pytest.raises(RuntimeError, match="worker died"):
+            Backend(client, 2).compute([dask.delayed(_fails_or_waits)(i) for i in range(2)])
+        waited = time.monotonic() - start
+        _RELEASE.set()
+    assert waited < 30
+
+
+def test_no_worker_left_is_one_line_and_exit_code_2(tmp_path, volume, capsys, monkeypatch):
+    """Tasks that no worker is left to run (dask's no-workers timeout) end the command in one line."""
+    from distributed.scheduler import NoWorkerError
+
+    import matseg.cli
+    import matseg.pipeline.run
+
+    def gone(*args, **kwargs):
+        raise NoWorkerError("matseg-tile-0-0-0", 60.0)
+
+    monkeypatch.setattr(matseg.pipeline.run, "segment", gone)
+    with pytest.raises(SystemExit) as exit_:
+        matseg.cli.main(["segment", str(volume), "-o", str(tmp_path / "o.zarr"), "--quiet"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "matseg: error: a dask worker died and none is left to run matseg-tile-0-0-0 (killed, or out of "
+        "memory); the finished tiles are kept: run the same command again"
+    )
 
 
 def test_a_worker_with_a_bad_device_is_refused_before_any_tile(tmp_path, volume, capsys):

@@ -43,12 +43,14 @@ for _command in (sample, segment, train, batch, train_selector, evaluate, measur
 
 
 def _killed_worker() -> tuple[type, ...]:
-    """dask.distributed's KilledWorker (a worker died on a task, again and again), if in use."""
+    """dask.distributed's KilledWorker (a worker died on a task, again and again) and
+    NoWorkerError / NoValidWorkerError (no worker left to run a task), if in use."""
     if "distributed" not in sys.modules:  # not imported: no cluster ran
         return ()
     from distributed import KilledWorker
+    from distributed.scheduler import NoValidWorkerError, NoWorkerError
 
-    return (KilledWorker,)
+    return (KilledWorker, NoWorkerError, NoValidWorkerError)
 
 
 def _gpu_out_of_memory() -> type:
@@ -107,9 +109,11 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"matseg: error: {text}", err=True)
         sys.exit(2)
     except _killed_worker() as err:
+        task = err.args[0] if err.args else "a task"
+        what = "died running" if type(err).__name__ == "KilledWorker" else "died and none is left to run"
         click.echo(
-            f"matseg: error: a dask worker died running {err.args[0] if err.args else 'a task'} "
-            "(killed, or out of memory); the finished tiles are kept: run the same command again",
+            f"matseg: error: a dask worker {what} {task} (killed, or out of memory); "
+            "the finished tiles are kept: run the same command again",
             err=True,
         )
         sys.exit(2)

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.matseg-installed
 DEMO   ?= demo-out
 
-.PHONY: install xvfb demo test lint weights weights-segmenters weights-selector weights-finetune weights-statistics bench-models bench-robustness bench-fit clean
+.PHONY: install xvfb demo test lint weights weights-segmenters weights-selector weights-statistics bench-models bench-robustness bench-fit clean
 
 WORK   ?= work-out
 
@@ -61,7 +61,7 @@ test: install
 		$(BIN)/python -m pytest -q tests $(PLUGIN); \
 	fi; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
-# Reproduces the bundled weights (see docs/models.md): ~17 min on 2 CPU cores.
+# Reproduces the bundled weights (see docs/models.md): ~70 min on 2 CPU cores.
 TRAIN_SEEDS    := 101 102 103
 SELECTOR_SEEDS := 401 402 403 404 405 406 407 408
 WEIGHTS        := matseg/models/weights
@@ -72,10 +72,8 @@ weights-segmenters: install
 		--config data/segmenter-training.yaml --overwrite; done
 	$(BIN)/matseg sample $(WORK)/val-201.zarr --shape 16 256 256 --seed 201 --config data/segmenter-training.yaml --overwrite
 	$(BIN)/matseg train $(foreach s,$(TRAIN_SEEDS),$(WORK)/train-$(s).zarr) --val $(WORK)/val-201.zarr \
-		--model cheap --model expensive --steps 2000 --steps-expensive 1500 --batch 8 --patch 128 --lr 3e-3 \
-		--seed 0 --augment none -o $(WEIGHTS)
-	$(BIN)/matseg train $(foreach s,$(TRAIN_SEEDS),$(WORK)/train-$(s).zarr) --val $(WORK)/val-201.zarr \
-		--model medium --steps 2000 --batch 8 --patch 128 --lr 3e-3 --seed 0 --augment none -o $(WEIGHTS)
+		--model cheap --model medium --model expensive --steps 3000 --steps-expensive 2250 --batch 8 \
+		--patch 128 --lr 3e-3 --seed 0 --augment data/augment-finetune.yaml -o $(WEIGHTS)
 
 # The training statistics of the bundled segmenters (docs/models.md, "Does a volume fit the
 # weights?"), measured on their regenerated training volumes; only manifest.json changes.
@@ -83,14 +81,6 @@ weights-statistics: install
 	for s in $(TRAIN_SEEDS); do $(BIN)/matseg sample $(WORK)/train-$$s.zarr --shape 24 256 256 --seed $$s \
 		--config data/segmenter-training.yaml --overwrite; done
 	$(BIN)/matseg train $(foreach s,$(TRAIN_SEEDS),$(WORK)/train-$(s).zarr) -o $(WEIGHTS) --statistics-only
-
-# Proposed, not yet applied to the bundled weights (docs/models.md, "Robustness"): fine-tune the
-# segmenters above with imaging augmentation, then retrain the selector for them.
-weights-finetune: install
-	$(BIN)/matseg train $(foreach s,$(TRAIN_SEEDS),$(WORK)/train-$(s).zarr) --val $(WORK)/val-201.zarr \
-		--init $(WEIGHTS) --model cheap --model medium --model expensive --steps 300 --batch 8 --patch 128 \
-		--lr 1e-3 --seed 0 --augment data/augment-finetune.yaml -o $(WEIGHTS)
-	$(MAKE) weights-selector
 
 # The selector learns on volumes the segmenters never saw (default sample settings).
 weights-selector: install

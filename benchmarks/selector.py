@@ -17,6 +17,7 @@ import json
 import time
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import torch
 
@@ -116,8 +117,8 @@ def main() -> None:
     total_cm, monai_seconds = None, 0.0
     for path in volumes:
         labels, seconds = monai_run(Path(path))
-        truth = open_volume(path, labels=True).data.compute()
-        cm = confusion_matrix(labels, truth, 3)
+        truth = open_volume(path, labels=True).data
+        cm = confusion_matrix(da.from_array(labels, chunks=truth.chunks), truth, 3)
         total_cm = cm if total_cm is None else total_cm + cm
         monai_seconds += seconds
     monai = summarize(total_cm, result["phases"]) | {"seconds": monai_seconds}

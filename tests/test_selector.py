@@ -405,14 +405,14 @@ def test_cheap_pass_on_the_device_makes_the_same_plan(tmp_path, volume, monkeypa
     from matseg.candidates.tile import cheap_pass
 
     host = matseg.segment(
-        volume, tmp_path / "host.zarr", tile=TILE, lam=0.05, tolerance=None, recalibrate=False
+        volume, tmp_path / "host.zarr", tile=TILE, lam=0.2, tolerance=None, recalibrate=False
     )
     monkeypatch.setattr(tasks, "cheap_pass", partial(cheap_pass, on_device=True))
     device = matseg.segment(
-        volume, tmp_path / "device.zarr", tile=TILE, lam=0.05, tolerance=None, recalibrate=False
+        volume, tmp_path / "device.zarr", tile=TILE, lam=0.2, tolerance=None, recalibrate=False
     )
     assert device["decisions"] == host["decisions"]
-    assert sum(n > 0 for n in host["decisions"].values()) >= 3  # a plan with a mix to change
+    assert sum(n > 0 for n in host["decisions"].values()) >= 2  # a plan with a mix to change
     a, b = (zarr.open_group(str(tmp_path / f"{n}.zarr"), mode="r") for n in ("host", "device"))
     np.testing.assert_array_equal(b["selector/choice"][:], a["selector/choice"][:])
     np.testing.assert_allclose(b["selector/features"][:], a["selector/features"][:], rtol=1e-5, atol=1e-6)

@@ -2,18 +2,18 @@
 and its audit scored on the rest (two phases, 2-D images).
 
     python benchmarks/emps_selector.py --data ../shared/data/emps --work /tmp/emps \
-        [--steps 600] [--out docs/emps-selector.json]
+        [--steps 600] [--augment light|none|strong|FILE.yaml] [--out docs/emps-selector.json]
 
-The 48 EMPS images (SEM/TEM, particle vs background, MIT licence, `SOURCE.md` beside them)
-are split in stack order: images 0-23 train the three segmenters (`matseg.train`, no
-augmentation), 24-35 train the selector (`matseg.train_selector`), 36-47 are held out. Each
-held-out image is one 2-D volume: segmented by the default command (selector with its audit
-against the candidate the selector found most accurate on its training tiles) and by each
-candidate alone, all scored against its labels. Per image: the default's mIoU and GFLOPs
-against all-expensive, the audit's estimate and interval against the true change (against the
-all-reference run), the
-fixed candidates that dominate the default (as many GFLOPs or fewer, higher mIoU) and the one
-the audit names (`better_fixed`).
+The 48 EMPS images (SEM/TEM, particle vs background, MIT licence, `SOURCE.md` beside them) are
+split in stack order: images 0-23 train the three segmenters (`matseg.train`, imaging
+augmentation `light` by default, as `matseg train`), 24-35 train the selector
+(`matseg.train_selector`), 36-47 are held out. Each held-out image is one 2-D volume:
+segmented by the default command (selector with its audit against the candidate the selector
+found most accurate on its training tiles) and by each candidate alone, all scored against its
+labels. Per image: the default's mIoU and GFLOPs against all-expensive, the audit's estimate
+and interval against the true change (against the all-reference run), the fixed candidates
+that dominate the default (as many GFLOPs or fewer, higher mIoU) and the one the audit names
+(`better_fixed`).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=600, help="training steps per segmenter")
     parser.add_argument("--selector-steps", type=int, default=2000)
+    parser.add_argument("--augment", default="light", help="the segmenters' imaging augmentation")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -71,7 +72,7 @@ def main() -> None:
     if not (weights / "expensive.pt").exists():
         trained = matseg.train(
             [str(splits["train"][0])], weights, labels=[str(splits["train"][1])], phases=PHASES,
-            steps=args.steps, batch=8, patch=128, seed=0,
+            steps=args.steps, batch=8, patch=128, seed=0, augment=args.augment,
         )  # fmt: skip
         print("segmenters:", json.dumps(trained, default=str)[:600], flush=True)
     if not (weights / "selector.pt").exists():
@@ -121,6 +122,7 @@ def main() -> None:
         if r["estimate"][1] is not None and r["estimate"][1] <= r["true_change"] <= r["estimate"][2]
     ]
     summary = {
+        "augment": args.augment,
         "images": len(rows),
         "within_0.01": sum(r["vs_expensive"] >= -0.01 for r in rows),
         "within_0.01_of_reference": sum(r["true_change"] >= -0.01 for r in rows),

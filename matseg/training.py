@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from matseg.augment import Augmentation, augment_batch
+from matseg.augment import Augmentation, augment_batch, load_augmentation
 from matseg.errors import MatsegError
 from matseg.io.paths import check_distinct
 from matseg.labelled import UNLABELLED, LabelledSlices, draw_batch, hold_out, load_labelled
@@ -194,7 +194,7 @@ def train(
     command: str | None = None,
     progress: Progress | None = None,
     cancel: CancelToken | None = None,
-    augment: Augmentation | None = None,
+    augment: Augmentation | str | os.PathLike | None = "light",
 ) -> dict:
     """Train segmenters on labelled volumes and write them to a weights folder.
 
@@ -224,9 +224,11 @@ def train(
     cancel : object with ``is_set()``, optional
         Once set, training stops at the next step and raises :class:`matseg.Cancelled`;
         the models finished before it are written, the one in training is not.
-    augment : Augmentation, optional
-        Imaging augmentation (see :func:`matseg.augment.load_augmentation`); ``None`` keeps only
-        flips, 90° rotations and a linear intensity jitter.
+    augment : Augmentation, str or path, optional
+        Imaging augmentation: an :class:`~matseg.augment.Augmentation`, or ``"light"`` (the
+        default, as ``matseg train``), ``"strong"``, ``"none"`` or a YAML file (see
+        :func:`matseg.augment.load_augmentation`); ``None`` or ``"none"`` keeps only flips, 90°
+        rotations and a linear intensity jitter.
 
     Returns
     -------
@@ -237,6 +239,8 @@ def train(
         raise MatsegError(f"{len(labels)} label volumes for {len(images)} images; give one per image")
     inputs = [("image", i) for i in images] + [("--labels", v) for v in labels or ()]
     check_distinct(output, inputs + [("--val", v) for v in val or ()] + [("--init", init)])
+    if not isinstance(augment, Augmentation):
+        augment = load_augmentation(augment)
     check_weights_folder(output)
     check_number("--lr", lr, low=0.0, open_low=True, high=1.0)
     for name, value in (("--batch", batch), ("--patch", patch)):

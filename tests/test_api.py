@@ -127,6 +127,23 @@ def test_train_reports_steps_and_stops_when_cancelled(tmp_path, small_sample):
     assert not (tmp_path / "w" / "cheap.pt").exists()
 
 
+def test_train_augments_as_the_cli_does(tmp_path, small_sample):
+    """``matseg.train`` re-images patches with ``light`` by default, as ``matseg train`` does;
+    a preset is given by name, ``"none"`` turns it off, and an unknown name is a MatsegError."""
+    from matseg.augment import LIGHT, STRONG
+
+    def trained_with(folder, **kw):
+        matseg.train([str(small_sample)], folder, models=("cheap",), steps=2, batch=2, patch=32, **kw)
+        return json.loads((folder / "manifest.json").read_text())["cheap"]["training"]["augment"]
+
+    assert trained_with(tmp_path / "a") == LIGHT.to_dict()
+    assert trained_with(tmp_path / "b", augment="strong") == STRONG.to_dict()
+    assert trained_with(tmp_path / "c", augment="none") == "none"
+    with pytest.raises(matseg.MatsegError, match="--augment sharp"):
+        trained_with(tmp_path / "d", augment="sharp")
+    assert not (tmp_path / "d").exists()
+
+
 def test_help_imports_no_heavy_library():
     """``matseg --help`` stays instant: torch, dask, zarr and numpy are imported by commands only."""
     code = (

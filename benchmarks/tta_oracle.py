@@ -68,13 +68,7 @@ def main() -> None:
                 write_sample(path, SHAPE, seed, SampleConfig(profile=profile))
             tables.append(tile_table(str(path), None, context, names, TILE, halo))
         data = _Volumes(tables, selector, selector.gflops(1))
-        # a candidate run alone spends its own GFLOPs (the table's column holds cheap pass + it)
-        alone = data.gflops - data.gflops[:, :1]
-        fixed = {
-            n: data.point(f"all-{n}", np.full(len(data.features), k), float(alone[:, k].sum()))
-            for k, n in enumerate(names)
-            if n != "cheap"
-        }
+        fixed = {n: data.alone(n) for n in names if n != "cheap"}
         results["profiles"][profile] = {
             "all_expensive_gflops": fixed["expensive"]["gflops"],
             "fixed": fixed,

@@ -77,6 +77,13 @@ class _Volumes:
         mix = {n: int((choice == k).sum()) for k, n in enumerate(self.names)}
         return {"method": label, "miou": miou, "iou": per_phase.tolist(), "gflops": gflops, "mix": mix}
 
+    def alone(self, name: str) -> dict:
+        """Candidate ``name`` run on every tile by itself, with no cheap pass or selector (each
+        table's column holds the cheap pass plus the candidate; the cheap net is column 0)."""
+        k = self.names.index(name)
+        spent = self.gflops[:, k] - (self.gflops[:, 0] if k else 0.0)
+        return self.point(f"all-{name}", np.full(len(self.features), k), float(spent.sum()))
+
     def upgrade_until(self, order: np.ndarray, target: float) -> np.ndarray:
         """Upgrade tiles to the expensive net in ``order`` until the plan costs ``target`` GFLOPs."""
         k = self.names.index("expensive")
@@ -165,13 +172,8 @@ def _evaluate(volumes, output: Path, truths, weights, lambdas, tile, real_run) -
         tables.append(tile_table(volume, truths[i] if truths else None, context, names, tile, halo))
     data = _Volumes(tables, selector, selector.gflops(1))
     table_seconds = time.perf_counter() - started
-    k_exp = names.index("expensive")
     n = len(data.features)
-    cheap_only = np.zeros(n, int)
-    all_expensive = data.point(
-        "all-expensive", np.full(n, k_exp), float((data.gflops[:, k_exp] - data.gflops[:, 0]).sum())
-    )
-    all_cheap = data.point("all-cheap", cheap_only, float(data.gflops[:, 0].sum()))
+    all_expensive, all_cheap = data.alone("expensive"), data.alone("cheap")
     uncertainty_order = np.argsort(-data.features[:, 0], kind="stable")
     rng = np.random.default_rng(0)
     sweep = []

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from matseg.evaluate import evaluate
 from matseg.sample import write_sample
+from matseg.selector.policy import load_selector
 from matseg.synth import SampleConfig
 
 SEEDS = (301, 302)  # the selector benchmark's test volumes (docs/benchmarks.md)
@@ -32,10 +33,13 @@ def run(work: Path, sizes) -> dict:
             write_sample(path, SHAPE, seed, SampleConfig(profile="test"))
         volumes.append(str(path))
     results = {}
+    current = load_selector().sha256
     for size in sizes:
         folder = work / f"eval-{size}"
         done = folder / "evaluation.json"
         result = json.loads(done.read_text()) if done.exists() else None
+        if result is not None and result["selector"]["sha256"] != current:
+            result = None  # made with other weights (the selector's hash pins the segmenters')
         if result is None:
             result = evaluate(volumes, folder, tile=(8, size, size), real_run=False)
         results[size] = {

@@ -72,11 +72,8 @@ weights-segmenters: install
 		--config data/segmenter-training.yaml --overwrite; done
 	$(BIN)/matseg sample $(WORK)/val-201.zarr --shape 16 256 256 --seed 201 --config data/segmenter-training.yaml --overwrite
 	$(BIN)/matseg train $(foreach s,$(TRAIN_SEEDS),$(WORK)/train-$(s).zarr) --val $(WORK)/val-201.zarr \
-		--model cheap --model medium --steps 3000 --batch 8 \
+		--model cheap --model medium --model expensive --steps 3000 --steps-expensive 2250 --batch 8 \
 		--patch 128 --lr 3e-3 --seed 0 --augment data/augment-finetune.yaml -o $(WEIGHTS)
-	$(BIN)/matseg train $(foreach s,$(TRAIN_SEEDS),$(WORK)/train-$(s).zarr) --val $(WORK)/val-201.zarr \
-		--model expensive --steps 3500 --batch 8 \
-		--patch 128 --lr 3e-3 --seed 0 --augment data/augment-expensive.yaml -o $(WEIGHTS)
 
 # The training statistics of the bundled segmenters (docs/models.md, "Does a volume fit the
 # weights?"), measured on their regenerated training volumes; only manifest.json changes.

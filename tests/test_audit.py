@@ -244,6 +244,32 @@ def test_the_recalibration_takes_the_moves_the_audit_finds_worth_their_cost():
     assert plan_recalibration(*args, 0.05, cost_of, 30.0, predicted_gain=agree)[0] == [1, 0, 0]
 
 
+def test_the_recalibration_never_trades_a_measured_loss_for_gflops():
+    """The estimate understates a cheaper candidate's loss, so a saving is taken only where the
+    audit finds none: a medium stratum whose cheap answer loses a little stays medium even at
+    λ = 1, where only the cost counts; one whose cheap answer loses nothing comes down."""
+    from matseg.pipeline.escalate import plan_recalibration
+
+    good = np.diag([300.0, 300.0, 300.0])
+    slightly = good.copy()
+    slightly[0, 0], slightly[1, 0] = 290.0, 10.0
+    k = 3
+    stats = np.zeros((8, stats_width(k, 3)))
+    for h, cheap in enumerate((slightly, good)):
+        conf = np.stack([cheap.ravel(), good.ravel(), good.ravel()])  # cheap, medium, reference
+        stats[4 * h : 4 * h + 4, 1:] = np.tile(conf.ravel(), len(TEMPERATURES))
+    audit = replace(
+        _plan([0] * 4 + [1] * 4, [40, 40]),
+        reference=2, stratum_choice=np.array([1, 1]), measured=np.array([0, 1, 2]),
+    )  # fmt: skip
+
+    def cost_of(assigned):
+        return sum((1.0, 3.0, 10.0)[c] for c in assigned)
+
+    args = (audit, stats, np.zeros(3), ("a", "b", "c"), "e")
+    assert plan_recalibration(*args, 1.0, cost_of, 20.0)[0] == [1, 0]
+
+
 def test_the_default_run_recalibrates_and_says_how_far(volume, tmp_path):
     """By default the audit re-chooses the plan at the selector's λ: the decision is stored,
     the report and the summary say what moved, a dry run expects what the run then spends,

@@ -19,15 +19,13 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from matseg.candidates.registry import CANDIDATES, Context
 from matseg.evaluate import LAMBDAS, _Volumes
 from matseg.models.store import load_segmenter
 from matseg.pipeline.job import halo_of
 from matseg.sample import write_sample
 from matseg.selector.policy import load_selector
-from matseg.selector.table import reward, tile_table
+from matseg.selector.table import tile_table
 from matseg.synth import SampleConfig
 
 VOLUMES = {"test": (301, 302), "wide": (501, 502)}
@@ -37,13 +35,7 @@ TILE = (8, 256, 256)
 
 def frontier(data: _Volumes, allowed: list[int]) -> list[dict]:
     """The oracle's plan at each λ, choosing only among the ``allowed`` candidates."""
-    rows = []
-    for lam in LAMBDAS:
-        r = reward(data.iou, data.gflops, lam)
-        masked = np.full_like(r, -np.inf)
-        masked[:, allowed] = r[:, allowed]
-        rows.append({"lambda": lam, **data.point("oracle", masked.argmax(axis=1))})
-    return rows
+    return [{"lambda": lam, **data.oracle(lam, allowed)} for lam in LAMBDAS]
 
 
 def main() -> None:

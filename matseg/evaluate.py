@@ -84,6 +84,16 @@ class _Volumes:
         spent = self.gflops[:, k] - (self.gflops[:, 0] if k else 0.0)
         return self.point(f"all-{name}", np.full(len(self.features), k), float(spent.sum()))
 
+    def oracle(self, lam: float, allowed: Sequence[int] | None = None) -> dict:
+        """The best candidate per tile under the selector's reward at ``lam``, among the
+        ``allowed`` columns (default: every candidate)."""
+        r = reward(self.iou, self.gflops, lam)
+        if allowed is not None:
+            masked = np.full_like(r, -np.inf)
+            masked[:, allowed] = r[:, allowed]
+            r = masked
+        return self.point("oracle", r.argmax(axis=1))
+
     def upgrade_until(self, order: np.ndarray, target: float) -> np.ndarray:
         """Upgrade tiles to the expensive net in ``order`` until the plan costs ``target`` GFLOPs."""
         k = self.names.index("expensive")
@@ -192,8 +202,7 @@ def _evaluate(volumes, output: Path, truths, weights, lambdas, tile, real_run) -
             "miou_std": float(np.std([r["miou"] for r in randoms])),
             "gflops": float(np.mean([r["gflops"] for r in randoms])),
         }
-        oracle_choice = reward(data.iou, data.gflops, lam).argmax(axis=1)
-        oracle = data.point("oracle", oracle_choice)
+        oracle = data.oracle(lam)
         row = {
             "lambda": lam,
             "selector": policy,

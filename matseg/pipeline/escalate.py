@@ -163,13 +163,13 @@ def plan_recalibration(
     delta = point(assigned)
     score = value(assigned, delta)
     while True:
-        best = None
+        best, cost = None, cost_of(assigned)
         for h, c, moved in _moves(audit, assigned, fits):
             found = point(moved)
-            moved_score = value(moved, found)
-            fewer = cost_of(moved) < cost_of(assigned)
-            if fewer and found < delta - 1e-9:  # a saving that costs accuracy: the audit leans here
+            # never a saving that costs accuracy: the estimate understates a cheaper one's loss
+            if found < delta - 1e-9 and cost_of(moved) < cost:
                 continue
+            moved_score = value(moved, found)
             if moved_score > score + 1e-9 and agree(h, assigned[h], c, found - delta):
                 best, score, best_delta = moved, moved_score, found
         if best is None:

@@ -206,6 +206,29 @@ def test_no_recalibration_keeps_the_selectors_plan(volume, tmp_path):
     }
 
 
+GOOD = np.diag([300.0, 300.0, 300.0])  # a cell's confusion where the answer is the reference's
+
+
+def _three_candidates(cheap_confusions, choice) -> tuple:
+    """``plan_recalibration``'s first arguments for an audit of cheap, medium and the reference
+    (GFLOPs 1, 3 and 10 a stratum), one stratum per cheap confusion (4 cells each; medium
+    always right), the selector having chosen ``choice``; and the cost function."""
+    n = len(cheap_confusions)
+    stats = np.zeros((4 * n, stats_width(3, 3)))
+    for h, cheap in enumerate(cheap_confusions):
+        conf = np.stack([cheap.ravel(), GOOD.ravel(), GOOD.ravel()])  # cheap, medium, reference
+        stats[4 * h : 4 * h + 4, 1:] = np.tile(conf.ravel(), len(TEMPERATURES))
+    audit = replace(
+        _plan([h for h in range(n) for _ in range(4)], [40] * n),
+        reference=2, stratum_choice=np.array(choice), measured=np.array([0, 1, 2]),
+    )  # fmt: skip
+
+    def cost_of(assigned):
+        return sum((1.0, 3.0, 10.0)[c] for c in assigned)
+
+    return (audit, stats, np.zeros(3), ("a", "b", "c"), "e"), cost_of
+
+
 def test_the_recalibration_takes_the_moves_the_audit_finds_worth_their_cost():
     """The selector's trade-off with the audit's gains, three candidates (cheap, medium, the
     reference): at a small λ the cheap stratum that loses half a phase goes to medium (as right
@@ -213,23 +236,9 @@ def test_the_recalibration_takes_the_moves_the_audit_finds_worth_their_cost():
     that gains nothing over cheap comes down; at λ = 1 only the cost counts."""
     from matseg.pipeline.escalate import plan_recalibration
 
-    good = np.diag([300.0, 300.0, 300.0])
-    bad = good.copy()
+    bad = GOOD.copy()
     bad[0, 0], bad[1, 0] = 150.0, 150.0
-    k = 3
-    stats = np.zeros((12, stats_width(k, 3)))
-    for h, cheap in enumerate((bad, good, good)):
-        conf = np.stack([cheap.ravel(), good.ravel(), good.ravel()])  # cheap, medium, reference
-        stats[4 * h : 4 * h + 4, 1:] = np.tile(conf.ravel(), len(TEMPERATURES))
-    audit = replace(
-        _plan([0] * 4 + [1] * 4 + [2] * 4, [40, 40, 40]),
-        reference=2, stratum_choice=np.array([0, 0, 1]), measured=np.array([0, 1, 2]),
-    )  # fmt: skip
-
-    def cost_of(assigned):
-        return sum((1.0, 3.0, 10.0)[c] for c in assigned)
-
-    args = (audit, stats, np.zeros(3), ("a", "b", "c"), "e")
+    args, cost_of = _three_candidates((bad, GOOD, GOOD), [0, 0, 1])
     assigned, predicted = plan_recalibration(*args, 0.05, cost_of, 30.0)
     assert assigned == [1, 0, 0] and predicted["delta_miou"] == pytest.approx(0.0, abs=1e-12)
     assert plan_recalibration(*args, 1.0, cost_of, 30.0)[0] == [0, 0, 0]
@@ -250,23 +259,9 @@ def test_the_recalibration_never_trades_a_measured_loss_for_gflops():
     λ = 1, where only the cost counts; one whose cheap answer loses nothing comes down."""
     from matseg.pipeline.escalate import plan_recalibration
 
-    good = np.diag([300.0, 300.0, 300.0])
-    slightly = good.copy()
+    slightly = GOOD.copy()
     slightly[0, 0], slightly[1, 0] = 290.0, 10.0
-    k = 3
-    stats = np.zeros((8, stats_width(k, 3)))
-    for h, cheap in enumerate((slightly, good)):
-        conf = np.stack([cheap.ravel(), good.ravel(), good.ravel()])  # cheap, medium, reference
-        stats[4 * h : 4 * h + 4, 1:] = np.tile(conf.ravel(), len(TEMPERATURES))
-    audit = replace(
-        _plan([0] * 4 + [1] * 4, [40, 40]),
-        reference=2, stratum_choice=np.array([1, 1]), measured=np.array([0, 1, 2]),
-    )  # fmt: skip
-
-    def cost_of(assigned):
-        return sum((1.0, 3.0, 10.0)[c] for c in assigned)
-
-    args = (audit, stats, np.zeros(3), ("a", "b", "c"), "e")
+    args, cost_of = _three_candidates((slightly, GOOD), [1, 1])
     assert plan_recalibration(*args, 1.0, cost_of, 20.0)[0] == [1, 0]
 
 

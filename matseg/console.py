@@ -136,7 +136,7 @@ def format_report(report: dict) -> str:
         )
     if "estimate" in report:
         lines.append(f"  estimate   {format_estimate(report['estimate'])}")
-    lines.append(f"  seams      score {report['seam']['score']:.2f} (1 = no seam at tile borders)")
+    lines.append(f"  seams      {_seam_text(report['seam']['score'])}")
     if report.get("fit"):
         from matseg.candidates.fit import describe_fit
 
@@ -234,7 +234,7 @@ def format_evaluation(result: dict) -> str:
     for model, run in result.get("real", {}).items():
         lines.append(
             f"real run --model {model}: mIoU {run['miou']:.4f}, {run['gflops']:.1f} GFLOPs, "
-            f"{run['seconds']:.1f} s, seam score {max(run['seam']):.2f}"
+            f"{run['seconds']:.1f} s, seam {_seam_text(_worst_seam(run['seam']))}"
         )
     return "\n".join(lines)
 
@@ -284,3 +284,16 @@ def format_measure(report: dict) -> str:
             f"residual {solve['residual']:.1e}, flux mismatch {solve['flux_mismatch']:.1e}"
         )
     return "\n".join(lines)
+
+
+def _seam_text(score: float | None) -> str:
+    """A seam score for the summary; None where the volume has no tile border in-plane."""
+    if score is None:
+        return "none to score (one tile in-plane: no tile borders)"
+    return f"score {score:.2f} (1 = no seam at tile borders)"
+
+
+def _worst_seam(scores) -> float | None:
+    """The largest of several volumes' seam scores, those without tile borders left out."""
+    scored = [s for s in scores if s is not None]
+    return max(scored) if scored else None

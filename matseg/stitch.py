@@ -116,7 +116,8 @@ def seam_score(labels, grid: TileGrid, compute=None, advance: Callable[[int], No
     Returns
     -------
     dict
-        ``score``, ``border_rate``, ``inside_rate``, ``border_pairs``.
+        ``score``, ``border_rate``, ``inside_rate``, ``border_pairs``; ``score`` is None
+        where no pair straddles a tile border (a volume of one tile in-plane).
     """
     import dask
 
@@ -140,7 +141,10 @@ def seam_score(labels, grid: TileGrid, compute=None, advance: Callable[[int], No
     border_sum, border_n, inside_sum, inside_n = counts.tolist()
     border_rate = border_sum / border_n if border_n else 0.0
     inside_rate = inside_sum / inside_n if inside_n else 0.0
-    score = border_rate / inside_rate if inside_rate > 0 else (1.0 if border_rate == 0 else float("inf"))
+    if border_n == 0:  # one tile in-plane: no border to judge
+        score = None
+    else:
+        score = border_rate / inside_rate if inside_rate > 0 else (1.0 if border_rate == 0 else float("inf"))
     return {
         "score": score,
         "border_rate": border_rate,

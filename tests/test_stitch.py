@@ -26,6 +26,17 @@ def test_seamless_stitch_scores_about_one(labels):
     assert score["border_pairs"] > 0
 
 
+def test_one_tile_in_plane_has_no_seam_score(labels):
+    """No pair straddles a tile border: no score (not 0, which would read as better than
+    seamless), and the summary says so."""
+    from matseg.console import _seam_text
+
+    grid = plan_tiles(labels.shape, (2, 256, 256), 16, 8)  # tiles along Z only
+    score = seam_score(labels, grid)
+    assert score["border_pairs"] == 0 and score["score"] is None
+    assert "none to score" in _seam_text(score["score"])
+
+
 def test_synthetic_seam_is_detected(labels):
     grid = plan_tiles(labels.shape, (4, 48, 48), 16, 8)
     seamed = labels.copy()

@@ -54,7 +54,7 @@ def tables(result: dict) -> str:
             "|---|---:|---:|---:|---:|",
         ]
         for model, r in real.items():
-            seams = ", ".join(f"{s:.2f}" for s in r["seam"])
+            seams = ", ".join("n/a" if s is None else f"{s:.2f}" for s in r["seam"])
             lines.append(
                 f"| matseg --model {model} | {r['miou']:.4f} | {r['gflops']:,.0f} "
                 f"| {r['seconds']:.1f} | {seams} |"

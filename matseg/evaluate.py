@@ -24,7 +24,7 @@ from matseg.candidates.registry import CANDIDATES, Context
 from matseg.errors import MatsegError
 from matseg.io.guard import EVALUATION_MARKER, check_replaceable, output_kind, remove_output
 from matseg.io.paths import check_distinct
-from matseg.io.read import open_volume
+from matseg.io.read import open_labels, open_volume
 from matseg.metrics import iou_per_phase
 from matseg.models.store import load_segmenter
 from matseg.pipeline.job import halo_of
@@ -143,6 +143,10 @@ def evaluate(
         Everything written to ``evaluation.json``.
     """
     output = Path(output)
+    if truths and len(truths) != len(volumes):
+        raise MatsegError(
+            f"{len(volumes)} volume(s) but {len(truths)} --truth; give one per volume, in order"
+        )
     inputs = [("volume", v) for v in volumes] + [("--truth", t) for t in truths or ()]
     check_distinct(output, [*inputs, ("--weights", weights)])
     for lam in lambdas:
@@ -151,8 +155,8 @@ def evaluate(
         check_replaceable(output, ("evaluation",), option="evaluate")
     for volume in volumes:  # a missing or unreadable input: refused before any output exists
         open_volume(volume)
-    for truth in truths or ():
-        open_volume(truth, labels=True)
+    for i, volume in enumerate(volumes):
+        open_labels(volume, truths[i] if truths else None, "--truth")
     created = not output.exists()
     try:
         return _evaluate(volumes, output, truths, weights, lambdas, tile, real_run)
@@ -265,7 +269,7 @@ def _real_runs(volumes, truths, output, weights, tile) -> dict:
             out = output / f"{model}-{i}.zarr"
             remove_output(out, ("segment",))  # timed from scratch: no stored cheap pass reused
             report = segment(volume, out, model=model, weights=weights, tile=tile)
-            truth = open_volume(truths[i] if truths else volume, labels=True).data
+            truth = open_labels(volume, truths[i] if truths else None, "--truth").data
             pred = da.from_zarr(zarr.open_group(str(out), mode="r")["labels/phases/0"])
             cm = confusion_matrix(pred, truth.rechunk(pred.chunksize), len(report["phases"]))
             total_cm = cm if total_cm is None else total_cm + cm

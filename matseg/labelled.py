@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from matseg.errors import MatsegError
-from matseg.io.read import Volume, open_volume
+from matseg.io.read import Volume, open_labels, open_volume
 from matseg.normalize import intensity_range
 from matseg.validate import check_label_dtype
 
@@ -43,7 +43,7 @@ def load_labelled(
     ``matseg sample`` store). Slices without any label (all 255) are skipped.
     """
     volume = open_volume(image)
-    label_volume = open_volume(labels if labels is not None else image, labels=True)
+    label_volume = open_labels(image, labels)
     if label_volume.shape != volume.shape:
         raise MatsegError(
             f"labels {label_volume.source} have shape {label_volume.shape}; image has {volume.shape}"

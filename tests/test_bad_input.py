@@ -225,3 +225,15 @@ def test_bad_device(tmp_path, capsys, random_weights, monkeypatch, device, match
     volume = good_zarr(tmp_path / "in.zarr")
     args = ["segment", volume, "-o", tmp_path / "o.zarr", "--model", "cheap"]
     assert_refused(tmp_path, args, capsys, match)
+
+
+@pytest.mark.parametrize("n_truths", [1, 3])
+def test_evaluate_needs_one_truth_per_volume(tmp_path, capsys, random_weights, small_sample, n_truths):
+    args = ["evaluate", small_sample, small_sample, "-o", tmp_path / "ev", "--weights", random_weights]
+    assert_refused(tmp_path, [*args, *["--truth", small_sample] * n_truths], capsys, "give one per volume")
+
+
+def test_evaluate_of_an_image_without_labels_names_the_option(tmp_path, capsys, random_weights):
+    volume = good_zarr(tmp_path / "v.zarr")
+    args = ["evaluate", volume, "-o", tmp_path / "ev", "--weights", random_weights]
+    assert_refused(tmp_path, args, capsys, "holds no label image of its own")

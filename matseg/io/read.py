@@ -102,6 +102,36 @@ def open_volume(spec: str | os.PathLike, labels: bool = False) -> Volume:
     return volume
 
 
+def open_labels(
+    spec: str | os.PathLike, labels: str | os.PathLike | None = None, option: str = "--labels"
+) -> Volume:
+    """``labels`` as a label volume or, without it, the label image of the image store ``spec``
+    itself (a Zarr store's ``labels`` group: ``truth`` if present, as ``matseg sample`` writes).
+
+    Raises
+    ------
+    MatsegError
+        Without ``labels``, where ``spec`` holds no label image of its own (a TIFF, an HDF5
+        dataset, a bare array): the image would be taken for its labels.
+    """
+    if labels is not None:
+        return open_volume(labels, labels=True)
+    path, inner = split_spec(spec)
+    if path.is_dir():
+        try:
+            node = zarr.open(LocalStore(path, read_only=True), mode="r", path=inner or "")
+        except Exception:  # missing or corrupt: open_volume says which
+            return open_volume(spec, labels=True)
+        if isinstance(node, zarr.Group) and "labels" in node:
+            return open_volume(spec, labels=True)
+    if not path.exists():
+        return open_volume(spec, labels=True)  # "input not found"
+    raise MatsegError(
+        f"{os.fspath(spec)} holds no label image of its own (only a Zarr store with a 'labels' "
+        f"group does, as 'matseg sample' writes): give its labels with {option}"
+    )
+
+
 def check_volume(volume: Volume) -> None:
     """Reject volumes matseg cannot segment, naming the bad value."""
     data = volume.data
@@ -245,6 +275,8 @@ def ome_attrs(group: zarr.Group) -> dict:
 
 
 def _label_group(group: zarr.Group, source: str) -> zarr.Group:
+    if "labels" not in group and "image-label" in ome_attrs(group):
+        return group  # an NGFF label image itself (e.g. store.zarr:/labels/truth)
     if "labels" not in group:
         raise MatsegError(f"{source} has no 'labels' group; give the label array itself")
     names = ome_attrs(group["labels"]).get("labels") or sorted(group["labels"].group_keys())

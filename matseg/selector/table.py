@@ -19,7 +19,7 @@ from matseg.candidates.registry import CANDIDATES, Context
 from matseg.candidates.tile import candidate_probs, cheap_pass, tile_input
 from matseg.cluster import Backend
 from matseg.errors import MatsegError
-from matseg.io.read import open_volume
+from matseg.io.read import open_labels, open_volume
 from matseg.metrics import iou_per_phase
 from matseg.selector.plan import blend_gflops, candidate_gflops, cheap_pass_gflops
 from matseg.tiling import TileGrid, plan_tiles, shared_nodes, tile_blocks
@@ -88,7 +88,7 @@ def tile_table(
     from matseg.normalize import intensity_range
 
     volume = open_volume(image)
-    labels = open_volume(truth if truth is not None else image, labels=True)
+    labels = open_labels(image, truth)
     if labels.shape != volume.shape:
         raise MatsegError(f"labels {labels.source} have shape {labels.shape}; {image} has {volume.shape}")
     check_label_values(labels.data, context.n_phases, labels.source, "labels")

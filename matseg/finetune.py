@@ -108,7 +108,8 @@ def finetune_from_corrections(
     data = training_data_from_corrections(corrections)
 
     image = corrections.attrs.get("image")
-    check_distinct(out, [("corrections", corrections.path), ("image", image), ("--init", init_dir)])
+    sources = [("corrections", corrections.path), ("image", image), ("segmentation", corrections.output)]
+    check_distinct(out, [*sources, ("--init", init_dir)])
     check_weights_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     _copy_weights(init_dir, out, manifest, skip=[*models, "selector"])

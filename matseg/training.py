@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,8 +25,9 @@ from matseg.labelled import UNLABELLED, LabelledSlices, draw_batch, hold_out, lo
 from matseg.metrics import iou_per_phase
 from matseg.models.inference import segment_probs
 from matseg.models.segmenter import Segmenter, new_segmenter
-from matseg.models.store import check_weights_folder, load_segmenter, read_manifest, save_segmenter
+from matseg.models.store import MANIFEST, check_weights_folder, load_segmenter, read_manifest, save_segmenter
 from matseg.monitor import CancelToken, Monitor, Progress
+from matseg.selector.policy import remove_selector
 from matseg.validate import check_number
 
 logger = logging.getLogger(__name__)
@@ -176,6 +178,57 @@ def available_memory() -> int | None:
     return available
 
 
+def check_phase_names(phases: Sequence[str]) -> None:
+    """At least two phases, each named, no name twice."""
+    if len(phases) < 2:
+        raise MatsegError("training needs at least 2 phases")
+    if not all(p.strip() for p in phases) or len(set(phases)) != len(phases):
+        raise MatsegError(f"--phases {','.join(phases)}: give at least 2 distinct, non-empty names")
+
+
+def check_every_phase_labelled(data: Sequence[LabelledSlices], phases: Sequence[str]) -> None:
+    """Every phase has labelled voxels: a net trained from scratch cannot learn a phase it never
+    sees (label values that skip a number leave one without any)."""
+    counts = np.zeros(len(phases), np.int64)
+    for d in data:
+        labelled = d.labels[d.labels != UNLABELLED]
+        counts += np.bincount(labelled, minlength=len(phases))[: len(phases)]
+    missing = [f"{v} ({name})" for v, (name, n) in enumerate(zip(phases, counts)) if n == 0]
+    if missing:
+        raise MatsegError(
+            f"no labelled voxel of phase value(s) {', '.join(missing)}: label values must run 0 … "
+            f"{len(phases) - 1} with every phase labelled somewhere; relabel, or name fewer phases"
+        )
+
+
+def check_val_phases(val: Sequence[str], val_data: Sequence[LabelledSlices], phases: Sequence[str]) -> None:
+    """Validation labels use the training labels' phase values."""
+    for source, d in zip(val, val_data):
+        top = int(d.labels[d.labels != UNLABELLED].max(initial=0))
+        if top >= len(phases):
+            raise MatsegError(
+                f"--val {source}: labels use values up to {top}, but the training labels have "
+                f"{len(phases)} phases ({', '.join(phases)})"
+            )
+
+
+def check_folder_phases(output: str | os.PathLike, phases: Sequence[str], models: Sequence[str]) -> None:
+    """A weights folder keeps one set of phases: the nets not trained now must name the same."""
+    manifest = read_manifest(output) if (Path(output) / MANIFEST).is_file() else {}
+    others = {
+        name: entry["phases"]
+        for name, entry in manifest.items()
+        if isinstance(entry, dict) and "architecture" in entry and name not in models
+    }
+    differ = [name for name, named in others.items() if tuple(named) != tuple(phases)]
+    if differ:
+        names = ", ".join(differ)
+        raise MatsegError(
+            f"{output} holds {names} for the phases {', '.join(others[differ[0]])}; these labels have "
+            f"{', '.join(phases)}: train {names} too (--model), or write to a new folder"
+        )
+
+
 def train(
     images: Sequence[str],
     output: str | os.PathLike,
@@ -262,10 +315,13 @@ def train(
         )
     if n_values > len(phases):
         raise MatsegError(f"labels use values up to {n_values - 1} but only {len(phases)} phases are named")
-    if len(phases) < 2:
-        raise MatsegError("training needs at least 2 phases")
+    check_phase_names(phases)
+    if init is None:
+        check_every_phase_labelled(data, phases)
+    check_folder_phases(output, phases, models)
     if val:
         val_data = [load_labelled(v)[0] for v in val]
+        check_val_phases(val, val_data, phases)
     else:
         val_data, data = hold_out(data)
     if not data or not val_data:
@@ -301,6 +357,12 @@ def train(
             }
         }
         save_segmenter(model, output, record)
+        if remove_selector(output):  # chosen by the gains of the segmenters it replaces
+            logger.warning(
+                "%s: its selector was trained for the segmenters replaced now: removed; retrain one with "
+                "'matseg train-selector'",
+                output,
+            )
         results[name] = {**metrics, "steps": n_steps, "seconds": seconds}
         logger.info(
             "%s: validation mIoU %.4f after %d steps (%.0f s)", name, metrics["miou"], n_steps, seconds

@@ -152,3 +152,84 @@ def test_label_value_without_phase_name(tmp_path, small_sample):
         from matseg.training import train
 
         train([str(small_sample)], tmp_path / "w", models=["cheap"], phases=["a", "b"], steps=1)
+
+
+def _labels(tmp_path, small_sample, change) -> Path:
+    """The sample's truth changed by ``change(truth)``, as a TIFF label stack."""
+    import tifffile
+
+    truth = zarr.open_group(str(small_sample), mode="r")["labels/truth/0"][:]
+    path = tmp_path / "labels.tif"
+    tifffile.imwrite(path, change(truth.copy()).astype(np.uint8))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "phases", "message"),
+    [
+        (lambda t: np.where(t == 2, 3, t), None, r"phase value\(s\) 2 \(phase2\)"),  # values 0, 1, 3
+        (lambda t: np.where(t == 2, 3, t), "a,b,c,d", r"2 \(c\)"),
+        (lambda t: t * 0, "a,b", r"1 \(b\)"),  # every voxel one phase
+        (lambda t: t, "a,a,b", "distinct, non-empty"),
+        (lambda t: t, "a,,b", "distinct, non-empty"),
+    ],
+)
+def test_labels_that_cannot_train_every_phase_are_refused(
+    tmp_path, small_sample, capsys, change, phases, message
+):
+    """Label values that skip a number, a named phase with no labelled voxel, and phase names
+    given twice or empty: one line, exit 2, no weights written."""
+    labels = _labels(tmp_path, small_sample, change)
+    args = ["train", small_sample, "--labels", labels, *QUICK, "--steps", "1", "-o", tmp_path / "w"]
+    code = run([*args, *(["--phases", phases] if phases else [])])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    import re
+
+    assert re.search(message, err), err
+    assert not (tmp_path / "w").exists()
+
+
+def test_an_image_without_labels_of_its_own_is_not_taken_for_them(tmp_path, small_sample, capsys):
+    """A TIFF (or a bare array) with no --labels has no label image: refused, not trained on its
+    own grey values; a sample store's label image given as the labels' own group works."""
+    import tifffile
+
+    image = zarr.open_group(str(small_sample), mode="r")["0"][:]
+    tifffile.imwrite(tmp_path / "dim.tif", (image // 9).astype(np.uint8))
+    code = run(["train", tmp_path / "dim.tif", *QUICK, "--steps", "1", "-o", tmp_path / "w"])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds no label image of its own" in err and "--labels" in err
+    assert not (tmp_path / "w").exists()
+    data, names = load_labelled(str(small_sample), f"{small_sample}:/labels/truth")
+    assert names == ("pore", "carbon-binder", "active") and len(data.images) == 16
+
+
+def test_validation_labels_with_other_phases_are_refused(tmp_path, small_sample, capsys):
+    two = _labels(tmp_path, small_sample, lambda t: (t > 0).astype(np.uint8))
+    args = ["train", small_sample, "--labels", two, "--phases", "pore,solid", "--val", small_sample]
+    code = run([*args, *QUICK, "--steps", "1", "-o", tmp_path / "w"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--val" in err and "values up to 2" in err and "2 phases" in err
+
+
+def test_a_weights_folder_keeps_one_set_of_phases(tmp_path, small_sample, random_weights, capsys):
+    """Training one net of a folder on labels with other phases is refused (the folder would
+    mix them); retraining it on the same phases replaces it and drops the folder's selector,
+    which chose by the replaced net's gains."""
+    import shutil
+
+    folder = tmp_path / "w"
+    shutil.copytree(random_weights, folder)
+    two = _labels(tmp_path, small_sample, lambda t: (t > 0).astype(np.uint8))
+    args = ["train", small_sample, "--labels", two, "--phases", "pore,solid", *QUICK, "--steps", "1"]
+    before = (folder / "manifest.json").read_text()
+    code = run([*args, "-o", folder])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds expensive for the phases pore, carbon-binder, active" in err
+    assert (folder / "manifest.json").read_text() == before
+    assert run(["train", small_sample, *QUICK, "--steps", "1", "-o", folder]) == 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert "selector" not in manifest and not (folder / "selector.pt").exists()
+    assert "cheap" in manifest and "expensive" in manifest

@@ -40,6 +40,14 @@ class Context:
     batch_tiles: int = 1  # tiles in one forward pass (segment_probs)
     phases: tuple[str, ...] = ()  # without models (classical alone): the phases it tells apart
 
+    def __post_init__(self) -> None:
+        named = {tuple(m.phases) for m in self.models.values()}
+        if len(named) > 1:  # a weights folder whose nets were trained on other labels
+            listing = "; ".join(f"{n}: {', '.join(m.phases)}" for n, m in self.models.items())
+            raise MatsegError(
+                f"the segmenters name different phases ({listing}): train them together on the same labels"
+            )
+
     @property
     def n_phases(self) -> int:
         return len(next(iter(self.models.values())).phases) if self.models else len(self.phases)

@@ -218,3 +218,15 @@ def check_pairing(selector: Selector, models: dict) -> None:
                 f"(sha256 {trained_for[name][:12]}...); "
                 "retrain it with 'matseg train-selector' after 'matseg train'"
             )
+
+
+def remove_selector(weights: str | os.PathLike) -> bool:
+    """Drop the selector of a weights folder (file and manifest entry): whether it had one."""
+    weights = Path(weights)
+    manifest = read_manifest(weights)
+    removed = manifest.pop("selector", None) is not None
+    if removed:
+        replace_file(weights / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    removed |= (weights / SELECTOR_FILE).exists()
+    (weights / SELECTOR_FILE).unlink(missing_ok=True)
+    return removed

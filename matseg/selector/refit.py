@@ -21,7 +21,7 @@ from matseg.errors import MatsegError
 from matseg.io.guard import replace_file
 from matseg.labelled import UNLABELLED, LabelledSlices
 from matseg.models.store import MANIFEST, read_manifest
-from matseg.selector.policy import SELECTOR_FILE
+from matseg.selector.policy import remove_selector
 from matseg.selector.train import train_selector
 
 logger = logging.getLogger(__name__)
@@ -70,11 +70,3 @@ def selector_from_slices(
     manifest["selector"]["trained_on"] = [f"{data.source} (corrected slices)"]
     replace_file(weights / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return {"trained": True, "tiles": record["tiles"], "default_lambda": record["default_lambda"]}
-
-
-def remove_selector(weights: Path) -> None:
-    """Drop the selector of a weights folder (file and manifest entry), if it has one."""
-    manifest = read_manifest(weights)
-    if manifest.pop("selector", None) is not None:
-        replace_file(weights / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
-    (weights / SELECTOR_FILE).unlink(missing_ok=True)

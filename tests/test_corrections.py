@@ -248,3 +248,15 @@ def test_cli_train_needs_images_or_corrections(args, message, output, segmented_
     assert run(["train", *args, "-o", tmp_path / "w"]) == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "w").exists()
+
+
+def test_cli_train_from_corrections_never_writes_into_the_segmentation(
+    output, segmented_sample, tmp_path, capsys
+):
+    """The corrections store reads the corrected segmentation: weights written inside it are refused."""
+    path = matseg.save_corrections(output, corrected_to_truth(output, truth_of(segmented_sample[0])))
+    before = sorted(p.relative_to(output) for p in output.rglob("*"))
+    assert run(["train", "--from-corrections", path, "-o", output / "w", "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "would overwrite the segmentation" in err and len(err.splitlines()) == 1
+    assert sorted(p.relative_to(output) for p in output.rglob("*")) == before

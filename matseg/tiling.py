@@ -73,8 +73,8 @@ class TileGrid:
         )
 
     def with_halo(self, halo: int) -> TileGrid:
-        """The same tiles with another in-plane halo (at most the planned one)."""
-        depth = (0,) * (len(self.shape) - 2) + (min(halo, self.depth[-1]),) * 2
+        """The same tiles with another in-plane halo (at most the planned one, per axis)."""
+        depth = (0,) * (len(self.shape) - 2) + tuple(min(halo, d) for d in self.depth[-2:])
         return TileGrid(self.shape, self.chunks, depth)
 
     def indices(self) -> Iterator[tuple[int, ...]]:
@@ -107,7 +107,8 @@ def plan_tiles(shape: Sequence[int], tile: Sequence[int], halo: int, stride: int
         Tile size per axis, same length as ``shape``; in-plane sizes must be
         multiples of ``stride``.
     halo : int
-        In-plane halo, a multiple of ``stride`` (Z gets none: models are 2-D).
+        In-plane halo, a multiple of ``stride`` (Z gets none: models are 2-D; nor does an
+        axis the volume spans in one tile, which has no neighbour to take it from).
     stride : int
         The models' pooling grid; tiles start on it so tiling is exact.
     """
@@ -126,6 +127,8 @@ def plan_tiles(shape: Sequence[int], tile: Sequence[int], halo: int, stride: int
         if t < s and t < d:
             raise MatsegError(f"tile size {t} is smaller than the halo {d}; use tiles of at least {d}")
     chunks = tuple(_axis_chunks(s, t, d) for s, t, d in zip(shape, tile, depth))
+    # an axis of one tile has no neighbour to take a halo from (and may be thinner than it)
+    depth = tuple(0 if len(c) == 1 else d for c, d in zip(chunks, depth))
     return TileGrid(shape=shape, chunks=chunks, depth=depth)
 
 

@@ -118,3 +118,36 @@ def test_classical_alone_follows_the_phase_order_the_weights_recorded(tmp_path, 
     classes = np.argsort(order)[outputs["recorded"]]  # back to dark-to-bright classes
     assert np.array_equal(outputs["reversed"], np.array([2, 1, 0])[classes])
     assert not np.array_equal(outputs["reversed"], outputs["recorded"])
+
+
+def test_volumes_thinner_than_the_halo_are_segmented(tmp_path, random_weights):
+    """A volume narrower in-plane than a model's halo (one tile, no neighbour to take a halo
+    from), down to one voxel, and a 2-D strip: segmented whole, labels of its own shape."""
+    from matseg.tiling import plan_tiles
+
+    assert plan_tiles((8, 11, 600), (8, 256, 256), 64, 8).depth == (0, 0, 64)
+    rng = np.random.default_rng(0)
+    for shape in [(8, 11, 11), (1, 1, 1), (4, 200), (4, 128, 9)]:
+        path = tmp_path / f"v{len(shape)}-{shape[-1]}.zarr"
+        zarr.create_array(str(path), shape=shape, dtype="uint8")[:] = rng.integers(0, 255, shape)
+        for model in ("auto", "expensive", "classical"):
+            out = tmp_path / f"o-{path.stem}-{model}.zarr"
+            args = ["segment", path, "-o", out, "--model", model, "--weights", random_weights]
+            with _no_runtime_warnings():
+                assert run([*args, "--quiet"]) == 0, (shape, model)
+            labels = zarr.open_group(str(out), mode="r")["labels/phases/0"][:]
+            assert labels.shape == shape and labels.max() < 3
+
+
+def _no_runtime_warnings():
+    """Numpy's warnings (a mean of nothing) are errors here."""
+    import warnings
+    from contextlib import contextmanager
+
+    @contextmanager
+    def strict():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            yield
+
+    return strict()

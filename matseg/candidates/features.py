@@ -6,6 +6,8 @@ serves a 3-phase cathode and a 2-phase particle image alike.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from matseg.models.labels import phase_counts
@@ -55,15 +57,23 @@ def tile_features(
         np.maximum(second, np.minimum(top, probs[:, phase]), out=second)
         np.maximum(top, probs[:, phase], out=top)
     margin = top - second
-    boundary = np.mean(labels[..., 1:, :] != labels[..., :-1, :]) + np.mean(
-        labels[..., :, 1:] != labels[..., :, :-1]
-    )
     fractions = phase_counts(labels, probs.shape[1]) / labels.size
     # noise: the median absolute Laplacian is dominated by noise, not by edges
     lap = 4 * image[:, 1:-1, 1:-1] - image[:, :-2, 1:-1] - image[:, 2:, 1:-1] - image[:, 1:-1, :-2]
     lap = lap - image[:, 1:-1, 2:]
     grad = np.hypot(np.diff(image, axis=-1)[:, :-1, :], np.diff(image, axis=-2)[:, :, :-1])
-    values = (
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a tile 1 or 2 voxels wide: no pairs
+        boundary = np.mean(labels[..., 1:, :] != labels[..., :-1, :]) + np.mean(
+            labels[..., :, 1:] != labels[..., :, :-1]
+        )
+        values = _values(uncertainty, margin, boundary, fractions, image, lap, grad)
+    # what a tile too small to have (a neighbour, a Laplacian) counts as none: 0
+    return np.nan_to_num(np.asarray(values, np.float32), nan=0.0, posinf=np.inf, neginf=-np.inf)
+
+
+def _values(uncertainty, margin, boundary, fractions, image, lap, grad) -> tuple:
+    return (
         uncertainty.mean(),
         np.percentile(uncertainty, 90),
         np.mean(uncertainty > 0.25),
@@ -78,7 +88,6 @@ def tile_features(
         image.mean(axis=-1).std(),  # shading and horizontal banding
         image.mean(axis=-2).std(),  # curtaining stripes run along Y
     )
-    return np.asarray(values, np.float32)
 
 
 def median(values: np.ndarray):
@@ -143,7 +152,8 @@ def tile_features_torch(image, probs, uncertainty, labels) -> np.ndarray:
             image.mean(dim=-2).std(correction=0),
         ]
     )
-    return values.cpu().numpy().astype(np.float32)  # the one copy back to the host
+    values = values.cpu().numpy().astype(np.float32)  # the one copy back to the host
+    return np.nan_to_num(values, nan=0.0, posinf=np.inf, neginf=-np.inf)
 
 
 def _percentile(values, q: float):

@@ -120,6 +120,61 @@ def test_policy_training_improves_reward():
     assert greedy_reward(net, features, iou, gflops, 1.0) == pytest.approx(-1 / 11)
 
 
+def test_default_lambda_keeps_a_share_of_the_tolerance_on_the_training_tiles():
+    """The default λ is the largest whose plan loses at most half the 0.01 tolerance on the
+    selector's training tiles (the rest held back for other imaging): on a table where
+    staying cheap loses 0.002 per tile made cheap, the pick follows the tolerance given, and
+    the bundled selector's recorded curve obeys the rule it was picked by."""
+    import torch
+
+    from matseg.selector.train import (
+        DEFAULT_LAMBDA_GRID,
+        DEFAULT_TOLERANCE,
+        DEFAULT_TRAINING_SHARE,
+        pick_default_lambda,
+    )
+
+    n = 100
+    confusion = np.zeros((n, 2, 2, 2))
+    confusion[:, 1] = np.diag([50.0, 50.0])  # expensive: right everywhere
+    confusion[:, 0] = [[49.8, 0.2], [0.0, 50.0]]  # cheap: 0.2 % of voxels wrong
+
+    class Net:  # cheap on a share of the tiles that grows with λ
+        def __call__(self, features, lam):
+            cheap = features[:, 0] < torch.log10(lam / 1e-3) / 3
+            return (torch.stack([cheap.float(), (~cheap).float()], dim=1),)
+
+    features = np.linspace(0, 1, n, dtype=np.float32)[:, None]
+    loose, curve = pick_default_lambda(Net(), features, confusion, 1, 0.01)
+    strict, _ = pick_default_lambda(Net(), features, confusion, 1, 0.002)
+    assert curve[0]["lambda"] is None and curve[0]["miou"] == pytest.approx(1.0)
+    assert strict < loose and loose in DEFAULT_LAMBDA_GRID
+    for lam, entry in zip(DEFAULT_LAMBDA_GRID, curve[1:]):
+        assert entry["miou"] >= 1.0 - (0.01 if lam <= loose else 1.0)
+
+    record = json.loads((default_weights_dir() / "manifest.json").read_text())["selector"]
+    all_expensive, *rest = record["default_lambda_curve"]
+    target = all_expensive["miou"] - DEFAULT_TOLERANCE * DEFAULT_TRAINING_SHARE
+    kept = [e["lambda"] for e in rest if e["miou"] >= target]
+    assert record["default_lambda"] == max(kept)
+
+
+def test_default_lambda_only_keeps_the_policy(tmp_path, small_sample, random_weights, capsys):
+    """`train-selector --default-lambda-only` picks the default λ again on other volumes and
+    records where; the trained policy (its file) is kept as it was."""
+    folder = tmp_path / "w"
+    shutil.copytree(random_weights, folder)
+    policy = (folder / "selector.pt").read_bytes()
+    args = ["train-selector", small_sample, "--weights", folder, "--tile", "4,64,64", "--default-lambda-only"]
+    assert run(args) == 0
+    assert "default lambda" in capsys.readouterr().out
+    record = json.loads((folder / "manifest.json").read_text())["selector"]
+    assert (folder / "selector.pt").read_bytes() == policy
+    assert record["default_lambda_picked_on"] == [str(small_sample)]
+    assert record["default_lambda_curve"][0]["lambda"] is None
+    assert record["steps"] == 50  # the trained selector's record is kept
+
+
 def test_budget_allocation_never_exceeds_the_budget():
     rng = np.random.default_rng(3)
     gain = rng.uniform(-0.02, 0.1, size=(50, 3))
@@ -163,6 +218,9 @@ def test_lambda_monotone_and_dry_run_reuses_the_cheap_pass(tmp_path, volume):
     real = matseg.segment(volume, out, tile=TILE, lam=0.0, tolerance=None, recalibrate=False)
     assert real["run"]["cheap_pass_reused"]
     assert abs(real["gflops"] - spent[0]) <= 0.25 * real["gflops"]
+    # a dry run of the finished output shows its report (nothing left to estimate)
+    args = ["segment", volume, "-o", out, "--tile", ",".join(map(str, TILE)), "--lambda", "0", "--dry-run"]
+    assert run([*args, "--tolerance", "off", "--no-recalibrate"]) == 0
 
 
 def test_budget_is_never_exceeded(tmp_path, volume):

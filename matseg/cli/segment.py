@@ -240,7 +240,8 @@ def segment(
         )
     finally:
         bars.close()
-    click.echo(format_dry_run(report) if dry_run else format_report(report))
+    # a dry run of a finished output: nothing to estimate, the finished run's report is shown
+    click.echo(format_dry_run(report) if dry_run and "expected" in report else format_report(report))
 
 
 @click.command()

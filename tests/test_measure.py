@@ -258,6 +258,9 @@ def test_measure_command_on_a_segmentation(tmp_path, small_sample, capsys):
         ["--voxel-size", "a,b,c"],
         ["--transport-block", "2,8,8"],
         ["--transport-block", "a,8"],
+        ["--tol", "nan"],
+        ["--tol", "5"],
+        ["--tol", "-1"],
     ],
 )
 def test_measure_bad_options_exit_2(tmp_path, small_sample, extra, capsys):
@@ -279,6 +282,17 @@ def test_measure_bad_options_exit_2(tmp_path, small_sample, extra, capsys):
     err = capsys.readouterr().err
     assert err.startswith("matseg: error: ") and "Traceback" not in err
     assert not (tmp_path / "m").exists()
+
+
+def test_measure_never_writes_into_its_store(tmp_path, small_sample, capsys):
+    import shutil
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(small_sample, store)
+    args = ["measure", store, "--labels", "-o", store / "m", "--no-transport", "--no-rev", "--samples", "0"]
+    assert run(args) == 2
+    assert "would overwrite the store" in capsys.readouterr().err
+    assert not (store / "m").exists()
 
 
 def test_measure_wants_labels_flag_for_other_stores(tmp_path, small_sample, capsys):

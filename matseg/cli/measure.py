@@ -7,6 +7,7 @@ import click
 from matseg.cli.options import voxel_size_of, voxel_size_options
 from matseg.console import format_measure
 from matseg.errors import MatsegError
+from matseg.io.paths import check_distinct
 
 
 @click.command()
@@ -117,6 +118,7 @@ def measure(
         if output
         else Path(store.rstrip("/")).with_name(Path(store.rstrip("/")).stem + "-measure")
     )
+    check_distinct(folder, [("store", store)])
     if folder.exists() and not overwrite:
         raise MatsegError(
             f"output {folder} exists; pass --overwrite to replace its files, or -o another folder"

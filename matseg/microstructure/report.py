@@ -22,6 +22,7 @@ from matseg.microstructure.metrics import Settings, full_table, rev_curves
 from matseg.microstructure.source import LabelSource, open_labels
 from matseg.microstructure.tortuosity import solve_memory, split
 from matseg.microstructure.uncertainty import Perturbed
+from matseg.validate import check_number
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ def measure(
     start = time.perf_counter()
     if samples < 0:
         raise MatsegError(f"--samples {samples}: give 0 (no intervals) or more")
+    check_number("--tol", tol, low=0.0, high=1.0, open_low=True, open_high=True)
 
     src = open_labels(source, labels=labels, voxel_size=voxel_size, unit=unit)
     settings = _settings(src, phase, tpb, max_radius, block, tol, device, transport_block)

@@ -91,6 +91,16 @@ class ClusterSpec:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise MatsegError(f"cluster setting {name} must be a whole number >= 0, got {value!r}")
+        if self.memory is not None:
+            from dask.utils import parse_bytes
+
+            try:
+                if parse_bytes(str(self.memory)) <= 0:
+                    raise ValueError
+            except (ValueError, TypeError):
+                raise MatsegError(
+                    f"cluster setting memory must be a size such as 4GB or 500MiB, got {self.memory!r}"
+                ) from None
 
 
 def _read_config(path) -> dict:

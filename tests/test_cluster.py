@@ -95,6 +95,8 @@ def test_cheap_and_costly_tasks_run_on_their_own_worker_pools(tmp_path, volume, 
         (["--queue", "gpu"], "cluster settings need --cluster"),
         (["--cluster", "local", "--queue", "gpu"], "SLURM settings (queue) need --cluster slurm"),
         (["--cluster", "local", "--cluster-config", "missing.yaml"], "cannot read cluster config"),
+        (["--cluster", "local", "--memory", "lots"], "memory must be a size such as 4GB"),
+        (["--cluster", "local", "--memory", "0"], "memory must be a size such as 4GB"),
     ],
 )
 def test_bad_cluster_options(tmp_path, volume, capsys, args, message):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +31,22 @@ def load_sample_config(path: str | os.PathLike | None) -> SampleConfig:
     if not isinstance(values, dict):
         raise MatsegError(f"sample config {path} must be a mapping of settings")
     return SampleConfig.from_dict(values)
+
+
+BYTES_PER_VOXEL = 6  # image and phases (uint8) and difficulty (float32), before compression
+
+
+def _check_space(out: Path, shape: Sequence[int]) -> None:
+    """Refuse a sample the disk cannot hold, before anything is planned or rendered."""
+    shape = tuple(int(s) for s in shape)
+    needed = math.prod(shape) * BYTES_PER_VOXEL
+    parent = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    free = shutil.disk_usage(parent).free
+    if needed > free:
+        raise MatsegError(
+            f"a sample of shape {shape} needs up to {needed / 1e9:,.1f} GB "
+            f"(uncompressed); {free / 1e9:,.1f} GB are free at {parent}: choose a smaller --shape"
+        )
 
 
 def write_sample(
@@ -67,6 +85,7 @@ def write_sample(
     """
     config = config or SampleConfig()
     out = check_output(path, overwrite, kinds=("sample",))
+    _check_space(out, shape)
     arrays = sample_arrays(tuple(shape), seed, config, chunks=chunks)
     chunks = arrays["image"].chunksize
     attrs = {

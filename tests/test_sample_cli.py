@@ -46,3 +46,11 @@ def test_sample_bad_config(tmp_path, capsys):
     assert run(["sample", tmp_path / "s.zarr", "--shape", "8", "8", "--config", config]) == 2
     err = capsys.readouterr().err
     assert "unknown SampleConfig key" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_sample_the_disk_cannot_hold_is_refused_at_once(tmp_path, capsys):
+    """Refused before anything is planned: a graph of every block of such a volume would fill memory."""
+    code = run(["sample", tmp_path / "huge.zarr", "--shape", "100000", "100000", "100000"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "needs up to 6,000,000.0 GB" in err and len(err.splitlines()) == 1
+    assert not any(tmp_path.iterdir())

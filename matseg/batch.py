@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from matseg.errors import MatsegError
+from matseg.io.guard import output_kind
 from matseg.io.read import canonical_source, split_spec
 from matseg.io.write import run_attrs
 
@@ -56,10 +57,15 @@ def _relative_to(folder: Path, spec: str) -> str:
 def glob_jobs(
     pattern: str, output_dir: str | os.PathLike, suffix: str = "-phases.zarr"
 ) -> list[tuple[str, str]]:
-    """One job per input matching ``pattern``: ``output_dir/<input name><suffix>``."""
-    inputs = sorted(globbing.glob(pattern))
+    """One job per input matching ``pattern``: ``output_dir/<input name><suffix>``. What matseg
+    wrote itself (segmentations, corrections, weights, evaluations) is no input: a second run
+    of the same glob into the same folder would otherwise segment the first run's outputs."""
+    matched = sorted(globbing.glob(pattern))
+    inputs = [i for i in matched if output_kind(i) in (None, "sample")]
+    if len(inputs) < len(matched):
+        logger.info("skipped %d matseg output(s) matching %r", len(matched) - len(inputs), pattern)
     if not inputs:
-        raise MatsegError(f"no input matches {pattern!r}")
+        raise MatsegError(f"no input matches {pattern!r}" + (" (only matseg outputs)" if matched else ""))
     out = Path(output_dir)
     return [(i, str(out / f"{Path(i).name.split('.')[0]}{suffix}")) for i in inputs]
 

@@ -43,6 +43,20 @@ def test_glob_runs_every_input_then_skips_finished_ones(tmp_path, scans, random_
     assert snapshot(tmp_path / "out") == before  # nothing recomputed or rewritten
 
 
+def test_glob_into_its_own_folder_skips_matseg_outputs(tmp_path, scans, random_weights, capsys):
+    """Outputs written next to the inputs match the glob the second time: they are no input."""
+    import shutil
+
+    folder = tmp_path / "scans"
+    shutil.copytree(scans, folder)
+    args = ["batch", "--glob", f"{folder}/*.zarr", "--output-dir", folder]
+    args += ["--weights", random_weights, "--model", "cheap", "--tile", "4,64,64"]
+    assert run(args) == 0 and "2 done" in capsys.readouterr().out
+    assert run(args) == 0
+    assert "0 done, 2 skipped, 0 failed" in capsys.readouterr().out
+    assert not list(folder.glob("*-phases-phases.zarr"))
+
+
 def test_manifest_index_and_unfinished_outputs(tmp_path, scans, random_weights, capsys):
     manifest = tmp_path / "jobs.yaml"
     jobs = [{"input": str(scans / f"scan{s}.zarr"), "output": f"out/scan{s}.zarr"} for s in (1, 2)]

@@ -104,6 +104,9 @@ def test_settings_are_checked_when_made_and_shortcuts_map_onto_them(tmp_path, sm
         matseg.Settings(lam=2.0)
     with pytest.raises(matseg.MatsegError, match="only apply with --model auto"):
         matseg.Settings(model="cheap", budget_gflops=10.0)
+    for tile in [(8, 0, 256), (256,), (1, 8, 256, 256)]:
+        with pytest.raises(matseg.MatsegError, match="positive sizes"):
+            matseg.Settings(tile=tile)
     settings = matseg.Settings(lam=0.03)
     assert matseg.Settings.of(settings, tile=[4, 32, 32]) == matseg.Settings(lam=0.03, tile=(4, 32, 32))
     with pytest.raises(TypeError, match="unknown setting"):

@@ -96,6 +96,9 @@ class Settings:
     def __post_init__(self) -> None:
         if self.tile is not None:
             object.__setattr__(self, "tile", tuple(int(t) for t in self.tile))
+            # (the multiple of the models' stride it must be is known once the weights are read)
+            if len(self.tile) not in (2, 3) or min(self.tile) <= 0:
+                raise MatsegError(f"tile {self.tile}: give 2 (Y, X) or 3 (Z, Y, X) positive sizes")
         if not isinstance(self.batch_tiles, int) or self.batch_tiles < 1:
             raise MatsegError(
                 f"batch_tiles must be a whole number of tiles, at least 1; got {self.batch_tiles!r}"

@@ -91,3 +91,20 @@ def test_multichannel_ome_is_refused(tmp_path):
     write_image(np.zeros((2, 4, 32, 32), np.uint8), root, axes="czyx", scale_factors=())
     with pytest.raises(MatsegError, match="2 entries along its channel axis"):
         open_volume(tmp_path / "mc.zarr")
+
+
+def test_tiff_of_one_series_a_page_is_one_stack(tmp_path):
+    """Pages written one at a time are image series of their own: stacked along Z (reading the
+    first would drop every other slice silently); series that do not stack are refused."""
+    data = np.random.default_rng(0).integers(0, 255, (6, 40, 50), dtype=np.uint8)
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tif:
+        for page in data:
+            tif.write(page, contiguous=False)
+    volume = open_volume(tmp_path / "pages.tif")
+    assert volume.shape == data.shape
+    np.testing.assert_array_equal(volume.data.compute(), data)
+    with tifffile.TiffWriter(tmp_path / "mixed.tif") as tif:
+        tif.write(data[0], contiguous=False)
+        tif.write(data[1, :20], contiguous=False)
+    with pytest.raises(MatsegError, match="do not stack into one volume"):
+        open_volume(tmp_path / "mixed.tif")

@@ -186,8 +186,14 @@ def _open_tiff(path: Path, source: str) -> Volume:
     import tifffile
 
     try:
+        with tifffile.TiffFile(path) as tif:
+            shapes = [(tuple(s.shape), s.dtype) for s in tif.series]
+        if len(shapes) > 1:  # pages written one by one: a series each
+            return _open_tiff_pages(path, source, shapes)
         store = tifffile.imread(path, aszarr=True)
         node = zarr.open(store, mode="r")
+    except MatsegError:
+        raise
     except Exception as err:  # tifffile raises many types for broken files
         raise MatsegError(f"cannot read TIFF {path}: {err}") from None
     if isinstance(node, zarr.Group):  # pyramidal TIFF: level 0
@@ -195,6 +201,23 @@ def _open_tiff(path: Path, source: str) -> Volume:
     with tifffile.TiffFile(path) as tif:
         voxel_size = scale.from_tiff(tif, node.ndim)
     return Volume(data=da.from_zarr(node), source=source, kind="tiff", handle=store, voxel_size=voxel_size)
+
+
+def _open_tiff_pages(path: Path, source: str, shapes: list) -> Volume:
+    """A TIFF whose slices are image series of their own (as a writer of one page at a time
+    leaves them): stacked along Z, lazily, when every series is one 2-D image of one shape."""
+    import tifffile
+
+    if any(len(shape) != 2 for shape, _ in shapes) or len(set(shapes)) != 1:
+        listing = ", ".join(f"{shape} {dtype}" for shape, dtype in shapes[:4])
+        raise MatsegError(
+            f"TIFF {path} holds {len(shapes)} image series ({listing}{', ...' if len(shapes) > 4 else ''}) "
+            "that do not stack into one volume; save the volume as one stack"
+        )
+    tif = tifffile.TiffFile(path)  # kept open: the slices are read from it as they are needed
+    stores = [series.aszarr() for series in tif.series]
+    data = da.stack([da.from_zarr(zarr.open(store, mode="r")) for store in stores])
+    return Volume(data=data, source=source, kind="tiff", handle=tif, voxel_size=scale.from_tiff(tif, 3))
 
 
 def _open_zarr(path: Path, inner: str, source: str, labels: bool) -> Volume:

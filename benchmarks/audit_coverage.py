@@ -3,7 +3,7 @@ truth, the estimator's temperatures chosen on one set of volumes and its coverag
 another.
 
     python benchmarks/audit_coverage.py [--out docs/audit-coverage.json] [--work DIR] [--tolerance 0.01]
-        [--no-recalibrate] [--fixed-from docs/audit-coverage.json]
+        [--lambda 0.01] [--no-recalibrate] [--fixed-from docs/audit-coverage.json]
     python benchmarks/audit_coverage.py --analyse docs/audit-coverage.json
 
 Volumes (24 x 384 x 384): eight imaging kinds — the `train`, `test` and `wide` profiles and
@@ -72,7 +72,12 @@ def volumes() -> list[dict]:
 
 
 def measure(
-    row: dict, work: Path, earlier: dict | None = None, tolerance: float | None = None, recalibrate=True
+    row: dict,
+    work: Path,
+    earlier: dict | None = None,
+    tolerance: float | None = None,
+    recalibrate=True,
+    lam: float | None = None,
 ) -> dict:
     """Segment one volume every way; the default run's estimate at every temperature.
     ``earlier``: this volume's results from an earlier run, whose fixed candidates are kept
@@ -89,7 +94,7 @@ def measure(
         out[model] = {"miou": report["metrics"]["miou"], "gflops": report["gflops"]}
     output = work / "auto.zarr"
     report = matseg.segment(
-        sample, output, truth=sample, overwrite=True, tolerance=tolerance, recalibrate=recalibrate
+        sample, output, truth=sample, overwrite=True, tolerance=tolerance, recalibrate=recalibrate, lam=lam
     )
     estimate = report["estimate"]
     out["auto"] = {"miou": report["metrics"]["miou"], "gflops": report["gflops"]}
@@ -218,6 +223,9 @@ def main() -> None:
     parser.add_argument("--analyse", type=Path, help="only analyse the results in this JSON")
     parser.add_argument("--tolerance", type=float, help="segment with this --tolerance (default: off)")
     parser.add_argument(
+        "--lambda", dest="lam", type=float, help="segment with this λ (default: the selector's)"
+    )
+    parser.add_argument(
         "--no-recalibrate", action="store_true", help="the selector's plan as it is (no recalibration)"
     )
     parser.add_argument("--all-estimates", type=Path, help="write every temperature's estimates here")
@@ -239,7 +247,7 @@ def main() -> None:
             rows = []
             for row in volumes():
                 fixed = earlier.get((row["kind"], row["seed"]))
-                rows.append(measure(row, work, fixed, args.tolerance, not args.no_recalibrate))
+                rows.append(measure(row, work, fixed, args.tolerance, not args.no_recalibrate, args.lam))
                 print(f"{row['kind']} {row['seed']}: true {rows[-1]['true_change']:+.4f}", flush=True)
     summary = analyse(rows)
     summary["fixed"] = fixed_summary(rows)

@@ -185,6 +185,14 @@ def save_selector(selector: Selector, folder: str | os.PathLike, record: dict | 
     return path
 
 
+def save_selector_record(folder: str | os.PathLike, entry: dict) -> None:
+    """Replace the manifest entry of a folder's selector (its file unchanged)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    manifest["selector"] = entry
+    replace_file(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
 def load_selector(folder: str | os.PathLike | None = None) -> Selector:
     """Load the selector of a weights folder (default: bundled), checking its sha256."""
     folder = Path(folder) if folder is not None else default_weights_dir()

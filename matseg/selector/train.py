@@ -23,7 +23,15 @@ from matseg.errors import MatsegError
 from matseg.io.paths import check_distinct
 from matseg.models.store import load_segmenter
 from matseg.pipeline.job import halo_of
-from matseg.selector.policy import LAMBDA_FLOOR, PolicyNet, Selector, save_selector
+from matseg.selector.policy import (
+    LAMBDA_FLOOR,
+    PolicyNet,
+    Selector,
+    check_pairing,
+    load_selector,
+    save_selector,
+    save_selector_record,
+)
 from matseg.selector.table import class_to_phase, merge_tables, remap_rows, reward, tile_iou, tile_table
 from matseg.tiling import DEFAULT_TILE
 
@@ -42,21 +50,25 @@ def available_candidates(weights: str | os.PathLike) -> tuple[str, ...]:
 
 EVAL_LAMBDAS = (0.0, 0.01, 0.03, 0.1, 0.3)
 DEFAULT_LAMBDA_GRID = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5)
-# mIoU the default λ may lose to all-expensive on the training tiles: "almost the same accuracy"
+# mIoU the default λ's plan may lose to all-expensive on the selector's training tiles: "almost
+# the same accuracy". (Half of it, which would hold back a margin for other imaging, was
+# measured and not kept: docs/benchmarks.md, "A smaller default λ?")
 DEFAULT_TOLERANCE = 0.01
 
 
 def pick_default_lambda(
     net: PolicyNet, features: np.ndarray, confusion: np.ndarray, k_expensive: int, tolerance: float
 ) -> tuple[float, list[dict]]:
-    """The largest λ whose plan on the training tiles stays within ``tolerance`` mIoU of all-expensive.
+    """The largest λ whose plan on the training tiles stays within ``tolerance`` mIoU of all-expensive;
+    the curve of every λ tried, all-expensive's mIoU first (``"lambda": None``).
 
     Scale-free users of their own data get a default that fits their gains and costs.
     """
     from matseg.selector.table import plan_miou
 
-    target = plan_miou(confusion, np.full(len(features), k_expensive)) - tolerance
-    best, curve = DEFAULT_LAMBDA_GRID[0], []
+    all_expensive = plan_miou(confusion, np.full(len(features), k_expensive))
+    target = all_expensive - tolerance
+    best, curve = DEFAULT_LAMBDA_GRID[0], [{"lambda": None, "miou": all_expensive, "upgraded": 1.0}]
     for lam in DEFAULT_LAMBDA_GRID:
         with torch.inference_mode():
             logits = net(torch.as_tensor(features), torch.full((len(features),), lam))[0]
@@ -194,6 +206,7 @@ def train_selector(
     steps: int = 4000,
     seed: int = 0,
     command: str | None = None,
+    default_lambda_only: bool = False,
 ) -> dict:
     """Train the selector for the segmenters in ``weights`` and save it there.
 
@@ -212,6 +225,10 @@ def train_selector(
         default candidate whose segmenters ``weights`` holds.
     tile : sequence of int
         Tile size used to cut the training tiles (use the one you segment with).
+    default_lambda_only : bool
+        Keep the folder's trained policy (``selector.pt`` unchanged) and only pick its default λ
+        again on ``images`` by :func:`pick_default_lambda`'s rule (``candidates``, ``steps`` and
+        ``seed`` are then the trained selector's).
 
     Returns
     -------
@@ -222,9 +239,15 @@ def train_selector(
     if labels and len(labels) != len(images):
         raise MatsegError(f"{len(images)} image(s) but {len(labels)} label volume(s); give one per image")
     check_distinct(weights, [("image", i) for i in images] + [("--labels", v) for v in labels or ()])
-    names = tuple(c.name for c in get_candidates(list(candidates or available_candidates(weights))))
+    trained = load_selector(weights) if default_lambda_only else None
+    if trained is not None:
+        names = trained.candidates
+    else:
+        names = tuple(c.name for c in get_candidates(list(candidates or available_candidates(weights))))
     needed = {"cheap"} | {m for n in names for m in CANDIDATES[n].needs}
     models = {m: load_segmenter(m, weights) for m in sorted(needed)}
+    if trained is not None:
+        check_pairing(trained, models)
     context = Context(models)
     halo = halo_of("auto", context, names)  # the halo a segment run of these candidates reads
     tables = []
@@ -236,21 +259,36 @@ def train_selector(
     mapping = np.arange(context.n_phases)
     if "classical" in names:
         k = names.index("classical")
-        mapping = class_to_phase(confusion[:, k])
+        mapping = class_to_phase(confusion[:, k]) if trained is None else np.array(trained.phase_order)
         confusion[:, k] = remap_rows(confusion[:, k], mapping)
     iou = tile_iou(confusion)
-    net, history = fit_policy(table["features"], iou, table["gflops"], steps=steps, seed=seed)
+    if trained is None:
+        net, history = fit_policy(table["features"], iou, table["gflops"], steps=steps, seed=seed)
+    else:
+        net = trained.net
     default_lambda, curve = DEFAULT_LAMBDA_GRID[0], []
+    tolerance = DEFAULT_TOLERANCE
     if "expensive" in names:
         default_lambda, curve = pick_default_lambda(
-            net, table["features"], confusion, names.index("expensive"), DEFAULT_TOLERANCE
+            net, table["features"], confusion, names.index("expensive"), tolerance
         )
     logger.info(
-        "selector: default lambda %s (within %s mIoU of all-expensive)", default_lambda, DEFAULT_TOLERANCE
+        "selector: default lambda %s (within %s mIoU of all-expensive on its training tiles)",
+        default_lambda,
+        tolerance,
     )
-    record = {
+    picked = {
         "default_lambda": default_lambda,
         "default_lambda_curve": curve,
+        "default_lambda_tolerance": tolerance,
+    }
+    if trained is not None:
+        record = {**trained.record, **picked, "default_lambda_picked_on": [str(i) for i in images]}
+        record["default_lambda_command"] = command
+        save_selector_record(weights, record)
+        return record
+    record = {
+        **picked,
         "tiles": len(iou),
         "tile": list(tile),
         "steps": steps,

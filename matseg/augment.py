@@ -163,8 +163,12 @@ def load_augmentation(spec: str | os.PathLike | None) -> Augmentation | None:
     except yaml.YAMLError as err:
         raise MatsegError(f"augmentation file {path} is not valid YAML: {err}") from None
     valid = [f.name for f in dataclasses.fields(Augmentation)]
-    unknown = sorted(set(values) - set(valid)) if isinstance(values, dict) else None
-    if unknown is None or unknown:
+    if not isinstance(values, dict):
+        raise MatsegError(
+            f"augmentation file {path} must be a mapping of settings (keys: {', '.join(valid)})"
+        )
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
         raise MatsegError(f"augmentation file {path}: unknown key(s) {unknown}; valid keys: {valid}")
     return Augmentation(**values)
 

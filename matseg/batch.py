@@ -43,7 +43,9 @@ def read_jobs(manifest: str | os.PathLike) -> list[tuple[str, str]]:
     jobs = []
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict) or not row.get("input") or not row.get("output"):
-            raise MatsegError(f"manifest {manifest}, job {number}: needs both 'input' and 'output'")
+            other = sorted(set(row) - {"input", "output"}) if isinstance(row, dict) else []
+            found = f" (it has {', '.join(map(repr, other))})" if other else ""
+            raise MatsegError(f"manifest {manifest}, job {number}: needs both 'input' and 'output'{found}")
         jobs.append(tuple(_relative_to(path.parent, str(row[key])) for key in ("input", "output")))
     return jobs
 
@@ -112,6 +114,14 @@ def batch(
     """
     from matseg.pipeline.run import segment
 
+    outputs: dict[Path, str] = {}
+    for input, output in jobs:  # two jobs writing one output: the second would fail or overwrite
+        key = Path(os.path.normcase(Path(output).absolute()))
+        if key in outputs:
+            raise MatsegError(
+                f"jobs {outputs[key]} and {input} both write {output}; give each job its own output"
+            )
+        outputs[key] = input
     if index is not None:
         if not 0 <= index < len(jobs):
             raise MatsegError(f"--index {index} is outside the {len(jobs)} jobs (0 to {len(jobs) - 1})")

@@ -116,7 +116,8 @@ def format_report(report: dict) -> str:
         lines.insert(2, "  finished   earlier, with these settings: nothing computed now (stored summary)")
     if run.get("started_as") == "resume":
         done = ", ".join(  # a single-model run's one stage is called "tiles"
-            f"{n}" if stage == "tiles" else f"{n} {stage}" for stage, n in run["computed_tiles"].items()
+            f"{n}" if stage == "tiles" else f"{n} {stage.replace('audited cells', 'audited-cell')}"
+            for stage, n in run["computed_tiles"].items()
         )
         lines.insert(2, f"  resumed    from its finished tiles; computed now: {done} tiles")
     if run.get("scheduler") not in (None, "threads"):

@@ -31,6 +31,7 @@ from matseg.selector.policy import remove_selector
 from matseg.validate import check_number
 
 logger = logging.getLogger(__name__)
+progress_log = logging.getLogger("matseg.progress")
 
 MAX_PHASES = 32  # more label values than this, with no phase names: an image given as labels
 # a training step's peak memory over the tensors autograd keeps for its backward pass:
@@ -101,7 +102,8 @@ def fit(
         sched.step()
         losses.append(loss.item())
         if (step + 1) % max(1, steps // 10) == 0:
-            logger.info("%s: step %d/%d loss %.4f", model.name, step + 1, steps, np.mean(losses[-50:]))
+            # a progress line: --quiet drops it (the "matseg.progress" logger)
+            progress_log.info("%s: step %d/%d loss %.4f", model.name, step + 1, steps, np.mean(losses[-50:]))
         try:
             stage.advance()
         except BaseException:

@@ -145,6 +145,9 @@ def test_presets_and_yaml(tmp_path):
     path.write_text("blurr: [0, 1]\n")
     with pytest.raises(MatsegError, match="blurr"):
         load_augmentation(path)
+    path.write_text("- probability: 0.5\n")
+    with pytest.raises(MatsegError, match="must be a mapping of settings"):
+        load_augmentation(path)
     for bad in (dict(shading=(0, 1.2)), dict(probability=1.5), dict(gamma=(0, 1)), dict(blur=(2, 1))):
         with pytest.raises(MatsegError):
             Augmentation(**bad)

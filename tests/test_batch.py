@@ -85,6 +85,11 @@ def test_manifest_index_and_unfinished_outputs(tmp_path, scans, random_weights, 
     [
         ("[]", "must list jobs"),
         ('[{"input": "a.zarr"}]', "needs both 'input' and 'output'"),
+        ('[{"input": "a.zarr", "outptu": "b.zarr"}]', "needs both 'input' and 'output' (it has 'outptu')"),
+        (
+            '[{"input": "a.zarr", "output": "o.zarr"}, {"input": "b.zarr", "output": "o.zarr"}]',
+            "o.zarr; give each job its own output",
+        ),
         (": : :", "cannot be parsed"),
     ],
 )

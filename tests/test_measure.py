@@ -295,6 +295,11 @@ def test_measure_never_writes_into_its_store(tmp_path, small_sample, capsys):
     assert not (store / "m").exists()
 
 
+def test_measure_of_a_missing_store_says_so(tmp_path, capsys):
+    assert run(["measure", tmp_path / "nope.zarr", "-o", tmp_path / "m"]) == 2
+    assert "input not found" in capsys.readouterr().err
+
+
 def test_measure_wants_labels_flag_for_other_stores(tmp_path, small_sample, capsys):
     assert run(["measure", small_sample, "-o", tmp_path / "m"]) == 2
     assert "--labels" in capsys.readouterr().err

@@ -136,6 +136,13 @@ def test_phases_read_from_label_metadata(tmp_path, small_sample):
     )
 
 
+def test_quiet_training_prints_no_step_lines(tmp_path, small_sample, capsys):
+    assert run(["train", small_sample, *QUICK, "--steps", "2", "-o", tmp_path / "loud"]) == 0
+    assert "step 1/2" in capsys.readouterr().err
+    assert run(["train", small_sample, *QUICK, "--steps", "2", "--quiet", "-o", tmp_path / "w"]) == 0
+    assert "step 1/2" not in capsys.readouterr().err
+
+
 def test_fine_tune_from_init_writes_new_folder(tmp_path, small_sample, random_weights):
     before = (Path(random_weights) / "cheap.pt").read_bytes()
     code = run(

@@ -73,6 +73,8 @@ def open_labels(
     LabelSource
     """
     spec = os.fspath(spec)
+    if not split_spec(spec)[0].exists():
+        raise MatsegError(f"input not found: {spec}")
     is_segmentation = not labels and store_kind(split_spec(spec)[0]) == "segmentation"
     if is_segmentation:
         seg = open_segmentation(spec)

@@ -126,7 +126,8 @@ def load_segmenter(name: str, folder: str | os.PathLike | None = None) -> Segmen
     manifest = read_manifest(folder)
     if name not in manifest:
         raise MatsegError(
-            f"model '{name}' not in {folder / MANIFEST}; available: {', '.join(sorted(manifest))}"
+            f"model '{name}' not in {folder / MANIFEST}; available: "
+            + ", ".join(sorted(n for n, e in manifest.items() if isinstance(e, dict) and "architecture" in e))
         )
     entry = manifest[name]
     path = folder / entry["file"]

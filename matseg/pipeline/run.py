@@ -283,7 +283,10 @@ def _run(
             evidence = audited_estimate(job, plan, audit, found, decision, finish_records, written, stats)
         counts = stats["counts"]
     if start == Start.RESUME:
-        done = ", ".join(f"{n} tiles" if s == "tiles" else f"{n} {s} tiles" for s, n in computed.items())
+        done = ", ".join(
+            f"{n} tiles" if s == "tiles" else f"{n} {s.replace('audited cells', 'audited-cell')} tiles"
+            for s, n in computed.items()
+        )
         logger.info(f"resumed {job.output}: computed {done}")
     compute_seconds = time.perf_counter() - compute_started
     report = run_report(job, norm, plan, stats, counts, command)

@@ -53,6 +53,7 @@ def test_a_test_profile_volume_fits_and_inverted_contrast_does_not(tmp_path, cap
     report = matseg.segment(plain, tmp_path / "plain-phases.zarr")
     assert report["fit"]["fits"] and report["fit"]["distance"] <= report["fit"]["threshold"]
     assert "advice" not in report["fit"]
+    assert "/" not in report["fit"]["nearest"]  # names, not the training machine's folders
 
     inverted = _sample(tmp_path / "inverted.zarr", invert=True)
     assert run(["segment", inverted, "-o", tmp_path / "inverted-phases.zarr", "--quiet"]) == 0

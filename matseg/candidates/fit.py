@@ -204,7 +204,7 @@ def fit_of(
         if best is None or distance < best["distance"]:
             best = {
                 "distance": distance, "intensity": intensity, "contrast": contrast, "uncertainty": part,
-                "set": entry["source"],
+                "set": _names(entry["source"]),
             }  # fmt: skip
     fits = best["distance"] <= THRESHOLD
     result = {
@@ -219,6 +219,11 @@ def fit_of(
     if not fits:
         result["advice"] = ADVICE
     return result
+
+
+def _names(source: str) -> str:
+    """The training volumes' names, without the folders of the machine that trained them."""
+    return ", ".join(Path(part.strip()).name for part in source.split(","))
 
 
 def check_fit(

@@ -267,20 +267,19 @@ def train_selector(
     else:
         net = trained.net
     default_lambda, curve = DEFAULT_LAMBDA_GRID[0], []
-    tolerance = DEFAULT_TOLERANCE
     if "expensive" in names:
         default_lambda, curve = pick_default_lambda(
-            net, table["features"], confusion, names.index("expensive"), tolerance
+            net, table["features"], confusion, names.index("expensive"), DEFAULT_TOLERANCE
         )
     logger.info(
         "selector: default lambda %s (within %s mIoU of all-expensive on its training tiles)",
         default_lambda,
-        tolerance,
+        DEFAULT_TOLERANCE,
     )
     picked = {
         "default_lambda": default_lambda,
         "default_lambda_curve": curve,
-        "default_lambda_tolerance": tolerance,
+        "default_lambda_tolerance": DEFAULT_TOLERANCE,
     }
     if trained is not None:
         record = {**trained.record, **picked, "default_lambda_picked_on": [str(i) for i in images]}

@@ -28,7 +28,7 @@ from matseg.models.segmenter import Segmenter, new_segmenter
 from matseg.models.store import MANIFEST, check_weights_folder, load_segmenter, read_manifest, save_segmenter
 from matseg.monitor import CancelToken, Monitor, Progress
 from matseg.selector.policy import remove_selector
-from matseg.validate import check_number
+from matseg.validate import check_number, check_phase_names
 
 logger = logging.getLogger(__name__)
 progress_log = logging.getLogger("matseg.progress")
@@ -180,14 +180,6 @@ def available_memory() -> int | None:
     return available
 
 
-def check_phase_names(phases: Sequence[str]) -> None:
-    """At least two phases, each named, no name twice."""
-    if len(phases) < 2:
-        raise MatsegError("training needs at least 2 phases")
-    if not all(p.strip() for p in phases) or len(set(phases)) != len(phases):
-        raise MatsegError(f"--phases {','.join(phases)}: give at least 2 distinct, non-empty names")
-
-
 def check_every_phase_labelled(data: Sequence[LabelledSlices], phases: Sequence[str]) -> None:
     """Every phase has labelled voxels: a net trained from scratch cannot learn a phase it never
     sees (label values that skip a number leave one without any)."""
@@ -317,6 +309,8 @@ def train(
         )
     if n_values > len(phases):
         raise MatsegError(f"labels use values up to {n_values - 1} but only {len(phases)} phases are named")
+    if len(phases) < 2:
+        raise MatsegError(f"training needs at least 2 phases; the labels have {len(phases)}")
     check_phase_names(phases)
     if init is None:
         check_every_phase_labelled(data, phases)

@@ -104,3 +104,9 @@ def check_intensities(source: str, smallest: float, largest: float, low: float, 
             f"{source} holds values from {smallest:g} to {largest:g} (robust range {low:g} to {high:g}), "
             f"beyond what matseg's float32 normalisation represents (±{FLOAT32_MAX:.3g}); rescale the volume"
         )
+
+
+def check_phase_names(phases, hint: str = "") -> None:
+    """At least two phases, each named, no name twice (``hint``: what the message adds)."""
+    if len(phases) < 2 or not all(str(p).strip() for p in phases) or len(set(phases)) != len(phases):
+        raise MatsegError(f"--phases {','.join(phases)}: give at least 2 distinct, non-empty names{hint}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields, replace
 from matseg.candidates.registry import CANDIDATES
 from matseg.defaults import DEFAULT_TOLERANCE
 from matseg.errors import MatsegError
-from matseg.validate import check_number
+from matseg.validate import check_number, check_phase_names
 
 MODES = ("auto", *CANDIDATES)
 
@@ -128,10 +128,7 @@ def _check_phases(model: str, phases: tuple[str, ...]) -> None:
             f"--phases names the phases of --model classical; --model {model} takes the phases "
             "its weights name"
         )
-    if len(phases) < 2 or not all(phases) or len(set(phases)) != len(phases):
-        raise MatsegError(
-            f"--phases {','.join(phases)}: give at least 2 distinct, non-empty names, dark to bright"
-        )
+    check_phase_names(phases, ", dark to bright")
 
 
 def _names() -> str:

@@ -198,3 +198,11 @@ def test_a_run_gives_back_the_callers_torch_threads(tmp_path, small_sample, rand
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_missing_model_names_only_the_folders_segmenters(random_weights):
+    from matseg import MatsegError
+    from matseg.models.store import load_segmenter
+
+    with pytest.raises(MatsegError, match=r"available: cheap, expensive$"):
+        load_segmenter("medium", random_weights)

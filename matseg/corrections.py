@@ -36,6 +36,7 @@ from matseg.io.paths import check_distinct
 from matseg.io.write import axes_for
 from matseg.labelled import UNLABELLED, LabelledSlices, load_labelled
 from matseg.review import open_segmentation, tile_grid
+from matseg.validate import check_label_values
 
 ATTRIBUTE = "matseg-corrections"
 SUFFIX = ".corrections.zarr"
@@ -148,12 +149,31 @@ def save_corrections(
         corrected = labels.rechunk(chunks)
     else:  # numpy, zarr, or a napari layer's array: read one chunk at a time
         corrected = da.from_array(labels, chunks=chunks, asarray=True, name=False)
+    # a phase on every voxel (a value torch would only refuse when fine-tuning on them)
+    check_label_values(corrected, len(segmentation.phase_names), "the corrections", "corrected labels")
+    if (corrected == UNLABELLED).any().compute():
+        raise MatsegError(f"corrected labels hold {UNLABELLED}: every voxel needs one of the output's phases")
     corrected = corrected.astype(np.uint8)
     changed = (corrected != segmentation.phases).astype(np.uint8)
+    reviewed = _reviewed_tiles(reviewed, tile_grid(segmentation).grid_shape)
 
     with building(target) as partial:  # renamed into place complete, or not at all
         _write_corrections(partial, target, segmentation, corrected, changed, reviewed, weights, session)
     return target
+
+
+def _reviewed_tiles(reviewed, grid: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The reviewed tiles as index tuples, each one of the output's tile grid."""
+    tiles = []
+    for tile in reviewed:
+        try:
+            index = tuple(int(i) for i in tile)
+        except (TypeError, ValueError):
+            index = None
+        if index is None or len(index) != len(grid) or not all(0 <= i < n for i, n in zip(index, grid)):
+            raise MatsegError(f"reviewed tile {tile!r} is not a tile of the output's grid {grid}")
+        tiles.append(index)
+    return tiles
 
 
 def _write_corrections(partial, target, segmentation, corrected, changed, reviewed, weights, session) -> None:

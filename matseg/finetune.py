@@ -23,6 +23,7 @@ from matseg.monitor import CancelToken, Monitor, Progress
 from matseg.selector.refit import SELECTOR_STEPS, selector_from_slices
 from matseg.statistics import previous_sets, record_statistics
 from matseg.training import fit, score
+from matseg.validate import check_number
 
 logger = logging.getLogger(__name__)
 
@@ -111,73 +112,88 @@ def finetune_from_corrections(
     sources = [("corrections", corrections.path), ("image", image), ("segmentation", corrections.output)]
     check_distinct(out, [*sources, ("--init", init_dir)])
     check_weights_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _copy_weights(init_dir, out, manifest, skip=[*models, "selector"])
-    results, monitor = {}, Monitor(progress, cancel)
-    for name in models:
-        if scratch:
-            model = new_segmenter(name, corrections.phases, seed)
-        else:
-            model = load_segmenter(name, init_dir)
-        if not explicit_init and used.get(name) and used[name] != model.sha256:
-            raise MatsegError(
-                f"the output was segmented with {name} weights sha256 {used[name][:12]}..., but "
-                f"{init_dir} holds {model.sha256[:12]}...; pass the weights folder it used as init (--init)"
-            )
-        if corrections.phases and model.phases != corrections.phases:
-            raise MatsegError(
-                f"{name} weights have phases {model.phases}; corrections have {corrections.phases}"
-            )
-        size = min(patch, *data.images.shape[1:])
-        size = max(model.stride, size - size % model.stride)
-        n_steps = steps.get(name, max(steps.values())) if isinstance(steps, dict) else steps
-        before = None if scratch else score(model, [data])
-        started = time.perf_counter()
-        fit(model, [data], n_steps, batch=batch, patch=size, lr=lr, seed=seed, monitor=monitor)
-        seconds = time.perf_counter() - started
-        after = score(model, [data])
-        record = {
-            "training": {
-                "command": command or "matseg.corrections.finetune_from_corrections",
-                "from_corrections": str(corrections.path.absolute()),
-                "init": None if scratch else str(init_dir.absolute()),
-                "slices": corrections.corrected_slices,
-                "seed": seed,
-                "steps": n_steps,
-                "batch": batch,
-                "patch": size,
-                "lr": lr,
-                "seconds": round(seconds, 1),
+    unknown = [m for m in models if m not in SEGMENTERS]
+    if unknown:
+        raise MatsegError(f"--model {', '.join(unknown)}: choose among {', '.join(SEGMENTERS)}")
+    for name, value in (("--batch", batch), ("--patch", patch)):
+        check_number(name, value, low=1)
+    for value in steps.values() if isinstance(steps, dict) else [steps]:
+        check_number("--steps", value, low=1)
+    check_number("--lr", lr, low=0.0, open_low=True, high=1.0)
+    created = not out.exists() or (out.is_dir() and not any(out.iterdir()))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _copy_weights(init_dir, out, manifest, skip=[*models, "selector"])
+        results, monitor = {}, Monitor(progress, cancel)
+        for name in models:
+            if scratch:
+                model = new_segmenter(name, corrections.phases, seed)
+            else:
+                model = load_segmenter(name, init_dir)
+            if not explicit_init and used.get(name) and used[name] != model.sha256:
+                raise MatsegError(
+                    f"the output was segmented with {name} weights sha256 {used[name][:12]}..., but "
+                    f"{init_dir} holds {model.sha256[:12]}...; pass the weights folder it used as init "
+                    "(--init)"
+                )
+            if corrections.phases and model.phases != corrections.phases:
+                raise MatsegError(
+                    f"{name} weights have phases {model.phases}; corrections have {corrections.phases}"
+                )
+            size = min(patch, *data.images.shape[1:])
+            size = max(model.stride, size - size % model.stride)
+            n_steps = steps.get(name, max(steps.values())) if isinstance(steps, dict) else steps
+            before = None if scratch else score(model, [data])
+            started = time.perf_counter()
+            fit(model, [data], n_steps, batch=batch, patch=size, lr=lr, seed=seed, monitor=monitor)
+            seconds = time.perf_counter() - started
+            after = score(model, [data])
+            record = {
+                "training": {
+                    "command": command or "matseg.corrections.finetune_from_corrections",
+                    "from_corrections": str(corrections.path.absolute()),
+                    "init": None if scratch else str(init_dir.absolute()),
+                    "slices": corrections.corrected_slices,
+                    "seed": seed,
+                    "steps": n_steps,
+                    "batch": batch,
+                    "patch": size,
+                    "lr": lr,
+                    "seconds": round(seconds, 1),
+                    "miou_before": before and before["miou"],
+                    "miou_after": after["miou"],
+                }
+            }
+            save_segmenter(model, out, record)
+            results[name] = {
                 "miou_before": before and before["miou"],
                 "miou_after": after["miou"],
+                "iou_after": after["iou"],
+                "slices": corrections.corrected_slices,
+                "steps": n_steps,
+                "seconds": seconds,
             }
-        }
-        save_segmenter(model, out, record)
-        results[name] = {
-            "miou_before": before and before["miou"],
-            "miou_after": after["miou"],
-            "iou_after": after["iou"],
-            "slices": corrections.corrected_slices,
-            "steps": n_steps,
-            "seconds": seconds,
-        }
-        start = "scratch" if before is None else f"{before['miou']:.4f}"
-        logger.info("%s: mIoU on corrected slices %s -> %.4f", name, start, after["miou"])
-    if "cheap" in read_manifest(out):
-        keep = [] if scratch else previous_sets(init_dir)
-        record_statistics(out, [data.images], f"{corrections.path} (corrected slices)", keep)
-    tile = tuple((corrections.attrs.get("tile") or [256, 256])[-2:])
-    results["selector"] = selector_from_slices(data, out, tile, selector_steps, seed, command)
-    selector = results["selector"]
-    if selector["trained"]:
-        logger.info("selector retrained for the new segmenters on %d tiles", selector["tiles"])
-    else:
-        logger.warning(
-            "no selector in %s (%s): use --model with it, or train one with 'matseg train-selector'",
-            out,
-            selector["reason"],
-        )
-    return results
+            start = "scratch" if before is None else f"{before['miou']:.4f}"
+            logger.info("%s: mIoU on corrected slices %s -> %.4f", name, start, after["miou"])
+        if "cheap" in read_manifest(out):
+            keep = [] if scratch else previous_sets(init_dir)
+            record_statistics(out, [data.images], f"{corrections.path} (corrected slices)", keep)
+        tile = tuple((corrections.attrs.get("tile") or [256, 256])[-2:])
+        results["selector"] = selector_from_slices(data, out, tile, selector_steps, seed, command)
+        selector = results["selector"]
+        if selector["trained"]:
+            logger.info("selector retrained for the new segmenters on %d tiles", selector["tiles"])
+        else:
+            logger.warning(
+                "no selector in %s (%s): use --model with it, or train one with 'matseg train-selector'",
+                out,
+                selector["reason"],
+            )
+        return results
+    except BaseException:  # cancelled or failed: no half-made weights folder is left
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _copy_weights(source: Path, target: Path, manifest: dict, skip: Iterable[str]) -> None:

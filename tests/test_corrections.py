@@ -110,6 +110,19 @@ def test_corrections_must_fit_the_output(output):
         matseg.save_corrections(output, np.zeros((8, 64, 63), np.uint8))
     with pytest.raises(MatsegError, match="overwrite the output"):
         matseg.save_corrections(output, np.zeros((8, 64, 64), np.uint8), path=output)
+    labels = matseg.open_segmentation(output).phases.compute()
+    for value, dtype, message in [(9, np.uint8, "values outside the 3 phases"), (255, np.uint8, "hold 255"),
+                                  (1.5, np.float32, "that is an image")]:  # fmt: skip
+        bad = labels.astype(dtype)
+        bad[0, 0, 0] = value
+        with pytest.raises(MatsegError, match=message):
+            matseg.save_corrections(output, bad)
+    for tile in [(99, 99, 99), (0, 0), "abc"]:
+        with pytest.raises(MatsegError, match="is not a tile of the output's grid"):
+            matseg.save_corrections(output, labels, reviewed=[tile])
+    from matseg.corrections import corrections_path
+
+    assert not corrections_path(output).exists()
 
 
 def test_training_data_is_the_corrected_slices(output, segmented_sample):
@@ -192,7 +205,24 @@ def test_finetune_stops_when_cancelled(output, segmented_sample, fair_weights, t
         matseg.finetune_from_corrections(
             path, tmp_path / "tuned", steps=100, progress=progress, cancel=cancel
         )
-    assert not (tmp_path / "tuned" / "cheap.pt").exists()
+    assert not (tmp_path / "tuned").exists()  # no half-made weights folder is left
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"steps": 0}, "--steps"),
+        ({"lr": -1.0}, "--lr"),
+        ({"batch": 0}, "--batch"),
+        ({"patch": 0}, "--patch"),
+        ({"models": ["nope"]}, "--model nope"),
+    ],
+)
+def test_finetune_refuses_bad_settings_before_writing(output, segmented_sample, tmp_path, options, message):
+    path = matseg.save_corrections(output, corrected_to_truth(output, truth_of(segmented_sample[0])))
+    with pytest.raises(MatsegError, match=message):
+        matseg.finetune_from_corrections(path, tmp_path / "tuned", **options)
+    assert not (tmp_path / "tuned").exists()
 
 
 def test_finetune_refuses_the_bundled_weights_folder(output, segmented_sample, fair_weights):

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from matseg.errors import Cancelled
+from matseg.errors import Cancelled, MatsegError
 
 Progress = Callable[[str, int, int], None]
 
@@ -25,6 +25,10 @@ class Monitor:
     """Reports each stage's progress to ``progress`` and stops when ``cancel`` is set."""
 
     def __init__(self, progress: Progress | None = None, cancel: CancelToken | None = None):
+        if progress is not None and not callable(progress):
+            raise MatsegError(f"progress must be a function (stage, done, total), got {progress!r}")
+        if cancel is not None and not callable(getattr(cancel, "is_set", None)):
+            raise MatsegError(f"cancel must have is_set() (e.g. a threading.Event), got {cancel!r}")
         self.progress = progress
         self.cancel = cancel
 

@@ -107,12 +107,47 @@ def test_settings_are_checked_when_made_and_shortcuts_map_onto_them(tmp_path, sm
     for tile in [(8, 0, 256), (256,), (1, 8, 256, 256)]:
         with pytest.raises(matseg.MatsegError, match="positive sizes"):
             matseg.Settings(tile=tile)
+    for options, message in [
+        ({"tile": "abc"}, "whole numbers"),
+        ({"tile": (4.5, 64, 64)}, "whole numbers"),
+        ({"halo": -1}, "at least 0"),
+    ]:
+        with pytest.raises(matseg.MatsegError, match=message):
+            matseg.Settings(**options)
     settings = matseg.Settings(lam=0.03)
     assert matseg.Settings.of(settings, tile=[4, 32, 32]) == matseg.Settings(lam=0.03, tile=(4, 32, 32))
     with pytest.raises(TypeError, match="unknown setting"):
         matseg.segment(small_sample, tmp_path / "o.zarr", lamda=0.1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.lam = 0.5
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"workers": -1}, "workers must be a whole number of at least 1"),
+        ({"workers": 0}, "workers must be a whole number of at least 1"),
+        ({"cancel": "yes"}, "cancel must have is_set"),
+        ({"progress": 5}, "progress must be a function"),
+        ({"voxel_size": "abc"}, "voxel_size 'abc'"),
+    ],
+)
+def test_api_arguments_of_the_wrong_kind_are_matseg_errors(tmp_path, small_sample, options, message):
+    """What the library is handed is checked like the command line's options: a MatsegError
+    naming it, never an AttributeError or ValueError from inside, and nothing written."""
+    with pytest.raises(matseg.MatsegError, match=message):
+        matseg.segment(small_sample, tmp_path / "o.zarr", model="cheap", **options)
+    with pytest.raises(matseg.MatsegError, match="must be a matseg.Settings"):
+        matseg.segment(small_sample, tmp_path / "o.zarr", {"model": "cheap"})
+    for spec in (5, None):
+        with pytest.raises(matseg.MatsegError, match="named by a path"):
+            matseg.open_volume(spec)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_voxel_size_given_as_numbers_is_recorded(tmp_path, small_sample):
+    report = matseg.segment(small_sample, tmp_path / "o.zarr", model="cheap", voxel_size=(0.5, 0.25, 0.25))
+    assert report["input"]["voxel_size"]["values"] == [0.5, 0.25, 0.25]
 
 
 def test_train_reports_steps_and_stops_when_cancelled(tmp_path, small_sample):

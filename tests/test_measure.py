@@ -334,3 +334,13 @@ def test_measure_transport_block_option(tmp_path, caplog):
     assert tau["whole"]["z"] == pytest.approx(1.0) and tau["blocks"]["z"] == pytest.approx(1.0)
     assert tau["whole"]["y"] == pytest.approx(1.0) and tau["blocks"]["y"] == pytest.approx(1.0)
     assert tau["whole"]["x"] == tau["blocks"]["x"] == float("inf")  # phase 0 is cut by the slab
+
+
+@pytest.mark.parametrize(
+    "options, message", [({"block": (0, 0, 0)}, "three sides"), ({"device": "tpu"}, "not a torch device")]
+)
+def test_measure_api_checks_block_and_device(small_sample, options, message):
+    import matseg
+
+    with pytest.raises(matseg.MatsegError, match=message):
+        matseg.measure(small_sample, labels=True, samples=0, transport=False, rev=False, **options)

@@ -84,6 +84,8 @@ def open_volume(spec: str | os.PathLike, labels: bool = False) -> Volume:
     MatsegError
         On a missing path, an unreadable or corrupt store, or an unusable array.
     """
+    if not isinstance(spec, str | os.PathLike):
+        raise MatsegError(f"a volume is named by a path, e.g. 'scan.zarr' or 'file.h5:/data'; got {spec!r}")
     path, inner = split_spec(spec)
     if not path.exists():
         raise MatsegError(f"input not found: {os.fspath(spec)}")

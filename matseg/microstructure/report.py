@@ -66,6 +66,13 @@ def _settings(
             raise MatsegError(f"--tpb {','.join(map(str, tpb))}: name three different phases")
     if max_radius < 1:
         raise MatsegError(f"--max-radius {max_radius}: give at least 1 voxel")
+    try:
+        block = tuple(int(v) for v in block)
+    except (TypeError, ValueError):
+        raise MatsegError(f"block {block!r}: give three sides Z,Y,X") from None
+    if len(block) != 3 or min(block) < 1:
+        raise MatsegError(f"block {block}: give three sides Z,Y,X of at least 1 voxel")
+    _check_device(device)
     if transport_block is not None:
         transport_block = tuple(int(v) for v in transport_block)
         if len(transport_block) != 3 or min(transport_block) < 3:
@@ -85,6 +92,20 @@ def _settings(
         device,
         transport_block,
     )
+
+
+def _check_device(device) -> None:
+    """A torch device the diffusion solve can run on here (None: a GPU when present)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        where = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise MatsegError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if where.type not in ("cpu", "cuda") or (where.type == "cuda" and not torch.cuda.is_available()):
+        raise MatsegError(f"device {device}: the solve runs on cpu, or cuda where torch sees a GPU")
 
 
 def interval(value: float, draws: list[float], width: float = 2.0) -> tuple[float | None, float | None]:

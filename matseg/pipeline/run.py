@@ -131,6 +131,10 @@ def segment(
     started = time.perf_counter()
     settings = Settings.of(settings, **shortcuts)
     monitor = Monitor(progress, cancel)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise MatsegError(f"workers must be a whole number of at least 1, got {workers!r}")
+    if voxel_size is not None and not isinstance(voxel_size, VoxelSize):
+        voxel_size = _voxel_size(voxel_size)
     job = prepare(input, output, settings, truth, voxel_size)
     if dry_run and job.model != "auto":
         raise MatsegError("--dry-run estimates a selector run; use it with --model auto")
@@ -163,6 +167,16 @@ def segment(
             ):
                 remove_output(job.output, ("segment",))  # nothing finished: nothing half-written is left
             raise
+
+
+def _voxel_size(values) -> VoxelSize:
+    """A voxel size given as numbers ((Z,) Y, X, no unit), as :func:`matseg.measure` takes it."""
+    try:
+        return VoxelSize(tuple(float(v) for v in values))
+    except (TypeError, ValueError):
+        raise MatsegError(
+            f"voxel_size {values!r}: give the sizes along (Z,) Y, X, e.g. (0.05, 0.02, 0.02)"
+        ) from None
 
 
 def _tile_writes(runner: Backend) -> contextlib.AbstractContextManager[WriteBehind | None]:

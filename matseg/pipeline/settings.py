@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields, replace
 
@@ -95,10 +96,14 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.tile is not None:
-            object.__setattr__(self, "tile", tuple(int(t) for t in self.tile))
+            object.__setattr__(self, "tile", _whole_numbers("tile", self.tile))
             # (the multiple of the models' stride it must be is known once the weights are read)
             if len(self.tile) not in (2, 3) or min(self.tile) <= 0:
                 raise MatsegError(f"tile {self.tile}: give 2 (Y, X) or 3 (Z, Y, X) positive sizes")
+        if self.halo is not None:
+            object.__setattr__(self, "halo", _whole_numbers("halo", [self.halo])[0])
+            if self.halo < 0:
+                raise MatsegError(f"halo {self.halo}: give a size of at least 0")
         if not isinstance(self.batch_tiles, int) or self.batch_tiles < 1:
             raise MatsegError(
                 f"batch_tiles must be a whole number of tiles, at least 1; got {self.batch_tiles!r}"
@@ -116,10 +121,26 @@ class Settings:
     @classmethod
     def of(cls, settings: Settings | None = None, **changes) -> Settings:
         """``settings`` (default: the defaults) with ``changes`` (``lam=0.03``, ``tile=...``)."""
+        if settings is not None and not isinstance(settings, Settings):
+            raise MatsegError(
+                f"settings must be a matseg.Settings, got {type(settings).__name__}; give its fields "
+                "as keywords, e.g. matseg.segment(input, output, model='cheap')"
+            )
         unknown = sorted(set(changes) - {f.name for f in fields(cls)})
         if unknown:
             raise TypeError(f"unknown setting(s) {', '.join(unknown)}; Settings has {_names()}")
         return replace(settings or cls(), **changes) if changes else settings or cls()
+
+
+def _whole_numbers(name: str, values) -> tuple[int, ...]:
+    """``values`` as whole numbers: a fraction or text is refused, not truncated."""
+    try:
+        numbers = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise MatsegError(f"{name} {values!r}: give whole numbers") from None
+    if not all(math.isfinite(v) and v == int(v) for v in numbers):
+        raise MatsegError(f"{name} {tuple(values)}: give whole numbers")
+    return tuple(int(v) for v in numbers)
 
 
 def _check_phases(model: str, phases: tuple[str, ...]) -> None:

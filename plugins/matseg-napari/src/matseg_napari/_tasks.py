@@ -94,12 +94,36 @@ class CloseWatch:
         self.task: Task | None = None  # cancelled when the widget goes
         CloseWatch._waiting.add(self)
         widget.native.destroyed.connect(self._destroyed)
+        # napari closes a dock by un-parenting its widget; while a task runs, the worker's
+        # slots keep the panel (and so its Qt object) alive: being un-parented is the close
+        self._unparented = _unparent_filter(self, docked=widget.native.parent() is not None)
+        widget.native.installEventFilter(self._unparented)
 
     def _destroyed(self, *_) -> None:
         self.closed = True
         CloseWatch._waiting.discard(self)
         if self.task is not None:
             self.task.cancel()
+
+
+def _unparent_filter(watch: CloseWatch, docked: bool):
+    """A Qt event filter that tells ``watch`` when its widget, once docked, loses its parent."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class Unparented(QObject):
+        def __init__(self):
+            super().__init__()
+            self.docked = docked
+
+        def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
+            if event.type() == QEvent.ParentChange:
+                if obj.parent() is not None:
+                    self.docked = True
+                elif self.docked and not watch.closed:
+                    watch._destroyed()
+            return False
+
+    return Unparented()
 
 
 class TaskPanel:

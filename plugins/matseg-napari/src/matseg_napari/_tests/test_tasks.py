@@ -85,3 +85,18 @@ def test_a_destroyed_widget_cancels_its_task_and_is_not_kept_alive(qtbot):
     assert alive() is None  # the watch holds no reference to the widget
     assert task.cancelled
     assert watch not in CloseWatch._waiting
+
+
+def test_closing_the_dock_cancels_a_running_task(qtbot, make_napari_viewer):
+    """napari closes a dock by un-parenting its widget; a running task's worker keeps the panel
+    alive, so the widget is not destroyed then: being un-parented cancels the task."""
+    viewer = make_napari_viewer()
+    widget = Container()
+    dock = viewer.window.add_dock_widget(widget, name="matseg test")
+    watch = CloseWatch(widget)
+    task = Task(tiles, 1)
+    watch.task = task
+    assert not watch.closed
+    viewer.window.remove_dock_widget(dock)
+    qtbot.waitUntil(lambda: watch.closed, timeout=10_000)
+    assert task.cancelled

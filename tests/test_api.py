@@ -109,6 +109,7 @@ def test_settings_are_checked_when_made_and_shortcuts_map_onto_them(tmp_path, sm
             matseg.Settings(tile=tile)
     for options, message in [
         ({"tile": "abc"}, "whole numbers"),
+        ({"tile": "8,256,256"}, "not text"),
         ({"tile": (4.5, 64, 64)}, "whole numbers"),
         ({"halo": -1}, "at least 0"),
     ]:

@@ -134,6 +134,8 @@ class Settings:
 
 def _whole_numbers(name: str, values) -> tuple[int, ...]:
     """``values`` as whole numbers: a fraction or text is refused, not truncated."""
+    if isinstance(values, str | bytes):
+        raise MatsegError(f"{name} {values!r}: give whole numbers, e.g. (8, 256, 256), not text")
     try:
         numbers = tuple(float(v) for v in values)
     except (TypeError, ValueError):

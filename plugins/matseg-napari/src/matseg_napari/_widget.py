@@ -159,6 +159,13 @@ class SegmentPanel(TaskPanel, Container):
             return {}
         return {mode[0]: float(self.cost_value.value)}
 
+    def _layers_of(self, output: Path) -> list[Layer]:
+        """The layers of a segmentation output open in the viewer (none of the input image's)."""
+        where = str(Path(output).absolute())
+        return [
+            layer for layer in self.viewer.layers if layer.metadata.get("matseg", {}).get("output") == where
+        ]
+
     def _image_choices(self, _widget=None) -> list[tuple[str, Layer]]:
         return [
             (layer.name, layer)
@@ -214,6 +221,13 @@ class SegmentPanel(TaskPanel, Container):
         except matseg.MatsegError as err:
             self.status.value = str(err)
             return
+        edited = [layer.name for layer in self._layers_of(output) if getattr(layer.data, "edited_chunks", 0)]
+        if edited:  # the run would change the store those corrections were painted over
+            self.status.value = (
+                f"{edited[0]} holds corrections not saved yet: save them (Review) or close the layer, "
+                "then segment into this output"
+            )
+            return
         weights = path_value(self.weights)
         self.cost.value = ""
         self.start_task(
@@ -227,6 +241,8 @@ class SegmentPanel(TaskPanel, Container):
         if not self.task_succeeded(result, cancelled=f"cancelled{left}"):
             return
         image = self.image.value
+        for layer in self._layers_of(output):  # what an earlier run of this output showed: replaced
+            self.viewer.layers.remove(layer)
         layers = add_layers(self.viewer, segmentation_layers(output, include_image=image is None))
         for layer in layers:
             if layer.metadata["matseg"].get("role") == "phases":

@@ -311,3 +311,28 @@ def test_the_audit_line_says_the_estimate_the_moves_and_the_fit():
     )
     assert lines[2].startswith("fit: UNLIKE the weights' training data (distance 1.40 > 1)")
     assert audit_text({"gflops": 1.0}) == ""  # one model on every tile: no audit
+
+
+def test_segmenting_an_open_output_again_replaces_its_layers(
+    qtbot, viewer_and_widget, sample, weights, tmp_path
+):
+    """A second run into an output whose layers are open replaces them (no stale layer reading the
+    new store under the old run's metadata, no duplicates); with corrections painted and not
+    saved on them, the run is refused and nothing changes."""
+    viewer, widget = viewer_and_widget
+    viewer.open(str(sample), plugin="matseg-napari")
+    image = viewer.layers["cathode"]
+    output = tmp_path / "again-phases.zarr"
+    segment_with(qtbot, widget, image, weights, output, model="cheap")
+    names = [layer.name for layer in viewer.layers]
+    widget.segment.overwrite.value = True
+    segment_with(qtbot, widget, image, weights, output, model="expensive", tile=(4, 64))
+    assert widget.segment.status.value == "done: again-phases.zarr", widget.segment.status.value
+    assert [layer.name for layer in viewer.layers] == names
+    phases = [layer for layer in viewer.layers if layer.metadata.get("matseg", {}).get("role") == "phases"]
+    assert len(phases) == 1 and phases[0].metadata["matseg"]["report"]["model"] == "expensive"
+    phases[0].data[0, 0, 0] = (int(phases[0].data[0, 0, 0]) + 1) % 3  # a correction, not saved
+    before = matseg.open_segmentation(output).report
+    click(widget.segment.run_button)
+    assert "corrections not saved" in widget.segment.status.value
+    assert matseg.open_segmentation(output).report == before

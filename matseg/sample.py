@@ -38,7 +38,10 @@ BYTES_PER_VOXEL = 6  # image and phases (uint8) and difficulty (float32), before
 
 def _check_space(out: Path, shape: Sequence[int]) -> None:
     """Refuse a sample the disk cannot hold, before anything is planned or rendered."""
-    shape = tuple(int(s) for s in shape)
+    try:
+        shape = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        return  # not a shape: sample_arrays says what is wrong with it
     needed = math.prod(shape) * BYTES_PER_VOXEL
     parent = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
     free = shutil.disk_usage(parent).free

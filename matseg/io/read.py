@@ -185,41 +185,41 @@ def _open_hdf5(path: Path, inner: str, source: str) -> Volume:
 
 
 def _open_tiff(path: Path, source: str) -> Volume:
+    """A TIFF, read lazily through one file handle (kept open: slices are read as needed)."""
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
-            shapes = [(tuple(s.shape), s.dtype) for s in tif.series]
-        if len(shapes) > 1:  # pages written one by one: a series each
-            return _open_tiff_pages(path, source, shapes)
-        store = tifffile.imread(path, aszarr=True)
-        node = zarr.open(store, mode="r")
-    except MatsegError:
-        raise
+        tif = tifffile.TiffFile(path)
     except Exception as err:  # tifffile raises many types for broken files
         raise MatsegError(f"cannot read TIFF {path}: {err}") from None
-    if isinstance(node, zarr.Group):  # pyramidal TIFF: level 0
-        node = node[sorted(node.array_keys())[0]]
-    with tifffile.TiffFile(path) as tif:
-        voxel_size = scale.from_tiff(tif, node.ndim)
-    return Volume(data=da.from_zarr(node), source=source, kind="tiff", handle=store, voxel_size=voxel_size)
+    try:
+        shapes = [(tuple(s.shape), s.dtype) for s in tif.series]
+        if len(shapes) > 1:  # pages written one by one: a series each
+            data = _stacked_pages(tif, path, shapes)
+        else:
+            node = zarr.open(tif.aszarr(), mode="r")
+            if isinstance(node, zarr.Group):  # pyramidal TIFF: level 0
+                node = node[sorted(node.array_keys())[0]]
+            data = da.from_zarr(node)
+        voxel_size = scale.from_tiff(tif, data.ndim)
+    except BaseException as err:
+        tif.close()
+        if isinstance(err, MatsegError | KeyboardInterrupt | SystemExit):
+            raise
+        raise MatsegError(f"cannot read TIFF {path}: {err}") from None
+    return Volume(data=data, source=source, kind="tiff", handle=tif, voxel_size=voxel_size)
 
 
-def _open_tiff_pages(path: Path, source: str, shapes: list) -> Volume:
+def _stacked_pages(tif, path: Path, shapes: list) -> da.Array:
     """A TIFF whose slices are image series of their own (as a writer of one page at a time
     leaves them): stacked along Z, lazily, when every series is one 2-D image of one shape."""
-    import tifffile
-
     if any(len(shape) != 2 for shape, _ in shapes) or len(set(shapes)) != 1:
         listing = ", ".join(f"{shape} {dtype}" for shape, dtype in shapes[:4])
         raise MatsegError(
             f"TIFF {path} holds {len(shapes)} image series ({listing}{', ...' if len(shapes) > 4 else ''}) "
             "that do not stack into one volume; save the volume as one stack"
         )
-    tif = tifffile.TiffFile(path)  # kept open: the slices are read from it as they are needed
-    stores = [series.aszarr() for series in tif.series]
-    data = da.stack([da.from_zarr(zarr.open(store, mode="r")) for store in stores])
-    return Volume(data=data, source=source, kind="tiff", handle=tif, voxel_size=scale.from_tiff(tif, 3))
+    return da.stack([da.from_zarr(zarr.open(series.aszarr(), mode="r")) for series in tif.series])
 
 
 def _open_zarr(path: Path, inner: str, source: str, labels: bool) -> Volume:

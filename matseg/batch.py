@@ -19,6 +19,7 @@ import yaml
 
 from matseg.errors import MatsegError
 from matseg.io.guard import output_kind
+from matseg.io.paths import real_path
 from matseg.io.read import canonical_source, split_spec
 from matseg.io.write import run_attrs
 
@@ -116,7 +117,7 @@ def batch(
 
     outputs: dict[Path, str] = {}
     for input, output in jobs:  # two jobs writing one output: the second would fail or overwrite
-        key = Path(os.path.normcase(Path(output).absolute()))
+        key = real_path(output)  # one output however it is spelt (``..``, a symlink, the case)
         if key in outputs:
             raise MatsegError(
                 f"jobs {outputs[key]} and {input} both write {output}; give each job its own output"

@@ -22,8 +22,7 @@ from matseg.models.segmenter import SEGMENTERS, new_segmenter
 from matseg.monitor import CancelToken, Monitor, Progress
 from matseg.selector.refit import SELECTOR_STEPS, selector_from_slices
 from matseg.statistics import previous_sets, record_statistics
-from matseg.training import fit, score
-from matseg.validate import check_number
+from matseg.training import check_fit_numbers, fit, score
 
 logger = logging.getLogger(__name__)
 
@@ -115,11 +114,7 @@ def finetune_from_corrections(
     unknown = [m for m in models if m not in SEGMENTERS]
     if unknown:
         raise MatsegError(f"--model {', '.join(unknown)}: choose among {', '.join(SEGMENTERS)}")
-    for name, value in (("--batch", batch), ("--patch", patch)):
-        check_number(name, value, low=1)
-    for value in steps.values() if isinstance(steps, dict) else [steps]:
-        check_number("--steps", value, low=1)
-    check_number("--lr", lr, low=0.0, open_low=True, high=1.0)
+    check_fit_numbers(steps, batch, patch, lr)
     created = not out.exists() or (out.is_dir() and not any(out.iterdir()))
     try:
         out.mkdir(parents=True, exist_ok=True)

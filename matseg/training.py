@@ -180,6 +180,16 @@ def available_memory() -> int | None:
     return available
 
 
+def check_fit_numbers(steps: dict[str, int] | int, batch: int, patch: int, lr: float) -> None:
+    """What :func:`fit` is given, checked before anything is written: steps (per model, if a
+    dict), batch and patch at least 1, a learning rate in (0, 1]."""
+    for value in steps.values() if isinstance(steps, dict) else [steps]:
+        check_number("--steps", value, low=1)
+    check_number("--lr", lr, low=0.0, open_low=True, high=1.0)
+    for name, value in (("--batch", batch), ("--patch", patch)):
+        check_number(name, value, low=1)
+
+
 def check_every_phase_labelled(data: Sequence[LabelledSlices], phases: Sequence[str]) -> None:
     """Every phase has labelled voxels: a net trained from scratch cannot learn a phase it never
     sees (label values that skip a number leave one without any)."""
@@ -289,9 +299,7 @@ def train(
     if not isinstance(augment, Augmentation):
         augment = load_augmentation(augment)
     check_weights_folder(output)
-    check_number("--lr", lr, low=0.0, open_low=True, high=1.0)
-    for name, value in (("--batch", batch), ("--patch", patch)):
-        check_number(name, value, low=1)
+    check_fit_numbers(steps, batch, patch, lr)
     data, found = [], None
     for i, image in enumerate(images):
         slices_i, names = load_labelled(image, labels[i] if labels else None, slices)

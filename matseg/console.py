@@ -115,11 +115,11 @@ def format_report(report: dict) -> str:
     if run.get("started_as") == "finished":
         lines.insert(2, "  finished   earlier, with these settings: nothing computed now (stored summary)")
     if run.get("started_as") == "resume":
-        done = ", ".join(  # a single-model run's one stage is called "tiles"
-            f"{n}" if stage == "tiles" else f"{n} {stage.replace('audited cells', 'audited-cell')}"
-            for stage, n in run["computed_tiles"].items()
+        from matseg.pipeline.report import computed_text  # (not at start-up: it brings zarr and dask)
+
+        lines.insert(
+            2, f"  resumed    from its finished tiles; computed now: {computed_text(run['computed_tiles'])}"
         )
-        lines.insert(2, f"  resumed    from its finished tiles; computed now: {done} tiles")
     if run.get("scheduler") not in (None, "threads"):
         lines.insert(
             2,

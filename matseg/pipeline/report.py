@@ -74,6 +74,15 @@ def run_report(job: Job, norm: Normalization, plan, stats, counts, command) -> d
     return report
 
 
+def computed_text(computed: dict[str, int]) -> str:
+    """The tiles a run computed, stage by stage, in words ("16 tiles" for one model on every
+    tile; "0 cheap tiles, 7 audited-cell tiles, ..." for a selector run)."""
+    return ", ".join(
+        f"{n} tiles" if stage == "tiles" else f"{n} {stage.replace('audited cells', 'audited-cell')} tiles"
+        for stage, n in computed.items()
+    )
+
+
 def score_labels(
     pred, truth: str | os.PathLike, phases: Sequence[str], monitor: Monitor | None = None
 ) -> dict:

@@ -43,7 +43,7 @@ from matseg.pipeline.escalate import (
 )
 from matseg.pipeline.estimate import dry_run_report, estimate
 from matseg.pipeline.job import Job, prepare
-from matseg.pipeline.report import REPORT_NAME, run_report, score_labels
+from matseg.pipeline.report import REPORT_NAME, computed_text, run_report, score_labels
 from matseg.pipeline.resume import Start, Status, any_done, open_output, set_status, start_of, todo
 from matseg.pipeline.settings import Settings
 from matseg.pipeline.stages import cheap_results, run_candidates, run_cheap, run_single, selector_stats
@@ -297,11 +297,7 @@ def _run(
             evidence = audited_estimate(job, plan, audit, found, decision, finish_records, written, stats)
         counts = stats["counts"]
     if start == Start.RESUME:
-        done = ", ".join(
-            f"{n} tiles" if s == "tiles" else f"{n} {s.replace('audited cells', 'audited-cell')} tiles"
-            for s, n in computed.items()
-        )
-        logger.info(f"resumed {job.output}: computed {done}")
+        logger.info(f"resumed {job.output}: computed {computed_text(computed)}")
     compute_seconds = time.perf_counter() - compute_started
     report = run_report(job, norm, plan, stats, counts, command)
     if plan is not None and job.settings.audit_fraction > 0:

@@ -170,7 +170,6 @@ def save_selector(selector: Selector, folder: str | os.PathLike, record: dict | 
     buffer = io.BytesIO()  # replaced whole, as :func:`matseg.models.store.save_segmenter` does
     torch.save({k: v.detach().contiguous() for k, v in selector.net.state_dict().items()}, buffer)
     replace_file(path, buffer.getvalue())
-    manifest = read_manifest(folder) if (folder / MANIFEST).exists() else {}
     entry = {
         "file": SELECTOR_FILE,
         "sha256": sha256_of(path),
@@ -179,16 +178,14 @@ def save_selector(selector: Selector, folder: str | os.PathLike, record: dict | 
         "hidden": selector.net.gain.in_features,
         "phase_order": list(selector.phase_order),
     }
-    entry.update(record or {})
-    manifest["selector"] = entry
-    replace_file(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    save_selector_record(folder, entry | (record or {}))
     return path
 
 
 def save_selector_record(folder: str | os.PathLike, entry: dict) -> None:
-    """Replace the manifest entry of a folder's selector (its file unchanged)."""
+    """Write the manifest entry of a folder's selector (a folder without a manifest gets one)."""
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder) if (folder / MANIFEST).exists() else {}
     manifest["selector"] = entry
     replace_file(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
 

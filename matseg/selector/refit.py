@@ -8,7 +8,6 @@ or none at all: never the old one kept silently.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -18,10 +17,9 @@ import numpy as np
 import zarr
 
 from matseg.errors import MatsegError
-from matseg.io.guard import replace_file
 from matseg.labelled import UNLABELLED, LabelledSlices
-from matseg.models.store import MANIFEST, read_manifest
-from matseg.selector.policy import remove_selector
+from matseg.models.store import read_manifest
+from matseg.selector.policy import remove_selector, save_selector_record
 from matseg.selector.train import train_selector
 
 logger = logging.getLogger(__name__)
@@ -66,7 +64,6 @@ def selector_from_slices(
             logger.warning(f"no selector for {weights}: {err}")
             return {"trained": False, "reason": str(err)}
     # the tile table names the scratch volumes: what they were made of is what counts
-    manifest = read_manifest(weights)
-    manifest["selector"]["trained_on"] = [f"{data.source} (corrected slices)"]
-    replace_file(weights / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    entry = read_manifest(weights)["selector"]
+    save_selector_record(weights, entry | {"trained_on": [f"{data.source} (corrected slices)"]})
     return {"trained": True, "tiles": record["tiles"], "default_lambda": record["default_lambda"]}

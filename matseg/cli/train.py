@@ -198,7 +198,7 @@ def _finetune(corrections, output, models, shared: dict) -> None:
     "--default-lambda-only",
     is_flag=True,
     help="Keep the trained selector of --weights; only pick its default lambda again on IMAGES "
-    "(the largest whose plan loses at most 0.005 mIoU to all-expensive on their tiles).",
+    "(the largest whose plan loses at most 0.01 mIoU to all-expensive on their tiles).",
 )
 @verbosity_options
 def train_selector(

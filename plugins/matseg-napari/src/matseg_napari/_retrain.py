@@ -40,6 +40,14 @@ DEFAULT_LR = 3e-3
 class RetrainPanel(TaskPanel, Container):
     """Fine-tune from the corrections of the phases layer under review."""
 
+    controls = {
+        "--init": "start from",
+        "--output": "new weights",
+        "--model": "models",
+        "--steps": "steps",
+        "--lr": "learning rate",
+    }
+
     def __init__(self, viewer: napari.Viewer, review: ReviewPanel, segment: SegmentPanel):
         super().__init__(labels=True)
         self.viewer, self.review, self.segment = viewer, review, segment
@@ -123,7 +131,7 @@ class RetrainPanel(TaskPanel, Container):
         try:
             task, target = self.task()
         except matseg.MatsegError as err:
-            self.status.value = str(err)
+            self.say(str(err))
             return
         self.use_button.enabled = False
         self.start_task(task, lambda result: self._finished(result, target), "fine-tuning...")

@@ -12,6 +12,7 @@ at the next tile boundary, keeps what is finished and raises
 from __future__ import annotations
 
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,23 @@ from typing import Any
 import matseg
 
 POLL_S = 0.1  # how often the worker looks for news while the call runs
+
+
+def in_panel_words(message: str, controls: dict[str, str], phrases: dict[str, str] | None = None) -> str:
+    """A matseg message as a panel says it: ``phrases`` (the command line's words -> the
+    panel's) are replaced, then the options it names (``--x``) become the panel's controls
+    (``controls``: option -> the control's label), "pass --flag" becoming "tick 'flag'".
+    Options the panel has no control for stay as they are."""
+    for words, instead in (phrases or {}).items():
+        message = message.replace(words, instead)
+
+    def control(match: re.Match) -> str:
+        label = controls.get(match.group(2))
+        if label is None:
+            return match.group(0)
+        return f"tick '{label}'" if match.group(1) else f"'{label}'"
+
+    return re.sub(r"(pass )?(--[a-z][a-z-]*)", control, message)
 
 
 @dataclass
@@ -137,6 +155,16 @@ class TaskPanel:
     worker = None
     _task: Task | None = None
     _watch: CloseWatch | None = None
+    # the command-line options matseg's messages name, by the label of this panel's control
+    controls: dict[str, str] = {}
+    phrases: dict[str, str] = {}  # and whole phrases, by what the panel says instead
+
+    def in_words(self, message: str) -> str:
+        return in_panel_words(message, self.controls, self.phrases)
+
+    def say(self, message: str) -> None:
+        """Show matseg's message in the status line, in the panel's words."""
+        self.status.value = self.in_words(message)
 
     def watch_close(self) -> None:
         """Cancel a running task when the panel's dock is closed."""
@@ -191,7 +219,7 @@ class TaskPanel:
             self.status.value = cancelled
             return False
         if result.error is not None:
-            self.status.value = result.error
+            self.say(result.error)
             return False
         self.progress.value = 100
         return True

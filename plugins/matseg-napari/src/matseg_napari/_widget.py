@@ -89,6 +89,23 @@ def fit_height(label: Label) -> None:
 class SegmentPanel(TaskPanel, Container):
     """Pick an image, a model and a tile size; run :func:`matseg.segment` and open the result."""
 
+    controls = {
+        "--overwrite": "overwrite output",
+        "--model": "model",
+        "--tile": "tile",
+        "--weights": "weights",
+        "--output": "output",
+        "--lambda": "cost control: λ",
+        "--budget-gflops": "cost control: GFLOP budget",
+        "--max-expensive-fraction": "cost control: max costlier fraction",
+    }
+    # the fit's way out (matseg.describe_fit), as it is taken in this dock
+    phrases = {
+        "in the napari plugin, then 'matseg train --from-corrections'": (
+            "(Review below), then 'Fine-tune from corrections'"
+        )
+    }
+
     def __init__(self, viewer: napari.Viewer, on_result: Callable[[list[Layer]], None] | None = None):
         super().__init__(labels=True)
         self.viewer = viewer
@@ -219,7 +236,7 @@ class SegmentPanel(TaskPanel, Container):
         try:
             task, output = self.task()
         except matseg.MatsegError as err:
-            self.status.value = str(err)
+            self.say(str(err))
             return
         edited = [layer.name for layer in self._layers_of(output) if getattr(layer.data, "edited_chunks", 0)]
         if edited:  # the run would change the store those corrections were painted over
@@ -248,7 +265,7 @@ class SegmentPanel(TaskPanel, Container):
             if layer.metadata["matseg"].get("role") == "phases":
                 layer.metadata["matseg"]["weights"] = str(weights.absolute()) if weights else None
         self.cost.value = cost_text(result.value, str(weights) if weights else None)
-        self.audit.value = audit_text(result.value)
+        self.audit.value = self.in_words(audit_text(result.value))
         fit_height(self.audit)
         self.status.value = f"done: {output.name}"
         if self._on_result:

@@ -10,6 +10,7 @@ import pytest
 import zarr
 
 import matseg
+from matseg.candidates.fit import ADVICE as FIT_ADVICE
 from matseg.metrics import confusion_matrix, summarize
 from matseg_napari import _review as review_module
 from matseg_napari._widget import MatsegWidget
@@ -313,6 +314,18 @@ def test_the_audit_line_says_the_estimate_the_moves_and_the_fit():
     assert audit_text({"gflops": 1.0}) == ""  # one model on every tile: no audit
 
 
+def test_matseg_messages_name_the_panels_controls_not_command_line_options(viewer_and_widget):
+    """A message of matseg's names its command-line options; the panels say their own controls."""
+    _, widget = viewer_and_widget
+    advice = matseg.describe_fit({"fits": False, "distance": 2.0, "threshold": 1.0, "advice": FIT_ADVICE})
+    said = widget.segment.in_words(advice)
+    assert "--" not in said and "'model' classical" in said and "'Fine-tune from corrections'" in said, said
+    said = widget.segment.in_words("--lambda must be between 0 and 1, got 2")
+    assert said == "'cost control: λ' must be between 0 and 1, got 2"
+    said = widget.retrain.in_words("give --steps and --lr above 0; --cluster is not known here")
+    assert said == "give 'steps' and 'learning rate' above 0; --cluster is not known here"
+
+
 def test_segmenting_an_open_output_again_replaces_its_layers(
     qtbot, viewer_and_widget, sample, weights, tmp_path
 ):
@@ -325,6 +338,9 @@ def test_segmenting_an_open_output_again_replaces_its_layers(
     output = tmp_path / "again-phases.zarr"
     segment_with(qtbot, widget, image, weights, output, model="cheap")
     names = [layer.name for layer in viewer.layers]
+    segment_with(qtbot, widget, image, weights, output, model="expensive", tile=(4, 64))  # no overwrite
+    status = widget.segment.status.value
+    assert "tick 'overwrite output' to replace it" in status and "--" not in status, status
     widget.segment.overwrite.value = True
     segment_with(qtbot, widget, image, weights, output, model="expensive", tile=(4, 64))
     assert widget.segment.status.value == "done: again-phases.zarr", widget.segment.status.value

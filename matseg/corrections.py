@@ -149,10 +149,9 @@ def save_corrections(
         corrected = labels.rechunk(chunks)
     else:  # numpy, zarr, or a napari layer's array: read one chunk at a time
         corrected = da.from_array(labels, chunks=chunks, asarray=True, name=False)
-    # a phase on every voxel (a value torch would only refuse when fine-tuning on them)
-    check_label_values(corrected, len(segmentation.phase_names), "the corrections", "corrected labels")
-    if (corrected == UNLABELLED).any().compute():
-        raise MatsegError(f"corrected labels hold {UNLABELLED}: every voxel needs one of the output's phases")
+    # a phase on every voxel, 255 included (a value torch would only refuse when fine-tuning on them)
+    n_phases = len(segmentation.phase_names)
+    check_label_values(corrected, n_phases, "the corrections", "corrected labels", unlabelled=False)
     corrected = corrected.astype(np.uint8)
     changed = (corrected != segmentation.phases).astype(np.uint8)
     reviewed = _reviewed_tiles(reviewed, tile_grid(segmentation).grid_shape)

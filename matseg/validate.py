@@ -66,8 +66,8 @@ def check_label_dtype(dtype, source: str, role: str) -> None:
         )
 
 
-def check_label_values(data, n_phases: int, source: str, role: str) -> None:
-    """Every label is a phase (0 .. ``n_phases`` - 1) or 255 (unlabelled).
+def check_label_values(data, n_phases: int, source: str, role: str, unlabelled: bool = True) -> None:
+    """Every label is a phase (0 .. ``n_phases`` - 1), or 255 (unlabelled) where ``unlabelled``.
 
     ``data`` is a dask or numpy array; a dask array is checked in one streaming pass.
 
@@ -77,15 +77,19 @@ def check_label_values(data, n_phases: int, source: str, role: str) -> None:
         With the number of voxels outside the phases and the largest such value.
     """
     check_label_dtype(data.dtype, source, role)
-    bad = ((data < 0) | (data >= n_phases)) & (data != UNLABELLED)
+    bad = (data < 0) | (data >= n_phases)
+    if unlabelled:
+        bad &= data != UNLABELLED
     if isinstance(data, da.Array):
         count, largest = dask.compute(bad.sum(), da.where(bad, data, 0).max())
     else:
         count, largest = int(bad.sum()), (data[bad].max() if bad.any() else 0)
     if int(count):
+        allowed = f"0..{n_phases - 1}, 255 = unlabelled" if unlabelled else f"0..{n_phases - 1}"
+        hint = "is it an image rather than labels?" if unlabelled else "every voxel needs one of the phases"
         raise MatsegError(
             f"{role} {source} has {int(count):,} voxels with values outside the {n_phases} phases "
-            f"(0..{n_phases - 1}, 255 = unlabelled), up to {int(largest)}: is it an image rather than labels?"
+            f"({allowed}), up to {int(largest)}: {hint}"
         )
 
 

@@ -111,7 +111,8 @@ def test_corrections_must_fit_the_output(output):
     with pytest.raises(MatsegError, match="overwrite the output"):
         matseg.save_corrections(output, np.zeros((8, 64, 64), np.uint8), path=output)
     labels = matseg.open_segmentation(output).phases.compute()
-    for value, dtype, message in [(9, np.uint8, "values outside the 3 phases"), (255, np.uint8, "hold 255"),
+    for value, dtype, message in [(9, np.uint8, "values outside the 3 phases"),
+                                  (255, np.uint8, "every voxel needs one"),
                                   (1.5, np.float32, "that is an image")]:  # fmt: skip
         bad = labels.astype(dtype)
         bad[0, 0, 0] = value

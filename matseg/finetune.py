@@ -8,11 +8,12 @@ never over the bundled one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from matseg.corrections import Corrections, load_corrections, training_data_from_corrections
@@ -115,8 +116,7 @@ def finetune_from_corrections(
     if unknown:
         raise MatsegError(f"--model {', '.join(unknown)}: choose among {', '.join(SEGMENTERS)}")
     check_fit_numbers(steps, batch, patch, lr)
-    created = not out.exists() or (out.is_dir() and not any(out.iterdir()))
-    try:
+    with _removed_on_failure(out):  # cancelled or failed: no half-made weights folder is left
         out.mkdir(parents=True, exist_ok=True)
         _copy_weights(init_dir, out, manifest, skip=[*models, "selector"])
         results, monitor = {}, Monitor(progress, cancel)
@@ -135,41 +135,21 @@ def finetune_from_corrections(
                 raise MatsegError(
                     f"{name} weights have phases {model.phases}; corrections have {corrections.phases}"
                 )
-            size = min(patch, *data.images.shape[1:])
-            size = max(model.stride, size - size % model.stride)
             n_steps = steps.get(name, max(steps.values())) if isinstance(steps, dict) else steps
-            before = None if scratch else score(model, [data])
-            started = time.perf_counter()
-            fit(model, [data], n_steps, batch=batch, patch=size, lr=lr, seed=seed, monitor=monitor)
-            seconds = time.perf_counter() - started
-            after = score(model, [data])
+            numbers = {"seed": seed, "steps": n_steps, "batch": batch, "patch": patch, "lr": lr}
+            results[name] = _finetune(model, data, numbers, monitor, scratch)
             record = {
                 "training": {
                     "command": command or "matseg.corrections.finetune_from_corrections",
                     "from_corrections": str(corrections.path.absolute()),
                     "init": None if scratch else str(init_dir.absolute()),
                     "slices": corrections.corrected_slices,
-                    "seed": seed,
-                    "steps": n_steps,
-                    "batch": batch,
-                    "patch": size,
-                    "lr": lr,
-                    "seconds": round(seconds, 1),
-                    "miou_before": before and before["miou"],
-                    "miou_after": after["miou"],
+                    **{k: v for k, v in results[name].items() if k not in ("iou_after", "seconds")},
+                    "seconds": round(results[name]["seconds"], 1),
                 }
             }
             save_segmenter(model, out, record)
-            results[name] = {
-                "miou_before": before and before["miou"],
-                "miou_after": after["miou"],
-                "iou_after": after["iou"],
-                "slices": corrections.corrected_slices,
-                "steps": n_steps,
-                "seconds": seconds,
-            }
-            start = "scratch" if before is None else f"{before['miou']:.4f}"
-            logger.info("%s: mIoU on corrected slices %s -> %.4f", name, start, after["miou"])
+            results[name]["slices"] = corrections.corrected_slices
         if "cheap" in read_manifest(out):
             keep = [] if scratch else previous_sets(init_dir)
             record_statistics(out, [data.images], f"{corrections.path} (corrected slices)", keep)
@@ -185,10 +165,39 @@ def finetune_from_corrections(
                 selector["reason"],
             )
         return results
-    except BaseException:  # cancelled or failed: no half-made weights folder is left
+
+
+@contextlib.contextmanager
+def _removed_on_failure(out: Path) -> Iterator[None]:
+    """Remove ``out`` if the block fails or is cancelled, unless it held something before."""
+    created = not out.exists() or (out.is_dir() and not any(out.iterdir()))
+    try:
+        yield
+    except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
+
+
+def _finetune(model, data, numbers: dict, monitor: Monitor, scratch: bool) -> dict:
+    """Fit ``model`` on the corrected slices ``data``; its scores before and after, and the
+    numbers it ran with (the patch shrunk to the slices and the net's stride)."""
+    size = min(numbers["patch"], *data.images.shape[1:])
+    size = max(model.stride, size - size % model.stride)
+    before = None if scratch else score(model, [data])
+    started = time.perf_counter()
+    steps, batch, lr, seed = (numbers[k] for k in ("steps", "batch", "lr", "seed"))
+    fit(model, [data], steps, batch=batch, patch=size, lr=lr, seed=seed, monitor=monitor)
+    seconds = time.perf_counter() - started
+    after = score(model, [data])
+    return {
+        **numbers,
+        "patch": size,
+        "seconds": seconds,
+        "miou_before": before and before["miou"],
+        "miou_after": after["miou"],
+        "iou_after": after["iou"],
+    }
 
 
 def _copy_weights(source: Path, target: Path, manifest: dict, skip: Iterable[str]) -> None:

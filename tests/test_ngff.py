@@ -175,3 +175,13 @@ def test_a_bad_voxel_size_is_one_line_and_exit_2(tmp_path, random_weights, capsy
     assert run(["segment", source, "-o", out, "--model", "cheap", "--weights", random_weights, *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("matseg: error:") and not out.exists()
+
+
+@pytest.mark.parametrize("name", ["s3.zarr", "http.zarr", "gs-scan.zarr"])
+def test_a_relative_name_that_starts_like_a_url_scheme_is_a_file(tmp_path, monkeypatch, name):
+    """ome-zarr-py reads ``s3.zarr`` as a URL unless it is given the absolute path."""
+    size = VoxelSize((20.0, 10.0, 10.0), "nanometer")
+    write_sample(tmp_path / name, (4, 32, 32), seed=1, voxel_size=size)
+    monkeypatch.chdir(tmp_path)
+    volume = open_volume(name)
+    assert volume.shape == (4, 32, 32) and volume.voxel_size == size

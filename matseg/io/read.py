@@ -280,7 +280,9 @@ def _ome_voxel_size(path: Path, group: zarr.Group, multiscales: list, ndim: int)
     level = reader_log.level
     reader_log.setLevel(logging.ERROR)
     try:
-        location = parse_url(str(path / group.path) if group.path else str(path), mode="r")
+        # absolute: ome-zarr-py takes a relative name that starts like a scheme (s3.zarr) for a URL
+        where = path.absolute()
+        location = parse_url(str(where / group.path) if group.path else str(where), mode="r")
         node = next(iter(Reader(location)()), None) if location else None
     except Exception as err:  # ome-zarr-py raises ValueError, KeyError... on bad axes
         raise MatsegError(f"cannot read the OME-Zarr metadata of {path}: {err}") from None

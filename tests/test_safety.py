@@ -203,6 +203,7 @@ def test_disk_full_is_one_line_and_the_run_resumes(tmp_path, random_weights, cap
     assert run(args) == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert str(small_disk) in err  # the path (zarr's chunk writes name none: the output is named)
     assert snapshot(store) == before
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     assert run(args) == 0  # the same command: it resumes (or starts afresh if nothing was kept)
@@ -219,9 +220,15 @@ def test_read_only_output_folder(tmp_path, store, random_weights, capsys):
     folder.mkdir()
     if subprocess.run(["mount", "--bind", str(folder), str(folder)]).returncode:
         pytest.skip("cannot bind-mount here")
+    finished = folder / "finished.zarr"
+    assert run(_segment(store, finished, random_weights)) == 0
     try:
         subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True)
         assert_refused(tmp_path, _segment(store, folder / "o.zarr", random_weights), capsys, "cannot write")
+        # a finished run given again is read only: a requeued job of an archived output is a no-op
+        capsys.readouterr()
+        assert run(_segment(store, finished, random_weights)) == 0
+        assert "nothing computed now" in capsys.readouterr().out
     finally:
         subprocess.run(["umount", "-l", str(folder)])
 

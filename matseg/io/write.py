@@ -56,6 +56,7 @@ def check_output(
     overwrite: bool,
     inputs: Sequence = (),
     kinds: tuple[str, ...] = ("segment",),
+    writable: bool = True,
 ) -> Path:
     """Check that ``path`` may be written, before anything is computed or changed.
 
@@ -69,6 +70,9 @@ def check_output(
         What the command reads: paths, or (role, path) pairs named in the message.
     kinds : tuple of str
         The kinds of matseg output ``overwrite`` may replace (:data:`matseg.io.guard.KINDS`).
+    writable : bool
+        Whether to check here that its folder can be written (:func:`check_writable`); a run
+        that may find its output finished checks that once it knows it will write.
 
     Raises
     ------
@@ -82,12 +86,18 @@ def check_output(
         if not overwrite:
             raise MatsegError(f"output {path} exists; pass --overwrite to replace it")
         check_replaceable(out, kinds)
-    parent = out.parent
+    if writable:
+        check_writable(out)
+    return out
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """The folder ``path`` is (or will be) created in can be written."""
+    parent = Path(path).absolute().parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise MatsegError(f"cannot write output {path}: {parent} is not a writable folder")
-    return out
 
 
 def run_attrs(path: str | os.PathLike) -> dict:

@@ -142,7 +142,8 @@ def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | No
             budget_gflops, float(cheap_pass_gflops(grid, context).sum()) + selector.gflops(grid.n_tiles)
         )
     out = Path(str(output))
-    check_output(out, overwrite=True, inputs=[str(input)])  # not an input, and writable
+    # not an input; whether it can be written matters once the run knows it will write
+    check_output(out, overwrite=True, inputs=[str(input)], writable=False)
     identity = {
         "input": canonical_source(input),
         "shape": list(volume.shape),

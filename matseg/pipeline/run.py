@@ -27,7 +27,7 @@ from matseg.io.guard import remove_output, replace_file, sweep_siblings
 from matseg.io.lock import OutputLock
 from matseg.io.progress import TileRecords, WriteBehind
 from matseg.io.scale import VoxelSize
-from matseg.io.write import for_tile_writes, run_attrs
+from matseg.io.write import check_writable, for_tile_writes, run_attrs
 from matseg.monitor import CancelToken, Monitor, Progress
 from matseg.normalize import Normalization, intensity_range
 from matseg.pipeline.audit import audit_evidence, create_audit, load_audit, plan_audit, stats_width
@@ -141,8 +141,9 @@ def segment(
     spec = cluster if isinstance(cluster, ClusterSpec) else ClusterSpec(kind=cluster)
     spec.check()
     start, stored = start_of(job, overwrite)
-    if start == Start.FINISHED:
+    if start == Start.FINISHED:  # read only: an archived output on a read-only file system too
         return _finished_report(job)
+    check_writable(job.output)
     if stored is None:
         norm = intensity_range(job.volume, len(job.phases) if "classical" in job.names else None, monitor)
     else:
@@ -159,14 +160,17 @@ def segment(
         try:
             with backend(spec, workers) as runner, _tile_writes(runner) as writes:
                 return _run(job, root, start, norm, runner, writes, monitor, dry_run, command, started)
-        except BaseException:
-            if (
-                start == Start.NEW
-                and Status.of(run_attrs(job.output)) == Status.RUNNING
-                and not any_done(root)
-            ):
-                remove_output(job.output, ("segment",))  # nothing finished: nothing half-written is left
+        except BaseException as err:
+            if isinstance(err, OSError) and err.filename is None:
+                err.filename = str(job.output)  # a disk full while zarr wrote a chunk names no file
+            _remove_if_nothing_done(job, root, start)
             raise
+
+
+def _remove_if_nothing_done(job: Job, root, start: Start) -> None:
+    """A new output of a run that failed before finishing a tile is removed: nothing half-written is left."""
+    if start == Start.NEW and Status.of(run_attrs(job.output)) == Status.RUNNING and not any_done(root):
+        remove_output(job.output, ("segment",))
 
 
 def _voxel_size(values) -> VoxelSize:

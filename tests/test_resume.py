@@ -193,6 +193,9 @@ def test_unfinished_run_of_other_settings_needs_overwrite(tmp_path, volume, rand
     assert "unfinished matseg run with other settings (max_expensive_fraction)" in err
     assert len(err.strip().splitlines()) == 1
     assert snapshot(tmp_path) == before  # nothing lost or changed
+    audit = _args(volume, out, random_weights, "--max-expensive-fraction", "0.5", "--tolerance", "0.02")
+    assert run(audit) == 2  # a member of the audit's settings is named, not just "audit"
+    assert "other settings (audit tolerance)" in capsys.readouterr().err
     assert run([*other, "--overwrite"]) == 0
     report = json.loads((out / "matseg-report.json").read_text())
     assert report["selector"]["max_expensive_fraction"] == 0.25

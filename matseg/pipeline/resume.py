@@ -92,8 +92,7 @@ def start_of(job: Job, overwrite: bool) -> tuple[Start, dict | None]:
         check_replaceable(out, ("segment",))
         return Start.NEW, None
     if unfinished:
-        stored = attrs.get("settings") or {}
-        differs = sorted(k for k, v in job.identity.items() if stored.get(k) != v)
+        differs = _differing(attrs.get("settings") or {}, job.identity)
         raise MatsegError(
             f"output {out} is an unfinished matseg run with other settings ({', '.join(differs)}); "
             "run its own command to resume it, or pass --overwrite to start again"
@@ -103,6 +102,20 @@ def start_of(job: Job, overwrite: bool) -> tuple[Start, dict | None]:
             f"output {out} exists; pass --overwrite to replace it (its cheap pass will be reused)"
         )
     raise MatsegError(f"output {out} exists; pass --overwrite to replace it")
+
+
+def _differing(stored: dict, identity: dict) -> list[str]:
+    """The settings in which two identities differ; within a group (the audit's), its members."""
+    names = []
+    for key, value in sorted(identity.items()):
+        old = stored.get(key)
+        if old == value:
+            continue
+        if isinstance(value, dict) and isinstance(old, dict):
+            names += [f"{key} {k}" for k in sorted(value) if old.get(k) != value[k]]
+        else:
+            names.append(key)
+    return names
 
 
 def open_output(job: Job, start: Start, norm: Normalization) -> zarr.Group:

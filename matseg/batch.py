@@ -2,9 +2,10 @@
 
 Jobs come from a manifest (YAML: a list of ``{input, output}``; CSV: columns
 ``input,output``) or from a glob of inputs with an output folder. Each job is
-one :func:`matseg.segment` call; a job whose output is already a finished run
-of the same input is skipped, so a batch killed half-way is simply run again.
-``index`` runs one job only: the task id of a SLURM job array.
+one :func:`matseg.segment` call, which decides what is at its output: a finished
+run of the same input and settings is skipped, an unfinished one resumed (so a
+batch killed half-way is simply run again), anything else refused unless
+``overwrite``. ``index`` runs one job only: the task id of a SLURM job array.
 """
 
 from __future__ import annotations
@@ -20,21 +21,24 @@ import yaml
 from matseg.errors import MatsegError
 from matseg.io.guard import output_kind
 from matseg.io.paths import real_path
-from matseg.io.read import canonical_source, split_spec
-from matseg.io.write import run_attrs
+from matseg.io.read import split_spec
 
 logger = logging.getLogger(__name__)
+SETTINGS = ("model", "lam", "weights", "tile")  # the options of a batch that are segment settings
 
 
 def read_jobs(manifest: str | os.PathLike) -> list[tuple[str, str]]:
     """(input, output) pairs of a YAML or CSV manifest, relative paths taken from the manifest's folder."""
     path = Path(manifest)
+    if path.is_dir():
+        raise MatsegError(f"manifest {manifest} is a folder; give a YAML or CSV file of jobs")
     if not path.is_file():
         raise MatsegError(f"manifest {manifest} not found")
     try:
         if path.suffix.lower() == ".csv":
-            with open(path, newline="") as fh:
-                rows = list(csv.DictReader(fh))
+            # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark before the header
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                rows = [_stripped(row) for row in csv.DictReader(fh)]
         else:
             rows = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, csv.Error, UnicodeDecodeError) as err:
@@ -49,6 +53,11 @@ def read_jobs(manifest: str | os.PathLike) -> list[tuple[str, str]]:
             raise MatsegError(f"manifest {manifest}, job {number}: needs both 'input' and 'output'{found}")
         jobs.append(tuple(_relative_to(path.parent, str(row[key])) for key in ("input", "output")))
     return jobs
+
+
+def _stripped(row: dict) -> dict:
+    """A CSV row with the spaces around its names and values removed (``input, output``)."""
+    return {(k or "").strip(): v.strip() if isinstance(v, str) else v for k, v in row.items()}
 
 
 def _relative_to(folder: Path, spec: str) -> str:
@@ -70,26 +79,19 @@ def glob_jobs(
     if not inputs:
         raise MatsegError(f"no input matches {pattern!r}" + (" (only matseg outputs)" if matched else ""))
     out = Path(output_dir)
-    return [(i, str(out / f"{Path(i).name.split('.')[0]}{suffix}")) for i in inputs]
+    stems = [_stem(i) for i in inputs]
+    # inputs of one name in two formats (scan.h5, scan.zarr) keep their extensions apart
+    stems = [
+        stem if stems.count(stem) == 1 else Path(i.rstrip("/")).name.replace(".", "-")
+        for stem, i in zip(stems, inputs)
+    ]
+    return [(i, str(out / f"{stem}{suffix}")) for i, stem in zip(inputs, stems)]
 
 
-def finished(input: str, output: str) -> bool:
-    """Whether ``output`` is a complete matseg run of ``input``."""
-    attrs = run_attrs(output)
-    return attrs.get("status") == "complete" and _run_of(attrs, input)
-
-
-def _unfinished_of(input: str, output: str) -> bool:
-    attrs = run_attrs(output)
-    return attrs.get("status") not in (None, "complete") and _run_of(attrs, input)
-
-
-def _run_of(attrs: dict, input: str) -> bool:
-    """Whether a store's recorded run read ``input`` (its report, or the fingerprint of its cheap pass)."""
-    source = attrs.get("input", {}).get("source")
-    if source is not None:
-        return canonical_source(source) == canonical_source(input)
-    return attrs.get("cheap_pass", {}).get("input") == canonical_source(input)
+def _stem(path: str) -> str:
+    """An input's name without its extension (``.zarr``, ``.tif``, ``.ome.tif``...); other dots stay."""
+    stem, ext = os.path.splitext(Path(path.rstrip("/")).name)
+    return stem[: -len(".ome")] if ext and stem.lower().endswith(".ome") else stem
 
 
 def batch(
@@ -98,7 +100,7 @@ def batch(
     index: int | None = None,
     **segment_options,
 ) -> list[dict]:
-    """Run :func:`matseg.segment` on each job, skipping finished outputs.
+    """Run :func:`matseg.segment` on each job; finished outputs of the same settings are skipped.
 
     Parameters
     ----------
@@ -106,7 +108,8 @@ def batch(
     index : int, optional
         Run only this job (0-based), e.g. ``$SLURM_ARRAY_TASK_ID``.
     **segment_options
-        Passed to :func:`matseg.segment` (``model``, ``lam``, ``weights``, ``tile``...).
+        Passed to :func:`matseg.segment` (``model``, ``lam``, ``weights``, ``tile``,
+        ``overwrite``...); the settings among them are checked before any job runs.
 
     Returns
     -------
@@ -114,7 +117,13 @@ def batch(
         Per job: ``input``, ``output``, ``state`` (done, skipped, failed) and ``report`` or ``error``.
     """
     from matseg.pipeline.run import segment
+    from matseg.pipeline.settings import Settings
 
+    # a bad option fails here once, not job after job (nor passes unseen where jobs are finished)
+    Settings.of(None, **{k: v for k, v in segment_options.items() if k in SETTINGS and v is not None})
+    weights = segment_options.get("weights")
+    if weights is not None and not Path(weights).is_dir():
+        raise MatsegError(f"--weights {weights} is not a folder")
     outputs: dict[Path, str] = {}
     for input, output in jobs:  # two jobs writing one output: the second would fail or overwrite
         key = real_path(output)  # one output however it is spelt (``..``, a symlink, the case)
@@ -129,17 +138,15 @@ def batch(
         jobs = [jobs[index]]
     results = []
     for input, output in jobs:
-        if finished(input, output):
-            results.append({"input": input, "output": output, "state": "skipped"})
-            logger.info("skip %s: already a finished run of %s", output, input)
-            continue
-        # an unfinished run of this input is started again; anything else is left alone
-        restart = Path(output).exists() and _unfinished_of(input, output)
         try:
-            report = segment(input, output, overwrite=restart, **segment_options)
+            report = segment(input, output, **segment_options)
         except MatsegError as err:
             results.append({"input": input, "output": output, "state": "failed", "error": str(err)})
             logger.warning("failed %s: %s", input, err)
+            continue
+        if report.get("run", {}).get("started_as") == "finished":
+            results.append({"input": input, "output": output, "state": "skipped"})
+            logger.info("skip %s: already a finished run of %s with these settings", output, input)
             continue
         results.append({"input": input, "output": output, "state": "done", "report": report})
         logger.info(

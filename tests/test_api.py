@@ -102,7 +102,7 @@ def test_cancel_before_any_tile_leaves_no_output(tmp_path, small_sample, random_
 def test_settings_are_checked_when_made_and_shortcuts_map_onto_them(tmp_path, small_sample):
     with pytest.raises(matseg.MatsegError, match="--lambda must be a finite number between 0 and 1, got 2"):
         matseg.Settings(lam=2.0)
-    with pytest.raises(matseg.MatsegError, match="only apply with --model auto"):
+    with pytest.raises(matseg.MatsegError, match="--budget-gflops only applies with --model auto"):
         matseg.Settings(model="cheap", budget_gflops=10.0)
     for tile in [(8, 0, 256), (256,), (1, 8, 256, 256)]:
         with pytest.raises(matseg.MatsegError, match="positive sizes"):

@@ -249,7 +249,7 @@ def test_selector_run_writes_decisions_gain_and_no_seams(tmp_path, volume):
     "args, message",
     [
         (["--lambda", "1.5"], "--lambda must be a finite number between 0 and 1"),
-        (["--model", "cheap", "--lambda", "0.2"], "only apply with --model auto"),
+        (["--model", "cheap", "--lambda", "0.2"], "--lambda only applies with --model auto"),
         (["--lambda", "0.2", "--budget-gflops", "10"], "either --lambda or a budget"),
         (["--budget-gflops", "0.001"], "below the cheap pass"),
         (["--max-expensive-fraction", "2"], "between 0 and 1"),

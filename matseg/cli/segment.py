@@ -260,16 +260,28 @@ def segment(
 @click.option("--weights", type=click.Path(file_okay=False), help="Weights folder (default: bundled).")
 @click.option("--tile", "tile_text", help=f"Tile size Z,Y,X (default {TILE_TEXT}).")
 @click.option("--workers", type=click.IntRange(min=1), help="Tiles processed at once (default: cores).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace outputs that hold other runs (finished ones of other settings included); without "
+    "it they fail, and only finished runs of these settings are skipped.",
+)
+@click.option("--count", is_flag=True, help="Print the number of jobs and run none (for a job array's size).")
 @verbosity_options
-def batch(manifest, pattern, output_dir, index, model, lam, weights, tile_text, workers) -> None:
+def batch(
+    manifest, pattern, output_dir, index, model, lam, weights, tile_text, workers, overwrite, count
+) -> None:
     """Segment many volumes: the jobs of MANIFEST (YAML list of {input, output},
-    or CSV with columns input,output) or of --glob; finished outputs are skipped.
+    or CSV with columns input,output) or of --glob. A finished output of the same
+    input and settings is skipped, an unfinished one resumed; an output of other
+    settings fails unless --overwrite.
 
     \b
     Examples:
       matseg batch jobs.yaml
       matseg batch --glob 'scans/*.zarr' --output-dir phases/
       matseg batch jobs.csv --index $SLURM_ARRAY_TASK_ID     # one job per array task
+      sbatch --array=0-$(( $(matseg batch jobs.csv --count) - 1 )) segment-array.sbatch jobs.csv
     """
     from matseg.batch import batch as run
     from matseg.batch import glob_jobs, read_jobs
@@ -279,6 +291,9 @@ def batch(manifest, pattern, output_dir, index, model, lam, weights, tile_text, 
     if pattern and not output_dir:
         raise click.UsageError("--glob needs --output-dir")
     jobs = read_jobs(manifest) if manifest else glob_jobs(pattern, output_dir)
+    if count:
+        click.echo(len(jobs))
+        return
     results = run(
         jobs,
         index=index,
@@ -287,6 +302,8 @@ def batch(manifest, pattern, output_dir, index, model, lam, weights, tile_text, 
         weights=weights,
         tile=ints(tile_text, "--tile"),
         workers=workers,
+        overwrite=overwrite,
+        progress=StageBars(False),  # a line as each stage of a job ends: a batch's log is a file
         command=command_line(),
     )
     states = [r["state"] for r in results]

@@ -165,7 +165,8 @@ def _check_options(model, lam, budget_gflops, max_expensive_fraction) -> None:
     if max_expensive_fraction is not None:
         chosen.append("--max-expensive-fraction")
     if model != "auto" and chosen:
-        raise MatsegError(f"{', '.join(chosen)} only apply with --model auto (the selector)")
+        verb = "applies" if len(chosen) == 1 else "apply"
+        raise MatsegError(f"{' and '.join(chosen)} only {verb} with --model auto (the selector)")
     check_number("--lambda", lam, low=0.0, high=1.0)
     check_number("--budget-gflops", budget_gflops, low=0.0, open_low=True)
     check_number("--max-expensive-fraction", max_expensive_fraction, low=0.0, high=1.0)

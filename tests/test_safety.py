@@ -63,6 +63,17 @@ def test_train_into_the_input_store_is_refused(tmp_path, small_sample, capsys):
     assert_refused(tmp_path, args, capsys, "would overwrite the image")
 
 
+def test_overwrite_does_not_replace_through_a_symbolic_link(tmp_path, store, random_weights, capsys):
+    """A link to a matseg output: said to be a link (not "not written by matseg"), and nothing is
+    deleted on either side of it."""
+    out = tmp_path / "real.zarr"
+    assert run(_segment(store, out, random_weights)) == 0
+    (tmp_path / "link.zarr").symlink_to(out)
+    capsys.readouterr()
+    args = _segment(store, tmp_path / "link.zarr", random_weights, "--overwrite", "--tile", "4,32,32")
+    assert_refused(tmp_path, args, capsys, "link.zarr is a symbolic link; --overwrite does not replace")
+
+
 def test_overwrite_never_deletes_what_matseg_did_not_write(tmp_path, store, random_weights, capsys):
     notes = tmp_path / "notes"
     notes.mkdir()

@@ -76,6 +76,11 @@ def check_replaceable(path: str | os.PathLike, kinds: tuple[str, ...], option: s
     path = Path(path)
     if not os.path.lexists(path):
         return
+    if path.is_symlink():  # replacing would delete the link's target, somewhere else
+        raise MatsegError(
+            f"{path} is a symbolic link; {option} does not replace through a link: give the "
+            "folder it points to, or remove the link"
+        )
     kind = output_kind(path)
     if kind not in kinds:
         what = f"a matseg {kind} output" if kind else "not written by matseg"

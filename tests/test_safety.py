@@ -46,6 +46,16 @@ def test_output_that_is_the_input_is_refused(tmp_path, store, random_weights, ca
     assert_refused(tmp_path, args, capsys, "would overwrite the input")
 
 
+def test_an_input_that_is_a_link_inside_the_output_is_refused(tmp_path, store, random_weights, capsys):
+    """--overwrite would delete the link with the output, then read the input as fill values."""
+    out = tmp_path / "phases.zarr"
+    assert run(_segment(store, out, random_weights)) == 0
+    (out / "scan-link.zarr").symlink_to(store)
+    capsys.readouterr()
+    args = _segment(out / "scan-link.zarr", out, random_weights, "--overwrite")
+    assert_refused(tmp_path, args, capsys, "would overwrite the input")
+
+
 def test_truth_that_is_the_output_is_refused(tmp_path, store, random_weights, capsys):
     out = tmp_path / "out.zarr"
     assert run(_segment(store, out, random_weights)) == 0

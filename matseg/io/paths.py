@@ -40,10 +40,22 @@ def _within(inner: Path, outer: Path) -> bool:
     return any(_same_file(p, outer) for p in (inner, *inner.parents) if p.exists())
 
 
+def _spelt_path(spec: str | os.PathLike) -> Path:
+    """The file part of ``spec`` as spelt, absolute with ``..`` removed but links kept: a link
+    that lies inside an output is deleted with it, wherever it points."""
+    from matseg.io.read import split_spec
+
+    return Path(os.path.normcase(os.path.normpath(split_spec(spec)[0].absolute())))
+
+
 def overlaps(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether ``a`` and ``b`` are the same path or one lies inside the other."""
+    """Whether ``a`` and ``b`` are the same path or one lies inside the other, as they resolve
+    (links followed) or as they are spelt (a link inside the other)."""
     ra, rb = real_path(a), real_path(b)
-    return _within(ra, rb) or _within(rb, ra)
+    if _within(ra, rb) or _within(rb, ra):
+        return True
+    sa, sb = _spelt_path(a), _spelt_path(b)
+    return sa == sb or sa.is_relative_to(sb) or sb.is_relative_to(sa)
 
 
 def check_distinct(output: str | os.PathLike, inputs: Iterable[tuple[str, object]]) -> None:

@@ -108,3 +108,19 @@ def test_tiff_of_one_series_a_page_is_one_stack(tmp_path):
         tif.write(data[1, :20], contiguous=False)
     with pytest.raises(MatsegError, match="do not stack into one volume"):
         open_volume(tmp_path / "mixed.tif")
+
+
+@pytest.mark.parametrize(
+    "kwargs, channels",
+    [({"photometric": "rgb"}, 3), ({"photometric": "rgb", "extrasamples": ["unassalpha"]}, 4),
+     ({"photometric": "rgb", "planarconfig": "separate"}, 3)],
+    ids=["rgb", "rgba", "planar"],
+)  # fmt: skip
+def test_a_colour_tiff_is_refused_not_read_as_a_stack(tmp_path, kwargs, channels):
+    """Its samples (YXS or SYX) would otherwise be read as an X or Z axis of 3 or 4."""
+    grey = np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8)
+    planar = kwargs.get("planarconfig") == "separate"
+    image = np.stack([grey] * channels, 0 if planar else -1)
+    tifffile.imwrite(tmp_path / "colour.tif", image, **kwargs)
+    with pytest.raises(MatsegError, match="is a colour image .* convert it to greyscale"):
+        open_volume(tmp_path / "colour.tif")

@@ -193,6 +193,12 @@ def _open_tiff(path: Path, source: str) -> Volume:
     except Exception as err:  # tifffile raises many types for broken files
         raise MatsegError(f"cannot read TIFF {path}: {err}") from None
     try:
+        colour = next((s.axes for s in tif.series if "S" in s.axes), None)  # samples: RGB(A)
+        if colour is not None:
+            raise MatsegError(
+                f"TIFF {path} is a colour image (axes {colour}: S holds its red, green, blue... "
+                "samples); matseg reads grey levels: convert it to greyscale first"
+            )
         shapes = [(tuple(s.shape), s.dtype) for s in tif.series]
         if len(shapes) > 1:  # pages written one by one: a series each
             data = _stacked_pages(tif, path, shapes)

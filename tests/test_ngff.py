@@ -90,6 +90,35 @@ def test_voxel_size_from_hdf5_attributes(tmp_path):
     assert open_volume(f"{path}:/plain").voxel_size is None
 
 
+def test_a_voxel_size_the_file_records_unreadably_is_ignored_with_a_warning(
+    tmp_path, random_weights, capsys, caplog
+):
+    """Text, an unknown unit, too few values or a ``resolution`` (often pixels per unit): the
+    image still opens, the warning names the file, and --voxel-size gives the size."""
+    path = tmp_path / "odd.h5"
+    with h5py.File(path, "w") as f:
+        for name, attrs in {
+            "text": {"voxel_size": "1.0 0.5 0.5"},
+            "pixel": {"voxel_size": [1.0, 1.0, 1.0], "unit": "pixel"},
+            "two": {"voxel_size": [300.0, 300.0]},
+            "resolution": {"resolution": [300.0, 300.0, 300.0]},
+        }.items():
+            f[name] = DATA
+            f[name].attrs.update(attrs)
+    for name in ("text", "pixel", "two"):
+        caplog.clear()
+        assert open_volume(f"{path}:/{name}").voxel_size is None
+        assert f"ignoring the voxel size recorded in {path}" in caplog.text
+    assert open_volume(f"{path}:/resolution").voxel_size is None
+    tif = tmp_path / "pixel.tif"
+    tifffile.imwrite(tif, DATA, imagej=True, metadata={"axes": "ZYX", "unit": "pixel"}, resolution=(1.0, 1.0))
+    assert open_volume(tif).voxel_size is None
+    out = tmp_path / "o.zarr"
+    args = ["segment", f"{path}:/pixel", "-o", out, "--weights", random_weights, "--model", "cheap"]
+    assert run([*args, "--voxel-size", "2", "--quiet"]) == 0
+    assert matseg.open_segmentation(out).voxel_size == VoxelSize((2.0, 2.0, 2.0), "micrometer")
+
+
 def test_voxel_size_from_tiff_tags(tmp_path):
     imagej = tmp_path / "imagej.tif"
     tifffile.imwrite(

@@ -180,7 +180,7 @@ def _open_hdf5(path: Path, inner: str, source: str) -> Volume:
         raise MatsegError(f"HDF5 dataset '/{inner.strip('/')}' not found in {path}; datasets: {listing}")
     chunks = node.chunks or "auto"
     data = da.from_array(node, chunks=chunks, lock=True, asarray=True)
-    voxel_size = scale.from_hdf5_attrs(node.attrs, data.ndim)
+    voxel_size = scale.recorded(scale.from_hdf5_attrs, node.attrs, data.ndim, where=str(path))
     return Volume(data=data, source=source, kind="hdf5", handle=handle, voxel_size=voxel_size)
 
 
@@ -207,7 +207,7 @@ def _open_tiff(path: Path, source: str) -> Volume:
             if isinstance(node, zarr.Group):  # pyramidal TIFF: level 0
                 node = node[sorted(node.array_keys())[0]]
             data = da.from_zarr(node)
-        voxel_size = scale.from_tiff(tif, data.ndim)
+        voxel_size = scale.recorded(scale.from_tiff, tif, data.ndim, where=str(path))
     except BaseException as err:
         tif.close()
         if isinstance(err, MatsegError | KeyboardInterrupt | SystemExit):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from matseg.errors import MatsegError
@@ -130,18 +130,30 @@ def from_ome(axes: Sequence, transforms: Sequence[Sequence[Mapping]], ndim: int)
     unit = units.pop() if len(units) == 1 else None
     if all(s == 1.0 for s, _ in spatial) and unit is None:
         return None  # the NGFF default: no physical size was recorded
-    return _checked(tuple(s for s, _ in spatial), unit, "OME-Zarr metadata")
+    return _checked(tuple(s for s, _ in spatial), unit, "OME-Zarr metadata", ndim)
+
+
+def recorded(read: Callable[..., VoxelSize | None], *args, where: str) -> VoxelSize | None:
+    """The voxel size a file records, read by ``read(*args)``; what cannot be read (text where
+    numbers belong, a unit OME-NGFF does not know, too few values) is said in a warning and
+    ignored: a file's metadata never makes its image unreadable (``--voxel-size`` gives it)."""
+    try:
+        return read(*args)
+    except (MatsegError, ValueError, TypeError) as err:
+        logger.warning("ignoring the voxel size recorded in %s (%s); give --voxel-size to set it", where, err)
+        return None
 
 
 def from_hdf5_attrs(attrs: Mapping, ndim: int) -> VoxelSize | None:
-    """Voxel size from an HDF5 dataset's attributes (``element_size_um``, ``voxel_size`` + ``unit``)."""
+    """Voxel size from an HDF5 dataset's attributes (``element_size_um``, ``voxel_size`` + ``unit``).
+    (A ``resolution`` is not read: it is as often pixels per unit as a size.)"""
     if "element_size_um" in attrs:
-        return _checked(_floats(attrs["element_size_um"], ndim), "micrometer", "element_size_um")
-    for key in ("voxel_size", "pixel_size", "spacing", "resolution"):
+        return _checked(_floats(attrs["element_size_um"], ndim), "micrometer", "element_size_um", ndim)
+    for key in ("voxel_size", "pixel_size", "spacing"):
         if key in attrs:
             unit = attrs.get("unit", attrs.get("units"))
             unit = unit.decode() if isinstance(unit, bytes) else unit
-            return _checked(_floats(attrs[key], ndim), unit_name(unit) if unit else None, key)
+            return _checked(_floats(attrs[key], ndim), unit_name(unit) if unit else None, key, ndim)
     return None
 
 
@@ -168,8 +180,15 @@ def from_tiff(tif, ndim: int) -> VoxelSize | None:
             return None
     in_plane = (1.0 / y_res, 1.0 / x_res)
     if ndim == 2:
-        return _checked(in_plane, unit, "TIFF resolution tags")
-    return _checked((float(ij.get("spacing", in_plane[0])), *in_plane), unit, "TIFF resolution tags")
+        return _checked(in_plane, unit, "TIFF resolution tags", ndim)
+    if "spacing" not in ij:
+        logger.warning(
+            "the TIFF records its pixel size but not its slice spacing: Z taken as Y (%g %s); give "
+            "--voxel-size Z,Y,X if the slices are spaced otherwise",
+            in_plane[0],
+            unit,
+        )
+    return _checked((float(ij.get("spacing", in_plane[0])), *in_plane), unit, "TIFF resolution tags", ndim)
 
 
 def _from_ome_xml(xml: str, ndim: int) -> VoxelSize | None:
@@ -181,7 +200,7 @@ def _from_ome_xml(xml: str, ndim: int) -> VoxelSize | None:
     axes = ("Z", "Y", "X")[-ndim:]
     values = tuple(float(pixels.attrib.get(f"PhysicalSize{a}", pixels.attrib["PhysicalSizeX"])) for a in axes)
     unit = pixels.attrib.get("PhysicalSizeXUnit", "µm")
-    return _checked(values, unit_name(unit), "OME-TIFF metadata")
+    return _checked(values, unit_name(unit), "OME-TIFF metadata", ndim)
 
 
 def _rational(value) -> float:
@@ -195,7 +214,9 @@ def _floats(value, ndim: int) -> tuple[float, ...]:
     return values[-ndim:] if len(values) > ndim else values
 
 
-def _checked(values: tuple[float, ...], unit: str | None, where: str) -> VoxelSize | None:
+def _checked(values: tuple[float, ...], unit: str | None, where: str, ndim: int) -> VoxelSize | None:
+    if len(values) not in (1, ndim):
+        raise MatsegError(f"{where} holds {len(values)} values for {ndim} axes")
     try:
         return VoxelSize(tuple(values), unit)
     except MatsegError:

@@ -295,6 +295,35 @@ def test_measure_never_writes_into_its_store(tmp_path, small_sample, capsys):
     assert not (store / "m").exists()
 
 
+def test_measure_overwrite_replaces_only_its_own_folder(tmp_path, small_sample, capsys):
+    """A file, or a folder of someone's notes, at -o is refused with or without --overwrite
+    (before anything is measured); an earlier measure folder is replaced."""
+    args = [
+        "measure",
+        small_sample,
+        "--labels",
+        "--no-transport",
+        "--no-rev",
+        "--samples",
+        "0",
+        "--overwrite",
+    ]
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "measure.csv").write_text("a,b\n")
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for target in (notes, afile):
+        assert run([*args, "-o", target]) == 2
+        err = capsys.readouterr().err
+        assert "not written by matseg" in err and len(err.strip().splitlines()) == 1, err
+    assert (notes / "measure.csv").read_text() == "a,b\n" and afile.read_text() == "mine"
+    folder = tmp_path / "m"
+    assert run([*args, "-o", folder]) == 0
+    assert run([*args, "-o", folder]) == 0  # its own folder: replaced
+    assert (folder / "measure.json").is_file()
+
+
 def test_measure_of_a_missing_store_says_so(tmp_path, capsys):
     assert run(["measure", tmp_path / "nope.zarr", "-o", tmp_path / "m"]) == 2
     assert "input not found" in capsys.readouterr().err

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from matseg.cli.options import voxel_size_of, voxel_size_options
 from matseg.console import format_measure
 from matseg.errors import MatsegError
+from matseg.io.guard import check_replaceable
 from matseg.io.paths import check_distinct
 
 
@@ -119,10 +122,12 @@ def measure(
         else Path(store.rstrip("/")).with_name(Path(store.rstrip("/")).stem + "-measure")
     )
     check_distinct(folder, [("store", store)])
-    if folder.exists() and not overwrite:
-        raise MatsegError(
-            f"output {folder} exists; pass --overwrite to replace its files, or -o another folder"
-        )
+    if os.path.lexists(folder) and not (folder.is_dir() and not any(folder.iterdir())):  # empty: fine
+        if not overwrite:
+            raise MatsegError(
+                f"output {folder} exists; pass --overwrite to replace its files, or -o another folder"
+            )
+        check_replaceable(folder, ("measure",))  # an earlier measure's folder, nothing else
     report = matseg.measure(
         store,
         labels=as_labels,

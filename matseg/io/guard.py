@@ -28,8 +28,9 @@ from matseg.io.faults import fault_point
 
 EVALUATION_MARKER = "matseg-evaluation.json"
 WEIGHTS_MANIFEST = "manifest.json"
+MEASURE_REPORT = "measure.json"  # what ``matseg measure`` writes in its folder
 # the kinds of store matseg writes, told by their markers
-KINDS = ("segment", "sample", "corrections", "evaluation", "weights")
+KINDS = ("segment", "sample", "corrections", "evaluation", "weights", "measure")
 _BUILDING, _TRASH = "matseg-new", "matseg-trash"
 
 
@@ -59,6 +60,12 @@ def output_kind(path: str | os.PathLike) -> str | None:
             and all(isinstance(e, dict) and "sha256" in e for e in entries.values())
         )
         return "weights" if ours else None
+    if (path / MEASURE_REPORT).is_file():
+        try:
+            report = json.loads((path / MEASURE_REPORT).read_text())
+        except (OSError, ValueError):
+            return None
+        return "measure" if isinstance(report, dict) and "matseg_version" in report else None
     attrs = _root_attrs(path)
     if "matseg-corrections" in attrs:
         return "corrections"

@@ -15,6 +15,7 @@ import numpy as np
 
 from matseg._version import __version__
 from matseg.errors import MatsegError
+from matseg.io.guard import MEASURE_REPORT
 from matseg.microstructure.blocks import Reader
 from matseg.microstructure.calibration import calibrated_interval
 from matseg.microstructure.calibration import load as load_calibration
@@ -26,7 +27,7 @@ from matseg.validate import check_number
 
 logger = logging.getLogger(__name__)
 
-REPORT_JSON, REPORT_CSV = "measure.json", "measure.csv"
+REPORT_JSON, REPORT_CSV = MEASURE_REPORT, "measure.csv"
 MAX_PHASES = 16
 
 

@@ -9,7 +9,6 @@ import click
 from matseg.cli.options import voxel_size_of, voxel_size_options
 from matseg.console import format_measure
 from matseg.errors import MatsegError
-from matseg.io.guard import check_replaceable
 from matseg.io.paths import check_distinct
 
 
@@ -127,6 +126,8 @@ def measure(
             raise MatsegError(
                 f"output {folder} exists; pass --overwrite to replace its files, or -o another folder"
             )
+        from matseg.io.guard import check_replaceable
+
         check_replaceable(folder, ("measure",))  # an earlier measure's folder, nothing else
     report = matseg.measure(
         store,

@@ -93,7 +93,8 @@ def test_outputs_of_other_settings_are_neither_skipped_nor_replaced(tmp_path, sc
     output = tmp_path / "scan1-phases.zarr"
     before = snapshot(output)
     assert run(["batch", manifest, "--model", "expensive", *common]) == 2
-    assert "exists; pass --overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "finished run with other settings: candidates, halo, model" in err and "pass --overwrite" in err
     assert snapshot(output) == before
     root = zarr.open_group(str(output), mode="r+")  # as if killed half-way
     root.attrs["matseg"] = {**root.attrs["matseg"], "status": "running"}

@@ -112,15 +112,22 @@ def test_tiff_of_one_series_a_page_is_one_stack(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, channels",
-    [({"photometric": "rgb"}, 3), ({"photometric": "rgb", "extrasamples": ["unassalpha"]}, 4),
-     ({"photometric": "rgb", "planarconfig": "separate"}, 3)],
-    ids=["rgb", "rgba", "planar"],
-)  # fmt: skip
+    [({"photometric": "rgb"}, 3), ({"photometric": "rgb", "extrasamples": ["unassalpha"]}, 4)],
+    ids=["rgb", "rgba"],
+)
 def test_a_colour_tiff_is_refused_not_read_as_a_stack(tmp_path, kwargs, channels):
-    """Its samples (YXS or SYX) would otherwise be read as an X or Z axis of 3 or 4."""
+    """Its interleaved samples (YXS) would otherwise be read as an X axis of 3 or 4."""
     grey = np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8)
-    planar = kwargs.get("planarconfig") == "separate"
-    image = np.stack([grey] * channels, 0 if planar else -1)
-    tifffile.imwrite(tmp_path / "colour.tif", image, **kwargs)
+    tifffile.imwrite(tmp_path / "colour.tif", np.stack([grey] * channels, -1), **kwargs)
     with pytest.raises(MatsegError, match="is a colour image .* convert it to greyscale"):
         open_volume(tmp_path / "colour.tif")
+
+
+@pytest.mark.parametrize("slices", [3, 4])
+def test_a_stack_tifffile_saved_as_planar_samples_is_read_as_slices(tmp_path, slices, caplog):
+    """tifffile saves a (3 or 4, Y, X) array as planar RGB(A) by default: still the slices."""
+    data = np.random.default_rng(0).normal(100, 20, (slices, 40, 50)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "stack.tif", data)
+    volume = open_volume(tmp_path / "stack.tif")
+    np.testing.assert_array_equal(volume.data.compute(), data)
+    assert "stores its slices as colour samples" in caplog.text

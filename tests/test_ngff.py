@@ -214,3 +214,14 @@ def test_a_relative_name_that_starts_like_a_url_scheme_is_a_file(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     volume = open_volume(name)
     assert volume.shape == (4, 32, 32) and volume.voxel_size == size
+
+
+def test_an_ngff_04_image_on_zarr_2_opens_quietly(tmp_path, caplog):
+    """ome-zarr-py's parse_url warns of a 'version mismatch' on every 0.4 store it reads."""
+    from ome_zarr.format import FormatV04
+
+    root = zarr.open_group(str(tmp_path / "v04.zarr"), mode="w", zarr_format=2)
+    write_image(DATA, root, axes="zyx", scale_factors=(), fmt=FormatV04())
+    volume = open_volume(tmp_path / "v04.zarr")
+    assert volume.kind == "ome-zarr" and volume.shape == DATA.shape
+    assert "version mismatch" not in caplog.text

@@ -283,6 +283,34 @@ def test_finished_run_again_is_a_no_op(tmp_path, store, random_weights, capsys):
     assert snapshot(tmp_path) == before
 
 
+def test_an_input_written_again_is_not_taken_for_the_one_segmented(tmp_path, random_weights, capsys):
+    """The same name, other contents (a TIFF saved again, a Zarr array rewritten in place): the
+    finished run is not returned as its result, and --overwrite computes it afresh."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    first, second = (rng.normal(100, 20, (4, 64, 64)).astype(np.float32) for _ in range(2))
+    tif, store = tmp_path / "scan.tif", tmp_path / "scan.zarr"
+    tifffile.imwrite(tif, first)
+    good_zarr(store, first)
+
+    def in_place():
+        zarr.open_array(str(store), mode="r+")[:] = second
+
+    for source, rewrite in [(tif, lambda: tifffile.imwrite(tif, second)), (store, in_place)]:
+        out = tmp_path / f"{source.stem}-{source.suffix[1:]}.zarr"
+        args = [*_segment(source, out, random_weights), "--tile", "4,64,64"]
+        assert run(args) == 0
+        rewrite()
+        assert run(args) == 2
+        assert "finished run with other settings: input_contents" in capsys.readouterr().err
+        assert run([*args, "--overwrite"]) == 0
+        fresh = tmp_path / f"fresh-{source.suffix[1:]}.zarr"
+        assert run([*_segment(source, fresh, random_weights), "--tile", "4,64,64"]) == 0
+        a, b = (zarr.open_group(str(p), mode="r")["labels/phases/0"][:] for p in (out, fresh))
+        np.testing.assert_array_equal(a, b)
+
+
 def _killed_at(point: str, args, env_extra=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "MATSEG_FAULT": point, **(env_extra or {})}
     cmd = [sys.executable, "-m", "matseg.cli", *map(str, args)]

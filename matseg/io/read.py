@@ -6,6 +6,7 @@ loaded until a tile asks for it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from matseg.errors import MatsegError
 from matseg.io import scale
 from matseg.io.chunks import check_chunks
 from matseg.io.scale import VoxelSize
+
+logger = logging.getLogger(__name__)
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5", ".nxs")
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
@@ -60,6 +63,33 @@ def canonical_source(spec: str | os.PathLike) -> str:
     """``spec`` with its file part made absolute and resolved: the same input, however it was named."""
     path, inner = split_spec(spec)
     return str(path.resolve()) + (f":{inner}" if inner else "")
+
+
+FINGERPRINT_BLOCKS = 8  # small blocks whose values stand for a volume's contents
+
+
+def fingerprint(volume: Volume) -> str:
+    """A short hash of what ``volume`` holds now, so that a run on it is not taken for a run on
+    what it held before (a file written again under the same name).
+
+    It covers the file's size and modification time (a TIFF or HDF5 file: any change shows)
+    and the values of a few small blocks, each inside one chunk, at positions drawn from a fixed
+    seed (any store: a Zarr array written again in place changes them; a change confined to
+    chunks the blocks miss does not show). A few chunk reads, however large the volume.
+    """
+    digest = hashlib.sha256()
+    path = split_spec(volume.source)[0]
+    if path.is_file():
+        stat = path.stat()
+        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    data = volume.data
+    chunks = [c[0] for c in data.chunks]  # the first chunk's size along each axis
+    rng = np.random.default_rng(0)
+    for _ in range(FINGERPRINT_BLOCKS):
+        starts = [int(rng.integers(0, n)) // c * c for n, c in zip(data.shape, chunks)]
+        block = tuple(slice(a, min(a + 16, a + c, n)) for a, c, n in zip(starts, chunks, data.shape))
+        digest.update(np.ascontiguousarray(data[block].compute()).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def open_volume(spec: str | os.PathLike, labels: bool = False) -> Volume:
@@ -193,11 +223,21 @@ def _open_tiff(path: Path, source: str) -> Volume:
     except Exception as err:  # tifffile raises many types for broken files
         raise MatsegError(f"cannot read TIFF {path}: {err}") from None
     try:
-        colour = next((s.axes for s in tif.series if "S" in s.axes), None)  # samples: RGB(A)
-        if colour is not None:
+        # samples (S): colour channels. Interleaved (YXS) they would be read as an X axis of 3
+        # or 4: refused. Planar (SYX) is also how tifffile saves a 3- or 4-slice stack by
+        # default: read as slices, said.
+        axes = [s.axes for s in tif.series]
+        if any(a.endswith("S") for a in axes):
             raise MatsegError(
-                f"TIFF {path} is a colour image (axes {colour}: S holds its red, green, blue... "
+                f"TIFF {path} is a colour image (axes {axes[0]}: S holds its red, green, blue... "
                 "samples); matseg reads grey levels: convert it to greyscale first"
+            )
+        if any(a.startswith("S") for a in axes):
+            logger.warning(
+                "TIFF %s stores its slices as colour samples (axes %s, as tifffile saves a 3- or "
+                "4-slice stack by default): read as slices",
+                path,
+                axes[0],
             )
         shapes = [(tuple(s.shape), s.dtype) for s in tif.series]
         if len(shapes) > 1:  # pages written one by one: a series each
@@ -281,8 +321,9 @@ def _ome_voxel_size(path: Path, group: zarr.Group, multiscales: list, ndim: int)
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Multiscales, Reader
 
-    # a label image without a "source" image makes the reader warn; its voxel size is its own
-    reader_log = logging.getLogger("ome_zarr.reader")
+    # a label image without a "source" image makes the reader warn (its voxel size is its own),
+    # and an NGFF 0.4 store makes parse_url warn of a "version mismatch" (it reads 0.4 fine)
+    reader_log = logging.getLogger("ome_zarr")
     level = reader_log.level
     reader_log.setLevel(logging.ERROR)
     try:

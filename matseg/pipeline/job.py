@@ -11,7 +11,7 @@ from matseg._version import __version__
 from matseg.candidates.registry import CANDIDATES, Context
 from matseg.errors import MatsegError
 from matseg.io.paths import check_distinct
-from matseg.io.read import Volume, canonical_source, open_volume
+from matseg.io.read import Volume, canonical_source, fingerprint, open_volume
 from matseg.io.scale import VoxelSize
 from matseg.io.write import check_output
 from matseg.models.inference import inference_device
@@ -146,6 +146,7 @@ def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | No
     check_output(out, overwrite=True, inputs=[str(input)], writable=False)
     identity = {
         "input": canonical_source(input),
+        "input_contents": fingerprint(volume),  # the same name written again is another input
         "shape": list(volume.shape),
         "dtype": str(volume.data.dtype),
         "model": model,
@@ -173,7 +174,7 @@ def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | No
         }
     cheap_identity = None  # what a cheap pass depends on: the run's settings but λ, budget, costlier weights
     if selector is not None:
-        kept = ("input", "candidates", "shape", "dtype", "tile", "halo", "version")
+        kept = ("input", "input_contents", "candidates", "shape", "dtype", "tile", "halo", "version")
         cheap_identity = {k: identity[k] for k in kept} | {"cheap_sha256": models["cheap"].sha256}
     return Job(
         input, out, settings, volume, selector, names, models, phases, context, tile, halo, grid,

@@ -97,10 +97,13 @@ def start_of(job: Job, overwrite: bool) -> tuple[Start, dict | None]:
             f"output {out} is an unfinished matseg run with other settings ({', '.join(differs)}); "
             "run its own command to resume it, or pass --overwrite to start again"
         )
-    if status == Status.COMPLETE and job.cheap_identity and attrs.get("cheap_pass") == job.cheap_identity:
-        raise MatsegError(
-            f"output {out} exists; pass --overwrite to replace it (its cheap pass will be reused)"
-        )
+    if status == Status.COMPLETE:  # what differs from the finished run, said
+        differs = _differing(attrs.get("settings") or {}, job.identity)
+        what = f" (a finished run with other settings: {', '.join(differs)})" if differs else ""
+        if job.cheap_identity and attrs.get("cheap_pass") == job.cheap_identity:
+            what += "; pass --overwrite to replace it (its cheap pass will be reused)"
+            raise MatsegError(f"output {out} exists{what}")
+        raise MatsegError(f"output {out} exists{what}; pass --overwrite to replace it")
     raise MatsegError(f"output {out} exists; pass --overwrite to replace it")
 
 

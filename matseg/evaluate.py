@@ -33,7 +33,7 @@ from matseg.selector.table import reward, tile_iou, tile_table
 from matseg.tiling import DEFAULT_TILE
 from matseg.validate import check_number
 
-logger = logging.getLogger(__name__)
+progress_log = logging.getLogger("matseg.progress.evaluate")  # per-stage lines: --quiet hides them
 
 LAMBDAS = (0.0, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.3, 1.0)
 RANDOM_REPEATS = 20
@@ -182,7 +182,7 @@ def _evaluate(volumes, output: Path, truths, weights, lambdas, tile, real_run) -
     started = time.perf_counter()
     tables = []
     for i, volume in enumerate(volumes):
-        logger.info("evaluate: every candidate on every tile of %s", volume)
+        progress_log.info("evaluate: every candidate on every tile of %s", volume)
         tables.append(tile_table(volume, truths[i] if truths else None, context, names, tile, halo))
     data = _Volumes(tables, selector, selector.gflops(1))
     table_seconds = time.perf_counter() - started
@@ -217,7 +217,7 @@ def _evaluate(volumes, output: Path, truths, weights, lambdas, tile, real_run) -
         for point in (policy, cascade, random_point, oracle):
             _add_efficiency(point, all_expensive)
         sweep.append(row)
-        logger.info(
+        progress_log.info(
             "evaluate: lambda %g: selector mIoU %.4f at %.0f GFLOPs (%.1f %% of all-expensive); "
             "cascade %.4f, random %.4f, oracle %.4f",
             lam, policy["miou"], policy["gflops"], 100 * policy["gflops"] / all_expensive["gflops"],
@@ -284,7 +284,7 @@ def _real_runs(volumes, truths, output, weights, tile) -> dict:
             "seconds": seconds,
             "seam": seams,
         }
-        logger.info(
+        progress_log.info(
             "evaluate: real run --model %s: mIoU %.4f, %.0f GFLOPs, %.1f s",
             model,
             summary["miou"],

@@ -489,3 +489,10 @@ def test_tiles_batched_in_one_forward_pass_give_the_same_output(tmp_path, volume
         np.testing.assert_array_equal(b[name][:], a[name][:], err_msg=name)
     with pytest.raises(matseg.MatsegError, match="batch_tiles"):
         matseg.Settings(batch_tiles=0)
+
+
+def test_evaluate_quiet_shows_no_stage_lines(tmp_path, volume, capfd):
+    args = ["evaluate", volume, "-o", tmp_path / "ev", "--lambdas", "0,1", "--tile", ",".join(map(str, TILE))]
+    assert run([*args, "--no-real-run", "--quiet"]) == 0
+    err = capfd.readouterr().err
+    assert "evaluate: lambda" not in err and "every candidate on every tile" not in err, err

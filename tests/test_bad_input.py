@@ -237,3 +237,14 @@ def test_evaluate_of_an_image_without_labels_names_the_option(tmp_path, capsys, 
     volume = good_zarr(tmp_path / "v.zarr")
     args = ["evaluate", volume, "-o", tmp_path / "ev", "--weights", random_weights]
     assert_refused(tmp_path, args, capsys, "holds no label image of its own")
+
+
+@pytest.mark.parametrize("inner", ["new.zarr:/x", "new.h5:/data"])
+def test_an_output_inside_a_store_path_is_refused(tmp_path, capsys, random_weights, inner):
+    """It made a folder named 'new.zarr:' holding 'x'."""
+    volume = good_zarr(tmp_path / "in.zarr")
+    args = ["segment", volume, "-o", f"{tmp_path}/{inner}", "--model", "cheap", "--weights", random_weights]
+    assert_refused(tmp_path, args, capsys, "an output is a whole store")
+    assert_refused(
+        tmp_path, ["sample", f"{tmp_path}/{inner}", "--shape", "4", "32", "32"], capsys, "whole store"
+    )

@@ -8,6 +8,7 @@ in parallel and without holding the volume in memory.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -80,6 +81,11 @@ def check_output(
         If the output overlaps an input, exists without ``overwrite``, is not a matseg
         output of ``kinds``, or its parent folder cannot be written.
     """
+    if re.search(r"\.(zarr|h5|hdf5|hdf|n5)/?:", os.fspath(path), re.IGNORECASE):  # store.zarr:/x
+        raise MatsegError(
+            f"output {os.fspath(path)}: an output is a whole store, not a path inside one; give -o "
+            "without ':/inner/path'"
+        )
     check_distinct(path, [s if isinstance(s, tuple) else ("input", s) for s in inputs])
     out = Path(path).absolute()
     if os.path.lexists(out):

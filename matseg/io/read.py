@@ -88,7 +88,13 @@ def fingerprint(volume: Volume) -> str:
     for _ in range(FINGERPRINT_BLOCKS):
         starts = [int(rng.integers(0, n)) // c * c for n, c in zip(data.shape, chunks)]
         block = tuple(slice(a, min(a + 16, a + c, n)) for a, c, n in zip(starts, chunks, data.shape))
-        digest.update(np.ascontiguousarray(data[block].compute()).tobytes())
+        try:
+            values = data[block].compute()
+        except MatsegError:
+            raise
+        except Exception as err:  # a corrupt chunk: zarr's codecs raise their own kinds
+            raise MatsegError(f"cannot read {volume.source}: {type(err).__name__}: {err}") from None
+        digest.update(np.ascontiguousarray(values).tobytes())
     return digest.hexdigest()[:16]
 
 

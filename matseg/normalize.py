@@ -133,7 +133,9 @@ def multiotsu_thresholds(sample: np.ndarray, n_phases: int) -> tuple[float, ...]
     if np.unique(values[: 1 << 20]).size < n_phases:
         return tuple(float(q) for q in np.quantile(values, np.linspace(0, 1, n_phases + 1)[1:-1]))
     # the histogram scikit-image makes of an image (256 bins over its range, normalised),
-    # without the copy of the sample it flattens first
-    counts, edges = np.histogram(values, bins=256, range=(values.min(), values.max()))
+    # without the copy of the sample it flattens first; its search grows as bins ** (classes - 2),
+    # so beyond 5 classes the bins shrink to keep it to what 5 classes take (seconds, not hours)
+    bins = 256 if n_phases <= 5 else max(4 * n_phases, int(256 ** (3 / (n_phases - 2))))
+    counts, edges = np.histogram(values, bins=bins, range=(values.min(), values.max()))
     hist = (counts / counts.sum(), (edges[:-1] + edges[1:]) / 2.0)
     return tuple(float(t) for t in threshold_multiotsu(hist=hist, classes=n_phases))

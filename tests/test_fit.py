@@ -139,6 +139,18 @@ def test_classical_phases_are_refused_with_a_network_model():
         matseg.Settings(model="cheap", phases=("a", "b"))
     with pytest.raises(MatsegError, match="at least 2 distinct"):
         matseg.Settings(model="classical", phases=("a", "a"))
+    with pytest.raises(MatsegError, match="tells at most 8 apart by intensity"):
+        matseg.Settings(model="classical", phases=tuple("abcdefghi"))
+
+
+def test_classical_thresholds_for_many_phases_come_in_seconds():
+    """Multi-Otsu over 256 bins searched for hours from 6 classes on: the bins shrink there."""
+    from matseg.normalize import multiotsu_thresholds
+
+    sample = np.random.default_rng(0).normal(0, 1, 200_000)
+    for n in (6, 7, 8):
+        thresholds = multiotsu_thresholds(sample, n)
+        assert len(thresholds) == n - 1 and np.all(np.diff(thresholds) > 0)
 
 
 @pytest.fixture

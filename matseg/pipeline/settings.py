@@ -12,6 +12,7 @@ from matseg.errors import MatsegError
 from matseg.validate import check_number, check_phase_names
 
 MODES = ("auto", *CANDIDATES)
+MAX_CLASSICAL_PHASES = 8  # intensity classes multi-Otsu separates in seconds (matseg.normalize)
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,11 @@ def _check_phases(model: str, phases: tuple[str, ...]) -> None:
             "its weights name"
         )
     check_phase_names(phases, ", dark to bright")
+    if len(phases) > MAX_CLASSICAL_PHASES:
+        raise MatsegError(
+            f"--phases names {len(phases)} phases; the classical candidate tells at most "
+            f"{MAX_CLASSICAL_PHASES} apart by intensity: train a network for more (matseg train)"
+        )
 
 
 def _names() -> str:

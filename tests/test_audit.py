@@ -140,6 +140,12 @@ def test_the_tolerance_moves_the_losing_stratum_and_keeps_the_other():
         (["--audit-fraction", "1.5"], "--audit-fraction"),
         (["--tolerance", "lots"], "--tolerance"),
         (["--tolerance", "2"], "--tolerance"),
+        (["--model", "medium", "--tolerance", "0.01"], "--tolerance only applies with --model auto"),
+        (
+            ["--model", "cheap", "--reference", "medium", "--no-recalibrate"],
+            "--reference and --no-recalibrate only apply with --model auto",
+        ),
+        (["--model", "expensive", "--audit-fraction", "0.1"], "--audit-fraction only applies"),
     ],
 )
 def test_bad_audit_options_are_one_line_and_exit_2(volume, tmp_path, args, message, capsys):

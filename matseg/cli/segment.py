@@ -129,7 +129,7 @@ def sample(output, shape, seed, config_path, profile, overwrite, voxel_size_text
     show_default=True,
     help="With --model auto: the fraction of the cells not sent to --reference that it also runs on "
     "(a stratified random draw; its answer is kept there), to estimate how far the run's mIoU falls "
-    "below an all-reference run's, with a 95 %% interval. 0: no audit.",
+    "below an all-reference run's, with a 95 % interval. 0: no audit.",
 )
 @click.option(
     "--reference",
@@ -142,7 +142,7 @@ def sample(output, shape, seed, config_path, profile, overwrite, voxel_size_text
     default="off" if DEFAULT_TOLERANCE is None else str(DEFAULT_TOLERANCE),
     show_default=True,
     help="With --model auto, e.g. 0.01: the most mIoU the run may lose against an all-reference run, "
-    "at 95 %% confidence. Where the audit's interval reaches lower, strata of tiles move to costlier "
+    "at 95 % confidence. Where the audit's interval reaches lower, strata of tiles move to costlier "
     "candidates until it does not. 'off': --recalibrate decides.",
 )
 @click.option(

@@ -28,7 +28,7 @@ from matseg.console import format_evaluation
     "models",
     multiple=True,
     type=click.Choice(["cheap", "medium", "expensive"]),
-    help="Segmenter(s) to train (repeat the option); default: both.",
+    help="Segmenter(s) to train (repeat the option); default: all three (cheap, medium, expensive).",
 )
 @click.option(
     "--phases",

@@ -12,6 +12,13 @@ from matseg.errors import MatsegError
 from matseg.validate import check_number, check_phase_names
 
 MODES = ("auto", *CANDIDATES)
+AUDIT_OPTIONS = {  # option: Settings field
+    "--audit-fraction": "audit_fraction",
+    "--reference": "reference",
+    "--tolerance": "tolerance",
+    "--no-recalibrate": "recalibrate",
+    "audit_seed": "audit_seed",  # the API's only
+}
 MAX_CLASSICAL_PHASES = 8  # intensity classes multi-Otsu separates in seconds (matseg.normalize)
 
 
@@ -113,6 +120,18 @@ class Settings:
             object.__setattr__(self, "phases", tuple(str(p).strip() for p in self.phases))
             _check_phases(self.model, self.phases)
         _check_options(self.model, self.lam, self.budget_gflops, self.max_expensive_fraction)
+        if self.model != "auto":  # the audit's settings: a single model has no audit to apply them to
+            given = [
+                option
+                for option, name in AUDIT_OPTIONS.items()
+                if getattr(self, name) != next(f.default for f in fields(self) if f.name == name)
+            ]
+            if given:
+                verb = "applies" if len(given) == 1 else "apply"
+                raise MatsegError(
+                    f"{' and '.join(given)} only {verb} with --model auto (the selector's audit); "
+                    f"--model {self.model} runs one candidate on every tile, with no audit"
+                )
         check_number("--audit-fraction", self.audit_fraction, low=0.0, high=1.0)
         check_number("--tolerance", self.tolerance, low=0.0, high=1.0)
         if self.reference is not None and (self.reference not in CANDIDATES or self.reference == "cheap"):

@@ -26,6 +26,7 @@ from matseg.statistics import previous_sets, record_statistics
 from matseg.training import check_fit_numbers, fit, score
 
 logger = logging.getLogger(__name__)
+progress_log = logging.getLogger("matseg.progress.finetune")  # per-model lines: --quiet hides them
 
 
 def finetune_from_corrections(
@@ -150,6 +151,13 @@ def finetune_from_corrections(
             }
             save_segmenter(model, out, record)
             results[name]["slices"] = corrections.corrected_slices
+            before = results[name]["miou_before"]
+            progress_log.info(
+                "%s: mIoU on corrected slices %s -> %.4f",
+                name,
+                "scratch" if before is None else f"{before:.4f}",
+                results[name]["miou_after"],
+            )
         if "cheap" in read_manifest(out):
             keep = [] if scratch else previous_sets(init_dir)
             record_statistics(out, [data.images], f"{corrections.path} (corrected slices)", keep)

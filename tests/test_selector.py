@@ -316,10 +316,11 @@ def test_selector_trains_on_a_labs_own_two_phase_data(tmp_path, capsys):
     assert (
         run(
             ["train-selector", image, "--labels", labels, "--slices", "1,3,5,7", "--weights", weights]
-            + ["--tile", "2,128,128", "--steps", "300"]
+            + ["--tile", "2,128,128", "--steps", "300", "--quiet"]
         )
         == 0
     ), capsys.readouterr().err
+    assert "selector: step" not in capsys.readouterr().err  # --quiet: no per-step lines
     manifest = json.loads((weights / "manifest.json").read_text())
     selector = manifest["selector"]
     assert selector["candidates"] == ["cheap", "expensive", "expensive-2x", "classical"]

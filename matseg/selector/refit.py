@@ -8,7 +8,6 @@ or none at all: never the old one kept silently.
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from pathlib import Path
@@ -21,8 +20,6 @@ from matseg.labelled import UNLABELLED, LabelledSlices
 from matseg.models.store import read_manifest
 from matseg.selector.policy import remove_selector, save_selector_record
 from matseg.selector.train import train_selector
-
-logger = logging.getLogger(__name__)
 
 SELECTOR_STEPS = 2000  # the table is a few dozen tiles: fewer steps than for the bundled selector
 
@@ -61,8 +58,7 @@ def selector_from_slices(
             )  # fmt: skip
         except MatsegError as err:
             remove_selector(weights)
-            logger.warning(f"no selector for {weights}: {err}")
-            return {"trained": False, "reason": str(err)}
+            return {"trained": False, "reason": str(err)}  # the caller says it, with what to do
     # the tile table names the scratch volumes: what they were made of is what counts
     entry = read_manifest(weights)["selector"]
     save_selector_record(weights, entry | {"trained_on": [f"{data.source} (corrected slices)"]})

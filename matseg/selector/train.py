@@ -36,6 +36,7 @@ from matseg.selector.table import class_to_phase, merge_tables, remap_rows, rewa
 from matseg.tiling import DEFAULT_TILE
 
 logger = logging.getLogger(__name__)
+progress_log = logging.getLogger("matseg.progress.selector")  # per-step lines: --quiet hides them
 
 DEFAULT_CANDIDATES = ("cheap", "medium", "expensive", "expensive-2x", "classical")
 
@@ -165,7 +166,7 @@ def _fit(features, iou, gflops, steps, batch, lr, entropy, samples, rng) -> tupl
         history.append(entry)
         net.train()
         rewards = " ".join(f"{k} {v:+.4f}" for k, v in entry.items() if k != "step")
-        logger.info("selector: step %d/%d %s", step, steps, rewards)
+        progress_log.info("selector: step %d/%d %s", step, steps, rewards)
 
     record(0)
     for step in range(steps):
@@ -252,7 +253,7 @@ def train_selector(
     halo = halo_of("auto", context, names)  # the halo a segment run of these candidates reads
     tables = []
     for i, image in enumerate(images):
-        logger.info("selector: running %d candidates on every tile of %s", len(names), image)
+        progress_log.info("selector: running %d candidates on every tile of %s", len(names), image)
         tables.append(tile_table(image, labels[i] if labels else None, context, names, tile, halo, slices))
     table = merge_tables(tables)
     confusion = table["confusion"]

@@ -72,8 +72,9 @@ UNCERTAIN = ("uncertainty_mean", "uncertainty_p90", "uncertain_fraction_25", "un
              "low_margin_fraction")  # fmt: skip
 CERTAIN = ("margin_mean",)
 ADVICE = (
-    "the weights may be wrong here: start label-free with --model classical, correct a few slices "
-    "in the napari plugin, then 'matseg train --from-corrections' (docs/models.md, 'Your own data')"
+    "the weights may be wrong here: start label-free with --model classical (its phases named dark to "
+    "bright), correct a few slices in the napari plugin, then 'matseg train --from-corrections' "
+    "(docs/models.md, 'Your own data')"
 )
 
 

@@ -100,10 +100,11 @@ def format_report(report: dict) -> str:
         or f"{report['model']} (no network weights)"
     )
     t = report["timings"]
+    tiles = f"{report['tiles']} tile{'' if report['tiles'] == 1 else 's'}"
     lines = [
         f"matseg segment: {report['input']['source']} -> {report['output']}",
         f"  model      {models}",
-        f"  voxels     {report['voxels']:,} ({shape}) in {report['tiles']} tiles{_physical(report)}",
+        f"  voxels     {report['voxels']:,} ({shape}) in {tiles}{_physical(report)}",
         f"  time       {t['total_s']:.1f} s total, {t['segment_s']:.1f} s segmenting "
         f"({t['voxels_per_s']:,.0f} voxels/s)",
         f"  GFLOPs     {report['gflops']:,.1f} ({report['gflops_per_megavoxel']:.1f} per megavoxel)",
@@ -114,12 +115,15 @@ def format_report(report: dict) -> str:
         lines.insert(3, "  device     " + "; ".join(run["devices"]))
     if run.get("started_as") == "finished":
         lines.insert(2, "  finished   earlier, with these settings: nothing computed now (stored summary)")
-    if run.get("started_as") == "resume":
+    if run.get("started_as") in ("resume", "after-dry-run"):
         from matseg.pipeline.report import computed_text  # (not at start-up: it brings zarr and dask)
 
-        lines.insert(
-            2, f"  resumed    from its finished tiles; computed now: {computed_text(run['computed_tiles'])}"
+        how = (
+            "resumed    from its finished tiles"
+            if run["started_as"] == "resume"
+            else ("continued  from its dry run (its cheap pass and audit reused)")
         )
+        lines.insert(2, f"  {how}; computed now: {computed_text(run['computed_tiles'])}")
     if run.get("scheduler") not in (None, "threads"):
         lines.insert(
             2,

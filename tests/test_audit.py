@@ -190,7 +190,10 @@ def test_a_dry_run_expects_what_the_tolerance_will_spend(volume, tmp_path):
     expected = dry["expected"]
     assert expected["escalation"]["moved_tiles"] and expected["audit_gflops"] > 0
     real = matseg.segment(volume, out, lam=1.0, tolerance=0.01)
-    assert real["run"]["cheap_pass_reused"]
+    assert real["run"]["cheap_pass_reused"] and real["run"]["started_as"] == "after-dry-run"
+    from matseg.console import format_report
+
+    assert "continued  from its dry run" in format_report(real) and "resumed" not in format_report(real)
     assert real["run"]["computed_tiles"]["audit"] == 0  # the dry run's audit stands
     assert real["gflops_breakdown"]["audit"] == pytest.approx(expected["audit_gflops"])
     assert real["decisions"] == dry["decisions"]

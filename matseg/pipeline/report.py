@@ -76,10 +76,15 @@ def run_report(job: Job, norm: Normalization, plan, stats, counts, command) -> d
 
 def computed_text(computed: dict[str, int]) -> str:
     """The tiles a run computed, stage by stage, in words ("16 tiles" for one model on every
-    tile; "0 cheap tiles, 7 audited-cell tiles, ..." for a selector run)."""
+    tile; "0 cheap-pass tiles, 7 audited-cell tiles, ..." for a selector run)."""
+    names = {
+        "tiles": "",
+        "cheap": "cheap-pass ",
+        "candidates": "candidate ",
+        "audited cells": "audited-cell ",
+    }
     return ", ".join(
-        f"{n} tiles" if stage == "tiles" else f"{n} {stage.replace('audited cells', 'audited-cell')} tiles"
-        for stage, n in computed.items()
+        f"{n} {names.get(stage, stage + ' ')}tile{'' if n == 1 else 's'}" for stage, n in computed.items()
     )
 
 

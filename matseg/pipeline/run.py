@@ -194,6 +194,10 @@ def _run(
 ):
     """The stages of a run on an open output; each computes only the tiles not yet recorded."""
     grid, indices, context = job.grid, job.indices, job.context
+    # a real run over its dry run's output goes on from it (said so, not as a resumed kill)
+    after_dry_run = bool(root.attrs["matseg"].get("dry_run")) and not dry_run
+    if after_dry_run:
+        set_status(root, dry_run=False)
     paths = {"uncertainty": "0", "phases": "labels/phases/0", "decisions": "labels/decisions/0"}
     arrays = {name: for_tile_writes(root[path]) for name, path in paths.items()}
     compute_started = time.perf_counter()
@@ -282,7 +286,9 @@ def _run(
             # what is kept is a cheap pass for the real run to finish (a finished output
             # given with --overwrite becomes one too: what earlier runs wrote is redone)
             written = previous | set(map(tuple, attrs.get("rewritten", []) + attrs.get("audited", [])))
-            set_status(root, Status.CHEAP_PASS, rewritten=sorted(map(list, written)), audited=[])
+            set_status(
+                root, Status.CHEAP_PASS, rewritten=sorted(map(list, written)), audited=[], dry_run=True
+            )
             return dry_run_report(job, plan, cheap, expected)
         set_status(root, rewritten=sorted(map(list, rewrite)))
         finish_records = TileRecords.open(root, "finish", writes)
@@ -300,7 +306,9 @@ def _run(
             computed["audited cells"] = len(remaining)
             evidence = audited_estimate(job, plan, audit, found, decision, finish_records, written, stats)
         counts = stats["counts"]
-    if start == Start.RESUME:
+    if start == Start.RESUME and after_dry_run:
+        logger.info(f"continued {job.output} from its dry run: computed {computed_text(computed)}")
+    elif start == Start.RESUME:
         logger.info(f"resumed {job.output}: computed {computed_text(computed)}")
     compute_seconds = time.perf_counter() - compute_started
     report = run_report(job, norm, plan, stats, counts, command)
@@ -324,7 +332,8 @@ def _run(
         "voxels_computed": voxels_now,
         "voxels_per_s": voxels_now / compute_seconds,
     }
-    report["run"] = {**runner.description, "started_as": start.value, "computed_tiles": computed}
+    started_as = "after-dry-run" if start == Start.RESUME and after_dry_run else start.value
+    report["run"] = {**runner.description, "started_as": started_as, "computed_tiles": computed}
     if plan is not None:
         report["run"]["cheap_pass_reused"] = computed["cheap"] == 0
     # the report first: a run killed between the two is resumed, never "complete" without it

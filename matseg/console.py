@@ -189,7 +189,8 @@ def format_better_fixed(estimate: dict) -> str:
     low, high = fixed["ci95"]
     share = 100 * fixed["gflops"] / estimate["run_gflops"]
     return (
-        f"--model {name} looks as accurate on this volume for {share:.0f} % of this run's GFLOPs: "
+        f"--model {name} alone (no selector, no audit) looks as accurate on this volume for {share:.0f} % of "
+        "this run's GFLOPs: "
         f"{_signed(fixed['delta_miou'])} (95 % {_signed(low)} … {_signed(high)}) by the audit"
     )
 

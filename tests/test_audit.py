@@ -375,8 +375,8 @@ def test_the_summary_names_the_fixed_candidate_the_audit_prefers():
     }  # fmt: skip
     lines = format_estimate(estimate).splitlines()
     assert lines[1].strip() == (
-        "--model medium looks as accurate on this volume for 55 % of this run's GFLOPs: "
-        "−0.020 (95 % −0.030 … −0.005) by the audit"
+        "--model medium alone (no selector, no audit) looks as accurate on this volume for 55 % of "
+        "this run's GFLOPs: −0.020 (95 % −0.030 … −0.005) by the audit"
     )
     estimate.pop("better_fixed")
     assert len(format_estimate(estimate).splitlines()) == 1

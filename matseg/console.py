@@ -99,6 +99,8 @@ def format_report(report: dict) -> str:
         )
         or f"{report['model']} (no network weights)"
     )
+    if report["model"] not in ("auto", *(m["name"] for m in report["models"])):  # e.g. expensive-tta
+        models = f"{report['model']}: {models}"
     t = report["timings"]
     tiles = f"{report['tiles']} tile{'' if report['tiles'] == 1 else 's'}"
     lines = [

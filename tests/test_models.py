@@ -186,6 +186,10 @@ def test_a_flip_averaged_run_reports_its_four_passes(random_weights, small_sampl
     )
     assert averaged["model"] == "expensive-tta"
     assert averaged["gflops"] == pytest.approx(4 * plain["gflops"])
+    from matseg.console import format_report
+
+    model_line = format_report(averaged).splitlines()[1]
+    assert model_line.split()[:3] == ["model", "expensive-tta:", "expensive"], model_line
 
 
 def test_a_run_gives_back_the_callers_torch_threads(tmp_path, small_sample, random_weights):

@@ -143,6 +143,12 @@ def format_report(report: dict) -> str:
         )
     if "estimate" in report:
         lines.append(f"  estimate   {format_estimate(report['estimate'])}")
+        estimate, fraction = report["estimate"], report.get("gflops_fraction_of_all_expensive", 0.0)
+        if estimate.get("every_tile") == estimate.get("reference") == "expensive" and fraction > 1:
+            lines.append(  # the tolerance sent every tile to expensive: the cheap pass and audit were extra
+                f"             every tile ran expensive: --model expensive alone gives these labels for "
+                f"{100 / fraction:.0f} % of this run's GFLOPs"
+            )
     lines.append(f"  seams      {_seam_text(report['seam']['score'])}")
     if report.get("fit"):
         from matseg.candidates.fit import describe_fit

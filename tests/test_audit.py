@@ -49,6 +49,14 @@ def test_the_report_estimates_the_change_and_the_reference_answer_is_kept(volume
         agree.append((phases[where] == whole[where]).mean())
     # the reference on a cell with a smaller halo: the whole run's answer almost everywhere
     assert np.mean(agree) > 0.97
+    # had every tile gone to the reference, at more than all-expensive's GFLOPs, the summary says
+    # that the reference alone was cheaper
+    from matseg.console import format_report
+
+    assert "--model expensive alone gives these labels" not in format_report(report)
+    dearer = {**report, "gflops_fraction_of_all_expensive": 1.156}
+    dearer["estimate"] = {**estimate, "every_tile": "expensive", "moved_tiles": {"medium->expensive": 4}}
+    assert "--model expensive alone gives these labels for 87 % of this run's GFLOPs" in format_report(dearer)
 
 
 def test_the_same_seed_draws_the_same_cells_and_no_audit_leaves_no_estimate(volume, tmp_path):

@@ -153,6 +153,8 @@ def test_calibrated_margin_covers_the_calibration_volumes():
         pytest.approx(0.5),
         1.0,
     )
+    # a tortuosity factor is at least 1 (0.96 … 1.32 was reported)
+    assert calibrated_interval("tortuosity_factor", 1.14, [1.0, 1.28], None)[0] == 1.0
     # thickness quantiles: in steps of two voxel sides, whatever the value
     d10 = fit({"thickness_d10": [(4.0, 2.0, [2.0], 2.0)] * 9})["margins"]["thickness_d10"]
     assert d10["scale"] == "steps" and d10["margin"] == pytest.approx(1.0)

@@ -107,7 +107,8 @@ def load() -> dict | None:
 def calibrated_interval(
     metric: str, value: float, draws: list[float], table: dict | None, step: float = 2.0
 ) -> tuple[float | None, float | None]:
-    """``value +- (2 RMS + margin * scale)``, clipped at 0 (1 for fractions); no margin: the draws alone."""
+    """``value +- (2 RMS + margin * scale)``, clipped to what the metric can be: at least 0 (a
+    tortuosity factor at least 1), a fraction at most 1; no margin: the draws alone."""
     half = spread(value, draws)
     if half is None:
         return None, None
@@ -117,4 +118,5 @@ def calibrated_interval(
     high = value + half
     if metric.endswith("fraction"):
         high = min(high, 1.0)
-    return max(0.0, value - half), high
+    floor = 1.0 if metric == "tortuosity_factor" and value >= 1.0 else 0.0  # ε D0 / D_eff >= 1
+    return max(floor, value - half), high

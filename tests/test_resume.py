@@ -236,3 +236,13 @@ def test_out_of_memory_is_one_line_and_the_run_resumes(
     for name in ARRAYS:
         a, b = zarr.open_group(str(out), mode="r")[name][:], zarr.open_group(str(whole), mode="r")[name][:]
         np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_the_default_lambda_spelt_out_is_the_same_run(tmp_path, volume, random_weights, capsys):
+    """--lambda at the selector's own default asks for the run the default made: a no-op."""
+    out = tmp_path / "phases.zarr"
+    assert run(_args(volume, out, random_weights)) == 0
+    lam = json.loads((out / "matseg-report.json").read_text())["selector"]["lambda"]
+    capsys.readouterr()
+    assert run([*_args(volume, out, random_weights), "--lambda", str(lam)]) == 0
+    assert "nothing computed now" in capsys.readouterr().out

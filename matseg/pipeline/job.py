@@ -155,7 +155,10 @@ def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | No
         "selector_sha256": selector.sha256 if selector else None,
         "tile": list(tile),
         "halo": halo,
-        "lambda": lam,
+        # λ as the plan takes it: the selector's default spelt out (--lambda 0.1) is the same run
+        "lambda": selector.default_lambda
+        if lam is None and selector is not None and budget_gflops is None and max_expensive_fraction is None
+        else lam,
         "budget_gflops": budget_gflops,
         "max_expensive_fraction": max_expensive_fraction,
         "version": __version__,

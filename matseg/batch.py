@@ -137,7 +137,9 @@ def batch(
             raise MatsegError(f"--index {index} is outside the {len(jobs)} jobs (0 to {len(jobs) - 1})")
         jobs = [jobs[index]]
     results = []
-    for input, output in jobs:
+    for number, (input, output) in enumerate(jobs, start=1):
+        if len(jobs) > 1:  # what the lines after it (stages, warnings) belong to
+            logger.info("job %d of %d: %s -> %s", number, len(jobs), input, output)
         try:
             report = segment(input, output, **segment_options)
         except MatsegError as err:

@@ -33,6 +33,7 @@ def test_glob_runs_every_input_then_skips_finished_ones(tmp_path, scans, random_
     captured = capsys.readouterr()
     assert "2 done, 0 skipped, 0 failed" in captured.out
     assert captured.err.count("matseg: done ") == 2  # the library's log lines, shown by default
+    assert "matseg: job 2 of 2: " in captured.err  # what the lines after it belong to
     outputs = sorted((tmp_path / "out").glob("*-phases.zarr"))
     assert [p.name for p in outputs] == ["scan1-phases.zarr", "scan2-phases.zarr"]
     assert all(_state(p) == "complete" for p in outputs)

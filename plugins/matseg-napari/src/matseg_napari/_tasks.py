@@ -166,9 +166,11 @@ class TaskPanel:
         """Show matseg's message in the status line, in the panel's words."""
         self.status.value = self.in_words(message)
 
-    def watch_close(self) -> None:
-        """Cancel a running task when the panel's dock is closed."""
-        self._watch = CloseWatch(self)
+    def watch_close(self, docked=None) -> None:
+        """Cancel a running task when the panel's dock is closed: ``docked`` is the widget
+        napari docks (the panel itself by default; the container holding it when it is one
+        part of a dock: napari un-parents the outermost widget, never the panel inside)."""
+        self._watch = CloseWatch(docked if docked is not None else self)
 
     @property
     def closed(self) -> bool:

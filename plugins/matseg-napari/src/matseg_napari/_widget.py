@@ -292,6 +292,8 @@ class MatsegWidget(Container):
             ]
         )
         self.native.setMaximumWidth(WIDTH)  # long paths and messages wrap instead of squeezing the canvas
+        for panel in (self.segment, self.retrain):  # closing this dock cancels their runs
+            panel.watch_close(self)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._layers_changed)
         self._layers_changed()

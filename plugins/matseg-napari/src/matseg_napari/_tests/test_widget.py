@@ -147,6 +147,30 @@ def test_cancel_stops_the_run_and_segment_again_resumes_it(qtbot, viewer_and_wid
     assert 0 < report["run"]["computed_tiles"]["tiles"] < 256
 
 
+def test_closing_the_matseg_dock_cancels_its_run(qtbot, make_napari_viewer, weights, tmp_path):
+    """The dock's close button un-parents the whole matseg widget (not the Segment panel inside
+    it): the run stops at a tile and its result is not opened into the viewer."""
+    viewer = make_napari_viewer()
+    widget = MatsegWidget(viewer)
+    dock = viewer.window.add_dock_widget(widget, name="matseg")
+    volume = tmp_path / "big.zarr"
+    data = np.random.default_rng(0).normal(100, 20, (64, 256, 256)).astype(np.float32)
+    zarr.create_array(str(volume), shape=data.shape, chunks=(8, 256, 256), dtype=data.dtype)[:] = data
+    viewer.open(str(volume), plugin="matseg-napari")
+    panel = widget.segment
+    panel.reset_choices()
+    panel.image.value = viewer.layers["big"]
+    panel.model.value, panel.tile_z.value, panel.tile_yx.value = "expensive", 4, 64
+    panel.weights.value, panel.output.value = weights, tmp_path / "big-phases.zarr"
+    click(panel.run_button)
+    qtbot.waitUntil(lambda: panel.status.value.startswith("single model"), timeout=RUN_TIMEOUT_MS)
+    task = panel._task
+    dock.title.close_button.click()  # the dock's x
+    qtbot.waitUntil(lambda: not panel.worker.is_running, timeout=60_000)
+    assert task.cancelled and panel.closed
+    assert [layer.name for layer in viewer.layers] == ["big"]
+
+
 def test_review_queue_orders_tiles_and_moves_the_camera(qtbot, viewer_and_widget, segmented):
     viewer, widget = viewer_and_widget
     viewer.open(str(segmented), plugin="matseg-napari")

@@ -40,6 +40,7 @@ WIDTH = 440
 
 
 DEFAULT_COST = "selector's default"
+SAVED_LAYER = "matseg-napari-layer"  # the attribute that marks a layer's copy saved by the panel
 # Cost controls by their label: the keyword of matseg.segment, range, step and a starting value.
 COST_CONTROLS = {
     "λ (higher spends less)": ("lam", 0.0, 1.0, 0.01, 0.1),
@@ -224,11 +225,23 @@ class SegmentPanel(TaskPanel, Container):
         return Task(matseg.segment, source, output, settings, overwrite=bool(self.overwrite.value)), output
 
     def _save_layer(self, layer: Layer, output: Path) -> str:
-        """An image made in napari (no file) is saved beside the output, as matseg reads files."""
+        """An image made in napari (no file) is saved beside the output, as matseg reads files:
+        its data as it is now, at every run (a copy of what it held before would be segmented
+        instead, or another layer's). Only a copy this panel saved is replaced."""
+        import zarr
+
         path = output.with_name(output.name.removesuffix(".zarr") + ".input.zarr")
-        if not path.exists():
-            da.asarray(layer.data).to_zarr(str(path))
-        layer.metadata.setdefault("matseg", {})["source"] = str(path.absolute())
+        if path.exists():
+            try:
+                ours = SAVED_LAYER in zarr.open(str(path), mode="r").attrs
+            except Exception:  # not a Zarr store at all
+                ours = False
+            if not ours:
+                raise matseg.MatsegError(
+                    f"{path} exists and is not a copy of a napari layer saved here; choose another output"
+                )
+        da.asarray(layer.data).to_zarr(str(path), overwrite=True)
+        zarr.open_array(str(path), mode="r+").attrs[SAVED_LAYER] = {"layer": layer.name}
         return str(path.absolute())
 
     def run(self, *_):

@@ -376,3 +376,26 @@ def test_segmenting_an_open_output_again_replaces_its_layers(
     click(widget.segment.run_button)
     assert "corrections not saved" in widget.segment.status.value
     assert matseg.open_segmentation(output).report == before
+
+
+def test_an_image_made_in_napari_is_segmented_as_it_is_now(qtbot, viewer_and_widget, weights, tmp_path):
+    """Its copy beside the output is saved again at every run: a changed layer (or another
+    layer into the same output) is not segmented from what an earlier run saved."""
+    viewer, widget = viewer_and_widget
+    rng = np.random.default_rng(0)
+    first, second = (rng.normal(100, 20, (4, 64, 64)).astype(np.float32) for _ in range(2))
+    layer = viewer.add_image(first, name="made")
+    output = tmp_path / "made-phases.zarr"
+    segment_with(qtbot, widget, layer, weights, output)
+    assert widget.segment.status.value == "done: made-phases.zarr", widget.segment.status.value
+    copy = tmp_path / "made-phases.input.zarr"
+    np.testing.assert_array_equal(zarr.open_array(str(copy), mode="r")[:], first)
+    layer.data = second
+    widget.segment.overwrite.value = True
+    segment_with(qtbot, widget, layer, weights, output)
+    assert widget.segment.status.value == "done: made-phases.zarr", widget.segment.status.value
+    np.testing.assert_array_equal(zarr.open_array(str(copy), mode="r")[:], second)
+    fresh = matseg.segment(
+        str(copy), tmp_path / "fresh.zarr", model="cheap", weights=weights, tile=(4, 32, 32)
+    )
+    assert fresh["volume_fractions"] == matseg.open_segmentation(output).report["volume_fractions"]

@@ -68,7 +68,8 @@ class ReviewPanel(Container):
         self.queue: list[matseg.review.ReviewTile] = []
         self.current = -1
         self.reviewed: set[tuple[int, ...]] = set()
-        self.session = new_session()
+        self.own_session = new_session()  # this panel's, for layers not opened from a store
+        self.session = self.own_session
         self.worker = None
         self._watch = CloseWatch(self)
         self.layer.changed.connect(self._layer_changed)
@@ -100,8 +101,9 @@ class ReviewPanel(Container):
         self.queue, self.current = [], -1
         meta = phases_meta(layer)
         self.reviewed = {tuple(t) for t in meta.get("reviewed") or []}
-        # a store opened from disk is continued, so saving updates it
-        self.session = meta.get("session") or self.session
+        # a store opened from disk is continued, so saving updates it; any other layer saves as
+        # this panel's own session (so replacing a store saved by another still asks first)
+        self.session = meta.get("session") or self.own_session
         self._show_reviewed()
         if layer is None:
             self.position.value = "no segmentation selected"
@@ -111,7 +113,8 @@ class ReviewPanel(Container):
         self.status.value = f"{saved.name} exists: open it to continue" if self.open_button.visible else ""
         self.position.value = "ranking tiles by uncertainty..."
         self.worker = create_worker(self._rank, meta["output"], _start_thread=False)
-        self.worker.returned.connect(self._ranked)
+        # a ranking that ends after another layer was chosen is not that layer's: dropped
+        self.worker.returned.connect(lambda queue, output=meta["output"]: self._ranked(queue, output))
         self.worker.errored.connect(self._rank_failed)
         self.worker.start()
 
@@ -123,8 +126,8 @@ class ReviewPanel(Container):
         if not self.closed:
             self.status.value = f"cannot rank tiles: {error}"
 
-    def _ranked(self, queue: list) -> None:
-        if self.closed:
+    def _ranked(self, queue: list, output: str) -> None:
+        if self.closed or phases_meta(self.layer.value).get("output") != output:
             return
         self.queue = queue
         self.position.value = f"{len(queue)} tiles, most uncertain first: press Next"

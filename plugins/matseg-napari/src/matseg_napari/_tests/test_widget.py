@@ -272,6 +272,13 @@ def test_corrections_are_saved_beside_the_output_and_reload(
     click(other.review.save_button)
     assert other.review.status.value.startswith("not saved")
     assert matseg.load_corrections(store).attrs["session"] == review.session
+    # ... also after it looked at the reloaded store: going back to the plain layer, its saving
+    # is its own session's again (it took the store's over, and replaced the corrections unasked)
+    other.review.select(reloaded)
+    other.review.select(phases)
+    click(other.review.save_button)
+    assert other.review.status.value.startswith("not saved")
+    assert 7 in matseg.load_corrections(store).corrected_slices
 
 
 def test_retrain_from_corrections_raises_iou(qtbot, viewer_and_widget, sample, weights, tmp_path):
@@ -399,3 +406,16 @@ def test_an_image_made_in_napari_is_segmented_as_it_is_now(qtbot, viewer_and_wid
         str(copy), tmp_path / "fresh.zarr", model="cheap", weights=weights, tile=(4, 32, 32)
     )
     assert fresh["volume_fractions"] == matseg.open_segmentation(output).report["volume_fractions"]
+
+
+def test_a_ranking_for_a_layer_no_longer_chosen_is_dropped(qtbot, viewer_and_widget, segmented):
+    """Two outputs picked one after the other: the first's ranking, if it ends last, is not
+    taken for the second's queue (it showed 512 tiles for an output of 8)."""
+    viewer, widget = viewer_and_widget
+    viewer.open(str(segmented), plugin="matseg-napari")
+    review = widget.review
+    review.select(viewer.layers["cathode-phases phases"])
+    qtbot.waitUntil(lambda: bool(review.queue), timeout=60_000)
+    ranked = list(review.queue)
+    review._ranked(ranked * 3, str(segmented.parent / "another-output.zarr"))
+    assert review.queue == ranked

@@ -157,19 +157,24 @@ class SegmentPanel(TaskPanel, Container):
         self.cost_mode = ComboBox(label="cost control", choices=[DEFAULT_COST, *COST_CONTROLS])
         self.cost_value = FloatSpinBox(label="value", value=0.0, min=0.0, max=1.0, step=0.01)
         self.cost_mode.changed.connect(self._cost_mode_changed)
-        self.model.changed.connect(self._cost_mode_changed)
+        self.model.changed.connect(self._cost_enabled)  # the value the user set is kept
         self._cost_mode_changed()
         return [self.cost_mode, self.cost_value]
 
     def _cost_mode_changed(self, *_) -> None:
-        auto = self.model.value == "auto"
-        self.cost_mode.enabled = auto
+        """Another cost control: its range, step and starting value."""
         mode = COST_CONTROLS.get(self.cost_mode.value)
-        self.cost_value.enabled = auto and mode is not None
         if mode is not None:
             _, low, high, step, default = mode
             self.cost_value.min, self.cost_value.max, self.cost_value.step = low, high, step
             self.cost_value.value = default
+        self._cost_enabled()
+
+    def _cost_enabled(self, *_) -> None:
+        """The cost controls apply to the selector (model auto) only."""
+        auto = self.model.value == "auto"
+        self.cost_mode.enabled = auto
+        self.cost_value.enabled = auto and COST_CONTROLS.get(self.cost_mode.value) is not None
 
     def _cost_keywords(self) -> dict[str, float]:
         mode = COST_CONTROLS.get(self.cost_mode.value)
@@ -246,6 +251,7 @@ class SegmentPanel(TaskPanel, Container):
 
     def run(self, *_):
         """Start :func:`matseg.segment` in the background."""
+        self.cost.value = self.audit.value = ""  # the last run's lines go, whatever this one does
         try:
             task, output = self.task()
         except matseg.MatsegError as err:
@@ -259,7 +265,6 @@ class SegmentPanel(TaskPanel, Container):
             )
             return
         weights = path_value(self.weights)
-        self.cost.value = ""
         self.start_task(
             task,
             lambda result: self._finished(result, output, weights),

@@ -110,6 +110,12 @@ def test_cost_control_becomes_segment_keywords(viewer_and_widget, sample, tmp_pa
     assert settings.budget_gflops == 50 and settings.lam is None
     panel.model.value = "cheap"  # one candidate everywhere: nothing to trade
     assert not panel.cost_mode.enabled and panel.task()[0].args[2].budget_gflops is None
+    panel.model.value = "auto"  # back: the budget the user gave is kept
+    assert panel.cost_value.enabled and panel.task()[0].args[2].budget_gflops == 50
+    panel.audit.value = "an earlier run's audit"
+    panel.image.value = None
+    panel.run()  # refused (no image): the last run's cost and audit lines go with it
+    assert panel.status.value.startswith("choose an image") and panel.audit.value == panel.cost.value == ""
 
 
 def test_cancel_stops_the_run_and_segment_again_resumes_it(qtbot, viewer_and_widget, weights, tmp_path):

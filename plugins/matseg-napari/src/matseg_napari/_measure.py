@@ -12,6 +12,7 @@ import napari
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox, Table
 
 import matseg
+from matseg_napari._tasks import wrapping
 
 WIDTH = 520
 COLUMNS = ["metric", "phases", "axis", "value", "interval", "unit"]
@@ -46,7 +47,7 @@ class MeasurePanel(Container):
         self.transport = CheckBox(text="tortuosity (diffusion solve)", value=True)
         self.run_button = PushButton(text="Measure")
         self.status = Label(label="status", value="")
-        self.status.native.setWordWrap(True)
+        wrapping(self.status)
         self.table = Table(
             value={"data": [], "columns": ["metric", "phases", "axis", "value", "interval", "unit"]}
         )

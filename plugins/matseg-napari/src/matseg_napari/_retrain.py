@@ -27,7 +27,7 @@ from magicgui.widgets import (
 import matseg
 from matseg_napari._layers import path_value
 from matseg_napari._review import phases_meta
-from matseg_napari._tasks import Task, TaskPanel, TaskResult
+from matseg_napari._tasks import Task, TaskPanel, TaskResult, wrapping
 
 if TYPE_CHECKING:
     from matseg_napari._review import ReviewPanel
@@ -66,7 +66,7 @@ class RetrainPanel(TaskPanel, Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=100)
         self.status = Label(label="status", value="")
-        self.status.native.setWordWrap(True)
+        wrapping(self.status)
         self.use_button = PushButton(text="Use these weights for Segment", enabled=False)
         self.extend(
             [

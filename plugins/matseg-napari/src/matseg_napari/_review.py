@@ -20,7 +20,7 @@ from napari.qt.threading import create_worker
 import matseg
 from matseg.corrections import new_session
 from matseg_napari._layers import add_layers
-from matseg_napari._tasks import CloseWatch
+from matseg_napari._tasks import CloseWatch, wrapping
 
 REVIEW_LAYER = "matseg review tile"
 
@@ -52,8 +52,7 @@ class ReviewPanel(Container):
         self.save_button = PushButton(text="Save corrections")
         self.open_button = PushButton(text="Open saved corrections", visible=False)
         self.status = Label(label="status", value="")
-        for label in (self.position, self.status):
-            label.native.setWordWrap(True)
+        wrapping(self.position, self.status, self.reviewed_label)
         buttons = [self.previous_button, self.next_button, self.mark_button]
         self.extend(
             [

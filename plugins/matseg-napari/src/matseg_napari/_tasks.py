@@ -41,6 +41,25 @@ def in_panel_words(message: str, controls: dict[str, str], phrases: dict[str, st
     return re.sub(r"(pass )?(--[a-z][a-z-]*)", control, message)
 
 
+def wrapping(*labels) -> None:
+    """Word-wrap magicgui ``labels`` and keep each as tall as its text, whatever is said in it
+    later (a dock's layout gives a label only the height of its text unwrapped: a message of
+    two lines was cut at the top and bottom)."""
+    for label in labels:
+        label.native.setWordWrap(True)
+        label.changed.connect(lambda *_, label=label: fit_height(label))
+
+
+def fit_height(label) -> None:
+    """Make a word-wrapped label tall enough for all its lines."""
+    from qtpy.QtCore import QRect, Qt
+
+    native = label.native  # a QLabel
+    width = max(native.width(), 200)
+    box = native.fontMetrics().boundingRect(QRect(0, 0, width, 10_000), Qt.TextWordWrap, str(label.value))
+    native.setMinimumHeight(box.height() + 4)
+
+
 @dataclass
 class TaskResult:
     """How a task ended: its value, a user-facing error (bad input) or a cancel."""

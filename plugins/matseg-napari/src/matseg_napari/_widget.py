@@ -34,7 +34,7 @@ from matseg_napari._layers import add_layers, layer_source, path_value
 from matseg_napari._reader import segmentation_layers
 from matseg_napari._retrain import RetrainPanel
 from matseg_napari._review import ReviewPanel
-from matseg_napari._tasks import Task, TaskPanel, TaskResult
+from matseg_napari._tasks import Task, TaskPanel, TaskResult, wrapping
 
 WIDTH = 440
 
@@ -76,17 +76,6 @@ def audit_text(report: dict) -> str:
     return "\n".join(lines)
 
 
-def fit_height(label: Label) -> None:
-    """Make a word-wrapped label tall enough for all its lines (a dock's layout gives a label
-    only the height of its text unwrapped)."""
-    from qtpy.QtCore import QRect, Qt
-
-    native = label.native  # a QLabel
-    width = max(native.width(), 200)
-    box = native.fontMetrics().boundingRect(QRect(0, 0, width, 10_000), Qt.TextWordWrap, label.value)
-    native.setMinimumHeight(box.height() + 4)
-
-
 class SegmentPanel(TaskPanel, Container):
     """Pick an image, a model and a tile size; run :func:`matseg.segment` and open the result."""
 
@@ -126,8 +115,7 @@ class SegmentPanel(TaskPanel, Container):
         self.status = Label(label="status", value="")
         self.cost = Label(label="cost", value="")
         self.audit = Label(label="audit", value="")
-        for label in (self.status, self.cost, self.audit):
-            label.native.setWordWrap(True)
+        wrapping(self.status, self.cost, self.audit)
         self.extend(
             [
                 self.image,
@@ -284,7 +272,6 @@ class SegmentPanel(TaskPanel, Container):
                 layer.metadata["matseg"]["weights"] = str(weights.absolute()) if weights else None
         self.cost.value = cost_text(result.value, str(weights) if weights else None)
         self.audit.value = self.in_words(audit_text(result.value))
-        fit_height(self.audit)
         self.status.value = f"done: {output.name}"
         if self._on_result:
             self._on_result(layers)

@@ -45,9 +45,15 @@ def wrapping(*labels) -> None:
     """Word-wrap magicgui ``labels`` and keep each as tall as its text, whatever is said in it
     later (a dock's layout gives a label only the height of its text unwrapped: a message of
     two lines was cut at the top and bottom)."""
+    from qtpy.QtCore import QTimer
+
+    def fit_now_and_after_layout(label) -> None:
+        fit_height(label)
+        QTimer.singleShot(0, lambda: fit_height(label))  # once laid out, at its real width
+
     for label in labels:
         label.native.setWordWrap(True)
-        label.changed.connect(lambda *_, label=label: fit_height(label))
+        label.changed.connect(lambda *_, label=label: fit_now_and_after_layout(label))
 
 
 def fit_height(label) -> None:

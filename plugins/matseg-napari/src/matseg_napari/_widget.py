@@ -281,7 +281,7 @@ class MatsegWidget(Container):
     """Segment -> review -> correct -> retrain, in one dock widget."""
 
     def __init__(self, napari_viewer: napari.Viewer):
-        super().__init__(labels=False)
+        super().__init__(labels=False, scrollable=True)  # taller than a screen: it scrolls
         self.viewer = napari_viewer
         self.segment = SegmentPanel(napari_viewer, on_result=self._segmented)
         self.review = ReviewPanel(napari_viewer)

@@ -19,11 +19,15 @@ COLUMNS = ["metric", "phases", "axis", "value", "interval", "unit"]
 
 
 def phases_layers(viewer: napari.Viewer) -> list[tuple[str, object]]:
-    """(name, layer) of the phases layers of matseg outputs open in the viewer (they know their store)."""
+    """(name, layer) of the phases layers of matseg outputs open in the viewer (they know their
+    store). A corrections layer is not offered: Measure reads the output's own labels, not the
+    corrections painted over them (fine-tune and segment again to measure those)."""
     return [
         (layer.name, layer)
         for layer in viewer.layers
-        if layer.metadata.get("matseg", {}).get("role") == "phases" and layer.metadata["matseg"].get("output")
+        if (meta := layer.metadata.get("matseg", {})).get("role") == "phases"
+        and meta.get("output")
+        and not meta.get("corrections")
     ]
 
 

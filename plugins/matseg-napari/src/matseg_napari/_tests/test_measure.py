@@ -27,3 +27,19 @@ def test_measure_panel_fills_table_and_plots(qtbot, make_napari_viewer, segmente
     assert all(r[4] for r in rows if r[0] == "interfacial_area")  # each with its interval
     assert [c.parentWidget() for c in panel.canvases] == [panel.plots.native] * 2  # sizes, REV
     assert "2 draws" in panel.status.value
+
+
+def test_a_corrections_layer_is_not_offered_for_measuring():
+    """Measure reads the output's own labels: offering the corrected layer measured the
+    uncorrected output under its name."""
+    from types import SimpleNamespace
+
+    from matseg_napari._measure import phases_layers
+
+    def layer(name, **meta):
+        return SimpleNamespace(name=name, metadata={"matseg": {"role": "phases", "output": "o.zarr", **meta}})
+
+    viewer = SimpleNamespace(
+        layers=[layer("o phases"), layer("o corrected phases", corrections="o.corr.zarr")]
+    )
+    assert [name for name, _ in phases_layers(viewer)] == ["o phases"]

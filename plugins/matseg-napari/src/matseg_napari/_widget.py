@@ -44,7 +44,7 @@ SAVED_LAYER = "matseg-napari-layer"  # the attribute that marks a layer's copy s
 # Cost controls by their label: the keyword of matseg.segment, range, step and a starting value.
 COST_CONTROLS = {
     "λ (higher spends less)": ("lam", 0.0, 1.0, 0.01, 0.1),
-    "GFLOP budget": ("budget_gflops", 0.0, 1e9, 1.0, 100.0),
+    "GFLOP budget": ("budget_gflops", 1.0, 1e9, 1.0, 100.0),  # above 0: matseg refuses 0
     "max costlier fraction": ("max_expensive_fraction", 0.0, 1.0, 0.05, 0.25),
 }
 

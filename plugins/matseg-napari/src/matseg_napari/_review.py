@@ -111,7 +111,9 @@ class ReviewPanel(Container):
         self.open_button.visible = saved.exists() and not meta.get("corrections")
         self.status.value = f"{saved.name} exists: open it to continue" if self.open_button.visible else ""
         self.position.value = "ranking tiles by uncertainty..."
-        self.worker = create_worker(self._rank, meta["output"], _start_thread=False)
+        # its errors are said in the status line (_rank_failed), not raised again in Qt's loop: the
+        # output can go while it is ranked (segmented again with overwrite)
+        self.worker = create_worker(self._rank, meta["output"], _start_thread=False, _ignore_errors=True)
         # a ranking that ends after another layer was chosen is not that layer's: dropped
         self.worker.returned.connect(lambda queue, output=meta["output"]: self._ranked(queue, output))
         self.worker.errored.connect(self._rank_failed)
@@ -236,6 +238,7 @@ class ReviewPanel(Container):
             replace=replace,
             weights=meta.get("weights"),
             _start_thread=False,
+            _ignore_errors=True,  # said in the status line (_save_failed)
         )
         self.worker.returned.connect(lambda path: self._saved(layer, Path(path)))
         self.worker.errored.connect(self._save_failed)

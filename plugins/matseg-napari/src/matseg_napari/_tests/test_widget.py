@@ -425,3 +425,19 @@ def test_a_ranking_for_a_layer_no_longer_chosen_is_dropped(qtbot, viewer_and_wid
     ranked = list(review.queue)
     review._ranked(ranked * 3, str(segmented.parent / "another-output.zarr"))
     assert review.queue == ranked
+
+
+def test_a_ranking_that_fails_is_said_not_raised(qtbot, viewer_and_widget, segmented, tmp_path):
+    """The output can go while its tiles are ranked (segmented again with overwrite): the status
+    says so; nothing is raised in Qt's event loop (pytest-qt fails a test on that)."""
+    import shutil
+
+    viewer, widget = viewer_and_widget
+    copy = tmp_path / "gone.zarr"
+    shutil.copytree(segmented, copy)
+    viewer.open(str(copy), plugin="matseg-napari")
+    layer = viewer.layers["gone phases"]
+    shutil.rmtree(copy)
+    review = widget.review
+    review._layer_changed(layer)
+    qtbot.waitUntil(lambda: review.status.value.startswith("cannot rank tiles"), timeout=60_000)

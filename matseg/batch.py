@@ -136,12 +136,20 @@ def batch(
         if not 0 <= index < len(jobs):
             raise MatsegError(f"--index {index} is outside the {len(jobs)} jobs (0 to {len(jobs) - 1})")
         jobs = [jobs[index]]
+    options = dict(segment_options)
+    overwrite = bool(options.pop("overwrite", False))
     results = []
     for number, (input, output) in enumerate(jobs, start=1):
         if len(jobs) > 1:  # what the lines after it (stages, warnings) belong to
             logger.info("job %d of %d: %s -> %s", number, len(jobs), input, output)
         try:
-            report = segment(input, output, **segment_options)
+            try:  # what is at the output decides (a finished run of these settings: skipped) ...
+                report = segment(input, output, **options)
+            except MatsegError:
+                if not overwrite:
+                    raise
+                # ... and only what it refuses (another run) is replaced with overwrite
+                report = segment(input, output, overwrite=True, **options)
         except MatsegError as err:
             results.append({"input": input, "output": output, "state": "failed", "error": str(err)})
             logger.warning("failed %s: %s", input, err)

@@ -115,6 +115,9 @@ def test_outputs_of_other_settings_are_neither_skipped_nor_replaced(tmp_path, sc
     assert run(["batch", manifest, "--model", "expensive", "--overwrite", *common]) == 0
     assert "1 done" in capsys.readouterr().out
     assert zarr.open_group(str(output), mode="r").attrs["matseg"]["settings"]["model"] == "expensive"
+    before = snapshot(output)  # with --overwrite too, a finished run of these settings is skipped
+    assert run(["batch", manifest, "--model", "expensive", "--overwrite", *common]) == 0
+    assert "0 done, 1 skipped" in capsys.readouterr().out and snapshot(output) == before
 
 
 def test_glob_names_keep_the_dots_of_a_name_and_tell_formats_apart(tmp_path):

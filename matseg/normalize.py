@@ -7,11 +7,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import dask
 import numpy as np
 
 from matseg.errors import MatsegError
-from matseg.io.read import Volume
+from matseg.io.read import Volume, computed
 from matseg.monitor import Monitor
 from matseg.tiling import CHUNKS_AT_ONCE, slabs
 from matseg.validate import check_intensities
@@ -105,12 +104,7 @@ def intensity_range(
         # the slab's part of one strided subsample of the whole volume
         first = -(-start // steps[0]) * steps[0]
         subsample = data[(slice(first, stop, steps[0]), *(slice(None, None, k) for k in steps[1:]))]
-        try:
-            (lo, hi), part = dask.compute(extremes, subsample)
-        except MatsegError:
-            raise
-        except Exception as err:
-            raise MatsegError(f"cannot read {volume.source}: {type(err).__name__}: {err}") from None
+        (lo, hi), part = computed(volume, extremes, subsample)
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise MatsegError(f"{volume.source} contains NaN or infinite values; clean or mask them first")
         smallest, largest = min(smallest, float(lo)), max(largest, float(hi))

@@ -65,6 +65,19 @@ def canonical_source(spec: str | os.PathLike) -> str:
     return str(path.resolve()) + (f":{inner}" if inner else "")
 
 
+def computed(volume: Volume, *arrays) -> tuple:
+    """``dask.compute(*arrays)`` of arrays read from ``volume``; a read that fails (a corrupt
+    chunk: zarr's codecs raise their own kinds) is one line naming the volume."""
+    import dask
+
+    try:
+        return dask.compute(*arrays)
+    except MatsegError:
+        raise
+    except Exception as err:
+        raise MatsegError(f"cannot read {volume.source}: {type(err).__name__}: {err}") from None
+
+
 FINGERPRINT_BLOCKS = 8  # small blocks whose values stand for a volume's contents
 
 
@@ -88,12 +101,7 @@ def fingerprint(volume: Volume) -> str:
     for _ in range(FINGERPRINT_BLOCKS):
         starts = [int(rng.integers(0, n)) // c * c for n, c in zip(data.shape, chunks)]
         block = tuple(slice(a, min(a + 16, a + c, n)) for a, c, n in zip(starts, chunks, data.shape))
-        try:
-            values = data[block].compute()
-        except MatsegError:
-            raise
-        except Exception as err:  # a corrupt chunk: zarr's codecs raise their own kinds
-            raise MatsegError(f"cannot read {volume.source}: {type(err).__name__}: {err}") from None
+        (values,) = computed(volume, data[block])
         digest.update(np.ascontiguousarray(values).tobytes())
     return digest.hexdigest()[:16]
 

@@ -121,9 +121,10 @@ def batch(
 
     # a bad option fails here once, not job after job (nor passes unseen where jobs are finished)
     Settings.of(None, **{k: v for k, v in segment_options.items() if k in SETTINGS and v is not None})
-    weights = segment_options.get("weights")
-    if weights is not None and not Path(weights).is_dir():
-        raise MatsegError(f"--weights {weights} is not a folder")
+    if segment_options.get("weights") is not None:  # a weights folder, as every job would read it
+        from matseg.models.store import read_manifest
+
+        read_manifest(segment_options["weights"])
     outputs: dict[Path, str] = {}
     for input, output in jobs:  # two jobs writing one output: the second would fail or overwrite
         key = real_path(output)  # one output however it is spelt (``..``, a symlink, the case)

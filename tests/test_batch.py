@@ -106,7 +106,8 @@ def test_outputs_of_other_settings_are_neither_skipped_nor_replaced(tmp_path, sc
     for bad, message in [
         (["--model", "cheap", "--lambda", "0.05"], "--lambda only applies with --model auto"),
         (["--lambda", "7"], "--lambda must be"),
-        (["--weights", tmp_path / "nowhere"], "is not a folder"),
+        (["--weights", tmp_path / "nowhere"], "has no manifest.json"),
+        (["--weights", tmp_path], "has no manifest.json"),  # a folder, not of weights
     ]:
         assert run(["batch", manifest, "--tile", "4,64,64", *bad]) == 2
         err = capsys.readouterr().err

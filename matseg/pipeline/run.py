@@ -306,7 +306,8 @@ def _run(
             computed["audited cells"] = len(remaining)
             evidence = audited_estimate(job, plan, audit, found, decision, finish_records, written, stats)
         counts = stats["counts"]
-    if start == Start.RESUME and after_dry_run:
+    started_as = "after-dry-run" if start == Start.RESUME and after_dry_run else start.value
+    if started_as == "after-dry-run":
         logger.info(f"continued {job.output} from its dry run: computed {computed_text(computed)}")
     elif start == Start.RESUME:
         logger.info(f"resumed {job.output}: computed {computed_text(computed)}")
@@ -332,7 +333,6 @@ def _run(
         "voxels_computed": voxels_now,
         "voxels_per_s": voxels_now / compute_seconds,
     }
-    started_as = "after-dry-run" if start == Start.RESUME and after_dry_run else start.value
     report["run"] = {**runner.description, "started_as": started_as, "computed_tiles": computed}
     if plan is not None:
         report["run"]["cheap_pass_reused"] = computed["cheap"] == 0

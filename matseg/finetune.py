@@ -78,8 +78,10 @@ def finetune_from_corrections(
     -------
     dict
         Per model: mIoU against the corrected labels on the corrected slices
-        before (``miou_before``; None from scratch) and after (``miou_after``), slices,
-        steps, seconds; and ``selector``: whether one was trained (tiles, default λ), or why not.
+        before (``miou_before``; None from scratch) and after (``miou_after``), ``worse``
+        (lower after than before: also logged as a warning, the new weights are written all the
+        same), slices, steps, seconds; and ``selector``: whether one was trained (tiles, default
+        λ), or why not.
     """
     from matseg.models.store import (
         check_weights_folder,
@@ -158,6 +160,8 @@ def finetune_from_corrections(
                 "scratch" if before is None else f"{before:.4f}",
                 results[name]["miou_after"],
             )
+            if results[name]["worse"]:
+                logger.warning("%s", lowered_advice(name, results[name], init_dir))
         if "cheap" in read_manifest(out):
             keep = [] if scratch else previous_sets(init_dir)
             record_statistics(out, [data.images], f"{corrections.path} (corrected slices)", keep)
@@ -205,7 +209,19 @@ def _finetune(model, data, numbers: dict, monitor: Monitor, scratch: bool) -> di
         "miou_before": before and before["miou"],
         "miou_after": after["miou"],
         "iou_after": after["iou"],
+        # the slices it learnt from: a fine-tune that scores lower on them has not learnt them
+        "worse": before is not None and after["miou"] < before["miou"],
     }
+
+
+def lowered_advice(name: str, result: dict, init: Path) -> str:
+    """What a fine-tune that scores lower on its own corrected slices says: the net forgot more
+    than it learnt (too large a learning rate, or too few steps for the warm-up to settle)."""
+    return (
+        f"fine-tuning made {name} worse on the corrected slices it learnt from (mIoU "
+        f"{result['miou_before']:.4f} -> {result['miou_after']:.4f}): try a smaller --lr or more "
+        f"--steps; the weights it started from ({init}) are unchanged"
+    )
 
 
 def _copy_weights(source: Path, target: Path, manifest: dict, skip: Iterable[str]) -> None:

@@ -255,6 +255,26 @@ def test_cli_train_from_corrections(output, segmented_sample, fair_weights, tmp_
     assert (tmp_path / "tuned" / "cheap.pt").is_file()
 
 
+def test_cli_train_says_when_fine_tuning_made_a_net_worse(
+    output, segmented_sample, fair_weights, tmp_path, capsys
+):
+    """A learning rate of 1 wrecks the net in a few steps: the run ends (the weights are written)
+    but says the net is now worse on the very slices it learnt from, and what to change."""
+    path = matseg.save_corrections(
+        output, corrected_to_truth(output, truth_of(segmented_sample[0])), weights=fair_weights
+    )
+    args = ["train", "--from-corrections", path, "-o", tmp_path / "tuned", "--steps", "5", "--lr", "1"]
+    code = run([*args, "--patch", "64"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = [line for line in captured.err.splitlines() if "worse on the corrected slices" in line]
+    assert len(lines) == 1, captured.err
+    assert "cheap" in lines[0] and "try a smaller --lr or more --steps" in lines[0]
+    assert str(fair_weights) in lines[0]  # the weights it started from are named as unchanged
+    manifest = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
+    assert manifest["cheap"]["training"]["worse"] is True
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

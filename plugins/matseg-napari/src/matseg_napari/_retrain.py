@@ -37,6 +37,10 @@ DEFAULT_STEPS = 200
 DEFAULT_LR = 3e-3
 
 
+# a fine-tune that scores lower on the slices it learnt from: the weights it started from are kept
+WORSE = " (worse on the corrected slices: try a smaller --lr or more --steps)"
+
+
 class RetrainPanel(TaskPanel, Container):
     """Fine-tune from the corrections of the phases layer under review."""
 
@@ -147,6 +151,7 @@ class RetrainPanel(TaskPanel, Container):
             f"{name}: mIoU "
             + ("scratch" if r["miou_before"] is None else f"{r['miou_before']:.4f}")
             + f" -> {r['miou_after']:.4f}"
+            + (self.in_words(WORSE) if r.get("worse") else "")
             for name, r in results.items()
         ]
         lines.append(

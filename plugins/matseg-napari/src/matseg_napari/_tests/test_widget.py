@@ -312,6 +312,7 @@ def test_retrain_from_corrections_raises_iou(qtbot, viewer_and_widget, sample, w
     click(retrain.run_button)
     qtbot.waitUntil(lambda: retrain.run_button.enabled, timeout=RUN_TIMEOUT_MS)
     assert retrain.status.value.startswith("cheap: mIoU "), retrain.status.value
+    assert "worse" not in retrain.status.value
     click(retrain.use_button)
     assert widget.segment.weights.value == tmp_path / "tuned"
     assert widget.segment.output.value.name == "phases-finetuned.zarr"
@@ -361,6 +362,24 @@ def test_matseg_messages_name_the_panels_controls_not_command_line_options(viewe
     assert said == "'cost control: λ' must be between 0 and 1, got 2"
     said = widget.retrain.in_words("give --steps and --lr above 0; --cluster is not known here")
     assert said == "give 'steps' and 'learning rate' above 0; --cluster is not known here"
+
+
+def test_retrain_says_when_a_net_came_out_worse(viewer_and_widget, tmp_path):
+    """A fine-tune that scores lower on the slices it learnt from is said beside its mIoU, with
+    what to change in the panel's words; the other nets' lines stay as they are."""
+    from matseg_napari._tasks import TaskResult
+
+    _, widget = viewer_and_widget
+    tuned = {"miou_before": 0.81, "miou_after": 0.85, "worse": False}
+    wrecked = {"miou_before": 0.80, "miou_after": 0.31, "worse": True}
+    result = TaskResult(value={"cheap": wrecked, "medium": tuned, "selector": {"trained": True, "tiles": 4}})
+    widget.retrain._finished(result, tmp_path / "tuned")
+    cheap, medium, *_ = widget.retrain.status.value.split("; ")
+    assert cheap == (
+        "cheap: mIoU 0.8000 -> 0.3100 (worse on the corrected slices: try a smaller 'learning rate' "
+        "or more 'steps')"
+    ), cheap
+    assert medium == "medium: mIoU 0.8100 -> 0.8500"
 
 
 def test_segmenting_an_open_output_again_replaces_its_layers(

@@ -66,6 +66,26 @@ def test_a_test_profile_volume_fits_and_inverted_contrast_does_not(tmp_path, cap
     assert len(lines) == 1 and "UNLIKE" in lines[0] and "--model classical" in lines[0]
 
 
+def test_a_small_volume_that_does_not_fit_is_asked_about_not_judged():
+    """The thresholds hold on volumes of ~1 M voxels; a small crop that lies beyond them may do
+    so by chance (its own phase proportions), so its line asks, with the way out all the same."""
+    from matseg.candidates.fit import CALIBRATED_VOXELS, describe_fit, fit_of
+
+    statistics = load_statistics(None)
+    inverted = [1.0 - q for q in statistics["sets"][0]["quantiles"][::-1]]
+    verdict = fit_of(statistics, inverted, None, "", voxels=CALIBRATED_VOXELS)
+    question = fit_of(statistics, inverted, None, "", voxels=8 * 96 * 96)
+    assert not verdict["fits"] and "small" not in verdict
+    assert not question["fits"] and question["small"] == 8 * 96 * 96
+    assert question["distance"] == verdict["distance"]  # the same measure, said otherwise
+    assert describe_fit(verdict).startswith("UNLIKE the weights' training data (distance")
+    said = describe_fit(question)
+    assert said.startswith("UNLIKE the weights' training data? (distance") and "73,728 voxels" in said
+    assert said.endswith(verdict["advice"]) and "--model classical" in said
+    fits = fit_of(statistics, statistics["sets"][0]["quantiles"], None, "", voxels=1000)
+    assert fits["fits"] and "small" not in fits
+
+
 def test_electron_microscopy_images_do_not_fit_the_cathode_weights(tmp_path):
     """Real EMPS images (two phases) under the bundled three-phase weights, one model everywhere:
     the intensities alone tell."""

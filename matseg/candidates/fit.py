@@ -64,6 +64,11 @@ FEATURE_THRESHOLD = 0.75
 # such a set is compared by its intensities only
 MIN_FEATURE_TILES = 16
 THRESHOLD = 1.0  # of the distance: the larger part, each divided by its own threshold
+# the thresholds were calibrated on volumes of 16 x 256 x 256 (~1 M voxels); a much smaller
+# one has phase proportions of its own by chance, which the intensity part reads as a
+# difference (docs/models.md): below this many voxels a volume that does not fit is said so
+# as a question, not a verdict
+CALIBRATED_VOXELS = 500_000
 # tiles the training images are cut into: smaller than a run's (8 x 256 x 256) so that a few
 # training volumes give enough tiles to measure the spread of the features over tiles
 TILE = (8, 64, 64)
@@ -156,7 +161,11 @@ def load_statistics(folder: str | os.PathLike | None) -> dict | None:
 
 
 def fit_of(
-    statistics: dict, quantiles: Sequence[float], features: np.ndarray | None, cheap_sha256: str
+    statistics: dict,
+    quantiles: Sequence[float],
+    features: np.ndarray | None,
+    cheap_sha256: str,
+    voxels: int | None = None,
 ) -> dict:
     """How far a volume lies from the training statistics, and whether it fits.
 
@@ -171,12 +180,16 @@ def fit_of(
     cheap_sha256 : str
         The cheap net that made ``features``; features of another net than the recorded one
         are not compared.
+    voxels : int, optional
+        The volume's size: below :data:`CALIBRATED_VOXELS` a volume that does not fit gets
+        ``small`` (its size), and the line says the distance may be chance.
 
     Returns
     -------
     dict
         ``fits``, ``distance``, ``threshold``, its parts ``intensity``, ``contrast`` and ``uncertainty`` (each
-        divided by its own threshold; None when not compared), ``advice`` when it does not fit.
+        divided by its own threshold; None when not compared), ``advice`` when it does not fit,
+        ``small`` when it does not fit and is smaller than the volumes the check was calibrated on.
     """
     compare_features = (
         features is not None
@@ -219,6 +232,8 @@ def fit_of(
     }
     if not fits:
         result["advice"] = ADVICE
+        if voxels is not None and voxels < CALIBRATED_VOXELS:
+            result["small"] = int(voxels)
     return result
 
 
@@ -232,12 +247,13 @@ def check_fit(
     quantiles: Sequence[float],
     features: np.ndarray | None,
     cheap_sha256: str,
+    voxels: int | None = None,
 ) -> dict | None:
     """:func:`fit_of` against the statistics of ``weights``; None when they record none (or no quantiles)."""
     statistics = load_statistics(weights)
     if statistics is None or not quantiles:
         return None
-    fit = fit_of(statistics, quantiles, features, cheap_sha256)
+    fit = fit_of(statistics, quantiles, features, cheap_sha256, voxels)
     if not fit["fits"]:
         logger.warning(describe_fit(fit))
     return fit
@@ -247,6 +263,12 @@ def describe_fit(fit: dict) -> str:
     """The fit in one line, as the summary shows it."""
     if fit["fits"]:
         return f"like the weights' training data (distance {fit['distance']:.2f} <= {fit['threshold']:g})"
+    if fit.get("small"):
+        return (
+            f"UNLIKE the weights' training data? (distance {fit['distance']:.2f} > {fit['threshold']:g} "
+            f"on only {fit['small']:,} voxels: a volume under {CALIBRATED_VOXELS:,} can differ by chance; "
+            "check a larger part of it before you act on this): if it holds, " + fit["advice"]
+        )
     return (
         f"UNLIKE the weights' training data (distance {fit['distance']:.2f} > {fit['threshold']:g}): "
         + fit["advice"]

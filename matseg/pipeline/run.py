@@ -348,7 +348,8 @@ def volume_fit(job: Job, norm: Normalization, features) -> dict | None:
     if not job.models:
         return None
     cheap = job.models.get("cheap")
-    return check_fit(job.settings.weights, norm.quantiles, features, cheap.sha256 if cheap else "")
+    voxels = int(np.prod(job.volume.shape))
+    return check_fit(job.settings.weights, norm.quantiles, features, cheap.sha256 if cheap else "", voxels)
 
 
 def _finished_report(job: Job) -> dict:

@@ -76,6 +76,42 @@ def test_segment_output_is_valid_ngff_with_the_input_scale(tmp_path, random_weig
     assert matseg.open_segmentation(out).voxel_size == VoxelSize((2.0, 0.5, 0.25), "micrometer")
 
 
+def pyramid_input(tmp_path, axes="zyx"):
+    """A three-level NGFF 0.5 multiscale by ome-zarr-py: s0, s1, s2 halve Y and X in turn."""
+    root = zarr.open_group(str(tmp_path / "pyramid.zarr"), mode="w")
+    write_image(
+        DATA[(None,) * (len(axes) - 3)],
+        root,
+        axes=axes,
+        scale={a: s for a, s in zip("tczyx", (1.0, 1.0, 2.0, 0.5, 0.25)) if a in axes},
+        axes_units=dict.fromkeys("zyx", "micrometer"),
+        scale_factors=(2, 4),
+    )
+    return str(tmp_path / "pyramid.zarr")
+
+
+@pytest.mark.parametrize("axes", ["zyx", "tczyx"])
+def test_a_level_of_a_multiscale_image_has_its_own_voxel_size(tmp_path, axes):
+    """``store.zarr:/s1`` is read as the image at that level: its scale, its t and c axes dropped."""
+    store = pyramid_input(tmp_path, axes)
+    for level, size in (("s0", (2.0, 0.5, 0.25)), ("s1", (2.0, 1.0, 0.5)), ("/s2", (2.0, 2.0, 1.0))):
+        volume = open_volume(f"{store}:{level}")
+        assert volume.kind == "ome-zarr" and volume.voxel_size == VoxelSize(size, "micrometer")
+    assert volume.shape == (6, 20, 18)
+
+
+def test_segment_of_a_pyramid_level_carries_that_level_s_voxel_size(tmp_path, random_weights, capsys):
+    store = pyramid_input(tmp_path)
+    out = tmp_path / "out.zarr"
+    args = ["segment", f"{store}:/s1", "-o", out, "--model", "cheap", "--weights", random_weights]
+    assert run([*args, "--tile", "4,64,64"]) == 0
+    root = assert_valid_ngff(out)
+    assert stored_scale(root["labels/phases"]) == ([2.0, 1.0, 0.5], ["micrometer"] * 3)
+    report = matseg.open_segmentation(out).report
+    assert report["input"]["voxel_size"] == {"values": [2.0, 1.0, 0.5], "unit": "micrometer"}
+    assert "(6 x 40 x 36) in 2 tiles, 12 x 40 x 18 micrometer" in capsys.readouterr().out
+
+
 def test_voxel_size_from_hdf5_attributes(tmp_path):
     path = tmp_path / "scan.h5"
     with h5py.File(path, "w") as f:

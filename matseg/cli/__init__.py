@@ -34,7 +34,8 @@ def cli() -> None:
       matseg train image.zarr --labels labels.zarr -o my-weights/
 
     Inputs are read lazily and never changed: Zarr v2/v3 (store.zarr or
-    store.zarr:/path), OME-Zarr (level 0), HDF5 (file.h5:/dataset), TIFF.
+    store.zarr:/path), OME-Zarr (level 0, or the level named: store.zarr:/s1), HDF5
+    (file.h5:/dataset), TIFF.
     """
 
 

@@ -113,7 +113,8 @@ def open_volume(spec: str | os.PathLike, labels: bool = False) -> Volume:
     ----------
     spec : str or path
         ``store.zarr`` (Zarr v2/v3 array, group with one array, or OME-Zarr image:
-        level 0), ``store.zarr:/path/in/group``, ``file.h5:/dataset`` or ``stack.tif``.
+        level 0), ``store.zarr:/path/in/group`` (a level of an OME-Zarr image, e.g. ``:/s1``,
+        is read as that image at that level, with its scale), ``file.h5:/dataset`` or ``stack.tif``.
     labels : bool
         When ``spec`` is an OME-Zarr image with a ``labels`` group, open its label
         image (``truth`` if present, else the first) instead of the image.
@@ -290,19 +291,14 @@ def _open_zarr(path: Path, inner: str, source: str, labels: bool) -> Volume:
         raise MatsegError(f"no Zarr array or group at {where}") from None
     except Exception as err:
         raise MatsegError(f"cannot read Zarr store {path}: corrupt metadata ({err})") from None
-    kind = "zarr"
-    phases = None
-    voxel_size = None
+    kind, phases, voxel_size, squeeze = "zarr", None, None, ()
+    image = None  # an OME-Zarr multiscale image: (its group, its multiscales, the level read)
     if isinstance(node, zarr.Group):
         if labels:
             node = _label_group(node, source)
         multiscales = ome_attrs(node).get("multiscales")
         if multiscales:
-            kind = "ome-zarr"
-            phases = label_phase_names(node)
-            group = node
-            node, squeeze = _level0(node, multiscales, source)
-            voxel_size = _ome_voxel_size(path, group, multiscales, node.ndim - len(squeeze))
+            image = (node, multiscales, 0)
         else:
             arrays = sorted(node.array_keys())
             if len(arrays) != 1:
@@ -312,9 +308,14 @@ def _open_zarr(path: Path, inner: str, source: str, labels: bool) -> Volume:
                     f"name one as {path}:/name"
                 )
             node = node[arrays[0]]
-            squeeze = ()
-    else:
-        squeeze = ()
+    elif inner:  # an array named by its path: it may be one level of a multiscale image
+        image = _image_of_level(path, inner)
+    if image is not None:
+        group, multiscales, level = image
+        kind = "ome-zarr"
+        phases = label_phase_names(group)
+        node, squeeze = _level(group, multiscales, level, source)
+        voxel_size = _ome_voxel_size(path, group, multiscales, level, node.ndim - len(squeeze))
     if not labels:  # a label image's missing chunks are its background: zarr skips writing those
         check_chunks(node, source)
     try:
@@ -329,16 +330,18 @@ def _open_zarr(path: Path, inner: str, source: str, labels: bool) -> Volume:
     return Volume(data=data, source=source, kind=kind, phases=phases, voxel_size=voxel_size)
 
 
-def _ome_voxel_size(path: Path, group: zarr.Group, multiscales: list, ndim: int) -> VoxelSize | None:
-    """Level 0's voxel size, from the axes and transformations ome-zarr-py's reader parses
-    (and the multiscale's own transformations, which that reader does not apply)."""
+def _ome_voxel_size(
+    path: Path, group: zarr.Group, multiscales: list, level: int, ndim: int
+) -> VoxelSize | None:
+    """The voxel size of the image's ``level``, from the axes and transformations ome-zarr-py's
+    reader parses (and the multiscale's own transformations, which that reader does not apply)."""
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Multiscales, Reader
 
     # a label image without a "source" image makes the reader warn (its voxel size is its own),
     # and an NGFF 0.4 store makes parse_url warn of a "version mismatch" (it reads 0.4 fine)
     reader_log = logging.getLogger("ome_zarr")
-    level = reader_log.level
+    log_level = reader_log.level
     reader_log.setLevel(logging.ERROR)
     try:
         # absolute: ome-zarr-py takes a relative name that starts like a scheme (s3.zarr) for a URL
@@ -348,11 +351,12 @@ def _ome_voxel_size(path: Path, group: zarr.Group, multiscales: list, ndim: int)
     except Exception as err:  # ome-zarr-py raises ValueError, KeyError... on bad axes
         raise MatsegError(f"cannot read the OME-Zarr metadata of {path}: {err}") from None
     finally:
-        reader_log.setLevel(level)
+        reader_log.setLevel(log_level)
     if node is None or not any(isinstance(spec, Multiscales) for spec in node.specs):
         return None
-    per_dataset = node.metadata.get("coordinateTransformations") or [[]]
-    transforms = [per_dataset[0], multiscales[0].get("coordinateTransformations") or []]
+    per_dataset = node.metadata.get("coordinateTransformations") or []
+    own = per_dataset[level] if level < len(per_dataset) else []
+    transforms = [own, multiscales[0].get("coordinateTransformations") or []]
     return scale.from_ome(node.metadata["axes"], transforms, ndim)
 
 
@@ -374,11 +378,28 @@ def _label_group(group: zarr.Group, source: str) -> zarr.Group:
     return group["labels"][name]
 
 
-def _level0(group: zarr.Group, multiscales: list, source: str) -> tuple[zarr.Array, tuple]:
+def _image_of_level(path: Path, inner: str) -> tuple[zarr.Group, list, int] | None:
+    """The multiscale image of which the array at ``inner`` is a level (``store.zarr:/s1``), with
+    its multiscales and the level's index; None for an array of no multiscale image."""
+    parts = inner.strip("/").split("/")
+    for cut in range(len(parts) - 1, -1, -1):  # the nearest group that lists it
+        try:
+            group = zarr.open_group(LocalStore(path, read_only=True), mode="r", path="/".join(parts[:cut]))
+        except Exception:  # not a group of ours to read: the array is read as it is
+            continue
+        multiscales = ome_attrs(group).get("multiscales") or [{}]
+        datasets = [d.get("path") for d in multiscales[0].get("datasets", [])]
+        if (level := "/".join(parts[cut:])) in datasets:
+            return group, multiscales, datasets.index(level)
+    return None
+
+
+def _level(group: zarr.Group, multiscales: list, level: int, source: str) -> tuple[zarr.Array, tuple]:
+    """The array of the image's ``level`` (0: full resolution) and the axes to drop (time, channel)."""
     meta = multiscales[0]
-    path = meta["datasets"][0]["path"]
+    path = meta["datasets"][level]["path"]
     if path not in group:
-        raise MatsegError(f"{source}: OME-Zarr level 0 array '{path}' is missing")
+        raise MatsegError(f"{source}: OME-Zarr level {level} array '{path}' is missing")
     array = group[path]
     axes = meta.get("axes") or []
     squeeze = []

@@ -1,9 +1,9 @@
 """Physical voxel size: read from the input's own metadata, carried to every output.
 
-Sources, in the order :func:`matseg.open_volume` tries them: OME-Zarr's level-0
-``scale`` transform and axis units; HDF5 dataset attributes (``element_size_um``
-as written by Fiji and ilastik, or ``voxel_size``/``pixel_size`` with
-``unit``/``units``); TIFF's ImageJ ``spacing``/``unit`` and resolution tags, or
+Sources, in the order :func:`matseg.open_volume` tries them: the ``scale`` transform of
+the OME-Zarr level read (level 0 unless one is named) and axis units; HDF5 dataset
+attributes (``element_size_um`` as written by Fiji and ilastik, or ``voxel_size``/
+``pixel_size`` with ``unit``/``units``); TIFF's ImageJ ``spacing``/``unit`` and resolution tags, or
 OME-TIFF's ``PhysicalSize*``. A user's ``--voxel-size`` overrides them all.
 Units are the UDUNITS-2 names OME-NGFF requires (``micrometer``, ``nanometer``...).
 """
@@ -106,7 +106,7 @@ def parse_voxel_size(text: str, unit: str | None = None) -> VoxelSize:
 
 
 def from_ome(axes: Sequence, transforms: Sequence[Sequence[Mapping]], ndim: int) -> VoxelSize | None:
-    """Voxel size of level 0 from OME-NGFF ``axes`` and coordinate transformations.
+    """Voxel size of one level from OME-NGFF ``axes`` and coordinate transformations.
 
     ``transforms`` holds the dataset's own list and, if any, the multiscale's
     (applied after it); only ``scale`` transforms change a voxel's size. Time and

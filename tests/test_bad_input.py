@@ -77,6 +77,23 @@ def test_wrong_hdf5_dataset(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize("inner", ["", ":/scan"])
+@pytest.mark.parametrize(
+    "target, says",
+    [
+        (("gone.h5", "/entry/data"), "external link to /entry/data in gone.h5, which is not found"),
+        (("data.h5", "/raw"), "external link to /raw in data.h5, which has no /raw"),
+    ],
+)
+def test_a_dangling_external_link_is_named_with_its_target(tmp_path, capsys, inner, target, says):
+    with h5py.File(tmp_path / "data.h5", "w") as fh:
+        fh["entry/data"] = np.zeros((4, 32, 32), np.uint8)
+    with h5py.File(tmp_path / "master.h5", "w") as fh:
+        fh["scan"] = h5py.ExternalLink(*target)
+    args = ["segment", f"{tmp_path / 'master.h5'}{inner}", "-o", tmp_path / "o.zarr"]
+    assert_refused(tmp_path, args, capsys, f"/scan is an {says}" if not inner else says)
+
+
 def test_corrupt_metadata(tmp_path, capsys):
     store = good_zarr(tmp_path / "bad.zarr")
     (store / "zarr.json").write_text('{"zarr_format": 3, "node_type": "arr')

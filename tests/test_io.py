@@ -93,6 +93,21 @@ def test_multichannel_ome_is_refused(tmp_path):
         open_volume(tmp_path / "mc.zarr")
 
 
+@pytest.mark.parametrize("target", ["/entry/data", "/entry"])
+def test_an_external_link_is_read_through_to_its_dataset(tmp_path, target):
+    """A file whose only entry is an external link (to a dataset, or a group holding one) in
+    another file: h5py follows it, and so does the listing of what the file holds."""
+    with h5py.File(tmp_path / "data.h5", "w") as fh:
+        fh.create_dataset("entry/data", data=DATA, chunks=(1, 20, 25))
+    with h5py.File(tmp_path / "master.h5", "w") as fh:
+        fh["scan"] = h5py.ExternalLink("data.h5", target)
+    inner = "/scan" if target == "/entry/data" else "/scan/data"
+    for spec in (tmp_path / "master.h5", f"{tmp_path / 'master.h5'}:{inner}"):
+        volume = open_volume(spec)
+        assert volume.kind == "hdf5" and volume.shape == DATA.shape
+        np.testing.assert_array_equal(volume.data.compute(), DATA)
+
+
 def test_tiff_of_one_series_a_page_is_one_stack(tmp_path):
     """Pages written one at a time are image series of their own: stacked along Z (reading the
     first would drop every other slice silently); series that do not stack are refused."""

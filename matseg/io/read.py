@@ -19,7 +19,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from matseg.errors import MatsegError
-from matseg.io import scale
+from matseg.io import hdf5, scale
 from matseg.io.chunks import check_chunks
 from matseg.io.scale import VoxelSize
 
@@ -134,7 +134,7 @@ def open_volume(spec: str | os.PathLike, labels: bool = False) -> Volume:
     path, inner = split_spec(spec)
     if not path.exists():
         raise MatsegError(f"input not found: {os.fspath(spec)}")
-    if path.is_file() and (path.suffix.lower() in HDF5_SUFFIXES or _is_hdf5(path)):
+    if path.is_file() and (path.suffix.lower() in HDF5_SUFFIXES or hdf5.is_hdf5(path)):
         volume = _open_hdf5(path, inner, str(spec))
     elif path.is_file() and path.name.lower().endswith(TIFF_SUFFIXES):
         volume = _open_tiff(path, str(spec))
@@ -194,35 +194,8 @@ def check_volume(volume: Volume) -> None:
         raise MatsegError(f"{volume.source} is empty (shape {tuple(data.shape)})")
 
 
-def _is_hdf5(path: Path) -> bool:
-    import h5py
-
-    try:
-        return bool(h5py.is_hdf5(path))
-    except OSError:
-        return False
-
-
 def _open_hdf5(path: Path, inner: str, source: str) -> Volume:
-    import h5py
-
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as err:
-        raise MatsegError(f"cannot open HDF5 file {path}: {err}") from None
-    names: list[str] = []
-    handle.visititems(lambda n, obj: names.append("/" + n) if isinstance(obj, h5py.Dataset) else None)
-    if not inner:
-        if len(names) != 1:
-            handle.close()
-            listing = ", ".join(names) or "none"
-            raise MatsegError(f"{path} holds {len(names)} datasets ({listing}); name one as {path}:/dataset")
-        inner = names[0]
-    node = handle.get(inner)
-    if not isinstance(node, h5py.Dataset):
-        handle.close()
-        listing = ", ".join(names) or "none"
-        raise MatsegError(f"HDF5 dataset '/{inner.strip('/')}' not found in {path}; datasets: {listing}")
+    handle, node = hdf5.open_dataset(path, inner)
     chunks = node.chunks or "auto"
     data = da.from_array(node, chunks=chunks, lock=True, asarray=True)
     voxel_size = scale.recorded(scale.from_hdf5_attrs, node.attrs, data.ndim, where=str(path))

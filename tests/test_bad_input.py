@@ -265,3 +265,15 @@ def test_an_output_inside_a_store_path_is_refused(tmp_path, capsys, random_weigh
     assert_refused(
         tmp_path, ["sample", f"{tmp_path}/{inner}", "--shape", "4", "32", "32"], capsys, "whole store"
     )
+
+
+@pytest.mark.parametrize(
+    "name, says", [("out.h5", "not HDF5; name it out.zarr"), ("scan.ome.tif", "not TIFF; name it scan.zarr")]
+)
+def test_an_output_named_as_another_format_is_refused(tmp_path, capsys, random_weights, name, says):
+    """It wrote a Zarr store, a folder, under the name out.h5: h5py, napari or h5ls failed on it."""
+    volume = good_zarr(tmp_path / "in.zarr")
+    args = ["segment", volume, "-o", tmp_path / name, "--model", "cheap", "--weights", random_weights]
+    assert_refused(tmp_path, args, capsys, f"writes an OME-Zarr store (a folder), {says}")
+    assert_refused(tmp_path, ["sample", tmp_path / name, "--shape", "4", "32", "32"], capsys, says)
+    assert not (tmp_path / name).exists()

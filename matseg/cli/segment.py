@@ -74,7 +74,13 @@ def sample(output, shape, seed, config_path, profile, overwrite, voxel_size_text
 
 @click.command()
 @click.argument("input", type=str)
-@click.option("-o", "--output", required=True, type=click.Path(), help="OME-Zarr store to create.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(),
+    help="OME-Zarr store (a folder) to create, e.g. phases.zarr; not out.h5 or out.tif.",
+)
 @model_option("auto: the selector picks a candidate per tile; otherwise this candidate on every tile.")
 @click.option(
     "--lambda",

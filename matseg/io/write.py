@@ -21,6 +21,7 @@ from zarr.codecs import BloscCodec
 from matseg.errors import MatsegError
 from matseg.io.guard import check_replaceable
 from matseg.io.paths import check_distinct
+from matseg.io.read import HDF5_SUFFIXES, TIFF_SUFFIXES
 from matseg.io.scale import VoxelSize
 
 # Fixed phase colours (RGBA 0-255), so every viewer shows phase i the same way.
@@ -52,6 +53,14 @@ def value_colours(values: Sequence[str], candidates: bool = False) -> dict[int, 
     return {i: CANDIDATE_COLOURS.get(name) or next(others) for i, name in enumerate(values)}
 
 
+# Names that promise another format: h5py, tifffile or napari would open the store as one.
+FOREIGN_SUFFIXES = {
+    **dict.fromkeys(HDF5_SUFFIXES, "HDF5"),
+    **dict.fromkeys(TIFF_SUFFIXES, "TIFF"),
+    ".n5": "N5",
+}
+
+
 def check_output(
     path: str | os.PathLike,
     overwrite: bool,
@@ -78,13 +87,21 @@ def check_output(
     Raises
     ------
     MatsegError
-        If the output overlaps an input, exists without ``overwrite``, is not a matseg
-        output of ``kinds``, or its parent folder cannot be written.
+        If the output is named as another format (``out.h5``: outputs are Zarr stores),
+        overlaps an input, exists without ``overwrite``, is not a matseg output of ``kinds``,
+        or its parent folder cannot be written.
     """
     if re.search(r"\.(zarr|h5|hdf5|hdf|n5)/?:", os.fspath(path), re.IGNORECASE):  # store.zarr:/x
         raise MatsegError(
             f"output {os.fspath(path)}: an output is a whole store, not a path inside one; give -o "
             "without ':/inner/path'"
+        )
+    name = Path(path).name
+    suffix = max((s for s in FOREIGN_SUFFIXES if name.lower().endswith(s)), key=len, default=None)
+    if suffix:
+        raise MatsegError(
+            f"output {os.fspath(path)}: matseg writes an OME-Zarr store (a folder), not "
+            f"{FOREIGN_SUFFIXES[suffix]}; name it {name[: -len(suffix)]}.zarr"
         )
     check_distinct(path, [s if isinstance(s, tuple) else ("input", s) for s in inputs])
     out = Path(path).absolute()

@@ -93,8 +93,9 @@ def test_console_script_exit_codes(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().startswith("matseg: error: input not found")
     assert "Traceback" not in done.stderr
-    done = subprocess.run([sys.executable, "-m", "matseg.cli", "--help"], capture_output=True, text=True)
-    assert done.returncode == 0 and "segment" in done.stdout
+    for module in ("matseg.cli", "matseg"):  # python -m matseg too, where the script is not on PATH
+        done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+        assert done.returncode == 0 and "segment" in done.stdout
 
 
 def test_classical_alone_follows_the_phase_order_the_weights_recorded(tmp_path, small_sample, random_weights):

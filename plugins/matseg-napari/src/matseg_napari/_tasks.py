@@ -42,28 +42,18 @@ def in_panel_words(message: str, controls: dict[str, str], phrases: dict[str, st
 
 
 def wrapping(*labels) -> None:
-    """Word-wrap magicgui ``labels`` and keep each as tall as its text, whatever is said in it
-    later (a dock's layout gives a label only the height of its text unwrapped: a message of
-    two lines was cut at the top and bottom)."""
-    from qtpy.QtCore import QTimer
+    """Word-wrap magicgui ``labels`` and let each grow and shrink with its text, whatever is said
+    in it later. magicgui makes a label's height fixed at its size hint, worked out for a width
+    wider than the dock's: a long message (an audit of a dozen lines) was cut off at the bottom.
+    Qt's own height-for-width does it instead, at the label's real width and at every change of
+    text; a ``changed`` handler would not do, as magicgui's Label never emits it."""
+    from qtpy.QtWidgets import QSizePolicy
 
-    def fit_now_and_after_layout(label) -> None:
-        fit_height(label)
-        QTimer.singleShot(0, lambda: fit_height(label))  # once laid out, at its real width
-
+    policy = QSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+    policy.setHeightForWidth(True)
     for label in labels:
+        label.native.setSizePolicy(policy)  # native: a QLabel
         label.native.setWordWrap(True)
-        label.changed.connect(lambda *_, label=label: fit_now_and_after_layout(label))
-
-
-def fit_height(label) -> None:
-    """Make a word-wrapped label tall enough for all its lines."""
-    from qtpy.QtCore import QRect, Qt
-
-    native = label.native  # a QLabel
-    width = max(native.width(), 200)
-    box = native.fontMetrics().boundingRect(QRect(0, 0, width, 10_000), Qt.TextWordWrap, str(label.value))
-    native.setMinimumHeight(box.height() + 4)
 
 
 @dataclass

@@ -75,3 +75,14 @@ def segmented(segmented_store, tmp_path) -> Path:
     out = tmp_path / segmented_store.name
     shutil.copytree(segmented_store, out)
     return out
+
+
+@pytest.fixture
+def viewer_and_widget(make_napari_viewer):
+    """A viewer with the matseg dock widget docked in it."""
+    from matseg_napari._widget import MatsegWidget
+
+    viewer = make_napari_viewer()
+    widget = MatsegWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="matseg")
+    return viewer, widget

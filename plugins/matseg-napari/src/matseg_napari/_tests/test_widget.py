@@ -18,14 +18,6 @@ from matseg_napari._widget import MatsegWidget
 RUN_TIMEOUT_MS = 240_000
 
 
-@pytest.fixture
-def viewer_and_widget(make_napari_viewer):
-    viewer = make_napari_viewer()
-    widget = MatsegWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="matseg")
-    return viewer, widget
-
-
 def click(button):
     button.native.click()
 

@@ -1,0 +1,41 @@
+"""What a user walking through the dock saw: messages read whole, layers that belong together."""
+
+from __future__ import annotations
+
+from matseg.candidates.fit import ADVICE as FIT_ADVICE
+from matseg_napari._widget import audit_text
+
+
+def long_audit() -> str:
+    """An audit that moved tiles between many candidates, on a volume unlike the weights' data."""
+    moves = {f"{a}->{b}": n for n, (a, b) in enumerate(
+        [("cheap", "medium"), ("cheap", "expensive"), ("medium", "expensive"), ("medium", "cheap"),
+         ("expensive", "medium"), ("expensive-2x", "expensive"), ("cheap", "expensive-2x")], start=2
+    )}  # fmt: skip
+    estimate = {
+        "delta_miou": -0.019, "ci95": [-0.029, -0.005], "audited_fraction": 0.03, "audited_cells": 62,
+        "reference": "expensive", "recalibrated_lambda": 0.1, "moved_tiles": moves, "every_tile": None,
+    }  # fmt: skip
+    fit = {"fits": False, "distance": 2.0, "threshold": 1.0, "advice": FIT_ADVICE}
+    return audit_text({"estimate": estimate, "fit": fit})
+
+
+def test_a_long_audit_line_is_shown_whole_and_shrinks_again(qtbot, viewer_and_widget):
+    """The audit of a selector run ran to a dozen lines and was cut off at the bottom: the label
+    kept the height Qt guessed for a wider panel. It grows to its text, and shrinks back."""
+    viewer, widget = viewer_and_widget
+    viewer.window.show()  # laid out at the dock's real width
+    panel = widget.segment
+    label = panel.audit.native
+
+    def whole() -> bool:
+        return label.height() >= label.heightForWidth(label.width())
+
+    panel.audit.value = panel.in_words(long_audit())
+    qtbot.waitUntil(lambda: label.isVisible() and label.width() > 0, timeout=5_000)
+    assert label.heightForWidth(label.width()) > 12 * label.fontMetrics().height()  # what was cut
+    qtbot.waitUntil(whole, timeout=5_000)
+    panel.audit.value = "one line"
+    qtbot.waitUntil(lambda: label.height() < 3 * label.fontMetrics().height(), timeout=5_000)
+    panel.status.value = panel.in_words(long_audit())  # the other messages the same way
+    qtbot.waitUntil(lambda: panel.status.native.height() > 12 * label.fontMetrics().height(), timeout=5_000)

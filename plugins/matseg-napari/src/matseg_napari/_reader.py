@@ -14,11 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from napari.layers import Image
 from napari.utils.colormaps import DirectLabelColormap
 
 import matseg
 from matseg.io.write import value_colours
 from matseg_napari._editable import EditableLabels
+from matseg_napari._layers import layer_source
 
 ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
 FILE_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5", ".nxs", ".tif", ".tiff")
@@ -47,10 +49,30 @@ def read_matseg(path: str | Sequence[str]) -> list[tuple]:
     path = os.fspath(path)
     kind = matseg.store_kind(path)
     if kind == "segmentation":
-        return segmentation_layers(path)
+        return _without_open_image(segmentation_layers(path))
     if kind == "corrections":
-        return corrections_layers(path)
+        return _without_open_image(corrections_layers(path))
     return volume_layers(path)
+
+
+def _without_open_image(layers: list[tuple]) -> list[tuple]:
+    """``layers`` less the image they were made from when the viewer shows it already: opening
+    an output or its corrections next to that image added it a second time (``cathode [1]``).
+    A reader is given no viewer: napari's current one is where napari adds what it returns."""
+    import napari
+
+    viewer = napari.current_viewer()
+    if viewer is None:
+        return layers
+    shown = {
+        _source_key(s) for layer in viewer.layers if isinstance(layer, Image) if (s := layer_source(layer))
+    }
+    return [
+        (data, kwargs, kind)
+        for data, kwargs, kind in layers
+        if kwargs.get("metadata", {}).get("matseg", {}).get("role") != "image"
+        or _source_key(kwargs["metadata"]["matseg"]["source"]) not in shown
+    ]
 
 
 def _stem(path: str | os.PathLike) -> str:
@@ -234,6 +256,16 @@ def _absolute(spec: str | os.PathLike) -> str:
         return str(Path(text).absolute())
     outer, sep, inner = text.rpartition(":")
     return f"{Path(outer).absolute()}:{inner}" if sep and Path(outer).exists() else text
+
+
+def _source_key(spec: str) -> str:
+    """One spelling of a source (absolute, links resolved, a dataset kept): two layers read the
+    same file or dataset when their keys are equal."""
+    text = _absolute(spec)
+    outer, sep, inner = text.rpartition(":")
+    if sep and not Path(text).exists() and Path(outer).exists():
+        return f"{os.path.realpath(outer)}:{inner}"
+    return os.path.realpath(text)
 
 
 def _exists(spec: str) -> bool:

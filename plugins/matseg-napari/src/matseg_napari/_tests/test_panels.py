@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import matseg
 from matseg.candidates.fit import ADVICE as FIT_ADVICE
 from matseg_napari._widget import audit_text
 
@@ -39,3 +40,27 @@ def test_a_long_audit_line_is_shown_whole_and_shrinks_again(qtbot, viewer_and_wi
     qtbot.waitUntil(lambda: label.height() < 3 * label.fontMetrics().height(), timeout=5_000)
     panel.status.value = panel.in_words(long_audit())  # the other messages the same way
     qtbot.waitUntil(lambda: panel.status.native.height() > 12 * label.fontMetrics().height(), timeout=5_000)
+
+
+def test_opening_corrections_or_an_output_reuses_the_open_image(make_napari_viewer, segmented, sample):
+    """Opening a corrections store (or an output) next to the image it was made from added that
+    image a second time (``cathode [1]``); the image already open is used, and one not open yet
+    comes along."""
+    labels = matseg.open_segmentation(segmented).phases.compute()
+    store = matseg.save_corrections(segmented, labels, session="s1")
+    viewer = make_napari_viewer()
+    viewer.open(str(sample), plugin="matseg-napari")
+    viewer.open(str(segmented), plugin="matseg-napari")
+    viewer.open(str(store), plugin="matseg-napari")
+    assert [layer.name for layer in viewer.layers] == [
+        "cathode",
+        "cathode labels",
+        "cathode-phases uncertainty",
+        "cathode-phases phases",
+        "cathode-phases decisions",
+        "cathode-phases corrected phases",
+        "cathode-phases corrections mask",
+    ]
+    elsewhere = make_napari_viewer()  # a viewer without the image: the store brings it
+    elsewhere.open(str(store), plugin="matseg-napari")
+    assert [layer.name for layer in elsewhere.layers][0] == "cathode"

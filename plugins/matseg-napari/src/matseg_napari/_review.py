@@ -98,6 +98,7 @@ class ReviewPanel(Container):
     # the queue ------------------------------------------------------------------------
     def _layer_changed(self, layer: Layer | None) -> None:
         self.queue, self.current = [], -1
+        self._remove_outline()
         meta = phases_meta(layer)
         self.reviewed = {tuple(t) for t in meta.get("reviewed") or []}
         # a store opened from disk is continued, so saving updates it; any other layer saves as
@@ -169,6 +170,13 @@ class ReviewPanel(Container):
                 name=REVIEW_LAYER,
             )
         self.viewer.layers.selection.active = self.layer.value
+
+    def _remove_outline(self) -> None:
+        """The outline belongs to a tile of the layer reviewed until now: once that layer is
+        replaced (Segment again into its output), removed or another is chosen, it would mark
+        a tile of an output no longer shown (it stayed on the canvas)."""
+        if REVIEW_LAYER in self.viewer.layers:
+            self.viewer.layers.remove(REVIEW_LAYER)
 
     def mark_reviewed(self, *_) -> None:
         """Record the current tile as reviewed (saved with the corrections) and move on."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import matseg
 from matseg.candidates.fit import ADVICE as FIT_ADVICE
+from matseg_napari._review import REVIEW_LAYER
+from matseg_napari._tests.test_widget import click, segment_with
 from matseg_napari._widget import audit_text
 
 
@@ -64,3 +66,26 @@ def test_opening_corrections_or_an_output_reuses_the_open_image(make_napari_view
     elsewhere = make_napari_viewer()  # a viewer without the image: the store brings it
     elsewhere.open(str(store), plugin="matseg-napari")
     assert [layer.name for layer in elsewhere.layers][0] == "cathode"
+
+
+def test_the_review_outline_goes_with_the_output_it_outlined(
+    qtbot, viewer_and_widget, sample, weights, tmp_path
+):
+    """After a second Segment run the outline of the first run's tile stayed on the canvas. The
+    outline goes when the layer under review is replaced, removed or another one is chosen."""
+    viewer, widget = viewer_and_widget
+    viewer.open(str(sample), plugin="matseg-napari")
+    image, output, review = viewer.layers["cathode"], tmp_path / "outlined.zarr", widget.review
+    segment_with(qtbot, widget, image, weights, output)
+    qtbot.waitUntil(lambda: len(review.queue) == 8, timeout=30_000)
+    click(review.next_button)
+    assert REVIEW_LAYER in viewer.layers
+    widget.segment.overwrite.value = True
+    segment_with(qtbot, widget, image, weights, output, tile=(4, 64))
+    assert widget.segment.status.value == "done: outlined.zarr", widget.segment.status.value
+    assert REVIEW_LAYER not in viewer.layers
+    qtbot.waitUntil(lambda: len(review.queue) == 2, timeout=30_000)  # the new run's tiles
+    click(review.next_button)
+    assert len(viewer.layers[REVIEW_LAYER].data) == 1
+    viewer.layers.remove(viewer.layers["outlined phases"])
+    assert review.layer.value is None and REVIEW_LAYER not in viewer.layers

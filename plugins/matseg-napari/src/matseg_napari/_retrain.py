@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 DEFAULT_STEPS = 200
 DEFAULT_LR = 3e-3
+NOTHING_TO_RETRAIN = (
+    "nothing to fine-tune: choose a 'phases' layer under Review above (Segment an image, or open an "
+    "output or its corrections)"
+)
 
 
 # a fine-tune that scores lower on the slices it learnt from: the weights it started from are kept
@@ -91,10 +95,14 @@ class RetrainPanel(TaskPanel, Container):
         review.layer.changed.connect(self._layer_changed)
         self._trained: Path | None = None
         self.watch_close()
+        self._layer_changed()
 
     def _model_choices(self, _widget=None) -> list[str]:
         """The segmenters that made the output under review: those fine-tuning can start from
-        (all of them, trained from scratch, for an output made without networks)."""
+        (all of them, trained from scratch, for an output made without networks); none while
+        no layer is under review (an empty report read as a run of the first segmenter)."""
+        if self.review.layer.value is None:
+            return []
         report = phases_meta(self.review.layer.value).get("report") or {}
         trainable = list(matseg.SEGMENTERS)
         if report.get("model") == "classical" and not report.get("models"):
@@ -105,9 +113,15 @@ class RetrainPanel(TaskPanel, Container):
     def _layer_changed(self, *_) -> None:
         self.models.reset_choices()
         self.models.value = list(self.models.choices)
+        if self.review.layer.value is None:
+            self.status.value = NOTHING_TO_RETRAIN
+        elif self.status.value == NOTHING_TO_RETRAIN:
+            self.status.value = ""
 
     def task(self) -> tuple[Task, Path]:
         """The fine-tuning call for the current choices, and the weights folder it writes."""
+        if self.review.layer.value is None:
+            raise matseg.MatsegError(NOTHING_TO_RETRAIN)
         meta = phases_meta(self.review.layer.value)
         corrections = meta.get("corrections")
         if not corrections:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matseg
 from matseg.candidates.fit import ADVICE as FIT_ADVICE
+from matseg_napari._retrain import NOTHING_TO_RETRAIN
 from matseg_napari._review import REVIEW_LAYER
 from matseg_napari._tests.test_widget import click, segment_with
 from matseg_napari._widget import audit_text
@@ -89,3 +90,23 @@ def test_the_review_outline_goes_with_the_output_it_outlined(
     assert len(viewer.layers[REVIEW_LAYER].data) == 1
     viewer.layers.remove(viewer.layers["outlined phases"])
     assert review.layer.value is None and REVIEW_LAYER not in viewer.layers
+
+
+def test_retrain_offers_nothing_to_fine_tune_until_a_phases_layer_is_chosen(
+    qtbot, viewer_and_widget, segmented
+):
+    """With no phases layer under review the Retrain panel listed 'cheap'; it lists none and
+    says why, lists the output's segmenters once one is chosen, and none again once it goes."""
+    viewer, widget = viewer_and_widget
+    retrain = widget.retrain
+    assert list(retrain.models.choices) == [] and retrain.models.value == []
+    assert retrain.status.value == NOTHING_TO_RETRAIN and "--" not in NOTHING_TO_RETRAIN
+    viewer.open(str(segmented), plugin="matseg-napari")
+    widget.review.select(viewer.layers["cathode-phases phases"])
+    assert list(retrain.models.choices) == ["cheap"] and retrain.models.value == ["cheap"]
+    assert retrain.status.value == ""
+    qtbot.waitUntil(lambda: len(widget.review.queue) == 8, timeout=30_000)
+    viewer.layers.remove(viewer.layers["cathode-phases phases"])
+    assert list(retrain.models.choices) == [] and retrain.status.value == NOTHING_TO_RETRAIN
+    click(retrain.run_button)
+    assert retrain.status.value == NOTHING_TO_RETRAIN and retrain.run_button.enabled

@@ -83,6 +83,17 @@ def _stem(path: str | os.PathLike) -> str:
     return Path(name).stem
 
 
+def _store_stem(path: str | os.PathLike) -> str:
+    """The name of a matseg output or corrections store without its Zarr suffix only: a store is
+    Zarr whatever its name, so ``out.h5`` stays ``out.h5`` (as ``_stem`` it opened under the layer
+    names of ``out.zarr``)."""
+    name = Path(path).name
+    for suffix in (".corrections.zarr", ".ome.zarr", ".zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def label_colormap(colours: dict[int, Sequence[int]]) -> DirectLabelColormap:
     """Fixed colours for label values (RGBA 0-255); values not listed are transparent."""
     color_dict = {int(k): np.asarray(v, dtype=float) / 255.0 for k, v in colours.items()}
@@ -135,7 +146,7 @@ def phases_layer(
 def segmentation_layers(path: str | os.PathLike, include_image: bool = True) -> list[tuple]:
     """Layers of a ``matseg segment`` output: image, uncertainty, phases, decisions."""
     segmentation = matseg.open_segmentation(path)
-    stem = _stem(path)
+    stem = _store_stem(path)
     output = str(Path(path).absolute())
     common = {"output": output, "report": segmentation.report}
     layers = []
@@ -194,7 +205,7 @@ def segmentation_layers(path: str | os.PathLike, include_image: bool = True) -> 
 def corrections_layers(path: str | os.PathLike) -> list[tuple]:
     """Layers of a corrections store: the image, the corrected phases and the mask of changes."""
     corrections = matseg.load_corrections(path)
-    stem = _stem(path)
+    stem = _store_stem(path)
     layers = []
     if corrections.image and _exists(corrections.image):
         layers.append(image_layer(corrections.image))

@@ -163,3 +163,23 @@ def test_viewer_opens_an_output_at_its_physical_scale(make_napari_viewer, weight
     for layer in viewer.layers:
         assert tuple(layer.scale) == (30.0, 10.0, 10.0), layer.name
         assert [str(u) for u in layer.units] == ["nanometer"] * 3, layer.name
+
+
+def test_an_output_named_like_another_format_keeps_its_name(segmented, tmp_path):
+    """An output is a Zarr store whatever its name: one called ``out.h5`` opened as ``out phases``,
+    the names of ``out.zarr``'s layers, so two outputs in one viewer could not be told apart. Only
+    the store's own suffix is dropped from the layer names, its corrections' too."""
+    import shutil
+
+    names = {}
+    for name in ("out.h5", "out.zarr"):
+        output = tmp_path / name
+        shutil.copytree(segmented, output)
+        labels = matseg.open_segmentation(output).phases.compute()
+        store = matseg.save_corrections(output, labels, session="s1")
+        names[name] = [kwargs["name"] for _, kwargs, _ in napari_get_reader(str(output))(str(output))]
+        names[name] += [kwargs["name"] for _, kwargs, _ in napari_get_reader(str(store))(str(store))]
+    assert names["out.zarr"][1:4] == ["out uncertainty", "out phases", "out decisions"]
+    assert names["out.h5"][1:4] == ["out.h5 uncertainty", "out.h5 phases", "out.h5 decisions"]
+    assert names["out.h5"][-2:] == ["out.h5 corrected phases", "out.h5 corrections mask"]
+    assert set(names["out.h5"]) & set(names["out.zarr"]) == {"cathode"}  # only the image they share

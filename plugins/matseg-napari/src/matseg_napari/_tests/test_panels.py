@@ -110,3 +110,21 @@ def test_retrain_offers_nothing_to_fine_tune_until_a_phases_layer_is_chosen(
     assert list(retrain.models.choices) == [] and retrain.status.value == NOTHING_TO_RETRAIN
     click(retrain.run_button)
     assert retrain.status.value == NOTHING_TO_RETRAIN and retrain.run_button.enabled
+
+
+def test_retrain_says_when_a_net_came_out_worse(viewer_and_widget, tmp_path):
+    """A fine-tune that scores lower on the slices it learnt from is said beside its mIoU, with
+    what to change in the panel's words; the other nets' lines stay as they are."""
+    from matseg_napari._tasks import TaskResult
+
+    _, widget = viewer_and_widget
+    tuned = {"miou_before": 0.81, "miou_after": 0.85, "worse": False}
+    wrecked = {"miou_before": 0.80, "miou_after": 0.31, "worse": True}
+    result = TaskResult(value={"cheap": wrecked, "medium": tuned, "selector": {"trained": True, "tiles": 4}})
+    widget.retrain._finished(result, tmp_path / "tuned")
+    cheap, medium, *_ = widget.retrain.status.value.split("; ")
+    assert cheap == (
+        "cheap: mIoU 0.8000 -> 0.3100 (worse on the corrected slices: try a smaller 'learning rate' "
+        "or more 'steps')"
+    ), cheap
+    assert medium == "medium: mIoU 0.8100 -> 0.8500"

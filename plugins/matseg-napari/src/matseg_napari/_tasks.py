@@ -11,6 +11,7 @@ at the next tile boundary, keeps what is finished and raises
 
 from __future__ import annotations
 
+import functools
 import queue
 import re
 import threading
@@ -42,18 +43,40 @@ def in_panel_words(message: str, controls: dict[str, str], phrases: dict[str, st
 
 
 def wrapping(*labels) -> None:
-    """Word-wrap magicgui ``labels`` and let each grow and shrink with its text, whatever is said
-    in it later. magicgui makes a label's height fixed at its size hint, worked out for a width
+    """Word-wrap magicgui ``labels`` and keep each as tall as its text at its width, whatever is
+    said in it later. magicgui gives a label the height of its size hint, worked out for a width
     wider than the dock's: a long message (an audit of a dozen lines) was cut off at the bottom.
-    Qt's own height-for-width does it instead, at the label's real width and at every change of
-    text; a ``changed`` handler would not do, as magicgui's Label never emits it."""
-    from qtpy.QtWidgets import QSizePolicy
-
-    policy = QSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
-    policy.setHeightForWidth(True)
+    magicgui's Label emits no ``changed``, so the height is fitted whenever the label is painted
+    or resized (a new text repaints it); Qt's height-for-width policy would do it too, but it
+    let the dock's layout narrow the dock below its contents, cutting them off at the right."""
     for label in labels:
-        label.native.setSizePolicy(policy)  # native: a QLabel
-        label.native.setWordWrap(True)
+        native = label.native  # a QLabel
+        native.setWordWrap(True)
+        native.installEventFilter(_fit_height_filter()(native))  # owned by the label
+
+
+@functools.cache
+def _fit_height_filter():
+    """The event filter class, made once, when Qt is first needed (this module imports no Qt at
+    its top)."""
+    from qtpy.QtCore import QEvent, QObject, QRect, Qt
+
+    class FitHeight(QObject):
+        """Keeps its parent QLabel's minimum height at what its text needs at its width."""
+
+        def eventFilter(self, native, event) -> bool:  # noqa: N802 (Qt's name)
+            if event.type() in (QEvent.Type.Paint, QEvent.Type.Resize):
+                width = max(native.contentsRect().width(), 50)
+                box = native.fontMetrics().boundingRect(
+                    QRect(0, 0, width, 100_000), Qt.TextFlag.TextWordWrap, native.text()
+                )
+                margins = native.height() - native.contentsRect().height()
+                needed = box.height() + margins
+                if native.minimumHeight() != needed:
+                    native.setMinimumHeight(needed)  # a layout pass follows, then a repaint
+            return False
+
+    return FitHeight
 
 
 @dataclass

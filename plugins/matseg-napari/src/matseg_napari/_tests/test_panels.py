@@ -43,6 +43,10 @@ def test_a_long_audit_line_is_shown_whole_and_shrinks_again(qtbot, viewer_and_wi
     qtbot.waitUntil(lambda: label.height() < 3 * label.fontMetrics().height(), timeout=5_000)
     panel.status.value = panel.in_words(long_audit())  # the other messages the same way
     qtbot.waitUntil(lambda: panel.status.native.height() > 12 * label.fontMetrics().height(), timeout=5_000)
+    # and not by narrowing the dock below its contents (Qt's height-for-width policy did: the
+    # right edge of every control was cut off)
+    dock = widget.native.parentWidget()
+    assert dock.width() >= widget.native.width(), (dock.width(), widget.native.width())
 
 
 def test_opening_corrections_or_an_output_reuses_the_open_image(make_napari_viewer, segmented, sample):

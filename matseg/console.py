@@ -138,8 +138,9 @@ def format_report(report: dict) -> str:
         trade = f"lambda {s['lambda']}" if s["lambda"] is not None else _budget_text(s)
         lines.insert(2, f"  selector   {trade}: {mix} tiles; expected gain {s['expected_gain']:+.4f}")
         lines.append(
-            f"  cost       {100 * report['gflops_fraction_of_all_expensive']:.1f} % of an all-expensive "
-            f"run ({report['all_expensive_gflops']:,.1f} GFLOPs)" + _audit_share(report)
+            f"  cost       {100 * report['gflops_fraction_of_all_expensive']:.1f} % of an "
+            f"all-{report.get('cost_reference', 'expensive')} run ({report['all_expensive_gflops']:,.1f} "
+            "GFLOPs)" + _audit_share(report)
         )
     if "estimate" in report:
         lines.append(f"  estimate   {format_estimate(report['estimate'])}")

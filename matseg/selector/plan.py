@@ -95,8 +95,15 @@ def check_budget(budget_gflops: float | None, base_gflops: float) -> None:
         )
 
 
-def all_expensive_gflops(grid: TileGrid, context: Context) -> float:
-    return float(candidate_gflops(grid, context, ["expensive"]).sum())
+def all_expensive_gflops(grid: TileGrid, context: Context, names) -> tuple[str, float]:
+    """The candidate a run's cost is told against, and its GFLOPs on every tile: ``expensive``,
+    or, for a selector without it (a lab's weights trained with ``--model cheap``), the
+    costliest of its candidates."""
+    if "expensive" in names:
+        return "expensive", float(candidate_gflops(grid, context, ["expensive"]).sum())
+    totals = candidate_gflops(grid, context, names).sum(0)
+    k = int(np.argmax(totals))
+    return names[k], float(totals[k])
 
 
 def make_plan(selector: Selector, cheap, grid, context, names, lam, budget_gflops, max_fraction) -> dict:

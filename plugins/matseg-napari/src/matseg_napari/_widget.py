@@ -60,7 +60,8 @@ def cost_text(report: dict, weights: str | None = None) -> str:
             reference = None
     text = f"GFLOPs spent: {spent:,.2f}"
     if reference:
-        text += f" = {100 * spent / reference:.1f} % of all-expensive ({reference:,.2f})"
+        name = report.get("cost_reference", "expensive")
+        text += f" = {100 * spent / reference:.1f} % of all-{name} ({reference:,.2f})"
     return text
 
 

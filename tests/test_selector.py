@@ -497,3 +497,52 @@ def test_evaluate_quiet_shows_no_stage_lines(tmp_path, volume, capfd):
     assert run([*args, "--no-real-run", "--quiet"]) == 0
     err = capfd.readouterr().err
     assert "evaluate: lambda" not in err and "every candidate on every tile" not in err, err
+
+
+def test_a_selector_without_an_expensive_net_segments_and_tells_its_cost_against_its_costliest(
+    tmp_path, small_sample, random_weights, capsys
+):
+    """A lab's weights trained with ``--model cheap`` only: its selector chooses between cheap
+    and classical. A default run with them crashed at its report (KeyError: 'expensive') after
+    all the work; the cost is now told against the costliest candidate it has."""
+    weights = tmp_path / "cheap-only"
+    weights.mkdir()
+    shutil.copy2(random_weights / "cheap.pt", weights / "cheap.pt")
+    manifest = json.loads((random_weights / "manifest.json").read_text())
+    kept = {k: v for k, v in manifest.items() if k not in ("expensive", "selector")}
+    (weights / "manifest.json").write_text(json.dumps(kept, indent=2))
+    args = ["train-selector", small_sample, "--weights", weights, "--tile", "4,64,64", "--steps", "20"]
+    assert run([*args, "--quiet"]) == 0, capsys.readouterr().err
+    candidates = json.loads((weights / "manifest.json").read_text())["selector"]["candidates"]
+    assert "expensive" not in candidates
+    capsys.readouterr()
+    out = tmp_path / "phases.zarr"
+    code = run(["segment", small_sample, "-o", out, "--weights", weights, "--tile", "4,64,64", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads((out / "matseg-report.json").read_text())
+    assert report["cost_reference"] in candidates and report["all_expensive_gflops"] > 0
+    line = next(line for line in captured.out.splitlines() if line.strip().startswith("cost"))
+    assert f"of an all-{report['cost_reference']} run" in line, line
+
+
+def test_expected_gains_stay_within_what_an_iou_gain_can_be():
+    """Features far outside the selector's training spread (a selector trained on two corrected
+    tiles meets a whole volume) made the gain head extrapolate to ±17; gains are IoU gains."""
+    import torch
+
+    from matseg.selector.policy import load_selector
+
+    selector = load_selector()
+    features = np.full((3, len(FEATURE_NAMES)), 1e4, np.float32)
+    features[1] *= -1
+    with torch.inference_mode():
+        raw = selector.net(torch.as_tensor(features), torch.zeros(3))[2].numpy()
+    assert np.abs(raw).max() > 1  # what the head says out there
+    gain = selector.expected_gain(features)
+    assert gain.shape == raw.shape and np.all(np.abs(gain) <= 1)
+    ordinary = selector.expected_gain(np.zeros((2, len(FEATURE_NAMES)), np.float32))
+    with torch.inference_mode():
+        assert np.allclose(
+            ordinary, selector.net(torch.zeros(2, len(FEATURE_NAMES)), torch.zeros(2))[2].numpy()
+        )

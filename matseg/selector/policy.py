@@ -72,10 +72,15 @@ class Selector:
             return logits.softmax(dim=1).numpy()
 
     def expected_gain(self, features: np.ndarray) -> np.ndarray:
-        """Predicted IoU gain of each candidate over the cheap pass, shape (tiles, candidates)."""
+        """Predicted IoU gain of each candidate over the cheap pass, shape (tiles, candidates).
+
+        A gain in IoU lies in [-1, 1]; the head's output is clipped to it. A selector trained
+        on a handful of tiles (a few corrected slices) standardises its features by spreads
+        measured on them, and on a volume's tiles the head then extrapolated to gains of ±17,
+        which budgets and the summary's expected gain took at their word."""
         x = torch.as_tensor(np.asarray(features, np.float32))
         with torch.inference_mode():
-            return self.net(x, torch.zeros(len(x)))[2].numpy()
+            return np.clip(self.net(x, torch.zeros(len(x)))[2].numpy(), -1.0, 1.0)
 
     def gflops(self, n_tiles: int) -> float:
         """GFLOPs of running the policy on ``n_tiles`` tiles (a few multiply-adds per tile)."""

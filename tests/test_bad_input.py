@@ -277,3 +277,25 @@ def test_an_output_named_as_another_format_is_refused(tmp_path, capsys, random_w
     assert_refused(tmp_path, args, capsys, f"writes an OME-Zarr store (a folder), {says}")
     assert_refused(tmp_path, ["sample", tmp_path / name, "--shape", "4", "32", "32"], capsys, says)
     assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--steps", "0"], "Invalid value for '--steps': 0 is not in the range x>=1."),
+        (["segment", "in.zarr", "-o", "out.zarr", "--bogus"], "No such option '--bogus'"),
+        (["segment"], "Missing argument 'INPUT'."),
+        (["bogus"], "No such command 'bogus'."),
+    ],
+)
+def test_a_bad_option_is_one_line_too(args, message, tmp_path, capsys, monkeypatch):
+    """click's usage errors were three lines (usage, a hint, the error): one line, exit 2, with
+    the command whose help says more."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(args, capsys)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith("matseg: error: ") and message in line, line
+    command = "matseg" if args[0] == "bogus" else f"matseg {args[0]}"
+    assert line.endswith(f"(see '{command} --help')")
+    assert list(tmp_path.iterdir()) == []

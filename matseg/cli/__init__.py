@@ -94,6 +94,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
+    except click.UsageError as err:  # a bad option or argument: one line, as every bad input
+        if isinstance(err, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+            click.echo(err.format_message(), err=True)  # 'matseg' alone: its help, as before
+            sys.exit(2)
+        command = err.ctx.command_path if err.ctx is not None else "matseg"
+        click.echo(
+            f"matseg: error: {' '.join(err.format_message().split())} (see '{command} --help')", err=True
+        )
+        sys.exit(2)
     except click.ClickException as err:
         err.show()
         sys.exit(2)

@@ -16,14 +16,17 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from matseg.corrections import Corrections, load_corrections, training_data_from_corrections
 from matseg.errors import MatsegError
 from matseg.io.paths import check_distinct
+from matseg.labelled import UNLABELLED
 from matseg.models.segmenter import SEGMENTERS, new_segmenter
 from matseg.monitor import CancelToken, Monitor, Progress
 from matseg.selector.refit import SELECTOR_STEPS, selector_from_slices
 from matseg.statistics import previous_sets, record_statistics
-from matseg.training import check_fit_numbers, fit, score
+from matseg.training import check_every_phase_labelled, check_fit_numbers, fit, score
 
 logger = logging.getLogger(__name__)
 progress_log = logging.getLogger("matseg.progress.finetune")  # per-model lines: --quiet hides them
@@ -110,6 +113,7 @@ def finetune_from_corrections(
     if scratch and len(corrections.phases) < 2:
         raise MatsegError(f"{corrections.path} names fewer than 2 phases; cannot train segmenters")
     data = training_data_from_corrections(corrections)
+    _check_phases_taught(data, corrections, scratch)
 
     image = corrections.attrs.get("image")
     sources = [("corrections", corrections.path), ("image", image), ("segmentation", corrections.output)]
@@ -177,6 +181,23 @@ def finetune_from_corrections(
                 selector["reason"],
             )
         return results
+
+
+def _check_phases_taught(data, corrections: Corrections, scratch: bool) -> None:
+    """From scratch, every phase must be labelled somewhere (as for ``matseg train``); a
+    fine-tune needs at least two: on tiles of one phase it learns that phase everywhere (a
+    reviewer who marked three background-only slices got a net that grew its background)."""
+    if scratch:
+        check_every_phase_labelled([data], corrections.phases)
+        return
+    present = np.unique(data.labels[data.labels != UNLABELLED])
+    if len(present) < 2:
+        names = ", ".join(corrections.phases[v] for v in present) or "none"
+        raise MatsegError(
+            f"the corrected tiles of {corrections.path} label one phase only ({names}): fine-tuning on "
+            "them would teach the nets that phase everywhere; correct, or mark reviewed, tiles that "
+            "show the other phases too"
+        )
 
 
 @contextlib.contextmanager

@@ -226,6 +226,16 @@ def test_finetune_refuses_bad_settings_before_writing(output, segmented_sample, 
     assert not (tmp_path / "tuned").exists()
 
 
+def test_finetune_refuses_corrections_of_one_phase_only(output, fair_weights, tmp_path):
+    """A reviewer painted a slice all pore: fine-tuning on it taught the nets pore everywhere."""
+    labels = matseg.open_segmentation(output).phases.compute()
+    labels[5] = 0
+    path = matseg.save_corrections(output, labels, weights=fair_weights)
+    with pytest.raises(MatsegError, match=r"label one phase only \(pore\)"):
+        matseg.finetune_from_corrections(path, tmp_path / "tuned", steps=1)
+    assert not (tmp_path / "tuned").exists()
+
+
 def test_finetune_refuses_the_bundled_weights_folder(output, segmented_sample, fair_weights):
     path = matseg.save_corrections(output, corrected_to_truth(output, truth_of(segmented_sample[0])))
     with pytest.raises(MatsegError, match="bundled weights"):

@@ -165,6 +165,31 @@ def test_unknown_config_key_is_named():
     assert "particle_radius_mean" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("particle_radius_mean", "abc", "particle_radius_mean must be a number, got 'abc'"),
+        ("particle_radius_mean", [1, 2], "particle_radius_mean must be a number, got [1, 2]"),
+        ("particle_radius_mean", True, "particle_radius_mean must be a number, got True"),
+        ("shine_depth", 2.5, "shine_depth must be an integer, got 2.5"),
+    ],
+)
+def test_a_number_given_as_text_or_a_list_is_named(key, value, message):
+    """A YAML config's number written as text or a list reached the checks as a TypeError
+    (a traceback from `matseg sample --config`), and `true` was taken as 1."""
+    with pytest.raises(MatsegError) as info:
+        SampleConfig.from_dict({key: value})
+    assert str(info.value) == message
+
+
+def test_numbers_of_any_numeric_kind_are_kept():
+    import numpy as np
+
+    config = SampleConfig.from_dict({"particle_radius_mean": np.int64(7), "shine_depth": 4.0})
+    assert config.particle_radius_mean == 7.0 and isinstance(config.particle_radius_mean, float)
+    assert config.shine_depth == 4 and isinstance(config.shine_depth, int)
+
+
 def test_small_region_of_huge_volume_is_cheap_and_consistent():
     # would need terabytes if anything scaled with the whole shape
     shape = (4000, 30000, 30000)

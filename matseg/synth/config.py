@@ -4,6 +4,7 @@ per-volume imaging parameters drawn from the seed (see :mod:`matseg.synth`)."""
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +134,8 @@ class SampleConfig:
             if isinstance(f.default, tuple):
                 # lists from YAML/JSON become tuples so configs stay hashable and comparable
                 object.__setattr__(self, f.name, _as_range(f.name, value))
+            elif isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
+                object.__setattr__(self, f.name, _as_number(f.name, value, type(f.default)))
         _require(self.profile in PROFILES, f"profile must be one of {PROFILES}, got {self.profile!r}")
         _require(self.particle_radius_mean > 0, "particle_radius_mean must be > 0")
         _require(self.particle_radius_cv >= 0, "particle_radius_cv must be >= 0")
@@ -183,6 +186,16 @@ class SampleConfig:
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise MatsegError(message)
+
+
+def _as_number(name: str, value: Any, kind: type) -> float | int:
+    """A number field as its kind: a YAML string, list or ``true`` is refused in words (it
+    reached the checks below as a TypeError, or as 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
+        raise MatsegError(f"{name} must be a number, got {value!r}")
+    if kind is int and float(value) != int(value):
+        raise MatsegError(f"{name} must be an integer, got {value!r}")
+    return kind(value)
 
 
 def _as_range(name: str, value: Any) -> tuple[float, float]:

@@ -157,8 +157,16 @@ def format_report(report: dict) -> str:
         lines.append(f"  fit        {describe_fit(report['fit'])}")
     metrics = report.get("metrics")
     if metrics:
-        per_phase = ", ".join(f"{k} {v:.3f}" for k, v in metrics["iou"].items() if v is not None)
+        absent = metrics.get("absent_from_truth", [])
+        per_phase = ", ".join(
+            f"{k} {v:.3f}" if v is not None else f"{k} absent from truth"
+            for k, v in metrics["iou"].items()
+            if v is not None or k in absent
+        )
         lines.append(f"  mIoU       {metrics['miou']:.4f} ({per_phase})")
+        note = metrics.get("truth_match", {}).get("note")
+        if note:
+            lines.append(f"             {note}")
         if "hard" in metrics:
             lines.append(
                 f"             hard regions {metrics['hard']['miou']:.4f}, "

@@ -259,7 +259,7 @@ def _real_runs(volumes, truths, output, weights, tile) -> dict:
     import dask.array as da
     import zarr
 
-    from matseg.metrics import confusion_matrix, summarize
+    from matseg.metrics import confusion_matrix, match_truth, summarize, truth_as_phases
     from matseg.pipeline.run import segment
 
     runs = {}
@@ -269,7 +269,8 @@ def _real_runs(volumes, truths, output, weights, tile) -> dict:
             out = output / f"{model}-{i}.zarr"
             remove_output(out, ("segment",))  # timed from scratch: no stored cheap pass reused
             report = segment(volume, out, model=model, weights=weights, tile=tile)
-            truth = open_labels(volume, truths[i] if truths else None, "--truth").data
+            labels = open_labels(volume, truths[i] if truths else None, "--truth")
+            truth = truth_as_phases(labels.data, match_truth(labels.phases, report["phases"], labels.source))
             pred = da.from_zarr(zarr.open_group(str(out), mode="r")["labels/phases/0"])
             cm = confusion_matrix(pred, truth.rechunk(pred.chunksize), len(report["phases"]))
             total_cm = cm if total_cm is None else total_cm + cm

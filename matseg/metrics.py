@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import dask.array as da
 import numpy as np
 
+from matseg.errors import MatsegError
 from matseg.tiling import CHUNKS_AT_ONCE, slabs
 
 
@@ -70,13 +71,67 @@ def iou_per_phase(cm: np.ndarray) -> np.ndarray:
 
 
 def summarize(cm: np.ndarray, phases: Sequence[str]) -> dict:
-    """mIoU (mean over phases present), per-phase IoU and voxel count of a confusion matrix."""
+    """mIoU, per-phase IoU and voxel count of a confusion matrix ``cm[t, p]``.
+
+    The mIoU is the mean IoU over the phases present in the truth. A phase the truth does not
+    hold has no IoU (``None``; its predicted voxels still count against the true phases) and is
+    listed under ``absent_from_truth``.
+    """
     iou = iou_per_phase(cm)
+    in_truth = cm.sum(axis=1) > 0
+    iou = np.where(in_truth, iou, np.nan)
     return {
         "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
         "iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(phases, iou)},
+        "absent_from_truth": [name for name, present in zip(phases, in_truth) if not present],
         "voxels": int(cm.sum()),
     }
+
+
+def match_truth(truth_phases: Sequence[str] | None, phases: Sequence[str], source: str) -> dict:
+    """How the label values of a truth stand for a run's ``phases``.
+
+    By name where the truth names its phases (``truth_phases``, e.g. a ``matseg sample``
+    store's ``image-label`` properties): ``values[k]`` is the truth's value of the run's phase
+    ``k``. By value where it names none: phase i of the truth is phase i of the run.
+
+    Raises
+    ------
+    MatsegError
+        Where both name their phases and the names differ (as sets): no phase can be matched
+        with confidence, so none is scored.
+    """
+    phases = list(phases)
+    if not truth_phases:
+        note = (
+            "truth has no phase names: phase i of the truth compared with phase i of the run "
+            f"({', '.join(f'{i} {name}' for i, name in enumerate(phases))})"
+        )
+        return {"by": "value", "truth_phases": None, "values": list(range(len(phases))), "note": note}
+    truth_phases = list(truth_phases)
+    if sorted(truth_phases) != sorted(phases):
+        raise MatsegError(
+            f"truth {source} names its phases {', '.join(truth_phases)}; the run's are "
+            f"{', '.join(phases)}: name the run's phases as the truth does (--phases with "
+            "--model classical, or weights trained on those names)"
+        )
+    return {"by": "name", "truth_phases": truth_phases, "values": [truth_phases.index(p) for p in phases]}
+
+
+def truth_as_phases(truth: da.Array, match: dict) -> da.Array:
+    """``truth`` with its values turned into the run's phase values (``match`` from
+    :func:`match_truth`); values that stand for no phase (255 = unlabelled) become 255."""
+    values = match["values"]
+    if values == list(range(len(values))):
+        return truth
+    lookup = np.full(max(values) + 1, 255, np.uint8)
+    lookup[values] = np.arange(len(values))
+    return truth.map_blocks(_look_up, lookup, dtype=np.uint8)
+
+
+def _look_up(block: np.ndarray, lookup: np.ndarray) -> np.ndarray:
+    inside = (block >= 0) & (block < len(lookup))
+    return np.where(inside, lookup[np.where(inside, block, 0)], 255).astype(np.uint8)
 
 
 def volume_fractions(counts: np.ndarray, phases: Sequence[str]) -> dict[str, float]:

@@ -114,7 +114,11 @@ def sample(output, shape, seed, config_path, profile, overwrite, voxel_size_text
     help="Tiles processed at once (default: cores); with --cluster: worker processes (local) "
     "or jobs (slurm).",
 )
-@click.option("--truth", help="Ground-truth labels (or a 'matseg sample' store) to score against.")
+@click.option(
+    "--truth",
+    help="Ground-truth labels (or a 'matseg sample' store) to score against; phases matched by name "
+    "where it names them, else by label value (the summary says so).",
+)
 @click.option(
     "--overwrite",
     is_flag=True,
@@ -125,7 +129,7 @@ def sample(output, shape, seed, config_path, profile, overwrite, voxel_size_text
 )
 @click.option(
     "--phases",
-    help="With --model classical: the volume's phase names, dark to bright, e.g. background,particle "
+    help="With --model classical: the volume's phase names, dark to bright, e.g. particle,background "
     "(as many as it has intensity classes); no network weights are needed. Default: the weights' phases.",
 )
 @click.option(

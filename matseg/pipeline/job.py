@@ -14,6 +14,7 @@ from matseg.io.paths import check_distinct
 from matseg.io.read import Volume, canonical_source, fingerprint, open_volume
 from matseg.io.scale import VoxelSize
 from matseg.io.write import check_output
+from matseg.metrics import match_truth
 from matseg.models.inference import inference_device
 from matseg.models.store import default_weights_dir, load_segmenter, read_manifest
 from matseg.pipeline.settings import Settings
@@ -122,6 +123,7 @@ def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | No
         truth_volume = open_volume(truth, labels=True)
         if truth_volume.shape != volume.shape:
             raise MatsegError(f"truth {truth} has shape {truth_volume.shape}; the input has {volume.shape}")
+        match_truth(truth_volume.phases, phases, str(truth))  # differently named phases: refused
         check_label_values(truth_volume.data, len(phases), str(truth), "--truth")
     phase_order = selector.phase_order if selector else ()
     if model == "classical":

@@ -13,7 +13,7 @@ import numpy as np
 
 from matseg._version import __version__
 from matseg.io.read import open_volume
-from matseg.metrics import confusion_matrix, summarize, volume_fractions
+from matseg.metrics import confusion_matrix, match_truth, summarize, truth_as_phases, volume_fractions
 from matseg.monitor import Monitor
 from matseg.normalize import PERCENTILES, Normalization
 from matseg.stitch import BAND
@@ -102,7 +102,8 @@ def score_labels(
     pred : Zarr or dask array
         Phase labels.
     truth : str or path
-        Ground-truth labels (255 = unlabelled), or a ``matseg sample`` store.
+        Ground-truth labels (255 = unlabelled), or a ``matseg sample`` store. Where it names
+        its phases they are matched with ``phases`` by name, else by label value.
     phases : sequence of str
         Phase names for label values 0, 1, ...
     monitor : Monitor, optional
@@ -111,13 +112,15 @@ def score_labels(
     Returns
     -------
     dict
-        ``miou``, ``iou`` per phase (see docs/metrics.md); ``hard`` and ``clean`` for a sample.
+        ``miou``, ``iou`` per phase, ``absent_from_truth`` (see docs/metrics.md), ``truth_match``
+        (how truth values were matched with ``phases``); ``hard`` and ``clean`` for a sample.
     """
     import dask.array as da
 
     truth_volume = open_volume(truth, labels=True)
     pred = pred if isinstance(pred, da.Array) else da.from_zarr(pred)
-    truth_data = truth_volume.data.rechunk(pred.chunksize)
+    match = match_truth(truth_volume.phases, phases, str(truth))
+    truth_data = truth_as_phases(truth_volume.data, match).rechunk(pred.chunksize)
     difficulty = _difficulty(truth)
     runs = len(slabs(pred.chunks, CHUNKS_AT_ONCE))
     stage = (monitor or Monitor()).stage("scoring", runs * (1 if difficulty is None else 3))
@@ -127,6 +130,7 @@ def score_labels(
         for name, mask in (("hard", hard), ("clean", ~hard)):
             cm = confusion_matrix(pred, truth_data, len(phases), mask, advance=stage.advance)
             metrics[name] = summarize(cm, phases)
+    metrics["truth_match"] = match
     stage.finish()
     return metrics
 

@@ -20,7 +20,7 @@ from matseg.candidates.tile import candidate_probs, cheap_pass, tile_input
 from matseg.cluster import Backend
 from matseg.errors import MatsegError
 from matseg.io.read import open_labels, open_volume
-from matseg.metrics import iou_per_phase
+from matseg.metrics import iou_per_phase, match_truth, truth_as_phases
 from matseg.selector.plan import blend_gflops, candidate_gflops, cheap_pass_gflops
 from matseg.tiling import TileGrid, plan_tiles, shared_nodes, tile_blocks
 from matseg.validate import check_label_values
@@ -66,7 +66,8 @@ def tile_table(
     ----------
     image, truth : str
         Image volume and its labels (255 = unlabelled); ``truth`` None means the
-        image store's own label image (``labels/truth`` of a sample).
+        image store's own label image (``labels/truth`` of a sample). Labels that name
+        their phases are matched with the models' phases by name, others by value.
     context : Context
         Loaded models; the classical thresholds are computed here from the image.
     names : sequence of str
@@ -91,6 +92,8 @@ def tile_table(
     labels = open_labels(image, truth)
     if labels.shape != volume.shape:
         raise MatsegError(f"labels {labels.source} have shape {labels.shape}; {image} has {volume.shape}")
+    phases = tuple(next(iter(context.models.values())).phases) if context.models else context.phases
+    match = match_truth(labels.phases, phases, labels.source)  # a named truth: by name
     check_label_values(labels.data, context.n_phases, labels.source, "labels")
     if volume.ndim == 2:
         tile = tuple(tile)[-2:]
@@ -98,7 +101,7 @@ def tile_table(
     grid = plan_tiles(volume.shape, tile, halo, stride)
     norm = intensity_range(volume, context.n_phases)
     context = Context(context.models, norm.thresholds, context.phase_order)
-    label_data = labels.data
+    label_data = truth_as_phases(labels.data, match)
     if slices is not None:
         import dask.array as da
 

@@ -1,0 +1,90 @@
+"""Scoring against a truth: its phases matched with the run's by name where it names them,
+by label value (and said so) where it does not."""
+
+from __future__ import annotations
+
+import json
+
+import dask.array as da
+import numpy as np
+import tifffile
+import zarr
+
+import matseg
+from matseg.pipeline.report import score_labels
+
+from .conftest import run
+from .test_bad_input import assert_refused
+
+SAMPLE_PHASES = ("pore", "carbon-binder", "active")  # the sample's truth: values 0, 1, 2
+
+
+def _truth(sample) -> np.ndarray:
+    return matseg.open_volume(sample, labels=True).data.compute()
+
+
+def test_named_truth_is_matched_by_name(small_sample):
+    truth = _truth(small_sample)
+    pred = truth.copy()
+    pred[:, :8] = (pred[:, :8] + 1) % 3  # some errors, so every IoU differs
+    in_order = score_labels(da.from_array(pred, chunks=(8, 64, 64)), small_sample, SAMPLE_PHASES)
+    # the same labels written with the phases in another order (active 0, carbon-binder 1, pore 2)
+    reordered = score_labels(
+        da.from_array((2 - pred).astype(np.uint8), chunks=(8, 64, 64)), small_sample, SAMPLE_PHASES[::-1]
+    )
+    assert reordered["iou"] == in_order["iou"] != {}
+    assert reordered["miou"] == in_order["miou"] < 1
+    assert reordered["truth_match"]["by"] == "name"
+    assert reordered["truth_match"]["truth_phases"] == list(SAMPLE_PHASES)
+
+
+def test_truth_named_otherwise_is_refused(tmp_path, small_sample, capsys):
+    out = tmp_path / "out.zarr"
+    args = ["segment", small_sample, "-o", out, "--model", "classical", "--phases", "a,b,c"]
+    assert_refused(tmp_path, [*args, "--truth", small_sample], capsys, "pore, carbon-binder, active")
+    assert not out.exists()
+
+
+def test_unnamed_truth_is_matched_by_value_and_says_so(tmp_path, small_sample, capsys):
+    labels = tmp_path / "labels.tif"
+    tifffile.imwrite(labels, _truth(small_sample))  # a TIFF names no phases
+    out = tmp_path / "out.zarr"
+    args = ["segment", small_sample, "-o", out, "--model", "classical", "--phases", "p,c,a"]
+    assert run([*args, "--truth", labels]) == 0
+    summary = capsys.readouterr()
+    report = json.loads((out / "matseg-report.json").read_text())
+    assert report["metrics"]["truth_match"]["by"] == "value"
+    note = report["metrics"]["truth_match"]["note"]
+    assert "truth has no phase names" in note and "0 p, 1 c, 2 a" in note
+    assert (summary.out + summary.err).count(note) == 1
+
+
+def test_phase_absent_from_truth_is_marked_not_scored(tmp_path, small_sample):
+    truth = _truth(small_sample)
+    two = (truth > 0).astype(np.uint8)  # a 2-value truth: 0 pore, 1 solid
+    labels = tmp_path / "two.zarr"
+    zarr.create_array(str(labels), shape=two.shape, chunks=(8, 64, 64), dtype="uint8")[:] = two
+    pred = two.copy()
+    pred[:, :4] = 2  # the run's third phase, which the truth does not hold
+    metrics = score_labels(da.from_array(pred, chunks=(8, 64, 64)), labels, ("a", "b", "c"))
+    assert metrics["absent_from_truth"] == ["c"]
+    assert metrics["iou"]["c"] is None
+    assert metrics["miou"] == np.mean([metrics["iou"]["a"], metrics["iou"]["b"]]) > 0.5
+
+
+def test_evaluate_tile_table_matches_a_named_truth_by_name(tmp_path, small_sample, random_weights):
+    """``matseg evaluate`` scores its tiles against a truth that names its phases in another
+    order exactly as against the sample's own truth."""
+    from matseg.candidates.registry import Context
+    from matseg.models.store import load_segmenter
+    from matseg.selector.table import tile_table
+
+    reordered = tmp_path / "reordered.zarr"  # active 0, carbon-binder 1, pore 2
+    array = zarr.create_array(str(reordered), shape=(16, 64, 64), chunks=(8, 64, 64), dtype="uint8")
+    array[:] = 2 - _truth(small_sample)
+    array.attrs["matseg"] = {"phases": list(SAMPLE_PHASES[::-1])}
+    context = Context({"cheap": load_segmenter("cheap", random_weights)})
+    args = (context, ("cheap", "classical"), (8, 64, 64), 16)
+    own = tile_table(str(small_sample), None, context, *args[1:])
+    named = tile_table(str(small_sample), str(reordered), context, *args[1:])
+    np.testing.assert_array_equal(named["confusion"], own["confusion"])

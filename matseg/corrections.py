@@ -112,8 +112,9 @@ def save_corrections(
     replace : bool
         Replace a store saved by another session (otherwise refused).
     weights : path, optional
-        Weights folder the output was segmented with (None: the bundled weights),
-        recorded as the starting point for fine-tuning.
+        Weights folder the output was segmented with, recorded as the starting point for
+        fine-tuning. Default: the folder the output's report records (``weights``; None
+        there: the bundled weights).
     path : path, optional
         Where to save; default :func:`corrections_path` of ``output``.
 
@@ -129,6 +130,8 @@ def save_corrections(
         and ``replace`` is False.
     """
     segmentation = open_segmentation(output)
+    if weights is None:
+        weights = segmentation.report.get("weights")
     target = Path(path) if path is not None else corrections_path(output)
     check_distinct(target, [("output", segmentation.path), ("image", segmentation.image_source)])
     shape = tuple(int(s) for s in np.shape(labels))

@@ -9,6 +9,7 @@ never over the bundled one.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ from matseg.io.paths import check_distinct
 from matseg.labelled import UNLABELLED
 from matseg.models.segmenter import SEGMENTERS, new_segmenter
 from matseg.monitor import CancelToken, Monitor, Progress
+from matseg.pipeline.report import REPORT_NAME
 from matseg.selector.refit import SELECTOR_STEPS, selector_from_slices
 from matseg.statistics import previous_sets, record_statistics
 from matseg.training import check_every_phase_labelled, check_fit_numbers, fit, score
@@ -66,8 +68,9 @@ def finetune_from_corrections(
     models : sequence of str, optional
         Segmenters to fine-tune; default: those the output was segmented with.
     init : path, optional
-        Weights to start from; default: those recorded with the corrections
-        (the bundled weights if none), checked against the output's sha256.
+        Weights to start from; default: those recorded with the corrections, else the
+        folder the output's report records (the bundled weights if neither does),
+        checked against the output's sha256.
     steps : int or dict
         Optimiser steps, per model if a dict.
     batch, patch, lr, seed
@@ -105,7 +108,7 @@ def finetune_from_corrections(
     explicit_init = init is not None
     used = {m["name"]: m.get("sha256") for m in corrections.attrs.get("models") or [] if "name" in m}
     scratch = not used and not explicit_init  # made without networks: nothing to start from
-    init_dir = Path(init or corrections.attrs.get("weights") or bundled)
+    init_dir = Path(init or corrections.attrs.get("weights") or _output_weights(corrections) or bundled)
     manifest = {} if scratch else read_manifest(init_dir)
     models = list(models or used or (SEGMENTERS if scratch else ["cheap"]))
     if scratch and "cheap" not in models:
@@ -135,8 +138,8 @@ def finetune_from_corrections(
             if not explicit_init and used.get(name) and used[name] != model.sha256:
                 raise MatsegError(
                     f"the output was segmented with {name} weights sha256 {used[name][:12]}..., but "
-                    f"{init_dir} holds {model.sha256[:12]}...; pass the weights folder it used as init "
-                    "(--init)"
+                    f"{init_dir} holds {model.sha256[:12]}...; pass the weights folder it used as "
+                    "init= (--init on the command line)"
                 )
             if corrections.phases and model.phases != corrections.phases:
                 raise MatsegError(
@@ -233,6 +236,16 @@ def _finetune(model, data, numbers: dict, monitor: Monitor, scratch: bool) -> di
         # the slices it learnt from: a fine-tune that scores lower on them has not learnt them
         "worse": before is not None and after["miou"] < before["miou"],
     }
+
+
+def _output_weights(corrections: Corrections) -> str | None:
+    """The weights folder the corrected output's report records (corrections saved before
+    the report recorded it hold none themselves); None where it records none."""
+    try:
+        report = json.loads((Path(corrections.output) / REPORT_NAME).read_text())
+    except (OSError, ValueError, KeyError):
+        return None
+    return report.get("weights") if isinstance(report, dict) else None
 
 
 def lowered_advice(name: str, result: dict, init: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -248,8 +249,20 @@ def test_finetune_checks_it_starts_from_the_weights_used(output, segmented_sampl
     path = matseg.save_corrections(
         output, corrected_to_truth(output, truth_of(segmented_sample[0])), weights=other
     )
-    with pytest.raises(MatsegError, match="pass the weights folder it used"):
+    with pytest.raises(MatsegError, match=r"pass the weights folder it used as init= \(--init"):
         matseg.finetune_from_corrections(path, tmp_path / "tuned", steps=1)
+
+
+def test_finetune_starts_from_the_weights_folder_the_run_used(
+    output, segmented_sample, fair_weights, tmp_path
+):
+    """A run with --weights records the folder; corrections saved without naming it fine-tune from it."""
+    report = json.loads((output / "matseg-report.json").read_text())
+    assert report["weights"] == str(Path(fair_weights).absolute())
+    path = matseg.save_corrections(output, corrected_to_truth(output, truth_of(segmented_sample[0])))
+    assert matseg.load_corrections(path).attrs["weights"] == str(Path(fair_weights).absolute())
+    matseg.finetune_from_corrections(path, tmp_path / "tuned", steps=1, patch=64)
+    assert (tmp_path / "tuned" / "cheap.pt").is_file()
 
 
 def test_cli_train_from_corrections(output, segmented_sample, fair_weights, tmp_path, capsys):

@@ -42,6 +42,8 @@ def run_report(job: Job, norm: Normalization, plan, stats, counts, command) -> d
         },
         "output": str(job.output),
         "model": job.model,
+        # the folder the models came from (None: the bundled weights): fine-tuning starts there
+        "weights": str(Path(job.settings.weights).absolute()) if job.settings.weights else None,
         "models": [m.describe() for m in job.models.values()],
         "tile": list(job.tile),
         "halo": job.halo,

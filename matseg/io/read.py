@@ -106,7 +106,7 @@ def fingerprint(volume: Volume) -> str:
     return digest.hexdigest()[:16]
 
 
-def open_volume(spec: str | os.PathLike, labels: bool = False) -> Volume:
+def open_volume(spec: str | os.PathLike, labels: bool = False, label_values: bool | None = None) -> Volume:
     """Open an image (or, with ``labels=True``, a label) volume lazily and read-only.
 
     Parameters
@@ -118,6 +118,10 @@ def open_volume(spec: str | os.PathLike, labels: bool = False) -> Volume:
     labels : bool
         When ``spec`` is an OME-Zarr image with a ``labels`` group, open its label
         image (``truth`` if present, else the first) instead of the image.
+    label_values : bool, optional
+        The array read holds labels, whose missing Zarr chunks are their background (zarr
+        does not write chunks equal to the fill value), so they are not refused as missing
+        (default: ``labels``). True for a plain label array named as such (``measure --labels``).
 
     Returns
     -------
@@ -139,7 +143,7 @@ def open_volume(spec: str | os.PathLike, labels: bool = False) -> Volume:
     elif path.is_file() and path.name.lower().endswith(TIFF_SUFFIXES):
         volume = _open_tiff(path, str(spec))
     elif path.is_dir():
-        volume = _open_zarr(path, inner, str(spec), labels)
+        volume = _open_zarr(path, inner, str(spec), labels, labels if label_values is None else label_values)
     else:
         raise MatsegError(
             f"cannot read {os.fspath(spec)}: not a Zarr store, HDF5 file or TIFF "
@@ -256,7 +260,7 @@ def _stacked_pages(tif, path: Path, shapes: list) -> da.Array:
     return da.stack([da.from_zarr(zarr.open(series.aszarr(), mode="r")) for series in tif.series])
 
 
-def _open_zarr(path: Path, inner: str, source: str, labels: bool) -> Volume:
+def _open_zarr(path: Path, inner: str, source: str, labels: bool, label_values: bool) -> Volume:
     try:
         node = zarr.open(LocalStore(path, read_only=True), mode="r", path=inner or "")
     except FileNotFoundError:
@@ -289,7 +293,7 @@ def _open_zarr(path: Path, inner: str, source: str, labels: bool) -> Volume:
         phases = label_phase_names(group)
         node, squeeze = _level(group, multiscales, level, source)
         voxel_size = _ome_voxel_size(path, group, multiscales, level, node.ndim - len(squeeze))
-    if not labels:  # a label image's missing chunks are its background: zarr skips writing those
+    if not label_values:  # a label image's missing chunks are its background: zarr skips writing those
         check_chunks(node, source)
     try:
         data = da.from_zarr(node)

@@ -80,7 +80,7 @@ def open_labels(
         seg = open_segmentation(spec)
         data, names, uncertainty, stored = seg.phases, seg.phase_names, seg.uncertainty, seg.voxel_size
     elif labels:
-        volume = open_volume(spec, labels=_has_label_images(spec))
+        volume = open_volume(spec, labels=_has_label_images(spec), label_values=True)
         data, names, uncertainty, stored = volume.data, volume.phases, None, volume.voxel_size
     else:
         raise MatsegError(

@@ -1,0 +1,45 @@
+"""``matseg measure`` on the command line: inputs, output folder, options and what it prints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from .conftest import run
+
+QUICK = ["--no-transport", "--no-rev", "--samples", "0", "--max-radius", "2"]
+
+
+def plain_store(path, volume, chunks=None):
+    """A plain Zarr array written with zarr's defaults: chunks equal to the fill value are not stored."""
+    array = zarr.open_array(str(path), mode="w", shape=volume.shape, dtype=volume.dtype, chunks=chunks)
+    array[...] = volume
+    return path
+
+
+def slab(shape=(8, 16, 24), start=6, stop=14):
+    volume = np.zeros(shape, np.uint8)
+    volume[:, :, start:stop] = 1
+    return volume
+
+
+def test_labels_with_unstored_background_chunks_are_measured(tmp_path, capsys):
+    volume = np.zeros((8, 16, 32), np.uint8)
+    volume[:, :, 20:] = 1
+    volume[:, :, 26:] = 2
+    store = plain_store(tmp_path / "chunky.zarr", volume, chunks=(8, 16, 16))
+    assert run(["measure", store, "--labels", "-o", tmp_path / "m", *QUICK]) == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / "m" / "measure.json").read_text())["rows"]
+    fractions = {r["phases"]: r["value"] for r in rows if r["metric"] == "volume_fraction"}
+    assert fractions == pytest.approx({"phase0": 20 / 32, "phase1": 6 / 32, "phase2": 6 / 32})
+
+
+def test_all_background_plain_store_is_one_phase(tmp_path, capsys):
+    store = plain_store(tmp_path / "zero.zarr", np.zeros((8, 16, 16), np.uint8), chunks=(8, 8, 8))
+    assert run(["measure", store, "--labels", "-o", tmp_path / "m", *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "one phase only" in err and "missing" not in err
+    assert not (tmp_path / "m").exists()

@@ -43,3 +43,15 @@ def test_all_background_plain_store_is_one_phase(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "one phase only" in err and "missing" not in err
     assert not (tmp_path / "m").exists()
+
+
+def test_inner_path_default_folder_and_recorded_source(tmp_path, capsys):
+    import h5py
+
+    with h5py.File(tmp_path / "slab.h5", "w") as handle:
+        handle["data"] = slab()
+    assert run(["measure", f"{tmp_path / 'slab.h5'}:/data", "--labels", *QUICK]) == 0, capsys.readouterr().err
+    folder = tmp_path / "slab-data-measure"
+    report = json.loads((folder / "measure.json").read_text())
+    assert report["input"]["source"] == f"{tmp_path / 'slab.h5'}:/data"
+    assert (tmp_path / "slab.h5").is_file()

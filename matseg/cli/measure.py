@@ -12,6 +12,17 @@ from matseg.errors import MatsegError
 from matseg.io.paths import check_distinct
 
 
+def default_folder(store: str):
+    """``STORE-measure`` beside the store's file; an inner path joins the name
+    (``slab.h5:/data`` -> ``slab-data-measure``), so two datasets of one file get two folders."""
+
+    from matseg.io.read import split_spec
+
+    path, inner = split_spec(store.rstrip("/"))
+    name = "-".join([path.stem, *(p for p in inner.split("/") if p)])
+    return path.with_name(name + "-measure")
+
+
 @click.command()
 @click.argument("store", type=str)
 @click.option(
@@ -19,7 +30,8 @@ from matseg.io.paths import check_distinct
     "--output",
     type=click.Path(),
     help="Folder for measure.json, measure.csv and the plots "
-    "(default: STORE's name with -measure, beside it).",
+    "(default: STORE's name with -measure, beside it; an inner path joins the name: "
+    "scan.h5:/data -> scan-data-measure).",
 )
 @click.option(
     "--labels",
@@ -115,11 +127,7 @@ def measure(
             raise MatsegError(
                 f"--transport-block {transport_block_text}: give three integers Z,Y,X, e.g. 64,128,128"
             ) from None
-    folder = (
-        Path(output)
-        if output
-        else Path(store.rstrip("/")).with_name(Path(store.rstrip("/")).stem + "-measure")
-    )
+    folder = Path(output) if output else default_folder(store)
     check_distinct(folder, [("store", store)])
     if os.path.lexists(folder) and not (folder.is_dir() and not any(folder.iterdir())):  # empty: fine
         if not overwrite:

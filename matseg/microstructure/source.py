@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -45,6 +44,12 @@ def _has_label_images(spec: str) -> bool:
     """Whether ``spec`` is a Zarr group with NGFF label images (a sample's ``truth``)."""
     path, inner = split_spec(spec)
     return path.is_dir() and (path / inner / "labels").is_dir()
+
+
+def _spec_text(spec: str) -> str:
+    """``spec`` as recorded in the report: the file and, if any, its inner path (``p1.zarr:/labels/x``)."""
+    path, inner = split_spec(spec)
+    return str(path) + (f":/{inner}" if inner else "")
 
 
 def open_labels(
@@ -120,5 +125,5 @@ def open_labels(
         voxel_size=tuple(size),
         unit=size_unit,
         voxel_size_from=origin,
-        source=str(Path(split_spec(spec)[0])),
+        source=_spec_text(spec),
     )

@@ -55,3 +55,33 @@ def test_inner_path_default_folder_and_recorded_source(tmp_path, capsys):
     report = json.loads((folder / "measure.json").read_text())
     assert report["input"]["source"] == f"{tmp_path / 'slab.h5'}:/data"
     assert (tmp_path / "slab.h5").is_file()
+
+
+def test_output_under_a_file_is_refused_before_measuring(tmp_path, capsys, monkeypatch):
+    import matseg
+
+    def never(*args, **kwargs):
+        raise AssertionError("measured before the output was checked")
+
+    monkeypatch.setattr(matseg, "measure", never)
+    store = plain_store(tmp_path / "slab.zarr", slab())
+    (tmp_path / "afile.txt").write_text("hi")
+    assert run(["measure", store, "--labels", "-o", tmp_path / "afile.txt" / "sub", *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "not a writable folder" in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "afile.txt").read_text() == "hi"
+
+
+def test_a_permission_fault_while_writing_does_not_speak_of_tiles(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import matseg.microstructure
+
+    def refused(report, folder):
+        raise PermissionError(errno.EACCES, "Permission denied", str(folder))
+
+    monkeypatch.setattr(matseg.microstructure, "write_report", refused)
+    store = plain_store(tmp_path / "slab.zarr", slab())
+    assert run(["measure", store, "--labels", "-o", tmp_path / "m", *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "Permission denied" in err and "tiles" not in err and len(err.strip().splitlines()) == 1, err

@@ -70,15 +70,23 @@ _FAULTS = {
 }
 
 
-def _fault_text(err: OSError) -> str | None:
-    """One line for a disk-full or permission fault (None: not such a fault)."""
+def _fault_text(err: OSError, command: str | None = None) -> str | None:
+    """One line for a disk-full or permission fault (None: not such a fault); only a segment
+    or batch run has finished tiles to keep."""
     if err.errno not in _FAULTS:
         return None
     where = f" ({err.filename})" if err.filename else ""
-    return (
-        f"{err.strerror or os.strerror(err.errno)}{where}; {_FAULTS[err.errno]} and run the same command "
-        "again: a segment run keeps its finished tiles and resumes"
+    resumes = (
+        ": a segment run keeps its finished tiles and resumes" if command in ("segment", "batch") else ""
     )
+    what = err.strerror or os.strerror(err.errno)
+    return f"{what}{where}; {_FAULTS[err.errno]} and run the same command again{resumes}"
+
+
+def _command(argv: list[str] | None) -> str | None:
+    """The subcommand's name in ``argv`` (the first word that is not an option)."""
+    words = sys.argv[1:] if argv is None else argv
+    return next((str(w) for w in words if not str(w).startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("matseg: interrupted", err=True)
         sys.exit(130)
     except OSError as err:
-        text = _fault_text(err)
+        text = _fault_text(err, _command(argv))
         if text is None:
             raise
         click.echo(f"matseg: error: {text}", err=True)

@@ -23,6 +23,17 @@ def default_folder(store: str):
     return path.with_name(name + "-measure")
 
 
+def check_folder_writable(folder) -> None:
+    """``folder`` (an existing folder, or where it will be created) can be written."""
+    from matseg.io.write import check_writable
+
+    if folder.is_dir():
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise MatsegError(f"cannot write output {folder}: it is not a writable folder")
+    else:
+        check_writable(folder)
+
+
 @click.command()
 @click.argument("store", type=str)
 @click.option(
@@ -137,6 +148,7 @@ def measure(
         from matseg.io.guard import check_replaceable
 
         check_replaceable(folder, ("measure",))  # an earlier measure's folder, nothing else
+    check_folder_writable(folder)  # before the metrics, not after minutes of computing them
     report = matseg.measure(
         store,
         labels=as_labels,

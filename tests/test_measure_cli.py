@@ -85,3 +85,19 @@ def test_a_permission_fault_while_writing_does_not_speak_of_tiles(tmp_path, caps
     assert run(["measure", store, "--labels", "-o", tmp_path / "m", *QUICK]) == 2
     err = capsys.readouterr().err
     assert "Permission denied" in err and "tiles" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("size", ["1e-120", "1e200", "1,1,1e-40"])
+def test_voxel_sizes_whose_volume_under_or_overflows_are_refused(tmp_path, capsys, size):
+    import matseg
+    from matseg.io.scale import parse_voxel_size
+
+    store = plain_store(tmp_path / "slab.zarr", slab())
+    assert run(["measure", store, "--labels", "--voxel-size", size, "-o", tmp_path / "m", *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "overflow" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(matseg.MatsegError, match="overflow"):  # segment and sample parse it so too
+        parse_voxel_size(size, "nm")
+    with pytest.raises(matseg.MatsegError, match="overflow"):
+        matseg.measure(store, labels=True, voxel_size=(1e-120,) * 3, samples=0)

@@ -36,6 +36,9 @@ _UNIT_ALIASES = {
     "a": "angstrom",
     "å": "angstrom",
 }
+# Sides outside this range (in their unit) make a voxel's volume, or an area per volume, under- or
+# overflow float64 (1e-120 cubed is 0); no instrument's voxel is near either end in any length unit.
+SMALLEST, LARGEST = 1e-30, 1e30
 # TIFF ResolutionUnit: 2 inch, 3 centimetre (1 is "none": no physical size)
 _TIFF_RESOLUTION_UNITS = {2: "inch", 3: "centimeter"}
 
@@ -75,6 +78,11 @@ class VoxelSize:
     def __post_init__(self) -> None:
         if not all(math.isfinite(v) and v > 0 for v in self.values):
             raise MatsegError(f"voxel size must be positive and finite, got {list(self.values)}")
+        if not all(SMALLEST <= v <= LARGEST for v in self.values):
+            raise MatsegError(
+                f"voxel size {list(self.values)} is outside {SMALLEST:g} .. {LARGEST:g} per axis: its "
+                "volume would under- or overflow; give it in a unit that keeps it in range (e.g. nm, mm)"
+            )
 
     def for_ndim(self, ndim: int) -> VoxelSize:
         """This size for a volume of ``ndim`` axes (a 2-D size drops Z; one value fills every axis)."""
@@ -219,6 +227,6 @@ def _checked(values: tuple[float, ...], unit: str | None, where: str, ndim: int)
         raise MatsegError(f"{where} holds {len(values)} values for {ndim} axes")
     try:
         return VoxelSize(tuple(values), unit)
-    except MatsegError:
-        logger.warning("ignoring the voxel size %s in %s: not positive and finite", list(values), where)
+    except MatsegError as err:
+        logger.warning("ignoring the voxel size in %s: %s", where, err)
         return None

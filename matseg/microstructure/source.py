@@ -18,6 +18,7 @@ import numpy as np
 
 from matseg.errors import MatsegError
 from matseg.io.read import open_volume, split_spec
+from matseg.io.scale import VoxelSize
 from matseg.review import open_segmentation, store_kind
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ def open_labels(
     if voxel_size is not None:
         if len(voxel_size) != 3 or any(not np.isfinite(v) or v <= 0 for v in voxel_size):
             raise MatsegError(f"--voxel-size {voxel_size}: give three positive numbers Z,Y,X")
+        VoxelSize(tuple(float(v) for v in voxel_size), unit)  # refuses sizes whose volume under/overflows
         if recorded and tuple(recorded[0]) != tuple(voxel_size):
             log.warning("voxel size %s given; the store records %s %s", voxel_size, *recorded)
         size, size_unit, origin = tuple(float(v) for v in voxel_size), unit or "voxel", "option"

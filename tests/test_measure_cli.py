@@ -101,3 +101,14 @@ def test_voxel_sizes_whose_volume_under_or_overflows_are_refused(tmp_path, capsy
         parse_voxel_size(size, "nm")
     with pytest.raises(matseg.MatsegError, match="overflow"):
         matseg.measure(store, labels=True, voxel_size=(1e-120,) * 3, samples=0)
+
+
+def test_overwrite_leaves_only_the_new_runs_files(tmp_path, capsys):
+    store = plain_store(tmp_path / "slab.zarr", slab())
+    folder = tmp_path / "m"
+    with_rev = [x for x in QUICK if x != "--no-rev"]
+    assert run(["measure", store, "--labels", "-o", folder, *with_rev]) == 0
+    assert (folder / "rev.png").is_file()
+    assert run(["measure", store, "--labels", "-o", folder, *QUICK, "--overwrite"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["measure.csv", "measure.json", "sizes.png"]
+    assert "rev" not in capsys.readouterr().out.splitlines()[-1]

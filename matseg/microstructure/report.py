@@ -28,6 +28,7 @@ from matseg.validate import check_number
 logger = logging.getLogger(__name__)
 
 REPORT_JSON, REPORT_CSV = MEASURE_REPORT, "measure.csv"
+FILES = (REPORT_JSON, REPORT_CSV, "sizes.png", "rev.png")  # every file a measure run may write
 MAX_PHASES = 16
 
 
@@ -277,7 +278,10 @@ def measure(
 
 
 def write_report(report: dict, folder: str | os.PathLike) -> list[Path]:
-    """Write ``measure.json``, ``measure.csv`` and the plots into ``folder``; return the files."""
+    """Write ``measure.json``, ``measure.csv`` and the plots into ``folder``; return the files.
+
+    An earlier run's files that this report does not rewrite (``rev.png`` of a run with
+    representative-volume curves) are removed, so the folder holds this run's files only."""
     from matseg.microstructure.plots import plot_rev, plot_sizes
 
     folder = Path(folder)
@@ -294,6 +298,8 @@ def write_report(report: dict, folder: str | os.PathLike) -> list[Path]:
     if "rev" in report:
         files.append(folder / "rev.png")
         plot_rev(report).savefig(files[3], dpi=110)
+    for name in set(FILES) - {f.name for f in files}:  # an earlier run's, not this one's
+        (folder / name).unlink(missing_ok=True)
     return files
 
 

@@ -295,12 +295,20 @@ def format_measure(report: dict) -> str:
         f"matseg measure: {source['source']} ({' x '.join(map(str, source['shape']))} voxels of "
         f"{' x '.join(f'{v:g}' for v in source['voxel_size'])} {source['unit']}, "
         f"voxel size from {source['voxel_size_from']}); {report['uncertainty']['samples']} draws",
-        f"  {'metric':<22}{'phases':<28}{'axis':<5}{'value':>11}  {'interval':<25}unit",
     ]
+    # columns as wide as their longest entry, two spaces apart (thickness_capped_fraction is 25)
+    metric_w = max([len("metric"), *(len(r["metric"]) for r in report["rows"])]) + 2
+    phases_w = max([len("phases"), *(len(r["phases"]) for r in report["rows"])]) + 2
+    lines.append(
+        f"  {'metric':<{metric_w}}{'phases':<{phases_w}}{'axis':<5}{'value':>11}  {'interval':<25}unit"
+    )
     for r in report["rows"]:
         interval = f"[{r['low']:.4g}, {r['high']:.4g}]" if r["low"] is not None else ""
         value = f"{r['value']:>11.4g}"
-        lines.append(f"  {r['metric']:<22}{r['phases']:<28}{r['axis']:<5}{value}  {interval:<25}{r['unit']}")
+        lines.append(
+            f"  {r['metric']:<{metric_w}}{r['phases']:<{phases_w}}{r['axis']:<5}{value}  "
+            f"{interval:<25}{r['unit']}"
+        )
     for solve in report["solves"]:
         lines.append(
             f"  solve axis {solve['axis']}: {solve['iterations']} iterations on {solve['device']}, relative "

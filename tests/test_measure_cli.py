@@ -112,3 +112,15 @@ def test_overwrite_leaves_only_the_new_runs_files(tmp_path, capsys):
     assert run(["measure", store, "--labels", "-o", folder, *QUICK, "--overwrite"]) == 0
     assert sorted(p.name for p in folder.iterdir()) == ["measure.csv", "measure.json", "sizes.png"]
     assert "rev" not in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_printed_table_keeps_its_columns_apart(tmp_path, capsys):
+    store = plain_store(tmp_path / "slab.zarr", slab())
+    assert run(["measure", store, "--labels", "-o", tmp_path / "m", *QUICK]) == 0
+    out = capsys.readouterr().out
+    capped = [line for line in out.splitlines() if "thickness_capped_fraction" in line]
+    assert capped and all(
+        line.split()[:2] == ["thickness_capped_fraction", p] for line, p in zip(capped, ["phase0", "phase1"])
+    ), out
+    header = next(line for line in out.splitlines() if line.split()[:2] == ["metric", "phases"])
+    assert header.index("phases") == capped[0].index("phase0")

@@ -124,3 +124,16 @@ def test_printed_table_keeps_its_columns_apart(tmp_path, capsys):
     ), out
     header = next(line for line in out.splitlines() if line.split()[:2] == ["metric", "phases"])
     assert header.index("phases") == capped[0].index("phase0")
+
+
+@pytest.mark.parametrize("given, unit, warns", [("50,20,20", "nm", False), ("50,20,30", "nm", True)])
+def test_given_voxel_size_is_compared_with_the_recorded_one_in_one_unit(tmp_path, capsys, given, unit, warns):
+    from .test_measure import labels_store
+
+    store = labels_store(tmp_path / "s2.zarr", slab(), (0.05, 0.02, 0.02), "micrometer")
+    args = ["measure", store, "--labels", "--voxel-size", given, "--unit", unit, "-o", tmp_path / "m"]
+    assert run([*args, *QUICK]) == 0
+    err = capsys.readouterr().err
+    assert ("the store records" in err) == warns, err
+    report = json.loads((tmp_path / "m" / "measure.json").read_text())
+    assert report["input"]["unit"] == "nanometer" and report["input"]["voxel_size_from"] == "option"

@@ -39,6 +39,18 @@ _UNIT_ALIASES = {
 # Sides outside this range (in their unit) make a voxel's volume, or an area per volume, under- or
 # overflow float64 (1e-120 cubed is 0); no instrument's voxel is near either end in any length unit.
 SMALLEST, LARGEST = 1e-30, 1e30
+# metres per unit, for every spatial unit OME-NGFF knows (to compare sizes given in different units)
+_PREFIXES = {"yocto": -24, "zepto": -21, "atto": -18, "femto": -15, "pico": -12, "nano": -9, "micro": -6,
+             "milli": -3, "centi": -2, "deci": -1, "": 0, "hecto": 2, "kilo": 3, "mega": 6, "giga": 9,
+             "tera": 12, "peta": 15, "exa": 18, "zetta": 21, "yotta": 24}  # fmt: skip
+_METRES = {f"{p}meter": 10.0**e for p, e in _PREFIXES.items()} | {
+    "angstrom": 1e-10,
+    "inch": 0.0254,
+    "foot": 0.3048,
+    "yard": 0.9144,
+    "mile": 1609.344,
+    "parsec": 3.0856775814913673e16,
+}
 # TIFF ResolutionUnit: 2 inch, 3 centimetre (1 is "none": no physical size)
 _TIFF_RESOLUTION_UNITS = {2: "inch", 3: "centimeter"}
 
@@ -99,6 +111,17 @@ class VoxelSize:
 
     def describe(self) -> dict:
         return {"values": list(self.values), "unit": self.unit}
+
+
+def same_size(a: Sequence[float], a_unit: str | None, b: Sequence[float], b_unit: str | None) -> bool:
+    """Whether two voxel sizes are equal, each in its own unit (``50 nm`` is ``0.05 micrometer``);
+    a missing or unknown unit is taken as the other's."""
+    if len(a) != len(b):
+        return False
+    factor = 1.0
+    if a_unit in _METRES and b_unit in _METRES:
+        factor = _METRES[a_unit] / _METRES[b_unit]
+    return all(math.isclose(x * factor, y, rel_tol=1e-9) for x, y in zip(a, b))
 
 
 def parse_voxel_size(text: str, unit: str | None = None) -> VoxelSize:

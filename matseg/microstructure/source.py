@@ -18,7 +18,7 @@ import numpy as np
 
 from matseg.errors import MatsegError
 from matseg.io.read import open_volume, split_spec
-from matseg.io.scale import VoxelSize
+from matseg.io.scale import VoxelSize, same_size
 from matseg.review import open_segmentation, store_kind
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,8 @@ def open_labels(
         if len(voxel_size) != 3 or any(not np.isfinite(v) or v <= 0 for v in voxel_size):
             raise MatsegError(f"--voxel-size {voxel_size}: give three positive numbers Z,Y,X")
         VoxelSize(tuple(float(v) for v in voxel_size), unit)  # refuses sizes whose volume under/overflows
-        if recorded and tuple(recorded[0]) != tuple(voxel_size):
-            log.warning("voxel size %s given; the store records %s %s", voxel_size, *recorded)
+        if recorded and not same_size(voxel_size, unit, *recorded):
+            log.warning("voxel size %s %s given; the store records %s %s", voxel_size, unit, *recorded)
         size, size_unit, origin = tuple(float(v) for v in voxel_size), unit or "voxel", "option"
     elif recorded:
         size, size_unit, origin = recorded[0], unit or recorded[1] or "voxel", "store"

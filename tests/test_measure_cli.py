@@ -137,3 +137,17 @@ def test_given_voxel_size_is_compared_with_the_recorded_one_in_one_unit(tmp_path
     assert ("the store records" in err) == warns, err
     report = json.loads((tmp_path / "m" / "measure.json").read_text())
     assert report["input"]["unit"] == "nanometer" and report["input"]["voxel_size_from"] == "option"
+
+
+@pytest.mark.parametrize(
+    "volume, says, not_says",
+    [
+        (slab().astype(np.float32), "floating-point values", "use --labels"),
+        (np.stack([slab(), slab()]), "matseg measure needs 3-D (Z, Y, X)", "matseg segments"),
+    ],
+)
+def test_wrong_label_volumes_say_what_is_wrong(tmp_path, capsys, volume, says, not_says):
+    store = plain_store(tmp_path / "v.zarr", volume)
+    assert run(["measure", store, "--labels", "-o", tmp_path / "m", *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert says in err and not_says not in err and len(err.strip().splitlines()) == 1, err

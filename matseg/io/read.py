@@ -106,7 +106,13 @@ def fingerprint(volume: Volume) -> str:
     return digest.hexdigest()[:16]
 
 
-def open_volume(spec: str | os.PathLike, labels: bool = False, label_values: bool | None = None) -> Volume:
+def open_volume(
+    spec: str | os.PathLike,
+    labels: bool = False,
+    label_values: bool | None = None,
+    ranks: tuple[int, ...] = (2, 3),
+    command: str = "matseg segments",
+) -> Volume:
     """Open an image (or, with ``labels=True``, a label) volume lazily and read-only.
 
     Parameters
@@ -122,6 +128,9 @@ def open_volume(spec: str | os.PathLike, labels: bool = False, label_values: boo
         The array read holds labels, whose missing Zarr chunks are their background (zarr
         does not write chunks equal to the fill value), so they are not refused as missing
         (default: ``labels``). True for a plain label array named as such (``measure --labels``).
+    ranks, command : tuple of int, str
+        The numbers of axes accepted, and who needs them, for the message (``matseg measure
+        needs`` 3-D volumes).
 
     Returns
     -------
@@ -149,7 +158,7 @@ def open_volume(spec: str | os.PathLike, labels: bool = False, label_values: boo
             f"cannot read {os.fspath(spec)}: not a Zarr store, HDF5 file or TIFF "
             "(use store.zarr, file.h5:/dataset or stack.tif)"
         )
-    check_volume(volume)
+    check_volume(volume, ranks, command)
     return volume
 
 
@@ -183,13 +192,13 @@ def open_labels(
     )
 
 
-def check_volume(volume: Volume) -> None:
-    """Reject volumes matseg cannot segment, naming the bad value."""
+def check_volume(volume: Volume, ranks: tuple[int, ...] = (2, 3), command: str = "matseg segments") -> None:
+    """Reject volumes matseg cannot segment (or ``command`` cannot use), naming the bad value."""
     data = volume.data
-    if data.ndim not in (2, 3):
+    if data.ndim not in ranks:
+        kinds = " or ".join({2: "2-D (Y, X)", 3: "3-D (Z, Y, X)"}[r] for r in ranks)
         raise MatsegError(
-            f"{volume.source} has {data.ndim} dimensions {tuple(data.shape)}; "
-            "matseg segments 2-D (Y, X) or 3-D (Z, Y, X) volumes"
+            f"{volume.source} has {data.ndim} dimensions {tuple(data.shape)}; {command} {kinds} volumes"
         )
     dtype = np.dtype(data.dtype)
     if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype.kind == "b"):

@@ -86,7 +86,13 @@ def open_labels(
         seg = open_segmentation(spec)
         data, names, uncertainty, stored = seg.phases, seg.phase_names, seg.uncertainty, seg.voxel_size
     elif labels:
-        volume = open_volume(spec, labels=_has_label_images(spec), label_values=True)
+        volume = open_volume(
+            spec,
+            labels=_has_label_images(spec),
+            label_values=True,
+            ranks=(3,),
+            command="matseg measure needs",
+        )
         data, names, uncertainty, stored = volume.data, volume.phases, None, volume.voxel_size
     else:
         raise MatsegError(
@@ -97,8 +103,10 @@ def open_labels(
             f"{spec} has shape {tuple(data.shape)}; matseg measure needs a 3-D (Z, Y, X) volume"
         )
     if not np.issubdtype(np.dtype(data.dtype), np.integer) and np.dtype(data.dtype).kind != "b":
+        what = "floating-point values" if np.dtype(data.dtype).kind in "fc" else "values"
         raise MatsegError(
-            f"{spec} has dtype {data.dtype}; matseg measure needs integer labels (use --labels)"
+            f"{spec} holds {what} (dtype {data.dtype}); matseg measure needs integer phase labels "
+            f"(0, 1, 2 ... one per phase): convert the volume to an integer type first"
         )
     if np.dtype(data.dtype).kind == "b":
         data = data.astype(np.uint8)

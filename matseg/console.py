@@ -309,7 +309,13 @@ def format_measure(report: dict) -> str:
             f"  {r['metric']:<{metric_w}}{r['phases']:<{phases_w}}{r['axis']:<5}{value}  "
             f"{interval:<25}{r['unit']}"
         )
+    phase = report.get("settings", {}).get("transport_phase")
     for solve in report["solves"]:
+        if solve.get("skipped"):
+            lines.append(
+                f"  solve axis {solve['axis']}: {solve['skipped'].replace('the phase', f'phase {phase}')}"
+            )
+            continue
         lines.append(
             f"  solve axis {solve['axis']}: {solve['iterations']} iterations on {solve['device']}, relative "
             f"residual {solve['residual']:.1e}, flux mismatch {solve['flux_mismatch']:.1e}"

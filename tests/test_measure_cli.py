@@ -151,3 +151,32 @@ def test_wrong_label_volumes_say_what_is_wrong(tmp_path, capsys, volume, says, n
     assert run(["measure", store, "--labels", "-o", tmp_path / "m", *QUICK]) == 2
     err = capsys.readouterr().err
     assert says in err and not_says not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    "volume, says",
+    [
+        (
+            np.pad(np.zeros((8, 8, 8), np.uint8), 4, constant_values=1),
+            "phase phase0 does not percolate along z",
+        ),
+        (slab((1, 16, 24)), "axis z is 1 voxel long: too short to solve"),
+    ],
+)
+def test_transport_without_a_solve_says_so(tmp_path, capsys, volume, says):
+    import csv
+
+    store = plain_store(tmp_path / "v.zarr", volume)
+    quick = [x for x in QUICK if x != "--no-transport"]
+    assert run(["measure", store, "--labels", "--phase", "0", "-o", tmp_path / "m", *quick]) == 0
+    captured = capsys.readouterr()
+    solve_z = next(line for line in captured.out.splitlines() if "solve axis 0" in line)
+    assert says in solve_z and "iterations" not in solve_z, captured.out
+    assert says in captured.err  # the log line, as the solve would have said its own
+    report = json.loads((tmp_path / "m" / "measure.json").read_text())
+    assert says.replace("phase phase0", "the phase") in report["solves"][0]["skipped"]
+    tau_z = {r["metric"]: r["value"] for r in report["rows"] if r["axis"] == "z"}
+    assert tau_z["tortuosity_factor"] is None and tau_z["relative_diffusivity"] == 0  # JSON: null
+    with open(tmp_path / "m" / "measure.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["axis"] == "z" and r["metric"] == "tortuosity_factor"]
+    assert rows[0]["value"] == "inf"  # CSV: inf, as documented

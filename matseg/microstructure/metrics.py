@@ -103,6 +103,11 @@ def full_table(
                     settings.device,
                 )
             solves.append(solve)
+            if solve["skipped"]:  # said plainly: 0 iterations and residual 0 would read as a solve
+                log.info(
+                    "%s; tau inf, D_eff/D_bulk 0",
+                    solve["skipped"].replace("the phase", f"phase {names[phase]}"),
+                )
             table[row("tortuosity_factor", names[phase], name, "1")] = float(solve["tau"])
             table[row("relative_diffusivity", names[phase], name, "1")] = float(solve["relative_diffusivity"])
     details = {

@@ -104,7 +104,17 @@ def _solve(mask, axis, voxel_size, tol, max_iter, device) -> dict:
     conducting = percolating(mask, axis) if length > 1 else np.zeros_like(mask)
     eps = float(conducting.mean())
     if eps == 0:
+        name = "zyx"[axis]
+        if length == 1:
+            reason = f"axis {name} is 1 voxel long: too short to solve (no layers between the faces)"
+        else:
+            reason = (
+                f"the phase does not percolate along {name} (no cluster touches both faces): "
+                "no transport solve"
+            )
+        log.debug("%s", reason)
         return result | {
+            "skipped": reason,
             "tau": float("inf"),
             "relative_diffusivity": 0.0,
             "eps": 0.0,
@@ -196,6 +206,7 @@ def _solve(mask, axis, voxel_size, tol, max_iter, device) -> dict:
     area = float(np.prod([mask.shape[d] * size[d] for d in range(3) if d != axis]))
     relative = rate * (length - 1) * size[axis] / area
     return result | {
+        "skipped": None,
         "tau": eps / relative if relative > 0 else float("inf"),
         "relative_diffusivity": relative,
         "eps": eps,
@@ -280,7 +291,12 @@ def block_tortuosity(
     total_area = float(np.prod([shape[d] * size[d] for d in range(3) if d != axis]))
     relative = conductance * links * h / total_area
     eps = percolating_voxels / float(np.prod(shape))
+    skipped = None
+    if relative <= 0:
+        reasons = {s["skipped"] for s in solves if s["skipped"]}
+        skipped = reasons.pop() if len(reasons) == 1 else f"no column of blocks conducts along {'zyx'[axis]}"
     return {
+        "skipped": skipped,
         "axis": axis,
         "device": solves[0]["device"],
         "tau": eps / relative if relative > 0 else float("inf"),

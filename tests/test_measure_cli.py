@@ -180,3 +180,32 @@ def test_transport_without_a_solve_says_so(tmp_path, capsys, volume, says):
     with open(tmp_path / "m" / "measure.csv") as handle:
         rows = [r for r in csv.DictReader(handle) if r["axis"] == "z" and r["metric"] == "tortuosity_factor"]
     assert rows[0]["value"] == "inf"  # CSV: inf, as documented
+
+
+@pytest.mark.parametrize("made_with", ["other weights", "no network"])
+def test_calibration_is_not_applied_to_a_segmentation_it_was_not_fitted_for(
+    made_with, tmp_path, small_sample, random_weights, caplog
+):
+    """The shipped margins measure the bundled nets' errors; a segmentation by a lab's own weights
+    (or by the classical candidate alone) got them silently. Intervals then come from the draws
+    alone, and the report and a warning say why."""
+    import logging
+
+    import matseg
+
+    segmented = tmp_path / "phases.zarr"
+    if made_with == "other weights":
+        matseg.segment(small_sample, segmented, model="cheap", weights=random_weights)
+    else:
+        matseg.segment(small_sample, segmented, model="classical")
+    with caplog.at_level(logging.WARNING):
+        report = matseg.measure(segmented, samples=2, transport=False, rev=False)
+    reason = report["uncertainty"]["calibration_not_applied"]
+    assert report["uncertainty"]["calibration"] is None and reason
+    assert ("other weights" in reason) == (made_with == "other weights")
+    assert any("calibration not applied" in r.getMessage() for r in caplog.records)
+    bundled = tmp_path / "bundled.zarr"
+    matseg.segment(small_sample, bundled, model="cheap")
+    report = matseg.measure(bundled, samples=2, transport=False, rev=False)
+    assert report["uncertainty"]["calibration"] is not None
+    assert report["uncertainty"]["calibration_not_applied"] is None

@@ -217,6 +217,10 @@ def measure(
             perturbed = Perturbed(src.labels, src.uncertainty, settings.n_phases, k, seed, correlation)
             draws.append(full_table(perturbed, settings, transport, connectivity)[0])
     calibration = load_calibration() if calibrated and draws else None
+    not_calibrated = calibration and uncalibrated_reason(src)
+    if not_calibrated:  # margins of another segmenter's errors would mislead: the draws alone
+        logger.warning("%s: intervals from the draws alone (calibration not applied)", not_calibrated)
+        calibration = None
     rows = []
     for key, value in table.items():
         metric, phases, axis, unit_text = key.split("/", 3)
@@ -264,6 +268,7 @@ def measure(
             "calibration": {k: calibration[k] for k in ("level", "fitted_on", "margins")}
             if calibration
             else None,
+            "calibration_not_applied": not_calibrated or None,
         },
         "rows": rows,
         "draws": draws,
@@ -320,3 +325,25 @@ def _jsonable(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def uncalibrated_reason(src) -> str | None:
+    """Why the shipped calibration does not fit ``src``, or None where it does. Its margins were
+    fitted on segmentations by the bundled weights: a segmentation by other nets, or by the
+    classical candidate alone, makes other errors, which those margins do not measure."""
+    from matseg.models.store import default_weights_dir, read_manifest
+
+    if src.made_by is None:
+        return None
+    if not src.made_by:
+        return (
+            f"{src.source} was segmented without networks; the calibration margins belong to the "
+            "bundled weights"
+        )
+    bundled = {e.get("sha256") for e in read_manifest(default_weights_dir()).values() if isinstance(e, dict)}
+    if not set(src.made_by) <= bundled:
+        return (
+            f"{src.source} was segmented with other weights than the bundled ones, whose errors the "
+            "calibration margins measure"
+        )
+    return None

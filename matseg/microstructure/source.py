@@ -35,6 +35,9 @@ class LabelSource:
     unit: str
     voxel_size_from: str
     source: str
+    # sha256 of the nets that made a segmentation output (empty: none, --model classical);
+    # None for any other label volume
+    made_by: tuple[str, ...] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -85,6 +88,7 @@ def open_labels(
     if is_segmentation:
         seg = open_segmentation(spec)
         data, names, uncertainty, stored = seg.phases, seg.phase_names, seg.uncertainty, seg.voxel_size
+        made_by = tuple(str(m.get("sha256", "")) for m in (seg.report or {}).get("models") or [])
     elif labels:
         volume = open_volume(
             spec,
@@ -94,6 +98,7 @@ def open_labels(
             command="matseg measure needs",
         )
         data, names, uncertainty, stored = volume.data, volume.phases, None, volume.voxel_size
+        made_by = None
     else:
         raise MatsegError(
             f"{spec} is not a matseg segmentation output; to measure any integer label volume, add --labels"
@@ -136,4 +141,5 @@ def open_labels(
         unit=size_unit,
         voxel_size_from=origin,
         source=_spec_text(spec),
+        made_by=made_by,
     )

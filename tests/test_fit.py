@@ -86,6 +86,20 @@ def test_a_small_volume_that_does_not_fit_is_asked_about_not_judged():
     assert fits["fits"] and "small" not in fits
 
 
+def test_a_labs_own_weights_that_do_not_fit_are_pointed_to_fine_tuning(tmp_path):
+    """The label-free start is the way out for the bundled weights; for a lab's own weights it
+    would throw away what they learnt (a held-out EMPS image flagged under EMPS-trained weights)."""
+    from matseg.candidates.fit import ADVICE, OWN_ADVICE, check_fit
+
+    own = tmp_path / "own-weights"
+    shutil.copytree(default_weights_dir(), own)
+    inverted = [1.0 - q for q in load_statistics(None)["sets"][0]["quantiles"][::-1]]
+    assert check_fit(None, inverted, None, "")["advice"] == ADVICE
+    assert check_fit(default_weights_dir(), inverted, None, "")["advice"] == ADVICE
+    said = check_fit(own, inverted, None, "")["advice"]
+    assert said == OWN_ADVICE and "--model classical" not in said and "--from-corrections" in said
+
+
 def test_electron_microscopy_images_do_not_fit_the_cathode_weights(tmp_path):
     """Real EMPS images (two phases) under the bundled three-phase weights, one model everywhere:
     the intensities alone tell."""

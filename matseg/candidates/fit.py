@@ -81,6 +81,11 @@ ADVICE = (
     "bright), correct a few slices in the napari plugin, then 'matseg train --from-corrections' "
     "(docs/models.md, 'Your own data')"
 )
+# for a lab's own weights: a label-free start would throw away what they learnt
+OWN_ADVICE = (
+    "these weights may be wrong here: correct a few slices of this volume in the napari plugin, "
+    "then fine-tune them with 'matseg train --from-corrections' (docs/models.md, 'Your own data')"
+)
 
 
 def slice_features(model: Segmenter, images: np.ndarray, tile: Sequence[int] = TILE) -> np.ndarray:
@@ -249,14 +254,22 @@ def check_fit(
     cheap_sha256: str,
     voxels: int | None = None,
 ) -> dict | None:
-    """:func:`fit_of` against the statistics of ``weights``; None when they record none (or no quantiles)."""
+    """:func:`fit_of` against the statistics of ``weights``; None when they record none (or no quantiles).
+    A lab's own weights that do not fit are pointed to fine-tuning, not to a label-free start."""
     statistics = load_statistics(weights)
     if statistics is None or not quantiles:
         return None
     fit = fit_of(statistics, quantiles, features, cheap_sha256, voxels)
+    if not fit["fits"] and not _bundled(weights):
+        fit["advice"] = OWN_ADVICE
     if not fit["fits"]:
         logger.warning(describe_fit(fit))
     return fit
+
+
+def _bundled(weights: str | os.PathLike | None) -> bool:
+    """Whether ``weights`` are the bundled ones (None: the default)."""
+    return weights is None or Path(weights).resolve() == default_weights_dir().resolve()
 
 
 def describe_fit(fit: dict) -> str:

@@ -175,6 +175,13 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+# the reference stands in for the truth; thresholds of grey levels are a weak stand-in
+CLASSICAL_REFERENCE = (
+    "(the reference is the classical candidate, thresholds without a network: the estimate "
+    "measures agreement with it, not accuracy; --reference names another)"
+)
+
+
 def format_estimate(estimate: dict) -> str:
     """The audit's estimate in one line: the change against the all-reference run and its interval."""
     if "skipped" in estimate:
@@ -186,6 +193,8 @@ def format_estimate(estimate: dict) -> str:
         f"{100 * estimate['audited_fraction']:.1f} % of the other cells audited "
         f"({estimate['audited_cells']})"
     )
+    if estimate["reference"] == "classical":  # the selector's training found no net better
+        line += "\n" + " " * 13 + CLASSICAL_REFERENCE
     if "moved_tiles" in estimate:
         rule = _rule(estimate.get("tolerance"), estimate.get("recalibrated_lambda"))
         line += "\n" + " " * 13 + format_moves(rule, estimate["moved_tiles"])

@@ -327,6 +327,22 @@ def test_the_summary_says_what_the_tolerance_did():
     assert "kept the selector's plan" in kept and "still reaches below −0.01" in kept
 
 
+def test_an_audit_against_the_classical_candidate_says_what_it_measures():
+    """A lab's selector trained on few images can find the classical thresholds its most accurate
+    candidate; an estimate of −0.365 'vs all-classical' read as a loss of accuracy where the run
+    was 0.30 better than all-classical (EMPS): the summary says the estimate is agreement."""
+    from matseg.console import CLASSICAL_REFERENCE, format_estimate
+
+    estimate = {
+        "delta_miou": -0.365, "ci95": [-0.367, -0.350], "audited_fraction": 0.05, "audited_cells": 40,
+        "reference": "classical",
+    }  # fmt: skip
+    lines = format_estimate(estimate).splitlines()
+    assert lines[0].startswith("vs all-classical: −0.365 mIoU") and lines[1].strip() == CLASSICAL_REFERENCE
+    assert "not accuracy" in CLASSICAL_REFERENCE and "--reference" in CLASSICAL_REFERENCE
+    assert len(format_estimate({**estimate, "reference": "expensive"}).splitlines()) == 1
+
+
 def test_a_plan_without_the_audit_loses_the_reference_answers_on_the_drawn_cells():
     """``keep_audited=False`` estimates the same plan run without an audit (a fixed candidate):
     the drawn cells then hold the run's answer, so it loses more; with every cell drawn the

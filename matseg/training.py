@@ -73,8 +73,6 @@ def fit(
     the patches drawn are those of a run without it.
     """
     stage = (monitor or Monitor()).stage(f"training {model.name}", steps)
-    if patch % model.stride:
-        raise MatsegError(f"patch {patch} must be a multiple of {model.stride}")
     check_patch(model, data, batch, patch)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -114,14 +112,24 @@ def fit(
 
 
 def check_patch(model: Segmenter, data: Sequence[LabelledSlices], batch: int, patch: int) -> None:
-    """Refuse a patch larger than every labelled image, or one whose training step cannot fit in memory.
+    """Refuse a patch off the net's stride (its pooling grid: the net cannot run on it), larger
+    than every labelled image, or one whose training step cannot fit in memory.
+
+    :func:`train` asks this of every net it will train before it trains the first, so a patch
+    that only the last net refuses is not found after the others have trained.
 
     Raises
     ------
     MatsegError
-        Naming the largest patch that would do.
+        Naming the patch that would do.
     """
     stride = model.stride
+    if patch % stride:
+        below = max(stride, patch - patch % stride)
+        raise MatsegError(
+            f"--patch {patch} must be a multiple of {stride} (the {model.name} net's stride): use "
+            f"--patch {below} or {below + stride}"
+        )
     largest_side = max(max(d.images.shape[1:]) for d in data)
     fits_image = -(-largest_side // stride) * stride
     if patch > fits_image:
@@ -330,11 +338,14 @@ def train(
         val_data, data = hold_out(data)
     if not data or not val_data:
         raise MatsegError("not enough labelled slices to train and validate; label more slices")
-    results, monitor = {}, Monitor(progress, cancel)
+    nets = {}  # every net, and what it is trained with, checked before the first one trains
     for name in models:
-        model = load_segmenter(name, init) if init else new_segmenter(name, phases, seed)
-        if model.phases != phases:
-            raise MatsegError(f"--init weights have phases {model.phases}; the labels have {phases}")
+        nets[name] = load_segmenter(name, init) if init else new_segmenter(name, phases, seed)
+        if nets[name].phases != phases:
+            raise MatsegError(f"--init weights have phases {nets[name].phases}; the labels have {phases}")
+        check_patch(nets[name], data, batch, patch)
+    results, monitor = {}, Monitor(progress, cancel)
+    for name, model in nets.items():
         n_steps = steps[name] if isinstance(steps, dict) else steps
         started = time.perf_counter()
         fit(

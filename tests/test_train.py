@@ -240,3 +240,15 @@ def test_a_weights_folder_keeps_one_set_of_phases(tmp_path, small_sample, random
     manifest = json.loads((folder / "manifest.json").read_text())
     assert "selector" not in manifest and not (folder / "selector.pt").exists()
     assert "cheap" in manifest and "expensive" in manifest
+
+
+def test_a_patch_off_any_nets_stride_is_refused_before_training(tmp_path, small_sample, capsys):
+    """--patch 60 fits the cheap (2) and medium (4) nets' strides, not the expensive net's (8):
+    refused before the first net trains, with a patch that does, and no folder is written."""
+    args = ["train", small_sample, "--patch", "60", "--batch", "2", "--steps", "1", "-o", tmp_path / "w"]
+    code = run(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "--patch 60" in err and "multiple of 8" in err and "expensive" in err and "--patch 56" in err
+    assert "training cheap" not in err
+    assert not (tmp_path / "w").exists()

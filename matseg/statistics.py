@@ -39,6 +39,7 @@ def record_statistics(
     images: Sequence[np.ndarray],
     source: str,
     keep: Sequence[dict] = (),
+    shown_as: str | os.PathLike | None = None,
 ) -> dict:
     """Measure normalised training slices ``images`` with the cheap net of ``weights`` and record them.
 
@@ -52,6 +53,9 @@ def record_statistics(
         What they are, recorded with them.
     keep : sequence of dict
         Earlier sets to keep beside the new one (fine-tuning keeps the initial weights').
+    shown_as : path, optional
+        The folder's name in the log line, when ``weights`` is a copy that takes its place
+        later (:func:`matseg.train` writes a hidden sibling, then renames it); default ``weights``.
 
     Returns
     -------
@@ -63,7 +67,8 @@ def record_statistics(
     cheap = load_segmenter("cheap", weights)
     entry = statistics_of(cheap, images, source)
     save_statistics(weights, cheap, [*keep, entry])
-    logger.info(f"training statistics of {source} ({entry['tiles']} tiles) recorded in {weights}")
+    where = shown_as or weights
+    logger.info(f"training statistics of {source} ({entry['tiles']} tiles) recorded in {where}")
     return entry
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from matseg.augment import Augmentation, augment_batch, load_augmentation
 from matseg.errors import MatsegError
+from matseg.io.guard import rebuilding
 from matseg.io.paths import check_distinct
 from matseg.labelled import UNLABELLED, LabelledSlices, draw_batch, hold_out, load_labelled
 from matseg.metrics import iou_per_phase
@@ -268,7 +269,11 @@ def train(
     images : sequence of str
         Image volumes (any format :func:`matseg.open_volume` reads).
     output : path
-        Weights folder to write (``manifest.json`` + ``<model>.pt``).
+        Weights folder to write (``manifest.json`` + ``<model>.pt``). All or nothing: the nets
+        are written into a copy of it beside it (a hidden sibling, on the same file system),
+        renamed into place when every net and the training statistics are written. An existing
+        folder keeps the nets not trained now and loses its selector (trained for the nets
+        replaced).
     labels : sequence of str, optional
         One label volume per image, same shape; 255 marks unlabelled voxels.
         Default: each image store's own label image (``labels/truth``).
@@ -288,7 +293,7 @@ def train(
         ``progress(stage, done, total)`` as each model trains (stage ``training <model>``).
     cancel : object with ``is_set()``, optional
         Once set, training stops at the next step and raises :class:`matseg.Cancelled`;
-        the models finished before it are written, the one in training is not.
+        ``output`` is then as it was (a new folder: absent), as on any error or interrupt.
     augment : Augmentation, str or path, optional
         Imaging augmentation: an :class:`~matseg.augment.Augmentation`, or ``"light"`` (the
         default, as ``matseg train``), ``"strong"``, ``"none"`` or a YAML file (see
@@ -345,45 +350,50 @@ def train(
             raise MatsegError(f"--init weights have phases {nets[name].phases}; the labels have {phases}")
         check_patch(nets[name], data, batch, patch)
     results, monitor = {}, Monitor(progress, cancel)
-    for name, model in nets.items():
-        n_steps = steps[name] if isinstance(steps, dict) else steps
-        started = time.perf_counter()
-        fit(
-            model, data, n_steps, batch=batch, patch=patch, lr=lr, seed=seed, monitor=monitor,
-            augment=augment,
-        )  # fmt: skip
-        seconds = time.perf_counter() - started
-        metrics = score(model, val_data)
-        record = {
-            "training": {
-                "command": command or "matseg.train",
-                "seed": seed,
-                "steps": n_steps,
-                "batch": batch,
-                "patch": patch,
-                "lr": lr,
-                "augment": augment.to_dict() if augment else "none",
-                "seconds": round(seconds, 1),
-                "images": list(images),
-                "validation": list(val) if val else "every 10th labelled slice",
-                "init": str(init) if init else None,
-                "val_miou": metrics["miou"],
-                "val_iou": metrics["iou"],
+    # on a copy of the folder, put in its place once every net and the statistics are written:
+    # stopped halfway, the folder stays as it was (new: absent), never nets of two trainings
+    with rebuilding(output) as folder:
+        for name, model in nets.items():
+            n_steps = steps[name] if isinstance(steps, dict) else steps
+            started = time.perf_counter()
+            fit(
+                model, data, n_steps, batch=batch, patch=patch, lr=lr, seed=seed, monitor=monitor,
+                augment=augment,
+            )  # fmt: skip
+            seconds = time.perf_counter() - started
+            metrics = score(model, val_data)
+            record = {
+                "training": {
+                    "command": command or "matseg.train",
+                    "seed": seed,
+                    "steps": n_steps,
+                    "batch": batch,
+                    "patch": patch,
+                    "lr": lr,
+                    "augment": augment.to_dict() if augment else "none",
+                    "seconds": round(seconds, 1),
+                    "images": list(images),
+                    "validation": list(val) if val else "every 10th labelled slice",
+                    "init": str(init) if init else None,
+                    "val_miou": metrics["miou"],
+                    "val_iou": metrics["iou"],
+                }
             }
-        }
-        save_segmenter(model, output, record)
-        if remove_selector(output):  # chosen by the gains of the segmenters it replaces
-            logger.warning(
-                "%s: its selector was trained for the segmenters replaced now: removed; retrain one with "
-                "'matseg train-selector'",
-                output,
+            save_segmenter(model, folder, record)
+            results[name] = {**metrics, "steps": n_steps, "seconds": seconds}
+            logger.info(
+                "%s: validation mIoU %.4f after %d steps (%.0f s)", name, metrics["miou"], n_steps, seconds
             )
-        results[name] = {**metrics, "steps": n_steps, "seconds": seconds}
-        logger.info(
-            "%s: validation mIoU %.4f after %d steps (%.0f s)", name, metrics["miou"], n_steps, seconds
-        )
-    if "cheap" in read_manifest(output):  # what a run compares its volume with (candidates.fit)
-        from matseg.statistics import record_statistics
+        dropped = remove_selector(folder)  # chosen by the gains of the segmenters it replaces
+        if "cheap" in read_manifest(folder):  # what a run compares its volume with (candidates.fit)
+            from matseg.statistics import record_statistics
 
-        record_statistics(output, [d.images for d in data], ", ".join(map(str, images)))
+            sources = ", ".join(map(str, images))
+            record_statistics(folder, [d.images for d in data], sources, shown_as=output)
+    if dropped:
+        logger.warning(
+            "%s: its selector was trained for the segmenters replaced now: removed; retrain one with "
+            "'matseg train-selector'",
+            output,
+        )
     return results

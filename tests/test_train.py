@@ -252,3 +252,68 @@ def test_a_patch_off_any_nets_stride_is_refused_before_training(tmp_path, small_
     assert "--patch 60" in err and "multiple of 8" in err and "expensive" in err and "--patch 56" in err
     assert "training cheap" not in err
     assert not (tmp_path / "w").exists()
+
+
+def _interrupted_at_second_net(monkeypatch):
+    """``fit`` that trains the first net and raises KeyboardInterrupt (Ctrl-C) in the second."""
+    import matseg.training
+
+    fit, calls = matseg.training.fit, []
+
+    def interrupted(model, *args, **kwargs):
+        calls.append(model.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(matseg.training, "fit", interrupted)
+    return calls
+
+
+def _files(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_an_interrupted_training_leaves_no_new_folder(tmp_path, small_sample, monkeypatch):
+    """Interrupted in the second net: no folder of the first net alone (which segment would
+    take for weights), and no hidden sibling left beside it."""
+    from matseg.training import train
+
+    calls = _interrupted_at_second_net(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train([str(small_sample)], tmp_path / "w", models=["cheap", "medium"], steps=1, batch=2, patch=64)
+    assert calls == ["cheap", "medium"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_training_leaves_a_weights_folder_as_it_was(
+    tmp_path, small_sample, random_weights, monkeypatch, caplog
+):
+    """Retraining a folder's nets on other phases, interrupted in the second net: every file of
+    the folder as before (its nets of one set of phases, its selector), nothing left beside it."""
+    import shutil
+
+    from matseg.training import train
+
+    folder = tmp_path / "w"
+    shutil.copytree(random_weights, folder)
+    before = _files(folder)
+    two = _labels(tmp_path, small_sample, lambda t: (t > 0).astype(np.uint8))
+    _interrupted_at_second_net(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            [str(small_sample)], folder, labels=[str(two)], phases=["pore", "solid"],
+            models=["cheap", "expensive"], steps=1, batch=2, patch=64,
+        )  # fmt: skip
+    assert _files(folder) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif", "w"]
+    # not interrupted: the net trained is replaced, the others kept, the selector dropped (it
+    # chose by the replaced net's gains) and said so, under the folder's own name
+    monkeypatch.undo()
+    caplog.set_level("WARNING", logger="matseg.training")
+    train([str(small_sample)], folder, models=["cheap"], steps=1, batch=2, patch=64)
+    after = _files(folder)
+    assert after["expensive.pt"] == before["expensive.pt"] and after["cheap.pt"] != before["cheap.pt"]
+    assert "selector.pt" not in after and "selector" not in json.loads(after["manifest.json"])
+    assert f"{folder}: its selector was trained for the segmenters replaced now" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif", "w"]

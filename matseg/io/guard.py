@@ -7,7 +7,8 @@ weights folder's ``manifest.json``), so ``--overwrite`` can never take a user's
 own files. New outputs are built under a hidden sibling name and renamed into
 place (:func:`building`) once their identity is recorded, so a run killed at
 any instant leaves either nothing at the output path or a store that says
-what it is.
+what it is; a folder changed as a whole (a weights folder) is changed on a copy
+that takes its place (:func:`rebuilding`).
 """
 
 from __future__ import annotations
@@ -177,6 +178,44 @@ def building(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(temp, ignore_errors=True)
         raise
     fault_point("after-rename")
+
+
+@contextlib.contextmanager
+def rebuilding(path: str | os.PathLike) -> Iterator[Path]:
+    """Change a folder all-or-nothing: yield a copy of it under a hidden sibling name (an empty
+    name if ``path`` is new or empty) and put the copy in its place when the block ends.
+
+    A folder of several files that must agree (a weights folder's nets and manifest) cannot be
+    changed file by file: a run stopped halfway would leave some old files and some new ones.
+    On an error or an interrupt the copy is removed and ``path`` is as it was; a kill leaves
+    only the sibling, which the next run's :func:`sweep_siblings` removes. The old folder is
+    renamed aside before the copy takes its place and deleted after, so the swap itself leaves
+    the old folder or the new one at ``path``.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))  # change the folder it names, not the link
+    if not path.is_dir() or not any(path.iterdir()):
+        with building(path) as temp:
+            yield temp
+        return
+    sweep_siblings(path)
+    temp, trash = _sibling(path, _BUILDING), _sibling(path, _TRASH)
+    if os.path.lexists(temp):
+        shutil.rmtree(temp)
+    try:
+        shutil.copytree(path, temp, symlinks=True)
+        yield temp
+        os.rename(path, trash)
+        try:
+            os.rename(temp, path)
+        except BaseException:
+            os.rename(trash, path)
+            raise
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def replace_file(path: str | os.PathLike, data: bytes) -> None:

@@ -214,14 +214,33 @@ def check_every_phase_labelled(data: Sequence[LabelledSlices], phases: Sequence[
         )
 
 
-def check_val_phases(val: Sequence[str], val_data: Sequence[LabelledSlices], phases: Sequence[str]) -> None:
-    """Validation labels use the training labels' phase values."""
-    for source, d in zip(val, val_data):
+def check_val_phases(
+    val: Sequence[str],
+    val_data: Sequence[LabelledSlices],
+    phases: Sequence[str],
+    val_names: Sequence[Sequence[str] | None] | None = None,
+) -> None:
+    """Validation labels mean what the training labels mean: values within the training phases,
+    and, where a validation store names its phases, the same name for every value it names.
+
+    A value that means another phase there would be scored as this one (a 3-phase sample's
+    carbon-binder counted as a 4-phase training's binder): an mIoU of nothing in particular.
+    A store that names fewer phases (a sample without the last phase) is taken.
+    """
+    for source, d, names in zip(val, val_data, val_names or [None] * len(val)):
         top = int(d.labels[d.labels != UNLABELLED].max(initial=0))
         if top >= len(phases):
             raise MatsegError(
                 f"--val {source}: labels use values up to {top}, but the training labels have "
                 f"{len(phases)} phases ({', '.join(phases)})"
+            )
+        differ = [v for v, (a, b) in enumerate(zip(names or (), phases)) if a != b]
+        if differ:
+            v = differ[0]
+            raise MatsegError(
+                f"--val {source} names its phases {', '.join(names)}; the training phases are "
+                f"{', '.join(phases)} (value {v} is {names[v]} there, {phases[v]} here): validate on "
+                "labels of these phases, or name the training phases as they are meant (--phases)"
             )
 
 
@@ -337,8 +356,8 @@ def train(
         check_every_phase_labelled(data, phases)
     check_folder_phases(output, phases, models)
     if val:
-        val_data = [load_labelled(v)[0] for v in val]
-        check_val_phases(val, val_data, phases)
+        val_data, val_names = zip(*(load_labelled(v) for v in val))
+        check_val_phases(val, val_data, phases, val_names)
     else:
         val_data, data = hold_out(data)
     if not data or not val_data:

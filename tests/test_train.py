@@ -317,3 +317,17 @@ def test_an_interrupted_training_leaves_a_weights_folder_as_it_was(
     assert "selector.pt" not in after and "selector" not in json.loads(after["manifest.json"])
     assert f"{folder}: its selector was trained for the segmenters replaced now" in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif", "w"]
+
+
+def test_validation_labels_that_name_other_phases_are_refused(tmp_path, small_sample, capsys):
+    """Four training phases against a --val sample that names three others (value 1 is
+    carbon-binder there, binder here): refused before training, not scored as binder 0.000.
+    A --val that names the training phases for its values (a sample without active-b) is taken."""
+    four = _labels(tmp_path, small_sample, lambda t: np.where((t == 2) & (np.arange(64) < 32), 3, t))
+    args = ["train", small_sample, "--labels", four, "--val", small_sample, *QUICK, "--steps", "1"]
+    code = run([*args, "--phases", "pore,binder,active,active-b", "-o", tmp_path / "w"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "--val" in err and "carbon-binder" in err and "pore, binder, active, active-b" in err
+    assert not (tmp_path / "w").exists()
+    assert run([*args, "--phases", "pore,carbon-binder,active,active-b", "-o", tmp_path / "w"]) == 0

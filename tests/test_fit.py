@@ -227,6 +227,7 @@ def test_finetuning_never_keeps_the_old_selector(corrected_run, tmp_path, small_
     assert run(["train", "--from-corrections", path, "-o", tuned, "--steps", "5", "--patch", "64"]) == 0
     out = capsys.readouterr().out
     assert "selector: none in" in out and "at least 2 labelled tiles" in out
+    assert "--tile" not in out and "matseg-selector-" not in out  # no advice for another command
     assert "selector" not in json.loads((tuned / "manifest.json").read_text())
     assert not (tuned / "selector.pt").exists()
     with pytest.raises(MatsegError, match="has no selector"):

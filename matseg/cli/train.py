@@ -208,7 +208,8 @@ def train_selector(
 
     Every candidate runs on every tile of IMAGES (use volumes the segmenters
     were not trained on); the policy then learns by REINFORCE which candidate
-    pays at each lambda.
+    pays at each lambda. It needs at least 2 labelled tiles: for a stack of
+    separate 2-D images, a tile one slice deep (--tile 1,256,256).
     """
     from matseg.selector.train import train_selector as run
 

@@ -19,7 +19,7 @@ from matseg.errors import MatsegError
 from matseg.labelled import UNLABELLED, LabelledSlices
 from matseg.models.store import read_manifest
 from matseg.selector.policy import remove_selector, save_selector_record
-from matseg.selector.train import train_selector
+from matseg.selector.train import TooFewTiles, train_selector
 
 SELECTOR_STEPS = 2000  # the table is a few dozen tiles: fewer steps than for the bundled selector
 
@@ -56,6 +56,10 @@ def selector_from_slices(
                 [str(image)], weights, labels=[str(labels)], tile=(1, *tile), steps=steps, seed=seed,
                 command=command,
             )  # fmt: skip
+        except TooFewTiles as err:  # its --tile advice is for train-selector, not for corrections
+            remove_selector(weights)
+            reason = f"the corrected slices give {err.found} labelled tile(s); the selector needs at least 2"
+            return {"trained": False, "reason": reason + " labelled tiles to train on"}
         except MatsegError as err:
             remove_selector(weights)
             return {"trained": False, "reason": str(err)}  # the caller says it, with what to do

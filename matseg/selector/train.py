@@ -33,7 +33,7 @@ from matseg.selector.policy import (
     save_selector_record,
 )
 from matseg.selector.table import class_to_phase, merge_tables, remap_rows, reward, tile_iou, tile_table
-from matseg.tiling import DEFAULT_TILE
+from matseg.tiling import DEFAULT_TILE, plan_tiles
 
 logger = logging.getLogger(__name__)
 progress_log = logging.getLogger("matseg.progress.selector")  # per-step lines: --quiet hides them
@@ -196,6 +196,72 @@ def _fit(features, iou, gflops, steps, batch, lr, entropy, samples, rng) -> tupl
     return net, history
 
 
+class TooFewTiles(MatsegError):
+    """Fewer than 2 labelled tiles to fit a policy on (``found``): said before any candidate runs."""
+
+    def __init__(self, message: str, found: int):
+        super().__init__(message)
+        self.found = found
+
+
+def labelled_tiles(
+    volumes: Sequence, tile: Sequence[int], halo: int, stride: int, slices: Sequence[int] | None = None
+) -> int:
+    """How many tiles of ``volumes`` (:class:`matseg.io.read.Volume`) the tile grid gives that
+    can hold labels: those holding one of ``slices`` (all, by default). Counted from the shapes
+    alone, before any candidate runs."""
+    count = 0
+    for volume in volumes:
+        grid = plan_tiles(volume.shape, tuple(tile)[-volume.ndim :], halo, stride)
+        in_plane = int(np.prod([len(c) for c in grid.chunks[-2:]]))
+        if volume.ndim == 2:
+            count += in_plane
+            continue
+        ends = np.cumsum(grid.chunks[0])
+        if slices is None:
+            count += in_plane * len(ends)
+        else:  # the Z tiles holding a labelled slice
+            count += in_plane * len({int(np.searchsorted(ends, z, side="right")) for z in slices})
+    return count
+
+
+def check_enough_tiles(
+    images: Sequence[str], tile: Sequence[int], halo: int, stride: int, slices: Sequence[int] | None
+) -> None:
+    """Refuse, before any candidate runs, a tile that leaves fewer than 2 labelled tiles to learn
+    from (running every candidate on every tile is most of the time training takes), naming a
+    smaller tile that gives more: a slice deep for a stack (of separate 2-D images, say), else
+    half as wide."""
+    from matseg.io.read import open_volume
+
+    volumes = [open_volume(i) for i in images]
+    found = labelled_tiles(volumes, tile, halo, stride, slices)
+    if found >= 2:
+        return
+    tile = tuple(int(t) for t in tile)
+    plane = tuple(max(stride, t // 2 // stride * stride) for t in tile[-2:])
+    deep = tile[:-2]  # the Z size, if given
+    thin = [(1,)] if deep and deep[0] > 1 else []
+    tries = [(*z, *tile[-2:]) for z in thin] + [(*z, *plane) for z in [deep, *thin]]
+    advice = "label more slices or give more volumes"
+    for smaller in tries:
+        try:
+            if smaller != tile and labelled_tiles(volumes, smaller, halo, stride, slices) >= 2:
+                whole = " for a stack of separate 2-D images" if smaller[-2:] == tile[-2:] else ""
+                advice = (
+                    f"give a smaller --tile, e.g. --tile {','.join(map(str, smaller))}{whole}, or {advice}"
+                )
+                break
+        except MatsegError:  # smaller than the halo: not a tile segment can run
+            continue
+    shapes = ", ".join(f"{v.source} ({' x '.join(map(str, v.shape))})" for v in volumes)
+    raise TooFewTiles(
+        f"--tile {','.join(map(str, tile))} cuts {shapes} into {found} labelled tile(s); the selector "
+        f"needs at least 2 labelled tiles to train on: {advice}",
+        found,
+    )
+
+
 def train_selector(
     images: Sequence[str],
     weights: str | os.PathLike,
@@ -251,6 +317,8 @@ def train_selector(
         check_pairing(trained, models)
     context = Context(models)
     halo = halo_of("auto", context, names)  # the halo a segment run of these candidates reads
+    if trained is None:  # a policy to fit: enough tiles to fit it on, before the candidates run
+        check_enough_tiles(images, tile, halo, max(m.stride for m in models.values()), slices)
     tables = []
     for i, image in enumerate(images):
         progress_log.info("selector: running %d candidates on every tile of %s", len(names), image)

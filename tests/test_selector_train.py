@@ -3,6 +3,7 @@ tiles are too few, and honest about what its default λ was compared with."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -51,3 +52,25 @@ def test_too_few_tiles_are_refused_before_any_candidate_runs(
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "into 1 labelled tile" in err and "at least 2" in err and suggested in err
     assert snapshot(tmp_path) == before
+
+
+def test_default_lambda_names_the_candidate_it_was_compared_with(
+    tmp_path, small_sample, random_weights, capsys
+):
+    """A folder of the cheap net alone (``train --model cheap``) has no expensive net to be
+    within 0.01 mIoU of: the default λ is picked against the most accurate candidate present,
+    and the line and the record name it."""
+    folder = tmp_path / "cheap-only"
+    folder.mkdir()
+    shutil.copy2(random_weights / "cheap.pt", folder / "cheap.pt")
+    manifest = json.loads((random_weights / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({"cheap": manifest["cheap"]}))
+    args = ["train-selector", small_sample, "--weights", folder, "--tile", "4,64,64", "--steps", "5"]
+    assert run(args) == 0
+    err = capsys.readouterr().err
+    record = json.loads((folder / "manifest.json").read_text())["selector"]
+    assert record["candidates"] == ["cheap", "classical"]
+    best = max(record["candidates"], key=lambda name: record["mean_tile_iou"][name])
+    assert record["default_lambda_reference"] == best
+    assert record["default_lambda_curve"][0] == {**record["default_lambda_curve"][0], "lambda": None}
+    assert f"mIoU of all-{best} on its training tiles" in err and "all-expensive" not in err

@@ -198,7 +198,8 @@ def _finetune(corrections, output, models, shared: dict) -> None:
     "--default-lambda-only",
     is_flag=True,
     help="Keep the trained selector of --weights; only pick its default lambda again on IMAGES "
-    "(the largest whose plan loses at most 0.01 mIoU to all-expensive on their tiles).",
+    "(the largest whose plan loses at most 0.01 mIoU to all-expensive on their tiles; without an "
+    "expensive net, to the candidate of the best mean tile IoU).",
 )
 @verbosity_options
 def train_selector(

@@ -58,18 +58,19 @@ DEFAULT_TOLERANCE = 0.01
 
 
 def pick_default_lambda(
-    net: PolicyNet, features: np.ndarray, confusion: np.ndarray, k_expensive: int, tolerance: float
+    net: PolicyNet, features: np.ndarray, confusion: np.ndarray, k_reference: int, tolerance: float
 ) -> tuple[float, list[dict]]:
-    """The largest λ whose plan on the training tiles stays within ``tolerance`` mIoU of all-expensive;
-    the curve of every λ tried, all-expensive's mIoU first (``"lambda": None``).
+    """The largest λ whose plan on the training tiles stays within ``tolerance`` mIoU of running
+    candidate ``k_reference`` everywhere (all-expensive, where there is an expensive net); the
+    curve of every λ tried, the reference's mIoU first (``"lambda": None``).
 
     Scale-free users of their own data get a default that fits their gains and costs.
     """
     from matseg.selector.table import plan_miou
 
-    all_expensive = plan_miou(confusion, np.full(len(features), k_expensive))
-    target = all_expensive - tolerance
-    best, curve = DEFAULT_LAMBDA_GRID[0], [{"lambda": None, "miou": all_expensive, "upgraded": 1.0}]
+    reference = plan_miou(confusion, np.full(len(features), k_reference))
+    target = reference - tolerance
+    best, curve = DEFAULT_LAMBDA_GRID[0], [{"lambda": None, "miou": reference, "upgraded": 1.0}]
     for lam in DEFAULT_LAMBDA_GRID:
         with torch.inference_mode():
             logits = net(torch.as_tensor(features), torch.full((len(features),), lam))[0]
@@ -79,6 +80,17 @@ def pick_default_lambda(
         if miou >= target:
             best = lam
     return best, curve
+
+
+def default_reference(names: Sequence[str], iou: np.ndarray) -> str:
+    """What the default λ's plan is compared with: the expensive net (the accurate end of the
+    bundled weights, and of most folders), or, in a folder without one (``train --model
+    cheap``), the candidate of the best mean tile IoU (``iou``: tiles x candidates): "almost the
+    accuracy of the best there is" needs the best there is, and a name to say it by."""
+    if "expensive" in names:
+        return "expensive"
+    means = iou.mean(axis=0)
+    return names[int(np.argmax(means))]
 
 
 def sample_lambdas(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -335,19 +347,20 @@ def train_selector(
         net, history = fit_policy(table["features"], iou, table["gflops"], steps=steps, seed=seed)
     else:
         net = trained.net
-    default_lambda, curve = DEFAULT_LAMBDA_GRID[0], []
-    if "expensive" in names:
-        default_lambda, curve = pick_default_lambda(
-            net, table["features"], confusion, names.index("expensive"), DEFAULT_TOLERANCE
-        )
+    reference = default_reference(names, iou)
+    default_lambda, curve = pick_default_lambda(
+        net, table["features"], confusion, names.index(reference), DEFAULT_TOLERANCE
+    )
     logger.info(
-        "selector: default lambda %s (within %s mIoU of all-expensive on its training tiles)",
+        "selector: default lambda %s (within %s mIoU of all-%s on its training tiles)",
         default_lambda,
         DEFAULT_TOLERANCE,
+        reference,
     )
     picked = {
         "default_lambda": default_lambda,
         "default_lambda_curve": curve,
+        "default_lambda_reference": reference,
         "default_lambda_tolerance": DEFAULT_TOLERANCE,
     }
     if trained is not None:

@@ -35,7 +35,8 @@ class Settings:
     lam : float, optional
         Accuracy/cost trade-off λ in [0, 1] for ``auto``: higher spends less.
         Default: the selector's own, picked at training time as the largest λ
-        that stayed within 0.01 mIoU of all-expensive on its training tiles.
+        that stayed within 0.01 mIoU of all-expensive on its training tiles (of its
+        most accurate candidate, for a selector without the expensive net).
     budget_gflops : float, optional
         Instead of λ: a hard cap on the GFLOPs of the whole run.
     max_expensive_fraction : float, optional

@@ -8,19 +8,19 @@ never over the bundled one.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from matseg.corrections import Corrections, load_corrections, training_data_from_corrections
 from matseg.errors import MatsegError
+from matseg.io.guard import rebuilding
 from matseg.io.paths import check_distinct
 from matseg.labelled import UNLABELLED
 from matseg.models.segmenter import SEGMENTERS, new_segmenter
@@ -126,9 +126,12 @@ def finetune_from_corrections(
     if unknown:
         raise MatsegError(f"--model {', '.join(unknown)}: choose among {', '.join(SEGMENTERS)}")
     check_fit_numbers(steps, batch, patch, lr)
-    with _removed_on_failure(out):  # cancelled or failed: no half-made weights folder is left
-        out.mkdir(parents=True, exist_ok=True)
-        _copy_weights(init_dir, out, manifest, skip=[*models, "selector"])
+    # made anew beside ``out`` and put in its place at the end: cancelled or failed, ``out`` is as
+    # it was; finished, it holds this fine-tune's nets and selector only (an earlier fine-tune's
+    # selector, made for other nets, is never left in it)
+    with rebuilding(out, keep=False) as folder:
+        folder.mkdir(parents=True, exist_ok=True)  # (a new output's sibling is not made for us)
+        _copy_weights(init_dir, folder, manifest, skip=[*models, "selector"])
         results, monitor = {}, Monitor(progress, cancel)
         for name in models:
             if scratch:
@@ -158,7 +161,7 @@ def finetune_from_corrections(
                     "seconds": round(results[name]["seconds"], 1),
                 }
             }
-            save_segmenter(model, out, record)
+            save_segmenter(model, folder, record)
             results[name]["slices"] = corrections.corrected_slices
             before = results[name]["miou_before"]
             progress_log.info(
@@ -169,11 +172,12 @@ def finetune_from_corrections(
             )
             if results[name]["worse"]:
                 logger.warning("%s", lowered_advice(name, results[name], init_dir))
-        if "cheap" in read_manifest(out):
+        if "cheap" in read_manifest(folder):
             keep = [] if scratch else previous_sets(init_dir)
-            record_statistics(out, [data.images], f"{corrections.path} (corrected slices)", keep)
+            source = f"{corrections.path} (corrected slices)"
+            record_statistics(folder, [data.images], source, keep, shown_as=out)
         tile = tuple((corrections.attrs.get("tile") or [256, 256])[-2:])
-        results["selector"] = selector_from_slices(data, out, tile, selector_steps, seed, command)
+        results["selector"] = selector_from_slices(data, folder, tile, selector_steps, seed, command)
         selector = results["selector"]
         if selector["trained"]:
             logger.info("selector retrained for the new segmenters on %d tiles", selector["tiles"])
@@ -201,18 +205,6 @@ def _check_phases_taught(data, corrections: Corrections, scratch: bool) -> None:
             "them would teach the nets that phase everywhere; correct, or mark reviewed, tiles that "
             "show the other phases too"
         )
-
-
-@contextlib.contextmanager
-def _removed_on_failure(out: Path) -> Iterator[None]:
-    """Remove ``out`` if the block fails or is cancelled, unless it held something before."""
-    created = not out.exists() or (out.is_dir() and not any(out.iterdir()))
-    try:
-        yield
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
 
 
 def _finetune(model, data, numbers: dict, monitor: Monitor, scratch: bool) -> dict:

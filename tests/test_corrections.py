@@ -227,6 +227,40 @@ def test_finetune_refuses_bad_settings_before_writing(output, segmented_sample, 
     assert not (tmp_path / "tuned").exists()
 
 
+def test_finetune_into_an_earlier_fine_tunes_folder_replaces_it_whole(
+    output, segmented_sample, fair_weights, tmp_path
+):
+    """Fine-tuning again into the same folder (the plugin's default) kept the earlier fine-tune's
+    selector when this one trained none — a selector made for other nets. A cancelled run leaves
+    the folder as it was; a finished one holds this run's nets and selector only."""
+    import threading
+
+    truth = truth_of(segmented_sample[0])
+    tuned = tmp_path / "tuned"
+    both = matseg.save_corrections(
+        output, corrected_to_truth(output, truth), session="a", weights=fair_weights
+    )
+    first = matseg.finetune_from_corrections(both, tuned, steps=5, selector_steps=20)
+    assert first["selector"]["trained"] and (tuned / "selector.pt").is_file()
+    before = {p.name: p.read_bytes() for p in tuned.iterdir()}
+
+    cancel = threading.Event()
+    with pytest.raises(matseg.Cancelled):
+        matseg.finetune_from_corrections(
+            both, tuned, steps=50, progress=lambda s, done, n: done == 2 and cancel.set(), cancel=cancel
+        )
+    assert {p.name: p.read_bytes() for p in tuned.iterdir()} == before  # as it was
+
+    labels = matseg.open_segmentation(output).phases.compute()
+    labels[5, :32, :32] = truth[5, :32, :32]  # one corrected tile: too few for a selector
+    one = matseg.save_corrections(output, labels, session="b", weights=fair_weights, replace=True)
+    again = matseg.finetune_from_corrections(one, tuned, steps=5, selector_steps=20)
+    assert not again["selector"]["trained"]
+    assert not (tuned / "selector.pt").exists()
+    assert "selector" not in json.loads((tuned / "manifest.json").read_text())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no sibling left
+
+
 def test_finetune_refuses_corrections_of_one_phase_only(output, fair_weights, tmp_path):
     """A reviewer painted a slice all pore: fine-tuning on it taught the nets pore everywhere."""
     labels = matseg.open_segmentation(output).phases.compute()

@@ -181,9 +181,10 @@ def building(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def rebuilding(path: str | os.PathLike) -> Iterator[Path]:
+def rebuilding(path: str | os.PathLike, keep: bool = True) -> Iterator[Path]:
     """Change a folder all-or-nothing: yield a copy of it under a hidden sibling name (an empty
-    name if ``path`` is new or empty) and put the copy in its place when the block ends.
+    name if ``path`` is new or empty, or with ``keep=False``: a folder made anew) and put the
+    copy in its place when the block ends.
 
     A folder of several files that must agree (a weights folder's nets and manifest) cannot be
     changed file by file: a run stopped halfway would leave some old files and some new ones.
@@ -204,7 +205,10 @@ def rebuilding(path: str | os.PathLike) -> Iterator[Path]:
     if os.path.lexists(temp):
         shutil.rmtree(temp)
     try:
-        shutil.copytree(path, temp, symlinks=True)
+        if keep:
+            shutil.copytree(path, temp, symlinks=True)
+        else:
+            temp.mkdir()
         yield temp
         os.rename(path, trash)
         try:

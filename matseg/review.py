@@ -19,7 +19,8 @@ import zarr
 from zarr.storage import LocalStore
 
 from matseg.errors import MatsegError
-from matseg.io.read import label_phase_names, ome_attrs, open_volume, split_spec
+from matseg.io.ome import label_phase_names, ome_attrs
+from matseg.io.read import open_volume, split_spec
 from matseg.io.scale import VoxelSize
 from matseg.pipeline.report import REPORT_NAME
 from matseg.tiling import TileGrid, plan_tiles

@@ -28,7 +28,8 @@ from matseg.monitor import CancelToken, Monitor, Progress
 from matseg.pipeline.report import REPORT_NAME
 from matseg.selector.refit import SELECTOR_STEPS, selector_from_slices
 from matseg.statistics import previous_sets, record_statistics
-from matseg.training import check_every_phase_labelled, check_fit_numbers, fit, score
+from matseg.training import fit, score
+from matseg.training_checks import check_every_phase_labelled, check_fit_numbers
 
 logger = logging.getLogger(__name__)
 progress_log = logging.getLogger("matseg.progress.finetune")  # per-model lines: --quiet hides them

@@ -26,7 +26,13 @@ LAYERS = [
     ("matseg.candidates",),
     ("matseg.selector.policy", "matseg.selector.plan", "matseg.cluster", "matseg.sample"),
     ("matseg.pipeline",),
-    ("matseg.training", "matseg.selector.table", "matseg.review", "matseg.statistics"),
+    (
+        "matseg.training_checks",
+        "matseg.training",
+        "matseg.selector.table",
+        "matseg.review",
+        "matseg.statistics",
+    ),
     (
         "matseg.selector.train",
         "matseg.selector.refit",

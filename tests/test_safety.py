@@ -183,15 +183,16 @@ def test_train_patch_larger_than_the_images(tmp_path, small_sample, capsys):
 
 def test_train_patch_beyond_memory_names_what_fits(tmp_path, small_sample, capsys, monkeypatch):
     import matseg.training
+    import matseg.training_checks
 
-    monkeypatch.setattr(matseg.training, "available_memory", lambda: 8 << 20)  # 8 MiB
+    monkeypatch.setattr(matseg.training_checks, "available_memory", lambda: 8 << 20)  # 8 MiB
     args = ["train", small_sample, "-o", tmp_path / "w", "--model", "cheap", "--steps", "1", "--patch", "64"]
     before = snapshot(tmp_path)
     code = run(args)
     err = capsys.readouterr().err
     assert code == 2 and "GiB are available; use --patch" in err and len(err.strip().splitlines()) == 1
     fits = int(err.split("use --patch ")[1].split()[0])
-    per_pixel = matseg.training.training_bytes_per_pixel(
+    per_pixel = matseg.training_checks.training_bytes_per_pixel(
         matseg.training.new_segmenter("cheap", ("a", "b", "c"))
     )
     assert 0 < fits < 64 and per_pixel * 8 * fits**2 <= 8 << 20 < per_pixel * 8 * (fits + 8) ** 2

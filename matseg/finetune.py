@@ -93,6 +93,7 @@ def finetune_from_corrections(
     from matseg.models.store import (
         check_weights_folder,
         default_weights_dir,
+        is_bundled,
         load_segmenter,
         read_manifest,
         save_segmenter,
@@ -101,7 +102,7 @@ def finetune_from_corrections(
     if not isinstance(corrections, Corrections):
         corrections = load_corrections(corrections)
     out, bundled = Path(output), default_weights_dir()
-    if out.absolute().resolve() == bundled.absolute().resolve():
+    if is_bundled(out):
         raise MatsegError(
             f"refusing to write fine-tuned weights into the bundled weights folder {bundled}; "
             "choose another output folder"

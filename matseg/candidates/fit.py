@@ -47,7 +47,7 @@ from matseg.io.guard import replace_file
 from matseg.models.inference import segment_probs
 from matseg.models.labels import normalized_entropy, phase_labels
 from matseg.models.segmenter import Segmenter
-from matseg.models.store import MANIFEST, default_weights_dir, read_manifest
+from matseg.models.store import MANIFEST, default_weights_dir, is_bundled, read_manifest
 from matseg.normalize import QUANTILE_LEVELS
 
 logger = logging.getLogger(__name__)
@@ -260,16 +260,11 @@ def check_fit(
     if statistics is None or not quantiles:
         return None
     fit = fit_of(statistics, quantiles, features, cheap_sha256, voxels)
-    if not fit["fits"] and not _bundled(weights):
+    if not fit["fits"] and not is_bundled(weights):
         fit["advice"] = OWN_ADVICE
     if not fit["fits"]:
         logger.warning(describe_fit(fit))
     return fit
-
-
-def _bundled(weights: str | os.PathLike | None) -> bool:
-    """Whether ``weights`` are the bundled ones (None: the default)."""
-    return weights is None or Path(weights).resolve() == default_weights_dir().resolve()
 
 
 def describe_fit(fit: dict) -> str:

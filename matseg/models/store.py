@@ -30,6 +30,11 @@ def default_weights_dir() -> Path:
     return Path(str(resources.files("matseg.models") / "weights"))
 
 
+def is_bundled(folder: str | os.PathLike | None) -> bool:
+    """Whether ``folder`` is the bundled weights folder (None: the default, so it is), however spelt."""
+    return folder is None or Path(folder).absolute().resolve() == default_weights_dir().absolute().resolve()
+
+
 def sha256_of(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

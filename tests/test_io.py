@@ -146,3 +146,20 @@ def test_a_stack_tifffile_saved_as_planar_samples_is_read_as_slices(tmp_path, sl
     volume = open_volume(tmp_path / "stack.tif")
     np.testing.assert_array_equal(volume.data.compute(), data)
     assert "stores its slices as colour samples" in caplog.text
+
+
+def test_links_inside_a_linked_group_are_followed(tmp_path):
+    """A master file links a group kept in another file, which itself links the data kept in a
+    third (a common beamline layout); a link back to the master does not loop."""
+    with h5py.File(tmp_path / "raw.h5", "w") as fh:
+        fh.create_dataset("data", data=DATA, chunks=(1, 20, 25))
+    with h5py.File(tmp_path / "entry.h5", "w") as fh:
+        fh["entry/instrument/detector"] = h5py.ExternalLink("raw.h5", "/data")
+        fh["entry/master"] = h5py.ExternalLink("master.h5", "/")
+    with h5py.File(tmp_path / "master.h5", "w") as fh:
+        fh["scan"] = h5py.ExternalLink("entry.h5", "/entry")
+    volume = open_volume(tmp_path / "master.h5")
+    assert volume.kind == "hdf5" and volume.shape == DATA.shape
+    np.testing.assert_array_equal(volume.data.compute(), DATA)
+    volume = open_volume(f"{tmp_path / 'master.h5'}:/scan/instrument/detector")
+    assert volume.shape == DATA.shape

@@ -68,31 +68,40 @@ def open_dataset(path: Path, inner: str):
 
 
 def _datasets(handle, path: Path) -> tuple[list[str], dict[str, str]]:
-    """The file's datasets, those its external links lead to included, and its external links
-    that lead nowhere, each with the line that says so."""
-    import h5py
-
+    """The file's datasets, those its external links lead to included (through groups kept
+    in other files and their own links), and its external links that lead nowhere, each with
+    the line that says so."""
     names: list[str] = []
     dangling: dict[str, str] = {}
-    handle.visititems(lambda n, obj: names.append("/" + n) if isinstance(obj, h5py.Dataset) else None)
+    _walk(handle, "", names, dangling, set())
+    return sorted(names), dangling
+
+
+def _walk(group, prefix: str, names: list, dangling: dict, seen: set) -> None:
+    """Add ``group``'s datasets to ``names`` as ``prefix/name``, and follow its external links
+    (a group reached twice through links, e.g. a link back to its own file, is walked once)."""
+    import h5py
+
+    key = (group.file.filename, group.name)
+    if key in seen:
+        return
+    seen.add(key)
+    group.visititems(lambda n, obj: names.append(f"{prefix}/{n}") if isinstance(obj, h5py.Dataset) else None)
 
     def external(name: str, link) -> None:
         if not isinstance(link, h5py.ExternalLink):
             return
         try:
-            target = handle[name]  # h5py opens the other file here
+            target = group[name]  # h5py opens the other file here
         except (KeyError, OSError):
-            dangling["/" + name] = _dangling(path, link)
+            dangling[f"{prefix}/{name}"] = _dangling(Path(group.file.filename), link)
             return
         if isinstance(target, h5py.Dataset):
-            names.append("/" + name)
-        elif isinstance(target, h5py.Group):  # a group kept in another file: its datasets
-            target.visititems(
-                lambda n, obj: names.append(f"/{name}/{n}") if isinstance(obj, h5py.Dataset) else None
-            )
+            names.append(f"{prefix}/{name}")
+        elif isinstance(target, h5py.Group):  # a group kept in another file: its datasets and links
+            _walk(target, f"{prefix}/{name}", names, dangling, seen)
 
-    handle.visititems_links(external)
-    return sorted(names), dangling
+    group.visititems_links(external)
 
 
 def _dangling(path: Path, link) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from contextlib import contextmanager
 
 # dask's progress-bar format ("[####    ] | 45% Completed | 2.1s") after the stage's name,
 # which tools such as the napari plugin read from matseg's stderr
@@ -78,6 +79,32 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value):
         pass
+
+
+@contextmanager
+def fit_warning_in_summary():
+    """While ``matseg segment`` runs: the fit check's warning (the volume unlike the weights'
+    training data) is held back, for the summary's ``fit`` line says the same; a run that ends
+    without a summary (an error) logs it after all."""
+    fit_log = logging.getLogger("matseg.candidates.fit")
+    held = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        held.append(record)
+        return False
+
+    fit_log.addFilter(hold)
+    try:
+        yield
+    except BaseException:
+        fit_log.removeFilter(hold)
+        for record in held:
+            fit_log.handle(record)
+        raise
+    finally:
+        fit_log.removeFilter(hold)
 
 
 def _physical(report: dict) -> str:

@@ -234,3 +234,29 @@ def test_finetuning_never_keeps_the_old_selector(corrected_run, tmp_path, small_
         matseg.segment(small_sample, tmp_path / "auto.zarr", weights=tuned, tile=(4, 64, 64))
     report = matseg.segment(small_sample, tmp_path / "cheap.zarr", weights=tuned, model="cheap")
     assert report["model"] == "cheap"
+
+
+def test_the_fit_warning_is_said_once(tmp_path, small_sample, capsys, monkeypatch):
+    """The summary's fit line says it; the log line it would repeat comes only where a run
+    ends without a summary."""
+    inverted = tmp_path / "inverted.zarr"
+    shutil.copytree(small_sample, inverted)
+    image = zarr.open_array(str(inverted / "0"), mode="r+")
+    data = image[:]
+    image[:] = data.max() + data.min() - data
+    out = tmp_path / "phases.zarr"
+    assert run(["segment", inverted, "-o", out, "--model", "cheap", "--quiet"]) == 0
+    said = capsys.readouterr()
+    fit = json.loads((out / "matseg-report.json").read_text())["fit"]
+    assert not fit["fits"] and "advice" in fit  # kept in the report
+    lines = [line for line in (said.out + said.err).splitlines() if "training data" in line]
+    assert len(lines) == 1 and lines[0].strip().startswith("fit ") and "UNLIKE" in lines[0], lines
+
+    def fails(*args, **kwargs):
+        raise MatsegError("no seam score today")
+
+    monkeypatch.setattr("matseg.pipeline.run.seam_score", fails)
+    args = ["segment", inverted, "-o", tmp_path / "again.zarr", "--model", "cheap", "--quiet"]
+    assert run(args) == 2
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.count("UNLIKE the weights' training data") == 1, said.err

@@ -19,7 +19,7 @@ from matseg.cli.options import (
     voxel_size_of,
     voxel_size_options,
 )
-from matseg.console import StageBars, format_dry_run, format_report
+from matseg.console import StageBars, fit_warning_in_summary, format_dry_run, format_report
 from matseg.defaults import DEFAULT_TOLERANCE
 from matseg.errors import MatsegError
 
@@ -235,19 +235,20 @@ def segment(
     voxel_size = voxel_size_of(voxel_size_text, unit)
     bars = StageBars(not no_bars and not click.get_current_context().meta.get("matseg.quiet"))
     try:
-        report = run_segment(
-            input,
-            output,
-            settings,
-            dry_run=dry_run,
-            overwrite=overwrite,
-            workers=workers if not cluster["kind"] else None,
-            cluster=cluster_spec(workers, cluster),
-            truth=truth,
-            voxel_size=voxel_size,
-            progress=bars,
-            command=command_line(),
-        )
+        with fit_warning_in_summary():  # said once, in the summary's fit line
+            report = run_segment(
+                input,
+                output,
+                settings,
+                dry_run=dry_run,
+                overwrite=overwrite,
+                workers=workers if not cluster["kind"] else None,
+                cluster=cluster_spec(workers, cluster),
+                truth=truth,
+                voxel_size=voxel_size,
+                progress=bars,
+                command=command_line(),
+            )
     finally:
         bars.close()
     # a dry run of a finished output: nothing to estimate, the finished run's report is shown

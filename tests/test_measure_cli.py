@@ -209,3 +209,22 @@ def test_calibration_is_not_applied_to_a_segmentation_it_was_not_fitted_for(
     report = matseg.measure(bundled, samples=2, transport=False, rev=False)
     assert report["uncertainty"]["calibration"] is not None
     assert report["uncertainty"]["calibration_not_applied"] is None
+
+
+def test_a_solve_skipped_in_every_draw_is_said_once(tmp_path, small_sample, capsys):
+    """The segmentation's skipped solve is said once, not again for each uncertainty draw; each
+    draw's table still holds its infinite tortuosity."""
+    import matseg
+
+    one_slice = tmp_path / "slice.zarr"
+    image = matseg.open_volume(small_sample).data[:1].compute()
+    plain_store(one_slice, image)
+    segmented = tmp_path / "phases.zarr"
+    matseg.segment(one_slice, segmented, model="classical", phases=("pore", "carbon-binder", "active"))
+    args = ["measure", segmented, "--samples", "3", "--no-rev", "--max-radius", "2", "-o", tmp_path / "m"]
+    assert run(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("axis z is 1 voxel long") == 1, err
+    report = json.loads((tmp_path / "m" / "measure.json").read_text())
+    assert report["uncertainty"]["samples"] == 3
+    assert [d["tortuosity_factor/pore/z/1"] for d in report["draws"]] == [None] * 3  # JSON: null

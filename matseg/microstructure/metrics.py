@@ -63,9 +63,15 @@ def local_table(reader: Reader, settings: Settings, within: Region | None = None
 
 
 def full_table(
-    reader: Reader, settings: Settings, transport: bool = True, connected: bool = True
+    reader: Reader,
+    settings: Settings,
+    transport: bool = True,
+    connected: bool = True,
+    draw: int | None = None,
 ) -> tuple[dict[str, float], dict]:
-    """Every metric of the whole volume, and the size histograms and solver details behind them."""
+    """Every metric of the whole volume, and the size histograms and solver details behind them
+    (``draw``: the number of the uncertainty draw ``reader`` is, whose skipped solves are debug lines:
+    the segmentation's own says it once)."""
     names, unit = settings.phase_names, settings.unit
     table = local_table(reader, settings)
     sizes = thickness_histograms(
@@ -104,8 +110,10 @@ def full_table(
                 )
             solves.append(solve)
             if solve["skipped"]:  # said plainly: 0 iterations and residual 0 would read as a solve
-                log.info(
-                    "%s; tau inf, D_eff/D_bulk 0",
+                log.log(
+                    logging.INFO if draw is None else logging.DEBUG,
+                    "%s%s; tau inf, D_eff/D_bulk 0",
+                    "" if draw is None else f"draw {draw}: ",
                     solve["skipped"].replace("the phase", f"phase {names[phase]}"),
                 )
             table[row("tortuosity_factor", names[phase], name, "1")] = float(solve["tau"])

@@ -215,7 +215,7 @@ def measure(
         for k in range(samples):
             logger.info("draw %d of %d", k + 1, samples)
             perturbed = Perturbed(src.labels, src.uncertainty, settings.n_phases, k, seed, correlation)
-            draws.append(full_table(perturbed, settings, transport, connectivity)[0])
+            draws.append(full_table(perturbed, settings, transport, connectivity, draw=k + 1)[0])
     calibration = load_calibration() if calibrated and draws else None
     not_calibrated = calibration and uncalibrated_reason(src)
     if not_calibrated:  # margins of another segmenter's errors would mislead: the draws alone

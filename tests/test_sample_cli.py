@@ -32,11 +32,16 @@ def test_sample_writes_ome_image_and_truth(tmp_path, shape):
         (["--shape", "10"], "--shape takes 2"),
         (["--shape", "1", "2", "3", "4"], "--shape takes 2"),
         (["--shape", "0", "32"], "positive"),
+        (["--shape", "-1", "64", "64"], "positive integers, e.g. 32 256 256; got -1 64 64"),
+        (["--shape", "32", "-64", "64"], "positive integers, e.g. 32 256 256; got 32 -64 64"),
+        (["--shape", "1.5", "64", "64"], "positive integers, e.g. 32 256 256; got 1.5 64 64"),
+        (["--shape=-1,64,64"], "positive integers, e.g. 32 256 256; got -1 64 64"),
     ],
 )
 def test_sample_bad_shape(tmp_path, capsys, args, message):
     assert run(["sample", tmp_path / "s.zarr", *args]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "s.zarr").exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 import sys
 
@@ -13,6 +14,7 @@ from matseg.defaults import DEFAULT_TILE
 from matseg.errors import MatsegError
 
 TILE_TEXT = ",".join(map(str, DEFAULT_TILE))
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # what follows --shape: 32, -1, 1.5
 
 
 def ints(text: str | None, name: str) -> tuple[int, ...] | None:
@@ -43,8 +45,9 @@ class SizesCommand(click.Command):
     """A command whose ``sizes_options`` take 2 or 3 integers: ``--shape 32 256 256``.
 
     Click has no option with a variable number of values (by design:
-    pallets/click#1351), so the integers that follow such an option are joined into
-    one value (``32,256,256``) before click parses the arguments.
+    pallets/click#1351), so the numbers that follow such an option are joined into
+    one value (``32,256,256``) before click parses the arguments; negative and decimal
+    ones too, which ``sizes`` then refuses (click would take ``-1`` for an option).
     """
 
     sizes_options = ("--shape",)
@@ -55,7 +58,7 @@ class SizesCommand(click.Command):
             joined.append(args[i])
             if args[i] in self.sizes_options:
                 values = []
-                while i + 1 < len(args) and args[i + 1].isdigit():
+                while i + 1 < len(args) and _NUMBER.fullmatch(args[i + 1]):
                     values.append(args[i + 1])
                     i += 1
                 if values:
@@ -65,12 +68,21 @@ class SizesCommand(click.Command):
 
 
 def sizes(ctx, param, value: str | None) -> tuple[int, ...] | None:
+    """A ``SizesCommand`` option's value: 2 (Y X) or 3 (Z Y X) positive integers."""
     if value is None:
         return None
+    words = value.replace(",", " ").split()
     try:
-        return tuple(int(v) for v in value.replace(",", " ").split())
+        shape = tuple(int(v) for v in words)
     except ValueError:
-        raise click.BadParameter(f"expected integers, got {value}", ctx, param) from None
+        shape = ()
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise click.UsageError(
+            f"{param.opts[0]} takes 2 (Y X) or 3 (Z Y X) positive integers, e.g. 32 256 256; "
+            f"got {' '.join(words) or repr(value)}",
+            ctx,
+        )
+    return shape
 
 
 def set_verbosity(ctx: click.Context, param, value) -> None:

@@ -62,8 +62,6 @@ def sample(output, shape, seed, config_path, profile, overwrite, voxel_size_text
 
     from matseg.sample import load_sample_config, write_sample
 
-    if len(shape) not in (2, 3) or min(shape) < 1:
-        raise click.UsageError(f"--shape takes 2 (Y X) or 3 (Z Y X) positive sizes, got {shape}")
     config = load_sample_config(config_path)
     if profile:
         config = dataclasses.replace(config, profile=profile)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import click
+from click.core import ParameterSource
 
 from matseg.cli.options import voxel_size_of, voxel_size_options
 from matseg.console import format_measure
@@ -63,7 +64,8 @@ def check_folder_writable(folder) -> None:
     type=click.IntRange(min=0),
     default=8,
     show_default=True,
-    help="Label volumes drawn from the uncertainty for the intervals (0: none).",
+    help="Label volumes drawn from the uncertainty for the intervals (0: none); a matseg segment "
+    "output's only: with --labels there is no uncertainty to draw from (refused).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draws.")
 @click.option(
@@ -127,6 +129,12 @@ def measure(
 
     import matseg
 
+    ctx = click.get_current_context()
+    if as_labels and samples > 0 and ctx.get_parameter_source("samples") != ParameterSource.DEFAULT:
+        raise MatsegError(
+            f"--samples {samples} with --labels: a plain label volume has no uncertainty to draw from, "
+            "so it is measured without intervals; drop --samples (or measure a matseg segment output)"
+        )
     given = voxel_size_of(voxel_size_text, unit)
     voxel_size = given.for_ndim(3).values if given is not None else None
     tpb = tuple(p.strip() for p in tpb_text.split(",")) if tpb_text else None

@@ -290,6 +290,11 @@ def format_evaluation(result: dict) -> str:
     for r in result["sweep"]:
         for method in ("selector", "cascade", "random", "oracle"):
             row(method, f"{r['lambda']:g}", r[method])
+    if result.get("absent_from_truth"):
+        lines.append(
+            "absent from the truth, so in no mIoU (as in real runs): "
+            + ", ".join(result["absent_from_truth"])
+        )
     for model, run in result.get("real", {}).items():
         lines.append(
             f"real run --model {model}: mIoU {run['miou']:.4f}, {run['gflops']:.1f} GFLOPs, "

@@ -25,7 +25,7 @@ from matseg.errors import MatsegError
 from matseg.io.guard import EVALUATION_MARKER, check_replaceable, output_kind, remove_output
 from matseg.io.paths import check_distinct
 from matseg.io.read import open_labels, open_volume
-from matseg.metrics import iou_per_phase
+from matseg.metrics import iou_in_truth
 from matseg.models.store import load_segmenter
 from matseg.pipeline.job import halo_of
 from matseg.selector.policy import check_pairing, choose_by_lambda, load_selector
@@ -67,15 +67,23 @@ class _Volumes:
             total += self._stage2(choice[a:b], t["grid"], extra, t["recompute"])[0]
         return total
 
-    def miou(self, choice: np.ndarray) -> tuple[float, dict]:
-        per_phase = iou_per_phase(self.confusion[np.arange(len(choice)), choice].sum(axis=0))
-        return float(np.nanmean(per_phase)), per_phase
+    def miou(self, choice: np.ndarray) -> tuple[float, np.ndarray]:
+        """The plan's mIoU over the phases the truth holds, as a real run's (docs/metrics.md);
+        its per-phase IoU, NaN for a phase absent from the truth."""
+        cm = self.confusion[np.arange(len(choice)), choice].sum(axis=0)  # rows predicted, columns true
+        per_phase = iou_in_truth(cm.T)
+        return float(np.nanmean(per_phase)) if np.isfinite(per_phase).any() else float("nan"), per_phase
+
+    def absent_from_truth(self) -> list[int]:
+        """The phases (by value) no tile's truth holds."""
+        return [int(k) for k in np.flatnonzero(self.confusion[:, 0].sum(axis=(0, 1)) == 0)]
 
     def point(self, label: str, choice: np.ndarray, gflops: float | None = None) -> dict:
         miou, per_phase = self.miou(choice)
         gflops = self.cost(choice) if gflops is None else gflops
         mix = {n: int((choice == k).sum()) for k, n in enumerate(self.names)}
-        return {"method": label, "miou": miou, "iou": per_phase.tolist(), "gflops": gflops, "mix": mix}
+        iou = [None if np.isnan(v) else float(v) for v in per_phase]  # null: absent from the truth
+        return {"method": label, "miou": miou, "iou": iou, "gflops": gflops, "mix": mix}
 
     def alone(self, name: str) -> dict:
         """Candidate ``name`` run on every tile by itself, with no cheap pass or selector (each
@@ -232,6 +240,7 @@ def _evaluate(volumes, output: Path, truths, weights, lambdas, tile, real_run) -
         "tiles": n,
         "candidates": list(names),
         "phases": list(models["cheap"].phases),
+        "absent_from_truth": [models["cheap"].phases[k] for k in data.absent_from_truth()],
         "selector": selector.describe(),
         "default_lambda": selector.default_lambda,
         "all_cheap": all_cheap,

@@ -70,6 +70,13 @@ def iou_per_phase(cm: np.ndarray) -> np.ndarray:
         return np.where(union > 0, tp / union, np.nan)
 
 
+def iou_in_truth(cm: np.ndarray) -> np.ndarray:
+    """IoU per phase of ``cm[t, p]`` (one matrix, or a stack), NaN for a phase the truth does not
+    hold: it has no IoU (its predicted voxels still count against the true phases). The rule of
+    every mIoU against a truth (:func:`summarize`, ``matseg evaluate``'s sweep)."""
+    return np.where(cm.sum(axis=-1) > 0, iou_per_phase(cm), np.nan)
+
+
 def summarize(cm: np.ndarray, phases: Sequence[str]) -> dict:
     """mIoU, per-phase IoU and voxel count of a confusion matrix ``cm[t, p]``.
 
@@ -77,9 +84,8 @@ def summarize(cm: np.ndarray, phases: Sequence[str]) -> dict:
     hold has no IoU (``None``; its predicted voxels still count against the true phases) and is
     listed under ``absent_from_truth``.
     """
-    iou = iou_per_phase(cm)
+    iou = iou_in_truth(cm)
     in_truth = cm.sum(axis=1) > 0
-    iou = np.where(in_truth, iou, np.nan)
     return {
         "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
         "iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(phases, iou)},

@@ -7,6 +7,7 @@ import json
 
 import dask.array as da
 import numpy as np
+import pytest
 import tifffile
 import zarr
 
@@ -88,3 +89,27 @@ def test_evaluate_tile_table_matches_a_named_truth_by_name(tmp_path, small_sampl
     own = tile_table(str(small_sample), None, context, *args[1:])
     named = tile_table(str(small_sample), str(reordered), context, *args[1:])
     np.testing.assert_array_equal(named["confusion"], own["confusion"])
+
+
+def test_evaluate_sweep_leaves_a_phase_absent_from_the_truth_out_of_the_miou(
+    tmp_path, small_sample, random_weights
+):
+    """As real runs (``summarize``): a phase the truth does not hold has no IoU, rather than 0."""
+    from matseg.console import format_evaluation
+    from matseg.evaluate import evaluate
+
+    two = tmp_path / "two.zarr"  # 0 pore, 1 carbon-binder: no value of the sample's 'active'
+    array = zarr.create_array(str(two), shape=(16, 64, 64), chunks=(8, 64, 64), dtype="uint8")
+    array[:] = np.minimum(_truth(small_sample), 1)
+    result = evaluate(
+        [str(small_sample)], tmp_path / "eval", truths=[str(two)], weights=random_weights,
+        lambdas=(0.0, 1.0), tile=(8, 64, 64), real_run=False,
+    )  # fmt: skip
+    points = [result["all_cheap"], result["all_expensive"]]
+    points += [row[m] for row in result["sweep"] for m in ("selector", "cascade", "oracle")]
+    for point in points:
+        pore, binder, active = point["iou"]
+        assert active is None and point["miou"] == pytest.approx((pore + binder) / 2)
+    saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert saved["all_cheap"]["iou"][2] is None and saved["absent_from_truth"] == ["active"]
+    assert "absent from the truth, so in no mIoU (as in real runs): active" in format_evaluation(result)

@@ -25,9 +25,9 @@ from matseg.errors import MatsegError
 from matseg.io.guard import EVALUATION_MARKER, check_replaceable, output_kind, remove_output
 from matseg.io.paths import check_distinct
 from matseg.io.read import open_labels, open_volume
-from matseg.metrics import iou_in_truth
+from matseg.metrics import iou_in_truth, match_truth
 from matseg.models.store import load_segmenter
-from matseg.pipeline.job import halo_of
+from matseg.pipeline.job import halo_of, weights_phases
 from matseg.selector.policy import check_pairing, choose_by_lambda, load_selector
 from matseg.selector.table import reward, tile_iou, tile_table
 from matseg.tiling import DEFAULT_TILE
@@ -124,6 +124,7 @@ def evaluate(
     output: str | os.PathLike,
     *,
     truths: Sequence[str] | None = None,
+    truth_phases: Sequence[str] | None = None,
     weights: str | os.PathLike | None = None,
     lambdas: Sequence[float] = LAMBDAS,
     tile: Sequence[int] = DEFAULT_TILE,
@@ -139,6 +140,9 @@ def evaluate(
         Folder for ``evaluation.json``, ``pareto.png`` and the real run's output.
     truths : sequence of str, optional
         Label volume per image; default: each store's own ``labels/truth``.
+    truth_phases : sequence of str, optional
+        The names of the ``truths``' label values 0, 1, 2 ... (the weights' phases, each once),
+        for truths that name none: they are then matched by name.
     lambdas : sequence of float
         The λ sweep.
     real_run : bool
@@ -163,18 +167,22 @@ def evaluate(
         check_replaceable(output, ("evaluation",), option="evaluate")
     for volume in volumes:  # a missing or unreadable input: refused before any output exists
         open_volume(volume)
+    if truth_phases is not None and not truths:
+        raise MatsegError("--truth-phases names the phases of a --truth: give the truths too")
     for i, volume in enumerate(volumes):
-        open_labels(volume, truths[i] if truths else None, "--truth")
+        labels = open_labels(volume, truths[i] if truths else None, "--truth")
+        if truth_phases is not None:  # wrong names: refused before any output exists
+            match_truth(labels.phases, weights_phases(weights), labels.source, truth_phases)
     created = not output.exists()
     try:
-        return _evaluate(volumes, output, truths, weights, lambdas, tile, real_run)
+        return _evaluate(volumes, output, truths, truth_phases, weights, lambdas, tile, real_run)
     except BaseException:
         if created and output_kind(output) == "evaluation":  # no empty or half-written folder is left
             remove_output(output, ("evaluation",), option="evaluate")
         raise
 
 
-def _evaluate(volumes, output: Path, truths, weights, lambdas, tile, real_run) -> dict:
+def _evaluate(volumes, output: Path, truths, truth_phases, weights, lambdas, tile, real_run) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     (output / EVALUATION_MARKER).write_text(json.dumps({"volumes": list(volumes)}) + "\n")
     selector = load_selector(weights)
@@ -191,7 +199,8 @@ def _evaluate(volumes, output: Path, truths, weights, lambdas, tile, real_run) -
     tables = []
     for i, volume in enumerate(volumes):
         progress_log.info("evaluate: every candidate on every tile of %s", volume)
-        tables.append(tile_table(volume, truths[i] if truths else None, context, names, tile, halo))
+        truth = truths[i] if truths else None
+        tables.append(tile_table(volume, truth, context, names, tile, halo, truth_phases=truth_phases))
     data = _Volumes(tables, selector, selector.gflops(1))
     table_seconds = time.perf_counter() - started
     n = len(data.features)
@@ -249,7 +258,7 @@ def _evaluate(volumes, output: Path, truths, weights, lambdas, tile, real_run) -
         "table_seconds": table_seconds,
     }
     if real_run:
-        result["real"] = _real_runs(volumes, truths, output, weights, tile)
+        result["real"] = _real_runs(volumes, truths, truth_phases, output, weights, tile)
     (output / "evaluation.json").write_text(json.dumps(result, indent=2, default=_json) + "\n")
     pareto_plot(result, output / "pareto.png")
     return result
@@ -263,12 +272,12 @@ def _add_efficiency(point: dict, all_expensive: dict) -> None:
     point["gflops_fraction"] = point["gflops"] / all_expensive["gflops"]
 
 
-def _real_runs(volumes, truths, output, weights, tile) -> dict:
+def _real_runs(volumes, truths, truth_phases, output, weights, tile) -> dict:
     """The default λ and all-expensive, run for real on every volume."""
     import dask.array as da
     import zarr
 
-    from matseg.metrics import confusion_matrix, match_truth, summarize, truth_as_phases
+    from matseg.metrics import confusion_matrix, summarize, truth_as_phases
     from matseg.pipeline.run import segment
 
     runs = {}
@@ -279,7 +288,8 @@ def _real_runs(volumes, truths, output, weights, tile) -> dict:
             remove_output(out, ("segment",))  # timed from scratch: no stored cheap pass reused
             report = segment(volume, out, model=model, weights=weights, tile=tile)
             labels = open_labels(volume, truths[i] if truths else None, "--truth")
-            truth = truth_as_phases(labels.data, match_truth(labels.phases, report["phases"], labels.source))
+            match = match_truth(labels.phases, report["phases"], labels.source, truth_phases)
+            truth = truth_as_phases(labels.data, match)
             pred = da.from_zarr(zarr.open_group(str(out), mode="r")["labels/phases/0"])
             cm = confusion_matrix(pred, truth.rechunk(pred.chunksize), len(report["phases"]))
             total_cm = cm if total_cm is None else total_cm + cm

@@ -94,20 +94,37 @@ def summarize(cm: np.ndarray, phases: Sequence[str]) -> dict:
     }
 
 
-def match_truth(truth_phases: Sequence[str] | None, phases: Sequence[str], source: str) -> dict:
+def match_truth(
+    truth_phases: Sequence[str] | None,
+    phases: Sequence[str],
+    source: str,
+    named: Sequence[str] | None = None,
+) -> dict:
     """How the label values of a truth stand for a run's ``phases``.
 
     By name where the truth names its phases (``truth_phases``, e.g. a ``matseg sample``
-    store's ``image-label`` properties): ``values[k]`` is the truth's value of the run's phase
-    ``k``. By value where it names none: phase i of the truth is phase i of the run.
+    store's ``image-label`` properties), or the user names them (``named``, from
+    ``--truth-phases``: the names of the truth's values 0, 1, 2 ...): ``values[k]`` is the
+    truth's value of the run's phase ``k``. By value where neither names them: phase i of the
+    truth is phase i of the run.
 
     Raises
     ------
     MatsegError
         Where both name their phases and the names differ (as sets): no phase can be matched
-        with confidence, so none is scored.
+        with confidence, so none is scored. Where ``named`` is not the run's phases, each once,
+        or contradicts the names the truth records.
     """
     phases = list(phases)
+    if named is not None:
+        check_truth_phases(named, phases)
+        if truth_phases and list(truth_phases) != list(named):
+            raise MatsegError(
+                f"truth {source} names its phases {', '.join(truth_phases)} (values 0, 1, ...); "
+                f"--truth-phases says {','.join(named)}: drop --truth-phases (the truth's own names are used)"
+            )
+        match = match_truth(named, phases, source)
+        return match | {"named_by": "--truth-phases"}
     if not truth_phases:
         note = (
             "truth has no phase names: phase i of the truth compared with phase i of the run "
@@ -122,6 +139,25 @@ def match_truth(truth_phases: Sequence[str] | None, phases: Sequence[str], sourc
             "--model classical, or weights trained on those names)"
         )
     return {"by": "name", "truth_phases": truth_phases, "values": [truth_phases.index(p) for p in phases]}
+
+
+def check_truth_phases(named: Sequence[str], phases: Sequence[str]) -> None:
+    """``--truth-phases``: the run's ``phases``, each once, in the order of the truth's values."""
+    given = ",".join(named)
+    if len(named) != len(phases):
+        raise MatsegError(
+            f"--truth-phases {given}: {len(named)} name(s) for the run's {len(phases)} phases "
+            f"({', '.join(phases)}); name the truth's values 0 .. {len(phases) - 1} in order"
+        )
+    unknown = [n for n in named if n not in phases]
+    if unknown:
+        raise MatsegError(
+            f"--truth-phases {given}: {', '.join(unknown)} is not one of the run's phases "
+            f"({', '.join(phases)}); name the truth's values 0 .. {len(phases) - 1} with those"
+        )
+    twice = sorted({n for n in named if list(named).count(n) > 1})
+    if twice:
+        raise MatsegError(f"--truth-phases {given} names {', '.join(twice)} twice; name each phase once")
 
 
 def truth_as_phases(truth: da.Array, match: dict) -> da.Array:

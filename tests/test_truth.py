@@ -113,3 +113,69 @@ def test_evaluate_sweep_leaves_a_phase_absent_from_the_truth_out_of_the_miou(
     saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert saved["all_cheap"]["iou"][2] is None and saved["absent_from_truth"] == ["active"]
     assert "absent from the truth, so in no mIoU (as in real runs): active" in format_evaluation(result)
+
+
+def _unnamed_reversed(tmp_path, sample):
+    """The sample's truth with its values reversed (0 active, 1 carbon-binder, 2 pore), as a TIFF
+    (which names no phases)."""
+    path = tmp_path / "reversed.tif"
+    tifffile.imwrite(path, (2 - _truth(sample)).astype(np.uint8))
+    return path
+
+
+def test_truth_phases_name_an_unnamed_truth(tmp_path, small_sample, capsys):
+    """--truth-phases names the truth's values 0, 1, 2: it is matched by name, as the sample's own
+    named truth is, and no 'compared by value' note is said."""
+    out = tmp_path / "out.zarr"
+    args = ["segment", small_sample, "-o", out, "--model", "classical", "--phases", ",".join(SAMPLE_PHASES)]
+    truth = _unnamed_reversed(tmp_path, small_sample)
+    assert run([*args, "--truth", truth, "--truth-phases", "active,carbon-binder,pore"]) == 0
+    said = capsys.readouterr()
+    metrics = json.loads((out / "matseg-report.json").read_text())["metrics"]
+    match = metrics["truth_match"]
+    assert match["by"] == "name" and match["named_by"] == "--truth-phases" and "note" not in match
+    assert match["values"] == [2, 1, 0] and "no phase names" not in said.out + said.err
+    own = score_labels(zarr.open_group(str(out), mode="r")["labels/phases/0"], small_sample, SAMPLE_PHASES)
+    assert metrics["iou"] == own["iou"] and metrics["miou"] == own["miou"] > 0
+    assert run([*args, "--truth", truth]) == 0  # the finished run, scored anew: by value now
+    assert "truth has no phase names" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--truth", "TRUTH", "--truth-phases", "pore,active"], "2 name(s) for the run's 3 phases"),
+        (["--truth", "TRUTH", "--truth-phases", "pore,binder,active"], "binder is not one of the run's"),
+        (["--truth", "TRUTH", "--truth-phases", "pore,pore,active"], "names pore twice"),
+        (["--truth", "TRUTH", "--truth-phases", "pore,,active"], "give names separated by commas"),
+        (["--truth-phases", "pore,carbon-binder,active"], "give the truth too"),
+        (["--truth", "SAMPLE", "--truth-phases", "active,carbon-binder,pore"], "drop --truth-phases"),
+    ],
+)
+def test_bad_truth_phases_are_refused_up_front(tmp_path, small_sample, capsys, extra, says):
+    truth = _unnamed_reversed(tmp_path, small_sample)
+    extra = [{"TRUTH": truth, "SAMPLE": small_sample}.get(a, a) for a in extra]
+    args = ["segment", small_sample, "-o", tmp_path / "out.zarr", "--model", "classical"]
+    assert_refused(tmp_path, [*args, "--phases", ",".join(SAMPLE_PHASES), *extra], capsys, says)
+
+
+def test_evaluate_takes_truth_phases(tmp_path, small_sample, random_weights, capsys):
+    """evaluate's tile table matches an unnamed truth named by --truth-phases by name; wrong names
+    are refused before its output folder exists."""
+    from matseg.candidates.registry import Context
+    from matseg.models.store import load_segmenter
+    from matseg.selector.table import tile_table
+
+    truth = _unnamed_reversed(tmp_path, small_sample)
+    context = Context({"cheap": load_segmenter("cheap", random_weights)})
+    args = (context, ("cheap", "classical"), (8, 64, 64), 16)
+    own = tile_table(str(small_sample), None, *args)
+    named = tile_table(str(small_sample), str(truth), *args, truth_phases=SAMPLE_PHASES[::-1])
+    np.testing.assert_array_equal(named["confusion"], own["confusion"])
+    evaluate = ["evaluate", small_sample, "-o", tmp_path / "eval", "--weights", random_weights]
+    assert_refused(
+        tmp_path, [*evaluate, "--truth", truth, "--truth-phases", "a,b,c"], capsys, "a, b, c is not"
+    )
+    assert_refused(
+        tmp_path, [*evaluate, "--truth-phases", ",".join(SAMPLE_PHASES)], capsys, "give the truths"
+    )

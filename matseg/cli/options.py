@@ -31,6 +31,23 @@ def ints(text: str | None, name: str) -> tuple[int, ...] | None:
     return values
 
 
+def names_of(text: str | None, option: str) -> tuple[str, ...] | None:
+    """A list of names given as ``a,b,c`` (``--phases``, ``--truth-phases``); none may be empty."""
+    if text is None:
+        return None
+    names = tuple(n.strip() for n in text.split(","))
+    if not all(names):
+        raise MatsegError(f"{option} {text}: give names separated by commas, e.g. pore,carbon-binder,active")
+    return names
+
+
+TRUTH_PHASES_HELP = (
+    "With --truth that names no phases (a TIFF, HDF5 dataset or plain Zarr array): the names of its "
+    "label values 0,1,2... in order, e.g. pore,carbon-binder,active (the run's phases, each once); the "
+    "truth is then matched by name instead of by value."
+)
+
+
 def tolerance_of(text: str) -> float | None:
     """``--tolerance``: a number, or ``off`` (None)."""
     if text.strip().lower() == "off":

@@ -6,12 +6,14 @@ import click
 
 from matseg.cli.options import (
     TILE_TEXT,
+    TRUTH_PHASES_HELP,
     SizesCommand,
     cluster_options,
     cluster_spec,
     command_line,
     ints,
     model_option,
+    names_of,
     sizes,
     tile_for,
     tolerance_of,
@@ -115,8 +117,9 @@ def sample(output, shape, seed, config_path, profile, overwrite, voxel_size_text
 @click.option(
     "--truth",
     help="Ground-truth labels (or a 'matseg sample' store) to score against; phases matched by name "
-    "where it names them, else by label value (the summary says so).",
+    "where it names them (or --truth-phases does), else by label value (the summary says so).",
 )
+@click.option("--truth-phases", "truth_phases_text", metavar="A,B,C", help=TRUTH_PHASES_HELP)
 @click.option(
     "--overwrite",
     is_flag=True,
@@ -177,6 +180,7 @@ def segment(
     halo,
     workers,
     truth,
+    truth_phases_text,
     overwrite,
     no_bars,
     phases,
@@ -216,6 +220,7 @@ def segment(
     if tile is not None and len(tile) == 2:
         tile = tile_for(input, tile, default_tile)
     names = tuple(p.strip() for p in phases.split(",")) if phases else None
+    truth_phases = names_of(truth_phases_text, "--truth-phases")
     settings = Settings(
         model=model,
         lam=lam,
@@ -243,6 +248,7 @@ def segment(
                 workers=workers if not cluster["kind"] else None,
                 cluster=cluster_spec(workers, cluster),
                 truth=truth,
+                truth_phases=truth_phases,
                 voxel_size=voxel_size,
                 progress=bars,
                 command=command_line(),

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from matseg.cli.options import TILE_TEXT, command_line, ints, progress_bars, verbosity_options
+from matseg.cli.options import (
+    TILE_TEXT,
+    TRUTH_PHASES_HELP,
+    command_line,
+    ints,
+    names_of,
+    progress_bars,
+    verbosity_options,
+)
 from matseg.console import format_evaluation
 
 
@@ -246,6 +254,9 @@ def train_selector(
     "-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for the results."
 )
 @click.option("--truth", "truths", multiple=True, help="Label volume for each VOLUME (default: its own).")
+@click.option(
+    "--truth-phases", "truth_phases_text", metavar="A,B,C", help=TRUTH_PHASES_HELP + " Every --truth alike."
+)
 @click.option("--weights", type=click.Path(file_okay=False), help="Weights folder (default: bundled).")
 @click.option(
     "--lambdas",
@@ -256,7 +267,7 @@ def train_selector(
 @click.option("--tile", "tile_text", default=TILE_TEXT, show_default=True, help="Tile size Z,Y,X.")
 @click.option("--no-real-run", is_flag=True, help="Skip the real segment runs (table numbers only).")
 @verbosity_options
-def evaluate(volumes, output, truths, weights, lambdas, tile_text, no_real_run) -> None:
+def evaluate(volumes, output, truths, truth_phases_text, weights, lambdas, tile_text, no_real_run) -> None:
     """Compare the selector with all-cheap, all-expensive, random, cascade and oracle.
 
     Writes OUTPUT/evaluation.json and the Pareto plot OUTPUT/pareto.png.
@@ -271,6 +282,7 @@ def evaluate(volumes, output, truths, weights, lambdas, tile_text, no_real_run) 
         list(volumes),
         output,
         truths=list(truths) or None,
+        truth_phases=names_of(truth_phases_text, "--truth-phases"),
         weights=weights,
         lambdas=sweep,
         tile=ints(tile_text, "--tile"),

@@ -41,6 +41,7 @@ class Job:
     halo: int
     grid: TileGrid
     truth: str | os.PathLike | None
+    truth_phases: tuple[str, ...] | None  # --truth-phases: the names of the truth's values 0, 1, ...
     identity: dict  # an unfinished output with the same identity is resumed
     cheap_identity: dict | None  # what a stored cheap pass depends on (reused across λ and budgets)
 
@@ -89,9 +90,19 @@ def recorded_phase_order(weights, settings: Settings) -> tuple[int, ...]:
     return tuple(entry.get("phase_order", ())) if isinstance(entry, dict) else ()
 
 
-def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | None = None) -> Job:
+def prepare(
+    input,
+    output,
+    settings: Settings,
+    truth,
+    voxel_size: VoxelSize | None = None,
+    truth_phases: Sequence[str] | None = None,
+) -> Job:
     """The run ``settings`` ask for on ``input``, with everything it needs loaded and checked
-    (``voxel_size``, if given, replaces the one the input records)."""
+    (``voxel_size``, if given, replaces the one the input records; ``truth_phases`` names the
+    values of a ``truth`` that names none)."""
+    if truth_phases is not None and truth is None:
+        raise MatsegError("--truth-phases names the phases of a --truth: give the truth too")
     model, lam, budget_gflops = settings.model, settings.lam, settings.budget_gflops
     max_expensive_fraction, weights = settings.max_expensive_fraction, settings.weights
     tile, halo = settings.tile, settings.halo
@@ -123,7 +134,7 @@ def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | No
         truth_volume = open_volume(truth, labels=True)
         if truth_volume.shape != volume.shape:
             raise MatsegError(f"truth {truth} has shape {truth_volume.shape}; the input has {volume.shape}")
-        match_truth(truth_volume.phases, phases, str(truth))  # differently named phases: refused
+        match_truth(truth_volume.phases, phases, str(truth), truth_phases)  # other names: refused
         check_label_values(truth_volume.data, len(phases), str(truth), "--truth")
     phase_order = selector.phase_order if selector else ()
     if model == "classical":
@@ -183,5 +194,5 @@ def prepare(input, output, settings: Settings, truth, voxel_size: VoxelSize | No
         cheap_identity = {k: identity[k] for k in kept} | {"cheap_sha256": models["cheap"].sha256}
     return Job(
         input, out, settings, volume, selector, names, models, phases, context, tile, halo, grid,
-        truth, identity, cheap_identity,
+        truth, tuple(truth_phases) if truth_phases is not None else None, identity, cheap_identity,
     )  # fmt: skip

@@ -94,7 +94,11 @@ def computed_text(computed: dict[str, int]) -> str:
 
 
 def score_labels(
-    pred, truth: str | os.PathLike, phases: Sequence[str], monitor: Monitor | None = None
+    pred,
+    truth: str | os.PathLike,
+    phases: Sequence[str],
+    monitor: Monitor | None = None,
+    truth_phases: Sequence[str] | None = None,
 ) -> dict:
     """mIoU and per-phase IoU of ``pred`` against ``truth``, overall and, for a
     ``matseg sample`` store, on its hard and clean regions.
@@ -105,11 +109,14 @@ def score_labels(
         Phase labels.
     truth : str or path
         Ground-truth labels (255 = unlabelled), or a ``matseg sample`` store. Where it names
-        its phases they are matched with ``phases`` by name, else by label value.
+        its phases (or ``truth_phases`` names them) they are matched with ``phases`` by name,
+        else by label value.
     phases : sequence of str
         Phase names for label values 0, 1, ...
     monitor : Monitor, optional
         Reports the stage ``scoring`` slab by slab.
+    truth_phases : sequence of str, optional
+        The names of the truth's values 0, 1, ... (``--truth-phases``).
 
     Returns
     -------
@@ -121,7 +128,7 @@ def score_labels(
 
     truth_volume = open_volume(truth, labels=True)
     pred = pred if isinstance(pred, da.Array) else da.from_zarr(pred)
-    match = match_truth(truth_volume.phases, phases, str(truth))
+    match = match_truth(truth_volume.phases, phases, str(truth), truth_phases)
     truth_data = truth_as_phases(truth_volume.data, match).rechunk(pred.chunksize)
     difficulty = _difficulty(truth)
     runs = len(slabs(pred.chunks, CHUNKS_AT_ONCE))

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -63,6 +64,7 @@ def segment(
     workers: int | None = None,
     cluster: str | ClusterSpec | None = None,
     truth: str | os.PathLike | None = None,
+    truth_phases: Sequence[str] | None = None,
     voxel_size: VoxelSize | None = None,
     dry_run: bool = False,
     progress: Progress | None = None,
@@ -99,6 +101,9 @@ def segment(
         settings and a costly-candidate pool); default: threads in this process.
     truth : str or path, optional
         Ground-truth labels (or a ``matseg sample`` store) to score the result against.
+    truth_phases : sequence of str, optional
+        The names of ``truth``'s label values 0, 1, 2 ... (the run's phases, each once), for a
+        truth that names none: it is then matched by name, as a truth that names its phases.
     voxel_size : VoxelSize, optional
         Physical size of a voxel, recorded as the output's scale and units; default:
         what the input records (OME-Zarr scale, HDF5 attributes, TIFF tags), if anything.
@@ -135,7 +140,7 @@ def segment(
         raise MatsegError(f"workers must be a whole number of at least 1, got {workers!r}")
     if voxel_size is not None and not isinstance(voxel_size, VoxelSize):
         voxel_size = _voxel_size(voxel_size)
-    job = prepare(input, output, settings, truth, voxel_size)
+    job = prepare(input, output, settings, truth, voxel_size, truth_phases)
     if dry_run and job.model != "auto":
         raise MatsegError("--dry-run estimates a selector run; use it with --model auto")
     spec = cluster if isinstance(cluster, ClusterSpec) else ClusterSpec(kind=cluster)
@@ -323,7 +328,7 @@ def _run(
     stage.finish()
     if job.truth is not None:
         report["truth"] = str(job.truth)
-        report["metrics"] = score_labels(arrays["phases"], job.truth, job.phases, monitor)
+        report["metrics"] = score_labels(arrays["phases"], job.truth, job.phases, monitor, job.truth_phases)
     # this run's own work: a resumed run counts only the tiles it computed (model_s: every run's)
     voxels_now = sum(int(np.prod([r.stop - r.start for r in grid.region(i)])) for i in done_now)
     report["timings"] = {
@@ -361,10 +366,14 @@ def _finished_report(job: Job) -> dict:
             f"output {job.output} is finished but its {REPORT_NAME} is unreadable ({err}); "
             "pass --overwrite to run it again"
         ) from None
-    if job.truth is not None and report.get("truth") != str(job.truth):
+    match = report.get("metrics", {}).get("truth_match", {})
+    named = match.get("truth_phases") if match.get("named_by") else None
+    if job.truth is not None and (
+        report.get("truth") != str(job.truth) or named != (list(job.truth_phases or ()) or None)
+    ):
         phases = zarr.open_group(str(job.output), mode="r")["labels/phases/0"]
         report["truth"] = str(job.truth)
-        report["metrics"] = score_labels(phases, job.truth, job.phases)
+        report["metrics"] = score_labels(phases, job.truth, job.phases, truth_phases=job.truth_phases)
     report["run"] = {**report.get("run", {}), "started_as": Start.FINISHED.value}
     logger.info("%s is already a finished run of these settings: nothing to compute", job.output)
     return report

@@ -59,6 +59,7 @@ def tile_table(
     tile: Sequence[int],
     halo: int,
     slices: Sequence[int] | None = None,
+    truth_phases: Sequence[str] | None = None,
 ) -> dict:
     """Run every candidate in ``names`` on every tile of a labelled volume.
 
@@ -67,7 +68,8 @@ def tile_table(
     image, truth : str
         Image volume and its labels (255 = unlabelled); ``truth`` None means the
         image store's own label image (``labels/truth`` of a sample). Labels that name
-        their phases are matched with the models' phases by name, others by value.
+        their phases (or whose ``truth_phases`` are given) are matched with the models'
+        phases by name, others by value.
     context : Context
         Loaded models; the classical thresholds are computed here from the image.
     names : sequence of str
@@ -78,6 +80,8 @@ def tile_table(
         In-plane halo.
     slices : sequence of int, optional
         Only these Z slices are labelled.
+    truth_phases : sequence of str, optional
+        The names of ``truth``'s label values 0, 1, ... (``--truth-phases``).
 
     Returns
     -------
@@ -93,7 +97,7 @@ def tile_table(
     if labels.shape != volume.shape:
         raise MatsegError(f"labels {labels.source} have shape {labels.shape}; {image} has {volume.shape}")
     phases = tuple(next(iter(context.models.values())).phases) if context.models else context.phases
-    match = match_truth(labels.phases, phases, labels.source)  # a named truth: by name
+    match = match_truth(labels.phases, phases, labels.source, truth_phases)  # a named truth: by name
     check_label_values(labels.data, context.n_phases, labels.source, "labels")
     if volume.ndim == 2:
         tile = tuple(tile)[-2:]

@@ -178,10 +178,7 @@ def format_report(report: dict) -> str:
                 f"{100 / fraction:.0f} % of this run's GFLOPs"
             )
     lines.append(f"  seams      {_seam_text(report['seam']['score'])}")
-    if report.get("fit"):
-        from matseg.candidates.fit import describe_fit
-
-        lines.append(f"  fit        {describe_fit(report['fit'])}")
+    lines.extend(_fit_line(report))
     metrics = report.get("metrics")
     if metrics:
         absent = metrics.get("absent_from_truth", [])
@@ -324,9 +321,19 @@ def format_dry_run(report: dict) -> str:
             *([f"  estimate   {format_estimate(e['estimate'])}"] if "estimate" in e else []),
             f"  time       ~{e['seconds']:.1f} s more for the costlier candidates and blending",
             f"  memory     ~{e['peak_rss_mb']:,.0f} MB peak",
+            *_fit_line(report),
             f"  cheap pass kept in {report['output']}: the real run reuses it",
         ]
     )
+
+
+def _fit_line(report: dict) -> list[str]:
+    """The summary's fit line (whether the volume looks like the weights' training data), if checked."""
+    if not report.get("fit"):
+        return []
+    from matseg.candidates.fit import describe_fit
+
+    return [f"  fit        {describe_fit(report['fit'])}"]
 
 
 def format_measure(report: dict) -> str:

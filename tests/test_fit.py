@@ -66,6 +66,18 @@ def test_a_test_profile_volume_fits_and_inverted_contrast_does_not(tmp_path, cap
     assert len(lines) == 1 and "UNLIKE" in lines[0] and "--model classical" in lines[0]
 
 
+def test_a_dry_run_says_whether_the_volume_fits(tmp_path, capsys):
+    """Before anything costly runs: the dry run's summary and report carry the fit check."""
+    inverted = _sample(tmp_path / "inverted.zarr", invert=True)
+    out = tmp_path / "phases.zarr"
+    assert run(["segment", inverted, "-o", out, "--dry-run", "--quiet"]) == 0
+    said = capsys.readouterr()
+    lines = [line for line in (said.out + said.err).splitlines() if "training data" in line]
+    assert len(lines) == 1 and lines[0].strip().startswith("fit ") and "UNLIKE" in lines[0], lines
+    report = matseg.segment(inverted, out, dry_run=True)
+    assert not report["fit"]["fits"] and "--model classical" in report["fit"]["advice"]
+
+
 def test_a_small_volume_that_does_not_fit_is_asked_about_not_judged():
     """The thresholds hold on volumes of ~1 M voxels; a small crop that lies beyond them may do
     so by chance (its own phase proportions), so its line asks, with the way out all the same."""

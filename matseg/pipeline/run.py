@@ -294,7 +294,9 @@ def _run(
             set_status(
                 root, Status.CHEAP_PASS, rewritten=sorted(map(list, written)), audited=[], dry_run=True
             )
-            return dry_run_report(job, plan, cheap, expected)
+            report = dry_run_report(job, plan, cheap, expected)
+            fit = volume_fit(job, norm, cheap["features"])  # said before anything costly runs
+            return report | ({"fit": fit} if fit is not None else {})
         set_status(root, rewritten=sorted(map(list, rewrite)))
         finish_records = TileRecords.open(root, "finish", writes)
         remaining = todo(finish_records, indices, rewrite)

@@ -111,7 +111,16 @@ def intensity_range(
         parts.append(part)
         stage.advance()
     sample = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if smallest == largest:
+        raise MatsegError(
+            f"{volume.source} holds one value ({smallest:g}) in every voxel: no phases to tell apart"
+        )
     low, high, *levels = percentiles(sample, PERCENTILES + QUANTILE_LEVELS)
+    if high <= low:  # one value (a fill: zeros outside a scan) is over 99 % of the voxels
+        rest = sample[sample != low]  # the robust range of the voxels other than the fill
+        sample = rest if rest.size else np.asarray([smallest, largest], sample.dtype)
+        low, high, *levels = percentiles(sample, PERCENTILES + QUANTILE_LEVELS)
+        low, high = (low, high) if high > low else (smallest, largest)
     check_intensities(volume.source, smallest, largest, float(low), float(high))
     norm = Normalization(float(low), float(high))
     quantiles = tuple(float(q) for q in norm(np.asarray(levels)))

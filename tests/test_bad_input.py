@@ -142,6 +142,16 @@ def test_nan_or_inf(tmp_path, capsys, random_weights, value):
     )
 
 
+def test_constant_volume(tmp_path, capsys, random_weights):
+    store = good_zarr(tmp_path / "flat.zarr", np.full((4, 64, 64), 77, np.uint8))
+    assert_refused(
+        tmp_path,
+        ["segment", store, "-o", tmp_path / "o.zarr", "--weights", random_weights],
+        capsys,
+        "holds one value (77) in every voxel",
+    )
+
+
 def test_empty_array(tmp_path, capsys):
     store = tmp_path / "empty.zarr"
     zarr.create_array(str(store), shape=(0, 32, 32), dtype="uint8")

@@ -164,6 +164,18 @@ def test_intensity_pass_slab_by_slab_is_the_same(tmp_path, monkeypatch, shape, c
         intensity_range(open_volume(src), 3)
 
 
+def test_a_fill_over_99_percent_of_the_voxels_leaves_the_range_of_the_rest(tmp_path):
+    """Zeros around a small scan (0.4 % of the voxels, values 100..163): the 0.5-99.5 %
+    range was 0..0, so the scan reached the models raw (100..163 in units of 0..1)."""
+    data = np.zeros((4, 64, 64), np.uint8)
+    data[1, 20:28, 20:28] = np.arange(100, 164, dtype=np.uint8).reshape(8, 8)
+    src = tmp_path / "in.zarr"
+    zarr.create_array(str(src), shape=data.shape, chunks=data.shape, dtype="uint8")[:] = data
+    norm = intensity_range(open_volume(src), 3)
+    assert 100 <= norm.low < norm.high <= 163
+    assert all(0 < t < 1 for t in norm.thresholds)
+
+
 def test_confusion_matrix_slab_by_slab_counts_every_voxel_once(monkeypatch):
     import dask.array as da
 

@@ -97,6 +97,7 @@ bench-robustness: install
 bench-fit: install
 	$(BIN)/python benchmarks/fit.py --out docs/fit.json
 	$(BIN)/python benchmarks/fit.py --offset 8 --out docs/fit-heldout.json
+	$(BIN)/python benchmarks/fit.py --offset 16 --out docs/fit-fresh.json
 
 lint: install
 	$(BIN)/ruff check matseg tests $(PLUGIN)

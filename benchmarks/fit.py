@@ -7,7 +7,9 @@ selector's kind of data), its `test` profile (301...), the `wide` profile (501..
 volumes with inverted grey levels, and takes the real EMPS electron-microscopy images in
 data/emps/ (two phases, scored as such); runs the default `matseg segment` on each with
 the truth and prints per volume the fit distance, its three parts (each divided by its
-threshold), whether it was flagged, and the run's mIoU. Seeds are disjoint from every
+threshold), the net's uncertainty on the inverted slices over that on the slices as they
+are where the contrast part asked it (`matseg.candidates.fit.polarity`), whether it was
+flagged, and the run's mIoU. Seeds are disjoint from every
 training and validation seed.
 """
 
@@ -62,7 +64,8 @@ def main() -> None:
         work = Path(args.work or scratch)
         work.mkdir(parents=True, exist_ok=True)
         print(
-            f"{'volume':<26}{'distance':>9}{'intensity':>10}{'contrast':>9}{'uncert.':>9}{'flagged':>9}{'mIoU':>8}"
+            f"{'volume':<26}{'distance':>9}{'intensity':>10}{'contrast':>9}{'uncert.':>9}{'net inv.':>9}"
+            f"{'flagged':>9}{'mIoU':>8}"
         )
         for kind, name, image, truth in volumes(work, args.seeds, args.offset):
             # the EMPS images have two phases: the three-phase weights are scored on their
@@ -78,11 +81,18 @@ def main() -> None:
             print(
                 f"{name:<26}{fit['distance']:>9.2f}{fit['intensity']:>10.2f}{fit['contrast']:>9.2f}"
                 f"{fit['uncertainty'] if fit['uncertainty'] is not None else float('nan'):>9.2f}"
-                f"{'yes' if not fit['fits'] else 'no':>9}{miou:>8.3f}",
+                f"{_asked(fit):>9}{'yes' if not fit['fits'] else 'no':>9}{miou:>8.3f}",
                 flush=True,
             )
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def _asked(fit: dict) -> str:
+    """The net's uncertainty on the inverted slices over that on the slices as they are, where
+    the contrast part sent the check to ask it (below 1: the contrast looks inverted)."""
+    asked = fit.get("polarity")
+    return f"{asked['inverted'] / max(asked['as_is'], 1e-6):.2f}" if asked else "-"
 
 
 def _two_phase_miou(work: Path, truth: Path) -> float:

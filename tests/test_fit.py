@@ -61,6 +61,7 @@ def test_a_test_profile_volume_fits_and_inverted_contrast_does_not(tmp_path, cap
     saved = json.loads((tmp_path / "inverted-phases.zarr" / "matseg-report.json").read_text())
     fit = saved["fit"]
     assert not fit["fits"] and fit["distance"] > fit["threshold"]
+    assert fit["polarity"]["confirmed"] and fit["polarity"]["inverted"] < fit["polarity"]["as_is"]
     assert "--model classical" in fit["advice"] and "--from-corrections" in fit["advice"]
     lines = [line for line in out.splitlines() if "training data" in line]
     assert len(lines) == 1 and "UNLIKE" in lines[0] and "--model classical" in lines[0]
@@ -76,6 +77,43 @@ def test_a_dry_run_says_whether_the_volume_fits(tmp_path, capsys):
     assert len(lines) == 1 and lines[0].strip().startswith("fit ") and "UNLIKE" in lines[0], lines
     report = matseg.segment(inverted, out, dry_run=True)
     assert not report["fit"]["fits"] and "--model classical" in report["fit"]["advice"]
+
+
+def test_grey_levels_that_look_inverted_count_only_where_the_net_is_surer_of_them_inverted():
+    """The intensity distribution of the training data reflected looks inverted, but other phase
+    proportions can look so too: the net decides, asked only where the contrast part is over."""
+    from matseg.candidates.fit import fit_of
+
+    statistics = load_statistics(None)
+    reflected = [1.0 - q for q in statistics["sets"][0]["quantiles"][::-1]]
+    asked = []
+
+    def probe(as_is, inverted):
+        return lambda: asked.append(1) or {"as_is": as_is, "inverted": inverted}
+
+    surer_inverted = fit_of(statistics, reflected, None, "", probe=probe(0.3, 0.15))
+    assert not surer_inverted["fits"] and surer_inverted["polarity"]["confirmed"]
+    assert surer_inverted["distance"] == surer_inverted["contrast"] > 1
+    surer_as_is = fit_of(statistics, reflected, None, "", probe=probe(0.13, 0.16))
+    assert surer_as_is["polarity"] == {"as_is": 0.13, "inverted": 0.16, "confirmed": False}
+    assert surer_as_is["contrast"] > 1 and surer_as_is["distance"] == surer_as_is["intensity"]
+    assert surer_as_is["fits"] == (surer_as_is["intensity"] <= 1)
+    plain = fit_of(statistics, statistics["sets"][0]["quantiles"], None, "", probe=probe(0.1, 0.2))
+    assert plain["fits"] and "polarity" not in plain and len(asked) == 2  # not asked: contrast within
+
+
+def test_a_sample_whose_phase_proportions_look_inverted_fits(tmp_path):
+    """A generator-default sample the nets segment at 0.96 mIoU, whose grey-level distribution
+    reflected lies nearer the training data's (contrast part 1.79): the cheap net is surer of it
+    as it is, so it fits."""
+    from matseg.sample import write_sample
+
+    path = tmp_path / "s4.zarr"
+    write_sample(path, (32, 384, 384), seed=4)
+    report = matseg.segment(path, tmp_path / "phases.zarr", model="cheap")
+    fit = report["fit"]
+    assert fit["contrast"] > 1 and not fit["polarity"]["confirmed"], fit
+    assert fit["fits"] and fit["distance"] == fit["intensity"] < 1
 
 
 def test_a_small_volume_that_does_not_fit_is_asked_about_not_judged():

@@ -11,6 +11,7 @@ borders with neighbours that ran another one -> whole chunks written -> report. 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from dataclasses import replace
 import numpy as np
 import zarr
 
-from matseg.candidates.fit import check_fit
+from matseg.candidates.fit import check_fit, polarity
 from matseg.cluster import Backend, ClusterSpec, backend
 from matseg.errors import MatsegError
 from matseg.io.guard import remove_output, replace_file, sweep_siblings
@@ -356,7 +357,11 @@ def volume_fit(job: Job, norm: Normalization, features) -> dict | None:
         return None
     cheap = job.models.get("cheap")
     voxels = int(np.prod(job.volume.shape))
-    return check_fit(job.settings.weights, norm.quantiles, features, cheap.sha256 if cheap else "", voxels)
+    net = cheap or next(iter(job.models.values()))  # a single-model run asks its own net
+    probe = functools.partial(polarity, net, job.volume.data, norm)
+    return check_fit(
+        job.settings.weights, norm.quantiles, features, cheap.sha256 if cheap else "", voxels, probe
+    )
 
 
 def _finished_report(job: Job) -> dict:

@@ -152,6 +152,7 @@ def test_missing_input_chunk_is_reported(tmp_path, store, random_weights, capsys
     (store / "c" / "1" / "0" / "1").unlink()  # chunk (1, 0, 1): z 2:4, y 0:32, x 32:64
     args = _segment(store, tmp_path / "o.zarr", random_weights)
     assert_refused(tmp_path, args, capsys, "missing 1 of its 8 chunks (first at [2:4, 0:32, 32:64])")
+    assert_refused(tmp_path, args, capsys, "zarr skips writing such chunks by default")  # the other cause
     zarr.open_array(str(store), mode="r+").attrs["missing_chunks"] = "fill_value"  # on purpose
     assert run(args) == 0
 

@@ -67,6 +67,7 @@ def check_chunks(array: zarr.Array, source: str) -> None:
     key, value = DECLARATION
     raise MatsegError(
         f"{source} is missing {count} of its {array.nchunks} chunks (first at {where}); zarr would read "
-        f"them as {array.fill_value}. Copy the missing chunks again, or, if they mean the fill value on "
-        f'purpose, set the array attribute "{key}": "{value}"'
+        f"them as {array.fill_value}. If a copy or a write was cut short, copy them again; if they hold "
+        f"only {array.fill_value} (zarr skips writing such chunks by default: the padding around a CT "
+        f'scan), set the array attribute "{key}": "{value}"'
     )

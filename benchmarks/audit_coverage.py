@@ -5,6 +5,7 @@ another.
     python benchmarks/audit_coverage.py [--out docs/audit-coverage.json] [--work DIR] [--tolerance 0.01]
         [--lambda 0.01] [--no-recalibrate] [--fixed-from docs/audit-coverage.json]
     python benchmarks/audit_coverage.py --analyse docs/audit-coverage.json
+    python benchmarks/audit_coverage.py --fresh 7200 --out docs/audit-coverage-fresh.json
 
 Volumes (24 x 384 x 384): eight imaging kinds — the `train`, `test` and `wide` profiles and
 five of our own beyond both generator profiles (noisier, blurrier, stronger shading and
@@ -61,10 +62,10 @@ SPLITS = {"calibration": (7000, 2), "validation": (7100, 3)}
 RANGES = [(lo, hi) for lo, hi in itertools.combinations_with_replacement(TEMPERATURES, 2)]
 
 
-def volumes() -> list[dict]:
+def volumes(splits: dict = SPLITS) -> list[dict]:
     """Every volume of the study: kind, split, seed."""
     rows = []
-    for split, (first, n) in SPLITS.items():
+    for split, (first, n) in splits.items():
         for k, kind in enumerate(KINDS):
             for i in range(n):
                 rows.append({"kind": kind, "split": split, "seed": first + 10 * k + i})
@@ -139,6 +140,12 @@ def analyse(rows: list[dict]) -> dict:
 
     calibration = [r for r in rows if r["split"] == "calibration"]
     validation = [r for r in rows if r["split"] == "validation"]
+    if not calibration:  # a fresh set (--fresh): the interval as it is, nothing chosen on it
+        current = f"{TEMPERATURE}|{TEMPERATURE_RANGE[0]}|{TEMPERATURE_RANGE[1]}"
+        coverage, median_width, max_width, below, above = scores(rows, current)
+        fresh = {"coverage": coverage, "below": below, "above": above, "median_width": median_width,
+                 "max_width": max_width, "volumes": len(rows)}  # fmt: skip
+        return {"chosen": current, "current": current, "current_fresh": fresh}
     table = {key: scores(calibration, key) for key in calibration[0]["estimates"]}
     best_coverage = max(v[0] for v in table.values())
     chosen = min((k for k, v in table.items() if v[0] >= best_coverage), key=lambda k: table[k][1])
@@ -208,7 +215,9 @@ def print_table(rows: list[dict], summary: dict) -> None:
         )
     for name in ("current", "chosen"):
         print(f"{name} (T|low|high = {summary[name]}):")
-        for split in ("calibration", "validation", "all"):
+        for split in ("calibration", "validation", "all", "fresh"):
+            if f"{name}_{split}" not in summary:
+                continue
             s = summary[f"{name}_{split}"]
             print(
                 f"  {split:11} coverage {s['coverage']:.0%} of {s['volumes']} (below {s['below']:.0%}, "
@@ -230,6 +239,12 @@ def main() -> None:
     )
     parser.add_argument("--all-estimates", type=Path, help="write every temperature's estimates here")
     parser.add_argument(
+        "--fresh",
+        type=int,
+        metavar="SEED",
+        help="instead: a fresh set of 3 volumes per kind from this seed (e.g. 7200), the interval as it is",
+    )
+    parser.add_argument(
         "--fixed-from",
         type=Path,
         help="take the fixed candidates' results from this earlier JSON (same weights)",
@@ -245,7 +260,7 @@ def main() -> None:
             work = args.work or Path(tmp)
             work.mkdir(parents=True, exist_ok=True)
             rows = []
-            for row in volumes():
+            for row in volumes({"fresh": (args.fresh, 3)} if args.fresh is not None else SPLITS):
                 fixed = earlier.get((row["kind"], row["seed"]))
                 rows.append(measure(row, work, fixed, args.tolerance, not args.no_recalibrate, args.lam))
                 print(f"{row['kind']} {row['seed']}: true {rows[-1]['true_change']:+.4f}", flush=True)

@@ -107,6 +107,11 @@ def fit_warning_in_summary():
         fit_log.removeFilter(hold)
 
 
+def _tiles(report: dict) -> str:
+    """The run's tile count in words: 16 tiles, 1 tile."""
+    return f"{report['tiles']} tile{'' if report['tiles'] == 1 else 's'}"
+
+
 def _physical(report: dict) -> str:
     """The volume's physical extent, when its voxel size is known: ", 5.1 x 5.1 x 0.3 micrometer"."""
     size = report["input"].get("voxel_size")
@@ -129,7 +134,7 @@ def format_report(report: dict) -> str:
     if report["model"] not in ("auto", *(m["name"] for m in report["models"])):  # e.g. expensive-tta
         models = f"{report['model']}: {models}"
     t = report["timings"]
-    tiles = f"{report['tiles']} tile{'' if report['tiles'] == 1 else 's'}"
+    tiles = _tiles(report)
     lines = [
         f"matseg segment: {report['input']['source']} -> {report['output']}",
         f"  model      {models}",
@@ -312,7 +317,7 @@ def format_dry_run(report: dict) -> str:
     mix = ", ".join(f"{n} {c}" for n, c in report["decisions"].items())
     return "\n".join(
         [
-            f"matseg segment --dry-run: {report['input']['source']} ({report['tiles']} tiles)",
+            f"matseg segment --dry-run: {report['input']['source']} ({_tiles(report)})",
             f"  mix        {mix}",
             f"  GFLOPs     {e['gflops']:,.1f} expected "
             f"({report['cheap_pass_gflops']:,.1f} spent on the cheap pass, "

@@ -75,6 +75,7 @@ def test_a_dry_run_says_whether_the_volume_fits(tmp_path, capsys):
     said = capsys.readouterr()
     lines = [line for line in (said.out + said.err).splitlines() if "training data" in line]
     assert len(lines) == 1 and lines[0].strip().startswith("fit ") and "UNLIKE" in lines[0], lines
+    assert "(1 tile)" in said.out.splitlines()[0]  # not "1 tiles"
     report = matseg.segment(inverted, out, dry_run=True)
     assert not report["fit"]["fits"] and "--model classical" in report["fit"]["advice"]
 

@@ -116,15 +116,19 @@ def intensity_range(
             f"{volume.source} holds one value ({smallest:g}) in every voxel: no phases to tell apart"
         )
     low, high, *levels = percentiles(sample, PERCENTILES + QUANTILE_LEVELS)
+    classes = sample  # what the classical candidate's thresholds are drawn from
     if high <= low:  # one value (a fill: zeros outside a scan) is over 99 % of the voxels
         rest = sample[sample != low]  # the robust range of the voxels other than the fill
-        sample = rest if rest.size else np.asarray([smallest, largest], sample.dtype)
-        low, high, *levels = percentiles(sample, PERCENTILES + QUANTILE_LEVELS)
+        # the fill around a scan is no phase; but where the rest holds fewer values than there
+        # are phases (a sparse binary image), the fill is one of them: the whole range then
+        if np.unique(rest).size >= max(n_phases or 0, 2):
+            low, high, *levels = percentiles(rest, PERCENTILES + QUANTILE_LEVELS)
+            classes = rest
         low, high = (low, high) if high > low else (smallest, largest)
     check_intensities(volume.source, smallest, largest, float(low), float(high))
     norm = Normalization(float(low), float(high))
     quantiles = tuple(float(q) for q in norm(np.asarray(levels)))
-    thresholds = multiotsu_thresholds(norm(sample), n_phases) if n_phases else ()
+    thresholds = multiotsu_thresholds(norm(classes), n_phases) if n_phases else ()
     return Normalization(norm.low, norm.high, thresholds, quantiles)
 
 

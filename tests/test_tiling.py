@@ -176,6 +176,20 @@ def test_a_fill_over_99_percent_of_the_voxels_leaves_the_range_of_the_rest(tmp_p
     assert all(0 < t < 1 for t in norm.thresholds)
 
 
+@pytest.mark.parametrize("values", [(255,), (100, 200)])
+def test_a_sparse_image_whose_fill_is_a_phase_keeps_it_apart(tmp_path, values):
+    """Zeros with a few bright particles (fewer values than phases besides the fill): the fill
+    is a phase, and the classical thresholds still separate every value present."""
+    data = np.zeros((8, 64, 64), np.uint8)
+    for k, value in enumerate(values):
+        data[:, 10 + 20 * k : 14 + 20 * k, 30:34] = value
+    src = tmp_path / "in.zarr"
+    zarr.create_array(str(src), shape=data.shape, chunks=data.shape, dtype="uint8")[:] = data
+    norm = intensity_range(open_volume(src), len(values) + 1)
+    levels = norm(np.array((0, *values)))
+    assert all(a < t < b for a, t, b in zip(levels, norm.thresholds, levels[1:])), (levels, norm.thresholds)
+
+
 def test_confusion_matrix_slab_by_slab_counts_every_voxel_once(monkeypatch):
     import dask.array as da
 

@@ -163,3 +163,18 @@ def test_links_inside_a_linked_group_are_followed(tmp_path):
     np.testing.assert_array_equal(volume.data.compute(), DATA)
     volume = open_volume(f"{tmp_path / 'master.h5'}:/scan/instrument/detector")
     assert volume.shape == DATA.shape
+
+
+def test_a_link_back_into_a_file_already_walked_lists_its_datasets_once(tmp_path, monkeypatch):
+    """The opened file holds the data; a file it links to links back (to its root, or to a group
+    of it): one dataset, however the opened file was named."""
+    with h5py.File(tmp_path / "m.h5", "w") as fh:
+        fh.create_dataset("entry/data/raw", data=DATA, chunks=(1, 20, 25))
+        fh["scan"] = h5py.ExternalLink("e.h5", "/entry")
+    with h5py.File(tmp_path / "e.h5", "w") as fh:
+        fh["entry/root"] = h5py.ExternalLink("m.h5", "/")
+        fh["entry/data"] = h5py.ExternalLink("m.h5", "/entry/data")
+    monkeypatch.chdir(tmp_path)
+    for spec in ("m.h5", tmp_path / "m.h5"):
+        volume = open_volume(spec)
+        assert volume.shape == DATA.shape

@@ -73,19 +73,20 @@ def _datasets(handle, path: Path) -> tuple[list[str], dict[str, str]]:
     the line that says so."""
     names: list[str] = []
     dangling: dict[str, str] = {}
-    _walk(handle, "", names, dangling, set())
+    _walk(handle, "", names, dangling, [])
     return sorted(names), dangling
 
 
-def _walk(group, prefix: str, names: list, dangling: dict, seen: set) -> None:
-    """Add ``group``'s datasets to ``names`` as ``prefix/name``, and follow its external links
-    (a group reached twice through links, e.g. a link back to its own file, is walked once)."""
+def _walk(group, prefix: str, names: list, dangling: dict, seen: list) -> None:
+    """Add ``group``'s datasets to ``names`` as ``prefix/name``, and follow its external links.
+    A group inside one already walked (reached again through a link, e.g. one back to the file
+    opened) is not walked again: its datasets are listed once, under their first names."""
     import h5py
 
-    key = (group.file.filename, group.name)
-    if key in seen:
+    file = Path(group.file.filename).resolve()  # h5py names a linked file as the link spells it
+    if any(file == f and (group.name + "/").startswith(g.rstrip("/") + "/") for f, g in seen):
         return
-    seen.add(key)
+    seen.append((file, group.name))
     group.visititems(lambda n, obj: names.append(f"{prefix}/{n}") if isinstance(obj, h5py.Dataset) else None)
 
     def external(name: str, link) -> None:

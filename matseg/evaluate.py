@@ -25,11 +25,11 @@ from matseg.errors import MatsegError
 from matseg.io.guard import EVALUATION_MARKER, check_replaceable, output_kind, remove_output
 from matseg.io.paths import check_distinct
 from matseg.io.read import open_labels, open_volume
-from matseg.metrics import iou_in_truth, match_truth
+from matseg.metrics import match_truth
 from matseg.models.store import load_segmenter
 from matseg.pipeline.job import halo_of, weights_phases
 from matseg.selector.policy import check_pairing, choose_by_lambda, load_selector
-from matseg.selector.table import reward, tile_iou, tile_table
+from matseg.selector.table import plan_iou, plan_miou, reward, tile_iou, tile_table
 from matseg.tiling import DEFAULT_TILE
 from matseg.validate import check_number
 
@@ -70,9 +70,7 @@ class _Volumes:
     def miou(self, choice: np.ndarray) -> tuple[float, np.ndarray]:
         """The plan's mIoU over the phases the truth holds, as a real run's (docs/metrics.md);
         its per-phase IoU, NaN for a phase absent from the truth."""
-        cm = self.confusion[np.arange(len(choice)), choice].sum(axis=0)  # rows predicted, columns true
-        per_phase = iou_in_truth(cm.T)
-        return float(np.nanmean(per_phase)) if np.isfinite(per_phase).any() else float("nan"), per_phase
+        return plan_miou(self.confusion, choice), plan_iou(self.confusion, choice)
 
     def absent_from_truth(self) -> list[int]:
         """The phases (by value) no tile's truth holds."""

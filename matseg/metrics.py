@@ -146,13 +146,15 @@ def check_truth_phases(named: Sequence[str], phases: Sequence[str]) -> None:
     given = ",".join(named)
     if len(named) != len(phases):
         raise MatsegError(
-            f"--truth-phases {given}: {len(named)} name(s) for the run's {len(phases)} phases "
+            f"--truth-phases {given}: {len(named)} name{'' if len(named) == 1 else 's'} for the run's "
+            f"{len(phases)} phases "
             f"({', '.join(phases)}); name the truth's values 0 .. {len(phases) - 1} in order"
         )
     unknown = [n for n in named if n not in phases]
     if unknown:
         raise MatsegError(
-            f"--truth-phases {given}: {', '.join(unknown)} is not one of the run's phases "
+            f"--truth-phases {given}: {', '.join(unknown)} "
+            f"{'is not one' if len(unknown) == 1 else 'are none'} of the run's phases "
             f"({', '.join(phases)}); name the truth's values 0 .. {len(phases) - 1} with those"
         )
     twice = sorted({n for n in named if list(named).count(n) > 1})

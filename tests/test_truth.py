@@ -144,7 +144,7 @@ def test_truth_phases_name_an_unnamed_truth(tmp_path, small_sample, capsys):
 @pytest.mark.parametrize(
     "extra, says",
     [
-        (["--truth", "TRUTH", "--truth-phases", "pore,active"], "2 name(s) for the run's 3 phases"),
+        (["--truth", "TRUTH", "--truth-phases", "pore,active"], "2 names for the run's 3 phases"),
         (["--truth", "TRUTH", "--truth-phases", "pore,binder,active"], "binder is not one of the run's"),
         (["--truth", "TRUTH", "--truth-phases", "pore,pore,active"], "names pore twice"),
         (["--truth", "TRUTH", "--truth-phases", "pore,,active"], "give names separated by commas"),
@@ -174,7 +174,7 @@ def test_evaluate_takes_truth_phases(tmp_path, small_sample, random_weights, cap
     np.testing.assert_array_equal(named["confusion"], own["confusion"])
     evaluate = ["evaluate", small_sample, "-o", tmp_path / "eval", "--weights", random_weights]
     assert_refused(
-        tmp_path, [*evaluate, "--truth", truth, "--truth-phases", "a,b,c"], capsys, "a, b, c is not"
+        tmp_path, [*evaluate, "--truth", truth, "--truth-phases", "a,b,c"], capsys, "a, b, c are none of the run"
     )
     assert_refused(
         tmp_path, [*evaluate, "--truth-phases", ",".join(SAMPLE_PHASES)], capsys, "give the truths"

@@ -32,7 +32,7 @@ def ints(text: str | None, name: str) -> tuple[int, ...] | None:
 
 
 def names_of(text: str | None, option: str) -> tuple[str, ...] | None:
-    """A list of names given as ``a,b,c`` (``--phases``, ``--truth-phases``); none may be empty."""
+    """A list of names given as ``a,b,c`` (``--truth-phases``); none may be empty."""
     if text is None:
         return None
     names = tuple(n.strip() for n in text.split(","))

@@ -20,7 +20,7 @@ from matseg.candidates.tile import candidate_probs, cheap_pass, tile_input
 from matseg.cluster import Backend
 from matseg.errors import MatsegError
 from matseg.io.read import open_labels, open_volume
-from matseg.metrics import iou_per_phase, match_truth, truth_as_phases
+from matseg.metrics import iou_in_truth, iou_per_phase, match_truth, truth_as_phases
 from matseg.selector.plan import blend_gflops, candidate_gflops, cheap_pass_gflops
 from matseg.tiling import TileGrid, plan_tiles, shared_nodes, tile_blocks
 from matseg.validate import check_label_values
@@ -162,10 +162,17 @@ def tile_iou(confusion: np.ndarray) -> np.ndarray:
     return np.where(present, iou, 0.0).sum(axis=-1) / np.maximum(present.sum(axis=-1), 1)
 
 
+def plan_iou(confusion: np.ndarray, choice: np.ndarray) -> np.ndarray:
+    """IoU per phase of the volume(s) when tile ``t`` uses candidate ``choice[t]``; NaN for a
+    phase absent from the truth (:func:`matseg.metrics.iou_in_truth`, as a real run is scored)."""
+    total = confusion[np.arange(len(choice)), choice].sum(axis=0)  # rows predicted, columns true
+    return iou_in_truth(total.T)
+
+
 def plan_miou(confusion: np.ndarray, choice: np.ndarray) -> float:
-    """mIoU of the volume(s) when tile ``t`` uses candidate ``choice[t]``."""
-    total = confusion[np.arange(len(choice)), choice].sum(axis=0)
-    return float(tile_iou(total))
+    """mIoU of the volume(s) when tile ``t`` uses candidate ``choice[t]``, over the phases the truth holds."""
+    iou = plan_iou(confusion, choice)
+    return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
 
 
 def reward(iou: np.ndarray, gflops: np.ndarray, lam) -> np.ndarray:

@@ -242,3 +242,22 @@ def test_samples_with_labels_are_refused_not_ignored(tmp_path, capsys):
     assert run([*args, "-o", tmp_path / "m"]) == 0
     report = json.loads((tmp_path / "m" / "measure.json").read_text())
     assert report["uncertainty"]["samples"] == 0
+
+
+def test_draws_in_which_a_phase_does_not_percolate_are_counted():
+    """A tortuosity the segmentation solved but some draws could not (their interval reaches
+    inf): counted per metric, so the run says why in one line."""
+    from matseg.microstructure.report import stuck_in_draws
+
+    table = {
+        "tortuosity_factor/pore/z/1": 1.8,
+        "tortuosity_factor/pore/y/1": float("inf"),
+        "fraction/pore/-/1": 0.3,
+    }
+    draws = [
+        {"tortuosity_factor/pore/z/1": 1.9, "tortuosity_factor/pore/y/1": float("inf")},
+        {"tortuosity_factor/pore/z/1": float("inf"), "tortuosity_factor/pore/y/1": float("inf")},
+        {"tortuosity_factor/pore/z/1": float("inf")},
+    ]
+    assert stuck_in_draws(table, draws) == {"tortuosity_factor/pore/z/1": 2}
+    assert stuck_in_draws(table, []) == {}

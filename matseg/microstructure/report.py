@@ -216,6 +216,12 @@ def measure(
             logger.info("draw %d of %d", k + 1, samples)
             perturbed = Perturbed(src.labels, src.uncertainty, settings.n_phases, k, seed, correlation)
             draws.append(full_table(perturbed, settings, transport, connectivity, draw=k + 1)[0])
+    for key, stuck in stuck_in_draws(table, draws).items():  # the segmentation's own is said already
+        _, phase, axis, _ = key.split("/", 3)
+        logger.info(
+            "phase %s does not percolate along %s in %d of %d draws: its tortuosity interval reaches inf",
+            phase, axis, stuck, len(draws),
+        )  # fmt: skip
     calibration = load_calibration() if calibrated and draws else None
     not_calibrated = calibration and uncalibrated_reason(src)
     if not_calibrated:  # margins of another segmenter's errors would mislead: the draws alone
@@ -280,6 +286,18 @@ def measure(
         report["rev"] = rev_curves(reader, settings)
     report["seconds"] = time.perf_counter() - start
     return report
+
+
+def stuck_in_draws(table: dict[str, float], draws: list[dict[str, float]]) -> dict[str, int]:
+    """Tortuosities the segmentation solved (finite) but some uncertainty draws could not (the
+    phase does not percolate in them): {key: number of such draws}."""
+    stuck = {}
+    for key, value in table.items():
+        if key.startswith("tortuosity_factor/") and math.isfinite(value):
+            n = sum(1 for d in draws if key in d and not math.isfinite(d[key]))
+            if n:
+                stuck[key] = n
+    return stuck
 
 
 def write_report(report: dict, folder: str | os.PathLike) -> list[Path]:

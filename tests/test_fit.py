@@ -103,6 +103,20 @@ def test_grey_levels_that_look_inverted_count_only_where_the_net_is_surer_of_the
     assert plain["fits"] and "polarity" not in plain and len(asked) == 2  # not asked: contrast within
 
 
+def test_the_polarity_probe_finds_a_scan_off_centre(tmp_path):
+    """A scan in a corner of a wide field of zeros: the probe reads where the scan is, and the
+    cheap net is surer of the inverted scan inverted."""
+    from matseg.candidates.fit import polarity
+    from matseg.normalize import Normalization
+
+    scan = matseg.open_volume(_sample(tmp_path / "inverted.zarr", invert=True)).data[:4].compute()
+    field = np.zeros((4, 1200, 1200), scan.dtype)
+    field[:, 900:1156, 900:1156] = scan
+    norm = Normalization(float(scan.min()), float(scan.max()))
+    asked = polarity(load_segmenter("cheap"), field, norm)
+    assert asked["inverted"] < asked["as_is"], asked
+
+
 def test_a_sample_whose_phase_proportions_look_inverted_fits(tmp_path):
     """A generator-default sample the nets segment at 0.96 mIoU, whose grey-level distribution
     reflected lies nearer the training data's (contrast part 1.79): the cheap net is surer of it

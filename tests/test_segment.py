@@ -123,14 +123,17 @@ def test_classical_alone_follows_the_phase_order_the_weights_recorded(tmp_path, 
 
 def test_volumes_thinner_than_the_halo_are_segmented(tmp_path, random_weights):
     """A volume narrower in-plane than a model's halo (one tile, no neighbour to take a halo
-    from), down to one voxel, and a 2-D strip: segmented whole, labels of its own shape."""
+    from), down to two voxels (one voxel holds one value: refused as a constant volume), and a
+    2-D strip: segmented whole, labels of its own shape."""
     from matseg.tiling import plan_tiles
 
     assert plan_tiles((8, 11, 600), (8, 256, 256), 64, 8).depth == (0, 0, 64)
     rng = np.random.default_rng(0)
-    for shape in [(8, 11, 11), (1, 1, 1), (4, 200), (4, 128, 9)]:
+    for shape in [(8, 11, 11), (1, 1, 2), (4, 200), (4, 128, 9)]:
         path = tmp_path / f"v{len(shape)}-{shape[-1]}.zarr"
-        zarr.create_array(str(path), shape=shape, dtype="uint8")[:] = rng.integers(0, 255, shape)
+        data = rng.integers(0, 255, shape, dtype=np.uint8)
+        data.flat[0], data.flat[-1] = 0, 255  # never one value in every voxel
+        zarr.create_array(str(path), shape=shape, dtype="uint8")[:] = data
         for model in ("auto", "expensive", "classical"):
             out = tmp_path / f"o-{path.stem}-{model}.zarr"
             args = ["segment", path, "-o", out, "--model", model, "--weights", random_weights]

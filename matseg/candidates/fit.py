@@ -67,7 +67,7 @@ FEATURE_THRESHOLD = 0.75
 # such a set is compared by its intensities only
 MIN_FEATURE_TILES = 16
 THRESHOLD = 1.0  # of the distance: the larger part, each divided by its own threshold
-# the polarity probe (:func:`polarity`): slices spread along Z, a centred crop of at most this side
+# the polarity probe (:func:`polarity`): slices spread along Z, a crop of at most this side
 PROBE_SLICES = 4
 PROBE_SIDE = 512
 # the thresholds were calibrated on volumes of 16 x 256 x 256 (~1 M voxels); a much smaller

@@ -35,6 +35,8 @@ def test_the_report_estimates_the_change_and_the_reference_answer_is_kept(volume
     assert estimate["audited_cells"] >= 2 and estimate["reference"] == "expensive"
     assert sum(p["value"] for p in estimate["phase_fractions"].values()) == pytest.approx(1.0)
     assert report["gflops_breakdown"]["audit"] > 0
+    used = [name for name, tiles in report["decisions"].items() if tiles]  # one tile: one candidate
+    assert estimate["every_tile"] == used[0] and estimate["fixed"][used[0]]["gflops"] > 0
     root = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
     cells = root["audit/cells"][:]
     expensive = report["candidates"].index("expensive")
@@ -325,6 +327,24 @@ def test_the_summary_says_what_the_tolerance_did():
     estimate.pop("every_tile")
     kept = format_estimate({**estimate, "moved_tiles": {}, "within_tolerance": False})
     assert "kept the selector's plan" in kept and "still reaches below −0.01" in kept
+
+
+def test_a_plan_of_one_candidate_everywhere_says_the_cheaper_way_to_it():
+    """Every tile ran medium (the demo's plan): --model medium alone gives the same labels but
+    on the audited cells, without the cheap pass and the audit; the summary says for how much."""
+    from matseg.console import format_estimate
+
+    estimate = {
+        "delta_miou": -0.009, "ci95": [-0.017, -0.001], "audited_fraction": 0.03, "audited_cells": 62,
+        "reference": "expensive", "recalibrated_lambda": 0.1, "moved_tiles": {}, "every_tile": "medium",
+        "run_gflops": 506.2, "fixed": {"medium": {"delta_miou": -0.010, "ci95": [-0.02, 0.0], "gflops": 283.4}},
+    }  # fmt: skip
+    lines = format_estimate(estimate).splitlines()
+    assert "kept the selector's plan" in lines[1] and "now runs" not in lines[1]
+    assert "every tile on medium: --model medium alone (no selector, no audit)" in lines[2]
+    assert "outside the audited cells for 56 % of this run's GFLOPs" in lines[2]
+    named = {**estimate, "better_fixed": "medium"}  # said once, by the line that names it
+    assert format_estimate(named).count("--model medium alone") == 1
 
 
 def test_an_audit_against_the_classical_candidate_says_what_it_measures():

@@ -313,9 +313,6 @@ def audited_estimate(
     if tolerance is not None or decision:
         out["moved_tiles"] = decision["moved_tiles"] if decision else {}
         out["moved_gflops"] = decision["added_gflops"] if decision else 0.0
-        used = np.unique(plan["choice"])
-        if decision and decision["moved_tiles"] and len(used) == 1:  # the audit chose one candidate
-            out["every_tile"] = job.names[int(used[0])]
     if len(audit.cells):
         with_fixed(out, job, plan, audit, evidence, finish.read()["counts"], stats["gflops"])
     return out
@@ -344,10 +341,13 @@ def with_fixed(estimate: dict, job: Job, plan: dict, audit: AuditPlan, evidence,
     """``estimate`` with what each fixed candidate would give instead (``fixed``,
     :func:`fixed_estimates`) and, if one looks at least as accurate for fewer GFLOPs than the
     run's ``run_gflops``, its name (``better_fixed``): the plan says when a volume is better
-    served by one candidate everywhere."""
+    served by one candidate everywhere; ``every_tile``, the candidate every tile runs, if one."""
     fixed = fixed_estimates(job, audit, evidence, counts, plan["candidate_gflops"])
     estimate["fixed"] = fixed
     estimate["run_gflops"] = run_gflops
+    used = np.unique(plan["choice"])
+    if len(used) == 1:  # one candidate on every tile, by the selector's plan or the audit's moves
+        estimate["every_tile"] = job.names[int(used[0])]
     better = [
         n for n, f in fixed.items() if f["gflops"] < run_gflops and f["delta_miou"] >= estimate["delta_miou"]
     ]

@@ -41,7 +41,7 @@ def run(work: Path, sizes) -> dict:
         if result is not None and result["selector"]["sha256"] != current:
             result = None  # made with other weights (the selector's hash pins the segmenters')
         if result is None:
-            result = evaluate(volumes, folder, tile=(8, size, size), real_run=False)
+            result = evaluate(volumes, folder, tile=(8, size, size), real_run=False, overwrite=True)
         results[size] = {
             "all_expensive": result["all_expensive"],
             "all_cheap": result["all_cheap"],

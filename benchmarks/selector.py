@@ -112,7 +112,7 @@ def main() -> None:
         path = args.work / f"test-{seed}.zarr"
         write_sample(path, tuple(args.shape), seed, SampleConfig(profile="test"), overwrite=True)
         volumes.append(str(path))
-    result = evaluate(volumes, args.work / "evaluation")
+    result = evaluate(volumes, args.work / "evaluation", overwrite=True)
 
     total_cm, monai_seconds = None, 0.0
     for path in volumes:

@@ -127,6 +127,7 @@ def evaluate(
     lambdas: Sequence[float] = LAMBDAS,
     tile: Sequence[int] = DEFAULT_TILE,
     real_run: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Sweep λ and compare the selector with all baselines; write JSON and a Pareto plot.
 
@@ -146,6 +147,8 @@ def evaluate(
     real_run : bool
         Also run ``matseg segment`` at the default λ and with the expensive net
         everywhere, for real (wall time, seam score, mIoU with blending).
+    overwrite : bool
+        Replace an earlier evaluation's folder at ``output`` (anything else is never replaced).
 
     Returns
     -------
@@ -162,7 +165,9 @@ def evaluate(
     for lam in lambdas:
         check_number("--lambdas", lam, low=0.0, high=1.0)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        check_replaceable(output, ("evaluation",), option="evaluate")
+        check_replaceable(output, ("evaluation",))
+        if not overwrite:
+            raise MatsegError(f"output {output} exists; pass --overwrite to replace it, or -o another folder")
     for volume in volumes:  # a missing or unreadable input: refused before any output exists
         open_volume(volume)
     if truth_phases is not None and not truths:
@@ -171,12 +176,14 @@ def evaluate(
         labels = open_labels(volume, truths[i] if truths else None, "--truth")
         if truth_phases is not None:  # wrong names: refused before any output exists
             match_truth(labels.phases, weights_phases(weights), labels.source, truth_phases)
+    if overwrite and output_kind(output) == "evaluation":  # inputs checked: the earlier one goes
+        remove_output(output, ("evaluation",))
     created = not output.exists()
     try:
         return _evaluate(volumes, output, truths, truth_phases, weights, lambdas, tile, real_run)
     except BaseException:
         if created and output_kind(output) == "evaluation":  # no empty or half-written folder is left
-            remove_output(output, ("evaluation",), option="evaluate")
+            remove_output(output, ("evaluation",))
         raise
 
 

@@ -337,7 +337,8 @@ def test_a_plan_of_one_candidate_everywhere_says_the_cheaper_way_to_it():
     estimate = {
         "delta_miou": -0.009, "ci95": [-0.017, -0.001], "audited_fraction": 0.03, "audited_cells": 62,
         "reference": "expensive", "recalibrated_lambda": 0.1, "moved_tiles": {}, "every_tile": "medium",
-        "run_gflops": 506.2, "fixed": {"medium": {"delta_miou": -0.010, "ci95": [-0.02, 0.0], "gflops": 283.4}},
+        "run_gflops": 506.2,
+        "fixed": {"medium": {"delta_miou": -0.010, "ci95": [-0.02, 0.0], "gflops": 283.4}},
     }  # fmt: skip
     lines = format_estimate(estimate).splitlines()
     assert "kept the selector's plan" in lines[1] and "now runs" not in lines[1]

@@ -269,6 +269,31 @@ def test_evaluate_leaves_nothing_after_an_error(tmp_path, store, random_weights,
     assert not out.exists() and snapshot(tmp_path) == before
 
 
+def test_evaluate_replaces_an_earlier_evaluation_only_with_overwrite(
+    tmp_path, small_sample, random_weights, capsys
+):
+    """As segment and measure: an existing evaluation folder is refused, unchanged, without
+    --overwrite; with it the earlier evaluation is replaced (its stray files gone); a folder
+    evaluate did not write is refused even then."""
+    out = tmp_path / "eval"
+    args = ["evaluate", small_sample, "-o", out, "--weights", random_weights, "--tile", "8,64,64"]
+    args += ["--lambdas", "0,1", "--no-real-run"]
+    assert run(args) == 0
+    (out / "stray.txt").write_text("from the earlier run")
+    before = snapshot(out)
+    capsys.readouterr()
+    assert_refused(tmp_path, args, capsys, "pass --overwrite")
+    assert snapshot(out) == before
+    assert run([*args, "--overwrite"]) == 0
+    assert not (out / "stray.txt").exists() and (out / "evaluation.json").exists()
+    capsys.readouterr()
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    assert_refused(tmp_path, [*args[:3], other, *args[4:], "--overwrite"], capsys, "not written by matseg")
+    assert (other / "notes.txt").read_text() == "keep"
+
+
 # -- resume, requeue, kills at fault points -----------------------------------------------------
 
 

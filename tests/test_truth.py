@@ -174,7 +174,10 @@ def test_evaluate_takes_truth_phases(tmp_path, small_sample, random_weights, cap
     np.testing.assert_array_equal(named["confusion"], own["confusion"])
     evaluate = ["evaluate", small_sample, "-o", tmp_path / "eval", "--weights", random_weights]
     assert_refused(
-        tmp_path, [*evaluate, "--truth", truth, "--truth-phases", "a,b,c"], capsys, "a, b, c are none of the run"
+        tmp_path,
+        [*evaluate, "--truth", truth, "--truth-phases", "a,b,c"],
+        capsys,
+        "a, b, c are none of the run",
     )
     assert_refused(
         tmp_path, [*evaluate, "--truth-phases", ",".join(SAMPLE_PHASES)], capsys, "give the truths"

@@ -266,8 +266,11 @@ def train_selector(
 )
 @click.option("--tile", "tile_text", default=TILE_TEXT, show_default=True, help="Tile size Z,Y,X.")
 @click.option("--no-real-run", is_flag=True, help="Skip the real segment runs (table numbers only).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it is an earlier evaluation's folder.")
 @verbosity_options
-def evaluate(volumes, output, truths, truth_phases_text, weights, lambdas, tile_text, no_real_run) -> None:
+def evaluate(
+    volumes, output, truths, truth_phases_text, weights, lambdas, tile_text, no_real_run, overwrite
+) -> None:
     """Compare the selector with all-cheap, all-expensive, random, cascade and oracle.
 
     Writes OUTPUT/evaluation.json and the Pareto plot OUTPUT/pareto.png.
@@ -287,5 +290,6 @@ def evaluate(volumes, output, truths, truth_phases_text, weights, lambdas, tile_
         lambdas=sweep,
         tile=ints(tile_text, "--tile"),
         real_run=not no_real_run,
+        overwrite=overwrite,
     )
     click.echo(format_evaluation(result))

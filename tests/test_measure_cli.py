@@ -231,13 +231,18 @@ def test_a_solve_skipped_in_every_draw_is_said_once(tmp_path, small_sample, caps
 
 
 def test_samples_with_labels_are_refused_not_ignored(tmp_path, capsys):
-    """A plain label volume has no uncertainty: draws asked for with --labels are refused in one
-    line before anything is written; --samples 0, or none given, measures it."""
+    """A plain label volume has no uncertainty: draws (or an uncalibrated margin) asked for with
+    --labels are refused in one line before anything is written; --samples 0, or none given,
+    measures it."""
     store = plain_store(tmp_path / "v.zarr", slab())
     args = ["measure", store, "--labels", "--no-transport", "--no-rev", "--max-radius", "2"]
     assert run([*args, "--samples", "4", "-o", tmp_path / "m"]) == 2
     err = capsys.readouterr().err
     assert "--samples 4 with --labels" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "m").exists()
+    assert run([*args, "--no-calibration", "-o", tmp_path / "m"]) == 2  # nothing it could change
+    err = capsys.readouterr().err
+    assert "--no-calibration with --labels" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "m").exists()
     assert run([*args, "-o", tmp_path / "m"]) == 0
     report = json.loads((tmp_path / "m" / "measure.json").read_text())

@@ -72,7 +72,7 @@ def check_folder_writable(folder) -> None:
     "--no-calibration",
     is_flag=True,
     help="Intervals from the draws alone, without the margin calibrated for the bundled weights "
-    "(for segmentations made with other weights).",
+    "(for segmentations made with other weights; not with --labels, which has no intervals).",
 )
 @click.option(
     "--max-radius",
@@ -134,6 +134,11 @@ def measure(
         raise MatsegError(
             f"--samples {samples} with --labels: a plain label volume has no uncertainty to draw from, "
             "so it is measured without intervals; drop --samples (or measure a matseg segment output)"
+        )
+    if as_labels and no_calibration:  # the calibration widens intervals, which --labels has none of
+        raise MatsegError(
+            "--no-calibration with --labels: a plain label volume is measured without intervals, "
+            "so there is no calibrated margin to leave out; drop --no-calibration"
         )
     given = voxel_size_of(voxel_size_text, unit)
     voxel_size = given.for_ndim(3).values if given is not None else None

@@ -65,6 +65,17 @@ def test_directory_that_is_not_a_store(tmp_path, capsys):
     )
 
 
+def test_a_folder_of_slices_that_differ(tmp_path, capsys):
+    """A slice of another size among a folder's TIFFs: named in one line, before any output."""
+    import tifffile
+
+    (tmp_path / "slices").mkdir()
+    for z, shape in enumerate([(32, 32), (32, 32), (32, 30)]):
+        tifffile.imwrite(tmp_path / "slices" / f"s{z:03d}.tif", np.zeros(shape, np.uint8))
+    args = ["segment", tmp_path / "slices", "-o", tmp_path / "o.zarr"]
+    assert_refused(tmp_path, args, capsys, "differ: s002.tif is (32, 30) uint8, s000.tif is (32, 32) uint8")
+
+
 def test_wrong_hdf5_dataset(tmp_path, capsys):
     with h5py.File(tmp_path / "scan.h5", "w") as fh:
         fh["data"] = np.zeros((4, 32, 32), np.uint8)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import dask.array as da
 import h5py
 import numpy as np
@@ -123,6 +125,68 @@ def test_tiff_of_one_series_a_page_is_one_stack(tmp_path):
         tif.write(data[1, :20], contiguous=False)
     with pytest.raises(MatsegError, match="do not stack into one volume"):
         open_volume(tmp_path / "mixed.tif")
+
+
+def make_tiff_folder(tmp_path, data=DATA, name="slices"):
+    """One TIFF a slice, numbered without padding (z2 before z10 only in natural order)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    for z, page in enumerate(data):
+        tifffile.imwrite(folder / f"z{z}.tif", page, photometric="minisblack")
+    return folder
+
+
+def test_a_folder_of_tiff_slices_is_one_volume_in_natural_order(tmp_path):
+    """How microscopes export a stack: a file a slice, read lazily (a chunk a slice) and
+    stacked as the names count (z2 before z10), the same volume as one TIFF stack."""
+    data = np.random.default_rng(0).integers(0, 4000, (12, 40, 50), dtype=np.uint16)
+    folder = make_tiff_folder(tmp_path, data)
+    (folder / "notes.txt").write_text("not a slice")
+    tifffile.imwrite(folder / "._z3.tif", data[0])  # a macOS resource copy: hidden, not a slice
+    volume = open_volume(folder)
+    assert volume.kind == "tiff-folder" and isinstance(volume.data, da.Array)
+    assert volume.data.chunks[0] == (1,) * 12
+    np.testing.assert_array_equal(volume.data.compute(), data)
+
+
+@pytest.mark.parametrize(
+    "odd, says",
+    [
+        (
+            lambda f: tifffile.imwrite(f / "z9.tif", np.zeros((40, 60), np.uint16)),
+            "differ: z9.tif is (40, 60)",
+        ),
+        (
+            lambda f: tifffile.imwrite(f / "z9.tif", np.zeros((40, 50), np.uint8)),
+            "differ: z9.tif is (40, 50) uint8",
+        ),
+        (
+            lambda f: tifffile.imwrite(
+                f / "z9.tif", np.zeros((3, 40, 50), np.uint16), photometric="minisblack"
+            ),
+            "z9.tif holds 3 pages",
+        ),
+        (
+            lambda f: tifffile.imwrite(f / "z9.tif", np.zeros((40, 50, 3), np.uint8), photometric="rgb"),
+            "a colour image",
+        ),
+        (lambda f: (f / "z9.tif").write_bytes(b"not a tiff"), "cannot read TIFF"),
+    ],
+    ids=["shape", "dtype", "stack", "colour", "broken"],
+)
+def test_a_folder_of_slices_that_do_not_stack_is_refused_before_any_read(tmp_path, odd, says):
+    folder = make_tiff_folder(tmp_path)
+    (folder / "z2.tif").unlink()
+    odd(folder)
+    with pytest.raises(MatsegError, match=re.escape(says)):
+        open_volume(folder)
+
+
+def test_a_folder_without_tiffs_is_still_read_as_zarr(tmp_path):
+    """No TIFF in it and no Zarr metadata: the Zarr reader's message, as before."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MatsegError, match="no Zarr array or group at"):
+        open_volume(tmp_path / "empty")
 
 
 @pytest.mark.parametrize(

@@ -311,20 +311,32 @@ def test_finished_run_again_is_a_no_op(tmp_path, store, random_weights, capsys):
 
 
 def test_an_input_written_again_is_not_taken_for_the_one_segmented(tmp_path, random_weights, capsys):
-    """The same name, other contents (a TIFF saved again, a Zarr array rewritten in place): the
-    finished run is not returned as its result, and --overwrite computes it afresh."""
+    """The same name, other contents (a TIFF saved again, a Zarr array rewritten in place, the
+    slices of a folder saved again): the finished run is not returned as its result, and
+    --overwrite computes it afresh."""
     import tifffile
 
     rng = np.random.default_rng(0)
     first, second = (rng.normal(100, 20, (4, 64, 64)).astype(np.float32) for _ in range(2))
-    tif, store = tmp_path / "scan.tif", tmp_path / "scan.zarr"
+    tif, store, folder = tmp_path / "scan.tif", tmp_path / "scan.zarr", tmp_path / "slices"
     tifffile.imwrite(tif, first)
     good_zarr(store, first)
+    folder.mkdir()
+
+    def slices(data):
+        for z, page in enumerate(data):
+            tifffile.imwrite(folder / f"slice{z}.tif", page)
 
     def in_place():
         zarr.open_array(str(store), mode="r+")[:] = second
 
-    for source, rewrite in [(tif, lambda: tifffile.imwrite(tif, second)), (store, in_place)]:
+    slices(first)
+    rewrites = [
+        (tif, lambda: tifffile.imwrite(tif, second)),
+        (store, in_place),
+        (folder, lambda: slices(second)),
+    ]
+    for source, rewrite in rewrites:
         out = tmp_path / f"{source.stem}-{source.suffix[1:]}.zarr"
         args = [*_segment(source, out, random_weights), "--tile", "4,64,64"]
         assert run(args) == 0
@@ -336,6 +348,12 @@ def test_an_input_written_again_is_not_taken_for_the_one_segmented(tmp_path, ran
         assert run([*_segment(source, fresh, random_weights), "--tile", "4,64,64"]) == 0
         a, b = (zarr.open_group(str(p), mode="r")["labels/phases/0"][:] for p in (out, fresh))
         np.testing.assert_array_equal(a, b)
+    # the folder of slices and the TIFF stack of the same values: the same labels
+    a, b = (
+        zarr.open_group(str(tmp_path / f"fresh-{k}.zarr"), mode="r")["labels/phases/0"][:]
+        for k in ("", "tif")
+    )
+    np.testing.assert_array_equal(a, b)
 
 
 def _killed_at(point: str, args, env_extra=None) -> subprocess.CompletedProcess:

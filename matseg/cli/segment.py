@@ -194,6 +194,10 @@ def segment(
 ) -> None:
     """Segment INPUT into phases and write OUTPUT (OME-Zarr).
 
+    INPUT is a Zarr or OME-Zarr store (store.zarr, store.zarr:/path), an HDF5
+    dataset (file.h5:/dataset), a TIFF stack, or a folder of TIFF files, one
+    slice each (stacked in natural order).
+
     OUTPUT holds labels/phases (uint8 phase labels), labels/decisions (the
     candidate used on each tile), the cheap pass's uncertainty (uint8, 0
     certain .. 255 uniform) as its image, the selector's per-tile features,

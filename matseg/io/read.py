@@ -19,7 +19,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from matseg.errors import MatsegError
-from matseg.io import hdf5, ome, scale
+from matseg.io import hdf5, ome, scale, sequence
 from matseg.io.chunks import check_chunks
 from matseg.io.scale import VoxelSize
 
@@ -85,7 +85,8 @@ def fingerprint(volume: Volume) -> str:
     """A short hash of what ``volume`` holds now, so that a run on it is not taken for a run on
     what it held before (a file written again under the same name).
 
-    It covers the file's size and modification time (a TIFF or HDF5 file: any change shows)
+    It covers the file's size and modification time (a TIFF or HDF5 file: any change shows; a
+    folder of TIFF slices: each file's name, size and time)
     and the values of a few small blocks, each inside one chunk, at positions drawn from a fixed
     seed (any store: a Zarr array written again in place changes them; a change confined to
     chunks the blocks miss does not show). A few chunk reads, however large the volume.
@@ -95,6 +96,10 @@ def fingerprint(volume: Volume) -> str:
     if path.is_file():
         stat = path.stat()
         digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    elif volume.kind == "tiff-folder":  # each slice's name, size and time
+        for file in sequence.tiff_files(path) or ():
+            stat = file.stat()
+            digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     data = volume.data
     chunks = [c[0] for c in data.chunks]  # the first chunk's size along each axis
     rng = np.random.default_rng(0)
@@ -120,7 +125,8 @@ def open_volume(
     spec : str or path
         ``store.zarr`` (Zarr v2/v3 array, group with one array, or OME-Zarr image:
         level 0), ``store.zarr:/path/in/group`` (a level of an OME-Zarr image, e.g. ``:/s1``,
-        is read as that image at that level, with its scale), ``file.h5:/dataset`` or ``stack.tif``.
+        is read as that image at that level, with its scale), ``file.h5:/dataset``, ``stack.tif``
+        or a folder of TIFF files, one slice each (``slices/``: stacked in natural order).
     labels : bool
         When ``spec`` is an OME-Zarr image with a ``labels`` group, open its label
         image (``truth`` if present, else the first) instead of the image.
@@ -151,12 +157,15 @@ def open_volume(
         volume = _open_hdf5(path, inner, str(spec))
     elif path.is_file() and path.name.lower().endswith(TIFF_SUFFIXES):
         volume = _open_tiff(path, str(spec))
+    elif path.is_dir() and not inner and (files := sequence.tiff_files(path)):
+        data = sequence.open_sequence(path, files)
+        volume = Volume(data=data, source=str(spec), kind="tiff-folder")
     elif path.is_dir():
         volume = _open_zarr(path, inner, str(spec), labels, labels if label_values is None else label_values)
     else:
         raise MatsegError(
-            f"cannot read {os.fspath(spec)}: not a Zarr store, HDF5 file or TIFF "
-            "(use store.zarr, file.h5:/dataset or stack.tif)"
+            f"cannot read {os.fspath(spec)}: not a Zarr store, HDF5 file, TIFF or folder of TIFF "
+            "slices (use store.zarr, file.h5:/dataset, stack.tif or slices/)"
         )
     check_volume(volume, ranks, command)
     return volume
@@ -273,7 +282,7 @@ def _open_zarr(path: Path, inner: str, source: str, labels: bool, label_values: 
     try:
         node = zarr.open(LocalStore(path, read_only=True), mode="r", path=inner or "")
     except FileNotFoundError:
-        where = f"'{inner}' in {path}" if inner else str(path)
+        where = f"'{inner}' in {path}" if inner else f"{path}, nor any TIFF slice in it"
         raise MatsegError(f"no Zarr array or group at {where}") from None
     except Exception as err:
         raise MatsegError(f"cannot read Zarr store {path}: corrupt metadata ({err})") from None

@@ -1,0 +1,75 @@
+"""A folder of TIFF files, one slice each, as one volume: how microscopes export FIB-SEM
+and tomography stacks (``slice_0001.tif``, ``slice_0002.tif``, ...).
+
+The files are stacked along Z in natural order (``2`` before ``10``), lazily: a slice is
+read when a tile needs it (``tifffile.TiffSequence``'s Zarr store, one chunk a file).
+Every file is checked before the run: one 2-D grey image, all of one shape and type.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from matseg.errors import MatsegError
+
+SUFFIXES = (".tif", ".tiff")
+ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")
+
+
+def tiff_files(folder: Path) -> list[Path] | None:
+    """The TIFF files directly in ``folder``, in natural order; None where ``folder`` is a Zarr
+    store or holds no TIFF file."""
+    if any((folder / name).exists() for name in ZARR_METADATA):
+        return None
+    with os.scandir(folder) as entries:
+        files = [Path(e.path) for e in entries if e.is_file() and e.name.lower().endswith(SUFFIXES)]
+    hidden = [f for f in files if f.name.startswith(".")]  # '._slice.tif' of macOS copies: not slices
+    files = [f for f in files if f not in hidden]
+    return sorted(files, key=_natural) or None
+
+
+def _natural(path: Path) -> list:
+    """Sort key: runs of digits compared as numbers, the rest as text."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def open_sequence(folder: Path, files: list[Path]):
+    """The files as a dask array (Z, Y, X), a chunk per slice, after checking every file."""
+    import dask.array as da
+    import tifffile
+    import zarr
+
+    first = None
+    for path in files:
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series
+                shape, dtype, axes = tuple(series[0].shape), series[0].dtype, series[0].axes
+                n_series, n_pages = len(series), len(tif.pages)
+        except Exception as err:  # tifffile raises many types for broken files
+            raise MatsegError(f"cannot read TIFF {path}: {err}") from None
+        if n_series != 1 or n_pages != 1 or len(shape) != 2:
+            raise MatsegError(
+                f"{path} holds {_what(shape, axes, n_pages)}; a folder of TIFFs is read as one "
+                "2-D grey slice per file: give a stack as one TIFF file instead"
+            )
+        if first is None:
+            first = (path, shape, dtype)
+        elif (shape, dtype) != first[1:]:
+            raise MatsegError(
+                f"the slices in {folder} differ: {path.name} is {shape} {dtype}, "
+                f"{first[0].name} is {first[1]} {first[2]}; every slice must be alike"
+            )
+    sequence = tifffile.TiffSequence([os.fspath(f) for f in files], pattern="")  # flat: no axes from names
+    try:
+        return da.from_zarr(zarr.open(sequence.aszarr(), mode="r"))
+    except Exception as err:
+        raise MatsegError(f"cannot read the TIFF slices in {folder}: {err}") from None
+
+
+def _what(shape: tuple, axes: str, pages: int) -> str:
+    if axes.endswith("S") or axes.startswith("S"):
+        return f"a colour image (axes {axes})"
+    return f"{pages} pages" if pages != 1 else f"an image of shape {shape} (axes {axes})"

@@ -340,12 +340,17 @@ def format_dry_run(report: dict) -> str:
 
 
 def _fit_line(report: dict) -> list[str]:
-    """The summary's fit line (whether the volume looks like the weights' training data), if checked."""
-    if not report.get("fit"):
-        return []
-    from matseg.candidates.fit import describe_fit
+    """The summary's fit lines: a fill holding many voxels (:func:`matseg.normalize.fill_of`), and
+    whether the volume looks like the weights' training data, if checked."""
+    from matseg.normalize import describe_fill
 
-    return [f"  fit        {describe_fit(report['fit'])}"]
+    fill = describe_fill(report.get("normalization", {}))
+    lines = [f"  fill       {fill}"] if fill else []
+    if report.get("fit"):
+        from matseg.candidates.fit import describe_fit
+
+        lines.append(f"  fit        {describe_fit(report['fit'])}")
+    return lines
 
 
 def format_measure(report: dict) -> str:

@@ -20,6 +20,10 @@ PERCENTILES = (0.5, 99.5)
 # weights' training data (:mod:`matseg.candidates.fit`)
 QUANTILE_LEVELS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 97.5, 99.0)
 _SUBSAMPLE_VOXELS = 1 << 22
+# one value at an end of the range holding this share of the voxels or more: a fill around the
+# scanned region (a CT reconstruction's circle, a registered stack's margins) or a saturated
+# detector; generated volumes clip at most ~3 % (docs/models.md, "A fill around the scan")
+FILL_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class Normalization:
     high: float
     thresholds: tuple[float, ...] = ()  # multi-Otsu thresholds between phases, normalised units
     quantiles: tuple[float, ...] = ()  # normalised intensities at QUANTILE_LEVELS
+    fill: dict | None = None  # {"value", "share", "end"}: one extreme value on FILL_SHARE or more
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         scale = self.high - self.low if self.high > self.low else 1.0
@@ -38,13 +43,38 @@ class Normalization:
     def as_dict(self) -> dict:
         """As stored in an output's attributes and report."""
         saved = {"low": self.low, "high": self.high, "thresholds": list(self.thresholds)}
-        return saved | ({"quantiles": list(self.quantiles)} if self.quantiles else {})
+        saved |= {"quantiles": list(self.quantiles)} if self.quantiles else {}
+        return saved | ({"fill": self.fill} if self.fill else {})
 
     @classmethod
     def from_dict(cls, saved: dict) -> Normalization:
-        return cls(
-            saved["low"], saved["high"], tuple(saved.get("thresholds", ())), tuple(saved.get("quantiles", ()))
-        )
+        thresholds, quantiles = tuple(saved.get("thresholds", ())), tuple(saved.get("quantiles", ()))
+        return cls(saved["low"], saved["high"], thresholds, quantiles, saved.get("fill"))
+
+
+def fill_of(sample: np.ndarray, smallest: float, largest: float) -> dict | None:
+    """The volume's minimum or maximum where it holds :data:`FILL_SHARE` of the subsample or
+    more (the larger share of the two), else None."""
+    shares = {end: float(np.count_nonzero(sample == value)) / sample.size for end, value in
+              (("minimum", smallest), ("maximum", largest))}  # fmt: skip
+    end = max(shares, key=shares.get)
+    if shares[end] < FILL_SHARE:
+        return None
+    value = smallest if end == "minimum" else largest
+    return {"value": float(value), "share": round(shares[end], 4), "end": end}
+
+
+def describe_fill(normalization: dict) -> str | None:
+    """The summary's line on a fill (:func:`fill_of`) of a report's ``normalization``, if any."""
+    fill = normalization.get("fill")
+    if not fill:
+        return None
+    share, value, end = fill["share"] * 100, fill["value"], fill["end"]
+    return (
+        f"{share:.0f} % of the voxels hold one value, {value:g} (the volume's {end}): "
+        "a fill around the scanned region, or a saturated detector? They are segmented and counted "
+        "as a phase (fractions, fit, estimate): crop the volume to the scan if they are outside it"
+    )
 
 
 def percentiles(sample: np.ndarray, q: Sequence[float]) -> np.ndarray:
@@ -129,7 +159,7 @@ def intensity_range(
     norm = Normalization(float(low), float(high))
     quantiles = tuple(float(q) for q in norm(np.asarray(levels)))
     thresholds = multiotsu_thresholds(norm(classes), n_phases) if n_phases else ()
-    return Normalization(norm.low, norm.high, thresholds, quantiles)
+    return Normalization(norm.low, norm.high, thresholds, quantiles, fill_of(sample, smallest, largest))
 
 
 def multiotsu_thresholds(sample: np.ndarray, n_phases: int) -> tuple[float, ...]:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Label, Reader
@@ -155,3 +156,28 @@ def _no_runtime_warnings():
             yield
 
     return strict()
+
+
+def test_a_fill_around_the_scan_is_said_in_the_summary(tmp_path, random_weights, capsys):
+    """Zeros outside a CT reconstruction's circle are segmented as a phase: the summary says how
+    many voxels hold the one value, once, and a volume without such a fill has no such line."""
+    rng = np.random.default_rng(0)
+    data = rng.normal(120, 25, (4, 96, 96)).clip(1, 255).astype(np.uint8)
+    plain = tmp_path / "plain.zarr"
+    zarr.create_array(str(plain), shape=data.shape, chunks=(2, 48, 48), dtype="uint8")[:] = data
+    y, x = np.ogrid[:96, :96]
+    data[:, (y - 47.5) ** 2 + (x - 47.5) ** 2 > 48**2] = 0
+    ct = tmp_path / "ct.zarr"
+    zarr.create_array(str(ct), shape=data.shape, chunks=(2, 48, 48), dtype="uint8")[:] = data
+    for source, expected in ((plain, 0), (ct, 1)):
+        args = ["segment", source, "-o", tmp_path / f"{source.stem}-out.zarr", "--weights", random_weights]
+        assert run([*args, "--model", "cheap", "--quiet"]) == 0
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  fill ")]
+        assert len(lines) == expected, lines
+    assert "22 % of the voxels hold one value, 0 (the volume's minimum)" in lines[0]
+    report = json.loads((tmp_path / "ct-out.zarr" / "matseg-report.json").read_text())
+    assert report["normalization"]["fill"] == {
+        "value": 0.0,
+        "share": pytest.approx(0.215, abs=0.01),
+        "end": "minimum",
+    }

@@ -176,6 +176,30 @@ def test_a_fill_over_99_percent_of_the_voxels_leaves_the_range_of_the_rest(tmp_p
     assert all(0 < t < 1 for t in norm.thresholds)
 
 
+@pytest.mark.parametrize("fill, end", [(0, "minimum"), (255, "maximum")])
+def test_a_fill_around_a_circular_scan_is_found_and_kept_in_the_report(tmp_path, fill, end):
+    """A CT reconstruction's circle: the corners hold one value (27 % of the voxels here). The
+    intensity pass says which, at which end and on what share; a scan without one says none;
+    the stored normalisation (resume, finished runs) keeps it."""
+    from matseg.normalize import Normalization
+
+    noise = smooth_noise((4, 96, 96), seed=3)
+    data = (30 + 200 * (noise - noise.min()) / np.ptp(noise)).astype(
+        np.uint8
+    )  # 30..230: no value held widely
+    plain = tmp_path / "plain.zarr"
+    zarr.create_array(str(plain), shape=data.shape, chunks=(2, 48, 48), dtype="uint8")[:] = data
+    assert intensity_range(open_volume(plain), 3).fill is None
+    y, x = np.ogrid[:96, :96]
+    data[:, (y - 47.5) ** 2 + (x - 47.5) ** 2 > 48**2] = fill
+    src = tmp_path / "ct.zarr"
+    zarr.create_array(str(src), shape=data.shape, chunks=(2, 48, 48), dtype="uint8")[:] = data
+    norm = intensity_range(open_volume(src), 3)
+    assert norm.fill["value"] == fill and norm.fill["end"] == end
+    assert norm.fill["share"] == pytest.approx(1 - np.pi / 4, abs=0.02)
+    assert Normalization.from_dict(norm.as_dict()) == norm
+
+
 @pytest.mark.parametrize("values", [(255,), (100, 200)])
 def test_a_sparse_image_whose_fill_is_a_phase_keeps_it_apart(tmp_path, values):
     """Zeros with a few bright particles (fewer values than phases besides the fill): the fill

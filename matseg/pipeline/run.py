@@ -295,7 +295,7 @@ def _run(
             set_status(
                 root, Status.CHEAP_PASS, rewritten=sorted(map(list, written)), audited=[], dry_run=True
             )
-            report = dry_run_report(job, plan, cheap, expected)
+            report = dry_run_report(job, plan, cheap, expected) | {"normalization": norm.as_dict()}
             fit = volume_fit(job, norm, cheap["features"])  # said before anything costly runs
             return report | ({"fit": fit} if fit is not None else {})
         set_status(root, rewritten=sorted(map(list, rewrite)))

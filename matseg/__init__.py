@@ -38,9 +38,10 @@ _API = {
     "finetune_from_corrections": "matseg.finetune",
     # microstructure metrics of a segmentation (``matseg measure``)
     "measure": "matseg.microstructure",
-    # a report's audit and fit in words, as the CLI summary prints them
+    # a report's audit, fit and fill in words, as the CLI summary prints them
     "format_estimate": "matseg.console",
     "describe_fit": "matseg.candidates.fit",
+    "describe_fill": "matseg.normalize",
 }
 
 __all__ = ["__version__", "MatsegError", "Cancelled", *_API]

@@ -67,11 +67,14 @@ def cost_text(report: dict, weights: str | None = None) -> str:
 
 def audit_text(report: dict) -> str:
     """A selector run's audit (its estimate against the all-reference run and what the audit
-    moved) and whether the volume fits the weights, as the command line's summary says them."""
+    moved), a fill holding many voxels and whether the volume fits the weights, as the command
+    line's summary says them."""
     lines = []
     if "estimate" in report:
         summary = matseg.format_estimate(report["estimate"])  # indented for the terminal
         lines.append("estimate: " + "\n".join(line.strip() for line in summary.splitlines()))
+    if fill := matseg.describe_fill(report.get("normalization", {})):
+        lines.append("fill: " + fill)
     if report.get("fit"):
         lines.append("fit: " + matseg.describe_fit(report["fit"]))
     return "\n".join(lines)

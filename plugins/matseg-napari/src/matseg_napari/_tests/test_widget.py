@@ -317,7 +317,7 @@ def test_retrain_from_corrections_raises_iou(qtbot, viewer_and_widget, sample, w
     assert iou_after >= iou_before + 0.05
 
 
-def test_the_audit_line_says_the_estimate_the_moves_and_the_fit():
+def test_the_audit_line_says_the_estimate_the_moves_the_fill_and_the_fit():
     from matseg_napari._widget import audit_text
 
     estimate = {
@@ -331,7 +331,8 @@ def test_the_audit_line_says_the_estimate_the_moves_and_the_fit():
         "threshold": 1.0,
         "advice": "start label-free with --model classical",
     }
-    lines = audit_text({"estimate": estimate, "fit": fit}).splitlines()
+    fill = {"value": 0.0, "share": 0.31, "end": "minimum"}
+    lines = audit_text({"estimate": estimate, "fit": fit, "normalization": {"fill": fill}}).splitlines()
     assert lines[0] == (
         "estimate: vs all-expensive: −0.019 mIoU (95 % −0.029 … −0.005), "
         "3.0 % of the other cells audited (62)"
@@ -340,7 +341,8 @@ def test_the_audit_line_says_the_estimate_the_moves_and_the_fit():
         lines[1]
         == "recalibrated at λ 0.1: the audit moved tiles cheap → medium 2: every tile now runs medium"
     )
-    assert lines[2].startswith("fit: UNLIKE the weights' training data (distance 1.40 > 1)")
+    assert lines[2].startswith("fill: 31 % of the voxels hold one value, 0 (the volume's minimum)")
+    assert lines[3].startswith("fit: UNLIKE the weights' training data (distance 1.40 > 1)")
     assert audit_text({"gflops": 1.0}) == ""  # one model on every tile: no audit
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from matseg.candidates.registry import CANDIDATES, Context
 from matseg.errors import MatsegError
-from matseg.io.guard import EVALUATION_MARKER, check_replaceable, output_kind, remove_output
+from matseg.io.guard import EVALUATION_MARKER, check_replaceable, output_kind, remove_output, replacing
 from matseg.io.paths import check_distinct
 from matseg.io.read import open_labels, open_volume
 from matseg.metrics import match_truth
@@ -176,8 +176,9 @@ def evaluate(
         labels = open_labels(volume, truths[i] if truths else None, "--truth")
         if truth_phases is not None:  # wrong names: refused before any output exists
             match_truth(labels.phases, weights_phases(weights), labels.source, truth_phases)
-    if overwrite and output_kind(output) == "evaluation":  # inputs checked: the earlier one goes
-        remove_output(output, ("evaluation",))
+    if overwrite and output_kind(output) == "evaluation":  # back in place if this run fails
+        with replacing(output, ("evaluation",)):
+            return _evaluate(volumes, output, truths, truth_phases, weights, lambdas, tile, real_run)
     created = not output.exists()
     try:
         return _evaluate(volumes, output, truths, truth_phases, weights, lambdas, tile, real_run)

@@ -24,6 +24,7 @@ _SUBSAMPLE_VOXELS = 1 << 22
 # scanned region (a CT reconstruction's circle, a registered stack's margins) or a saturated
 # detector; generated volumes clip at most ~3 % (docs/models.md, "A fill around the scan")
 FILL_SHARE = 0.1
+FILL_MIN_VALUES = 16  # an image of fewer values (a mask, labels) has no fill to tell apart
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,13 @@ class Normalization:
 
 def fill_of(sample: np.ndarray, smallest: float, largest: float) -> dict | None:
     """The volume's minimum or maximum where it holds :data:`FILL_SHARE` of the subsample or
-    more (the larger share of the two), else None."""
+    more (the end with the larger share), else None; None for an image of fewer than
+    :data:`FILL_MIN_VALUES` values."""
     shares = {end: float(np.count_nonzero(sample == value)) / sample.size for end, value in
               (("minimum", smallest), ("maximum", largest))}  # fmt: skip
     end = max(shares, key=shares.get)
-    if shares[end] < FILL_SHARE:
-        return None
+    if shares[end] < FILL_SHARE or np.unique(sample.ravel()[: 1 << 20]).size < FILL_MIN_VALUES:
+        return None  # a binary or few-valued image (labels, a mask): its ends hold it all
     value = smallest if end == "minimum" else largest
     return {"value": float(value), "share": round(shares[end], 4), "end": end}
 

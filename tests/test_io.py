@@ -149,6 +149,65 @@ def test_a_folder_of_tiff_slices_is_one_volume_in_natural_order(tmp_path):
     np.testing.assert_array_equal(volume.data.compute(), data)
 
 
+def test_slices_saved_with_singleton_axes_or_a_thumbnail_are_slices(tmp_path):
+    """What other tools write for one slice: a (1, Y, X) image (tifffile's QYX), a (Y, X, 1) one,
+    a page with a reduced-resolution thumbnail beside it: each is one 2-D slice."""
+    data = np.random.default_rng(1).integers(0, 255, (3, 40, 50), dtype=np.uint8)
+    for name, write in {
+        "qyx": lambda path, page: tifffile.imwrite(path, page[None]),
+        "yxq": lambda path, page: tifffile.imwrite(path, page[..., None], photometric="minisblack"),
+        "thumbnail": lambda path, page: _with_thumbnail(path, page),
+    }.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for z, page in enumerate(data):
+            write(folder / f"s{z}.tif", page)
+        volume = open_volume(folder)
+        assert volume.shape == data.shape, name
+        np.testing.assert_array_equal(volume.data.compute(), data)
+
+
+def _with_thumbnail(path, page):
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(page, photometric="minisblack")
+        tif.write(page[::4, ::4], photometric="minisblack", subfiletype=1)
+
+
+def test_a_folder_of_slices_carries_the_voxel_size_its_first_slice_records(tmp_path):
+    """ImageJ's pixel size and slice spacing, as one TIFF stack's are carried."""
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for z in range(3):
+        tifffile.imwrite(
+            folder / f"s{z}.tif", DATA[z], imagej=True, resolution=(200, 200),
+            metadata={"unit": "um", "spacing": 0.01},
+        )  # fmt: skip
+    size = open_volume(folder).voxel_size
+    assert size.values == pytest.approx((0.01, 0.005, 0.005)) and size.unit == "micrometer"
+
+
+def test_a_folder_of_slices_is_no_label_image_of_itself(tmp_path):
+    """As a TIFF stack: without --truth its own values would be scored as its labels."""
+    from matseg.io.read import open_labels
+
+    folder = make_tiff_folder(tmp_path, (DATA % 3).astype(np.uint8))
+    with pytest.raises(MatsegError, match="holds no label image of its own"):
+        open_labels(folder)
+    assert open_labels(folder, folder).shape == DATA.shape  # named as labels: read
+
+
+def test_natural_order_is_one_order_on_every_file_system(tmp_path):
+    """Names whose numbers are equal (z1, z01), other cases, digits of other scripts: one order,
+    and no crash on a character that is a digit but no number (²)."""
+    from matseg.io.sequence import tiff_files
+
+    names = ["z01.tif", "Z1.tif", "z1.tif", "z10.tif", "z2.tif", "z1\u00b2.tif", "z\u0663.tif"]
+    for name in names:
+        tifffile.imwrite(tmp_path / name, DATA[0])
+    expected = ["Z1.tif", "z01.tif", "z1.tif", "z1\u00b2.tif", "z2.tif", "z\u0663.tif", "z10.tif"]
+    assert [f.name for f in tiff_files(tmp_path)] == expected
+
+
 @pytest.mark.parametrize(
     "odd, says",
     [
@@ -164,11 +223,11 @@ def test_a_folder_of_tiff_slices_is_one_volume_in_natural_order(tmp_path):
             lambda f: tifffile.imwrite(
                 f / "z9.tif", np.zeros((3, 40, 50), np.uint16), photometric="minisblack"
             ),
-            "z9.tif holds 3 pages",
+            "z9.tif holds an image of shape (3, 40, 50)",
         ),
         (
             lambda f: tifffile.imwrite(f / "z9.tif", np.zeros((40, 50, 3), np.uint8), photometric="rgb"),
-            "a colour image",
+            "z9.tif is a colour image (axes YXS); matseg reads grey levels",
         ),
         (lambda f: (f / "z9.tif").write_bytes(b"not a tiff"), "cannot read TIFF"),
     ],

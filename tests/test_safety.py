@@ -273,8 +273,9 @@ def test_evaluate_replaces_an_earlier_evaluation_only_with_overwrite(
     tmp_path, small_sample, random_weights, capsys
 ):
     """As segment and measure: an existing evaluation folder is refused, unchanged, without
-    --overwrite; with it the earlier evaluation is replaced (its stray files gone); a folder
-    evaluate did not write is refused even then."""
+    --overwrite; with it the earlier evaluation is replaced (its stray files gone) once the new
+    one is done, and is back whole where the new one fails; a folder evaluate did not write is
+    refused even then."""
     out = tmp_path / "eval"
     args = ["evaluate", small_sample, "-o", out, "--weights", random_weights, "--tile", "8,64,64"]
     args += ["--lambdas", "0,1", "--no-real-run"]
@@ -284,6 +285,10 @@ def test_evaluate_replaces_an_earlier_evaluation_only_with_overwrite(
     capsys.readouterr()
     assert_refused(tmp_path, args, capsys, "pass --overwrite")
     assert snapshot(out) == before
+    (tmp_path / "empty-weights").mkdir()  # found wrong only once the run has started
+    assert run([*args, "--overwrite", "--weights", tmp_path / "empty-weights"]) == 2
+    assert snapshot(out) == before  # the earlier evaluation is back, whole
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert run([*args, "--overwrite"]) == 0
     assert not (out / "stray.txt").exists() and (out / "evaluation.json").exists()
     capsys.readouterr()

@@ -198,6 +198,9 @@ def test_a_fill_around_a_circular_scan_is_found_and_kept_in_the_report(tmp_path,
     assert norm.fill["value"] == fill and norm.fill["end"] == end
     assert norm.fill["share"] == pytest.approx(1 - np.pi / 4, abs=0.02)
     assert Normalization.from_dict(norm.as_dict()) == norm
+    binary = tmp_path / "mask.zarr"  # a mask: its ends hold every voxel, and no fill
+    zarr.create_array(str(binary), shape=data.shape, chunks=(2, 48, 48), dtype="bool")[:] = data > 128
+    assert intensity_range(open_volume(binary), 2).fill is None
 
 
 @pytest.mark.parametrize("values", [(255,), (100, 200)])

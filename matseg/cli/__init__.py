@@ -35,7 +35,7 @@ def cli() -> None:
 
     Inputs are read lazily and never changed: Zarr v2/v3 (store.zarr or
     store.zarr:/path), OME-Zarr (level 0, or the level named: store.zarr:/s1), HDF5
-    (file.h5:/dataset), TIFF.
+    (file.h5:/dataset), TIFF, a folder of TIFF files one slice each (slices/).
     """
 
 

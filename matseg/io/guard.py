@@ -114,6 +114,30 @@ def remove_output(path: str | os.PathLike, kinds: tuple[str, ...], option: str =
     shutil.rmtree(trash)
 
 
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike, kinds: tuple[str, ...]) -> Iterator[None]:
+    """Replace the matseg output ``path`` (of one of ``kinds``) by what the block writes there:
+    the earlier one is renamed to a hidden sibling first, put back if the block fails or is
+    interrupted (what the block wrote removed), and deleted when it ends well. A kill leaves
+    the sibling, which the next run's :func:`sweep_siblings` removes."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        yield
+        return
+    check_replaceable(path, kinds)
+    sweep_siblings(path)
+    earlier = _sibling(path, _TRASH)
+    os.rename(path, earlier)
+    try:
+        yield
+    except BaseException:
+        if os.path.lexists(path):
+            shutil.rmtree(path)
+        os.rename(earlier, path)
+        raise
+    shutil.rmtree(earlier)
+
+
 def _sibling(path: Path, what: str) -> Path:
     return path.parent / f".{path.name}.{what}-{socket.gethostname()}-{os.getpid()}"
 

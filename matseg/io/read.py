@@ -158,8 +158,8 @@ def open_volume(
     elif path.is_file() and path.name.lower().endswith(TIFF_SUFFIXES):
         volume = _open_tiff(path, str(spec))
     elif path.is_dir() and not inner and (files := sequence.tiff_files(path)):
-        data = sequence.open_sequence(path, files)
-        volume = Volume(data=data, source=str(spec), kind="tiff-folder")
+        data, voxel_size = sequence.open_sequence(path, files)
+        volume = Volume(data=data, source=str(spec), kind="tiff-folder", voxel_size=voxel_size)
     elif path.is_dir():
         volume = _open_zarr(path, inner, str(spec), labels, labels if label_values is None else label_values)
     else:
@@ -186,7 +186,7 @@ def open_labels(
     if labels is not None:
         return open_volume(labels, labels=True)
     path, inner = split_spec(spec)
-    if path.is_dir():
+    if path.is_dir() and (inner or not sequence.tiff_files(path)):  # a folder of slices: images only
         try:
             node = zarr.open(LocalStore(path, read_only=True), mode="r", path=inner or "")
         except Exception:  # missing or corrupt: open_volume says which

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from matseg.errors import MatsegError
+from matseg.io import scale
 
 SUFFIXES = (".tif", ".tiff")
 ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")
@@ -31,45 +32,51 @@ def tiff_files(folder: Path) -> list[Path] | None:
 
 
 def _natural(path: Path) -> list:
-    """Sort key: runs of digits compared as numbers, the rest as text."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+    """Sort key: runs of digits compared as numbers, the rest as text (case aside); the name
+    itself last, so that names equal by this key (z1, z01) keep one order on every file system."""
+    parts = re.split(r"(\d+)", path.name)
+    return [int(part) if i % 2 else part.lower() for i, part in enumerate(parts)] + [path.name]
 
 
 def open_sequence(folder: Path, files: list[Path]):
-    """The files as a dask array (Z, Y, X), a chunk per slice, after checking every file."""
+    """The files as a dask array (Z, Y, X), a chunk per slice, after checking every file; and
+    the voxel size the first file records (its pixel size; Z from ImageJ's spacing, else Y's)."""
     import dask.array as da
     import tifffile
     import zarr
 
-    first = None
+    first, voxel_size = None, None
     for path in files:
         try:
             with tifffile.TiffFile(path) as tif:
                 series = tif.series
                 shape, dtype, axes = tuple(series[0].shape), series[0].dtype, series[0].axes
-                n_series, n_pages = len(series), len(tif.pages)
+                plane = tuple(series[0].get_shape(True))  # singleton axes (QYX of one slice) dropped
+                if first is None:
+                    voxel_size = scale.recorded(scale.from_tiff, tif, 3, where=str(path))
         except Exception as err:  # tifffile raises many types for broken files
             raise MatsegError(f"cannot read TIFF {path}: {err}") from None
-        if n_series != 1 or n_pages != 1 or len(shape) != 2:
+        if "S" in axes:
             raise MatsegError(
-                f"{path} holds {_what(shape, axes, n_pages)}; a folder of TIFFs is read as one "
-                "2-D grey slice per file: give a stack as one TIFF file instead"
+                f"{path} is a colour image (axes {axes}); matseg reads grey levels: convert the "
+                "slices to greyscale first"
+            )
+        if len(series) != 1 or len(plane) != 2:
+            what = f"{len(series)} images" if len(series) != 1 else f"an image of shape {shape} (axes {axes})"
+            raise MatsegError(
+                f"{path} holds {what}; a folder of TIFFs is read as one 2-D grey slice per file: "
+                "give a stack as one TIFF file instead"
             )
         if first is None:
-            first = (path, shape, dtype)
-        elif (shape, dtype) != first[1:]:
+            first = (path, shape, dtype, plane)
+        elif (shape, dtype) != first[1:3]:
             raise MatsegError(
                 f"the slices in {folder} differ: {path.name} is {shape} {dtype}, "
                 f"{first[0].name} is {first[1]} {first[2]}; every slice must be alike"
             )
     sequence = tifffile.TiffSequence([os.fspath(f) for f in files], pattern="")  # flat: no axes from names
     try:
-        return da.from_zarr(zarr.open(sequence.aszarr(), mode="r"))
+        data = da.from_zarr(zarr.open(sequence.aszarr(), mode="r"))
     except Exception as err:
         raise MatsegError(f"cannot read the TIFF slices in {folder}: {err}") from None
-
-
-def _what(shape: tuple, axes: str, pages: int) -> str:
-    if axes.endswith("S") or axes.startswith("S"):
-        return f"a colour image (axes {axes})"
-    return f"{pages} pages" if pages != 1 else f"an image of shape {shape} (axes {axes})"
+    return data.reshape((len(files), *first[3])), voxel_size

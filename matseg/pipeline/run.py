@@ -31,7 +31,7 @@ from matseg.io.progress import TileRecords, WriteBehind
 from matseg.io.scale import VoxelSize
 from matseg.io.write import check_writable, for_tile_writes, run_attrs
 from matseg.monitor import CancelToken, Monitor, Progress
-from matseg.normalize import Normalization, intensity_range
+from matseg.normalize import PERCENTILES, Normalization, intensity_range
 from matseg.pipeline.audit import audit_evidence, create_audit, load_audit, plan_audit, stats_width
 from matseg.pipeline.audit_tasks import run_audit, write_audited
 from matseg.pipeline.escalate import (
@@ -295,7 +295,8 @@ def _run(
             set_status(
                 root, Status.CHEAP_PASS, rewritten=sorted(map(list, written)), audited=[], dry_run=True
             )
-            report = dry_run_report(job, plan, cheap, expected) | {"normalization": norm.as_dict()}
+            report = dry_run_report(job, plan, cheap, expected)
+            report["normalization"] = {"percentiles": list(PERCENTILES), **norm.as_dict()}
             fit = volume_fit(job, norm, cheap["features"])  # said before anything costly runs
             return report | ({"fit": fit} if fit is not None else {})
         set_status(root, rewritten=sorted(map(list, rewrite)))

@@ -24,10 +24,12 @@ def tiff_files(folder: Path) -> list[Path] | None:
     store or holds no TIFF file."""
     if any((folder / name).exists() for name in ZARR_METADATA):
         return None
-    with os.scandir(folder) as entries:
-        files = [Path(e.path) for e in entries if e.is_file() and e.name.lower().endswith(SUFFIXES)]
-    hidden = [f for f in files if f.name.startswith(".")]  # '._slice.tif' of macOS copies: not slices
-    files = [f for f in files if f not in hidden]
+    with os.scandir(folder) as entries:  # hidden files ('._s1.tif' of macOS copies) are no slices
+        files = [
+            Path(e.path)
+            for e in entries
+            if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(SUFFIXES)
+        ]
     return sorted(files, key=_natural) or None
 
 

@@ -208,6 +208,10 @@ def test_natural_order_is_one_order_on_every_file_system(tmp_path):
     assert [f.name for f in tiff_files(tmp_path)] == expected
 
 
+def _cut_short(path):
+    path.write_bytes(path.read_bytes()[:-1000])  # the header first, the pixels after: a copy stopped
+
+
 @pytest.mark.parametrize(
     "odd, says",
     [
@@ -230,8 +234,9 @@ def test_natural_order_is_one_order_on_every_file_system(tmp_path):
             "z9.tif is a colour image (axes YXS); matseg reads grey levels",
         ),
         (lambda f: (f / "z9.tif").write_bytes(b"not a tiff"), "cannot read TIFF"),
+        (lambda f: _cut_short(f / "z1.tif"), "z1.tif is truncated: its image data ends at byte 4,"),
     ],
-    ids=["shape", "dtype", "stack", "colour", "broken"],
+    ids=["shape", "dtype", "stack", "colour", "broken", "truncated"],
 )
 def test_a_folder_of_slices_that_do_not_stack_is_refused_before_any_read(tmp_path, odd, says):
     folder = make_tiff_folder(tmp_path)

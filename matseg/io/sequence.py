@@ -54,10 +54,16 @@ def open_sequence(folder: Path, files: list[Path]):
                 series = tif.series
                 shape, dtype, axes = tuple(series[0].shape), series[0].dtype, series[0].axes
                 plane = tuple(series[0].get_shape(True))  # singleton axes (QYX of one slice) dropped
+                page = tif.pages.first
+                end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
                 if first is None:
                     voxel_size = scale.recorded(scale.from_tiff, tif, 3, where=str(path))
         except Exception as err:  # tifffile raises many types for broken files
             raise MatsegError(f"cannot read TIFF {path}: {err}") from None
+        if end > (size := os.path.getsize(path)):  # a copy cut short: found now, named, not mid-run
+            raise MatsegError(
+                f"TIFF {path} is truncated: its image data ends at byte {end:,}, the file at {size:,}"
+            )
         if "S" in axes:
             raise MatsegError(
                 f"{path} is a colour image (axes {axes}); matseg reads grey levels: convert the "

@@ -75,7 +75,8 @@ def describe_fill(normalization: dict) -> str | None:
     return (
         f"{share:.0f} % of the voxels hold one value, {value:g} (the volume's {end}): "
         "a fill around the scanned region, or a saturated detector? They are segmented and counted "
-        "as a phase (fractions, fit, estimate): crop the volume to the scan if they are outside it"
+        "as a phase in the fractions and the estimate (the intensity range and the fit leave them "
+        "out): crop the volume to the scan if they are outside it"
     )
 
 
@@ -149,7 +150,12 @@ def intensity_range(
         )
     low, high, *levels = percentiles(sample, PERCENTILES + QUANTILE_LEVELS)
     classes = sample  # what the classical candidate's thresholds are drawn from
-    if high <= low:  # one value (a fill: zeros outside a scan) is over 99 % of the voxels
+    fill = fill_of(sample, smallest, largest)
+    if fill is not None and high > low:  # a fill around the scan: the range, quantiles and
+        classes = sample[sample != fill["value"]]  # thresholds are the scan's own
+        low, high, *levels = percentiles(classes, PERCENTILES + QUANTILE_LEVELS)
+        low, high = (low, high) if high > low else (smallest, largest)
+    elif high <= low:  # one value (a fill: zeros outside a scan) is over 99 % of the voxels
         rest = sample[sample != low]  # the robust range of the voxels other than the fill
         # the fill around a scan is no phase; but where the rest holds fewer values than there
         # are phases (a sparse binary image), the fill is one of them: the whole range then
@@ -161,7 +167,7 @@ def intensity_range(
     norm = Normalization(float(low), float(high))
     quantiles = tuple(float(q) for q in norm(np.asarray(levels)))
     thresholds = multiotsu_thresholds(norm(classes), n_phases) if n_phases else ()
-    return Normalization(norm.low, norm.high, thresholds, quantiles, fill_of(sample, smallest, largest))
+    return Normalization(norm.low, norm.high, thresholds, quantiles, fill)
 
 
 def multiotsu_thresholds(sample: np.ndarray, n_phases: int) -> tuple[float, ...]:

@@ -178,9 +178,10 @@ def test_a_fill_over_99_percent_of_the_voxels_leaves_the_range_of_the_rest(tmp_p
 
 @pytest.mark.parametrize("fill, end", [(0, "minimum"), (255, "maximum")])
 def test_a_fill_around_a_circular_scan_is_found_and_kept_in_the_report(tmp_path, fill, end):
-    """A CT reconstruction's circle: the corners hold one value (27 % of the voxels here). The
-    intensity pass says which, at which end and on what share; a scan without one says none;
-    the stored normalisation (resume, finished runs) keeps it."""
+    """A CT reconstruction's circle: the corners hold one value (22 % of the voxels here). The
+    intensity pass says which, at which end and on what share, and takes the range, quantiles
+    and thresholds from the scan without it; a scan without one says none; the stored
+    normalisation (resume, finished runs) keeps it."""
     from matseg.normalize import Normalization
 
     noise = smooth_noise((4, 96, 96), seed=3)
@@ -196,6 +197,8 @@ def test_a_fill_around_a_circular_scan_is_found_and_kept_in_the_report(tmp_path,
     zarr.create_array(str(src), shape=data.shape, chunks=(2, 48, 48), dtype="uint8")[:] = data
     norm = intensity_range(open_volume(src), 3)
     assert norm.fill["value"] == fill and norm.fill["end"] == end
+    assert 30 <= norm.low < norm.high <= 230  # the range (quantiles, thresholds) is the scan's own
+    assert all(0 <= q <= 1 for q in norm.quantiles) and all(0 < t < 1 for t in norm.thresholds)
     assert norm.fill["share"] == pytest.approx(1 - np.pi / 4, abs=0.02)
     assert Normalization.from_dict(norm.as_dict()) == norm
     binary = tmp_path / "mask.zarr"  # a mask: its ends hold every voxel, and no fill

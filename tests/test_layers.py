@@ -42,7 +42,7 @@ LAYERS = [
         "matseg.batch",
         "matseg.microstructure",
     ),
-    ("matseg", "matseg.cli", "matseg.console"),
+    ("matseg", "matseg.cli", "matseg.console", "matseg.terminal"),
 ]
 
 

@@ -18,8 +18,8 @@ from matseg._version import __version__
 from matseg.cli.measure import measure
 from matseg.cli.segment import batch, sample, segment
 from matseg.cli.train import evaluate, train, train_selector
-from matseg.console import setup_logging
 from matseg.errors import MatsegError
+from matseg.terminal import setup_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

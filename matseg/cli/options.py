@@ -9,9 +9,9 @@ import sys
 
 import click
 
-from matseg.console import StageBars
 from matseg.defaults import DEFAULT_TILE
 from matseg.errors import MatsegError
+from matseg.terminal import StageBars
 
 TILE_TEXT = ",".join(map(str, DEFAULT_TILE))
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # what follows --shape: 32, -1, 1.5

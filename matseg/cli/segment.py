@@ -21,9 +21,10 @@ from matseg.cli.options import (
     voxel_size_of,
     voxel_size_options,
 )
-from matseg.console import StageBars, fit_warning_in_summary, format_dry_run, format_report
+from matseg.console import format_dry_run, format_report
 from matseg.defaults import DEFAULT_TOLERANCE
 from matseg.errors import MatsegError
+from matseg.terminal import StageBars, fit_warning_in_summary
 
 
 @click.command(cls=SizesCommand)

@@ -19,6 +19,12 @@ def _physical(report: dict) -> str:
     return f", {extent} {size['unit'] or 'units'}"
 
 
+def region_text(report: dict) -> str:
+    """`` [4:12, 0:140, 0:192]``: the box of the input a ``--region`` run segmented, else nothing."""
+    region = report["input"].get("region")
+    return f" [{', '.join(f'{a}:{b}' for a, b in region)}]" if region else ""
+
+
 def format_report(report: dict) -> str:
     """The end-of-run summary a user reads."""
     shape = " x ".join(map(str, report["input"]["shape"]))
@@ -34,7 +40,7 @@ def format_report(report: dict) -> str:
     t = report["timings"]
     tiles = _tiles(report)
     lines = [
-        f"matseg segment: {report['input']['source']} -> {report['output']}",
+        f"matseg segment: {report['input']['source']}{region_text(report)} -> {report['output']}",
         f"  model      {models}",
         f"  voxels     {report['voxels']:,} ({shape}) in {tiles}{_physical(report)}",
         f"  time       {t['total_s']:.1f} s total, {t['segment_s']:.1f} s segmenting "
@@ -222,7 +228,7 @@ def format_dry_run(report: dict) -> str:
     mix = ", ".join(f"{n} {c}" for n, c in report["decisions"].items())
     return "\n".join(
         [
-            f"matseg segment --dry-run: {report['input']['source']} ({_tiles(report)})",
+            f"matseg segment --dry-run: {report['input']['source']}{region_text(report)} ({_tiles(report)})",
             f"  mix        {mix}",
             f"  GFLOPs     {e['gflops']:,.1f} expected "
             f"({report['cheap_pass_gflops']:,.1f} spent on the cheap pass, "

@@ -207,6 +207,8 @@ def _write_corrections(partial, target, segmentation, corrected, changed, review
         "time": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
         "output": str(segmentation.path.absolute()),
         "image": segmentation.image_source,
+        # the box of the image the output holds (--region), which the labels here cover
+        "region": (segmentation.report.get("input") or {}).get("region"),
         "phases": list(segmentation.phase_names),
         "candidates": list(segmentation.candidate_names),
         "models": list(segmentation.report.get("models") or []),
@@ -310,7 +312,7 @@ def training_data_from_corrections(corrections: Corrections | str | os.PathLike)
     if not image:
         raise MatsegError(f"{corrections.path} does not record the segmented image; cannot fine-tune")
     try:
-        data, _ = load_labelled(image, f"{corrections.path}:labels", slices)
+        data, _ = load_labelled(image, f"{corrections.path}:labels", slices, corrections.attrs.get("region"))
     except MatsegError as err:
         raise MatsegError(f"image of {corrections.path}: {err}") from None
     regions = corrections.attrs.get("labelled")

@@ -16,6 +16,7 @@ import torch
 
 from matseg.errors import MatsegError
 from matseg.io.read import Volume, open_labels, open_volume
+from matseg.io.region import crop, parse_region
 from matseg.normalize import intensity_range
 from matseg.validate import check_label_dtype
 
@@ -36,13 +37,17 @@ def load_labelled(
     image: str | os.PathLike,
     labels: str | os.PathLike | None = None,
     slices: Sequence[int] | None = None,
+    region: Sequence | None = None,
 ) -> tuple[LabelledSlices, tuple[str, ...] | None]:
     """Read the labelled slices of an image/label pair into memory.
 
     ``labels`` defaults to the image store's own label image (e.g. ``truth`` of a
-    ``matseg sample`` store). Slices without any label (all 255) are skipped.
+    ``matseg sample`` store). Slices without any label (all 255) are skipped. ``region``
+    ((start, stop) per axis: a ``--region`` output's box) cuts the image to the labels' box.
     """
     volume = open_volume(image)
+    if region:
+        volume = crop(volume, parse_region(region, volume.shape))
     label_volume = open_labels(image, labels)
     if label_volume.shape != volume.shape:
         raise MatsegError(

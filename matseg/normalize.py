@@ -76,7 +76,7 @@ def describe_fill(normalization: dict) -> str | None:
         f"{share:.0f} % of the voxels hold one value, {value:g} (the volume's {end}): "
         "a fill around the scanned region, or a saturated detector? They are segmented and counted "
         "as a phase in the fractions and the estimate (the intensity range and the fit leave them "
-        "out): crop the volume to the scan if they are outside it"
+        "out): crop the volume to the scan if they are outside it (--region)"
     )
 
 

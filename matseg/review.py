@@ -49,6 +49,12 @@ class Segmentation:
         return tuple(int(s) for s in self.phases.shape)
 
     @property
+    def origin(self) -> tuple[int, ...] | None:
+        """Where the output's first voxel lies in the image it was cut from (``--region``), else None."""
+        region = (self.report.get("input") or {}).get("region")
+        return tuple(int(start) for start, _ in region) if region else None
+
+    @property
     def image_source(self) -> str | None:
         """The segmented image, as an absolute spec when it can be found, else as recorded."""
         source = (self.report.get("input") or {}).get("source")

@@ -122,6 +122,14 @@ def sample(output, shape, seed, config_path, profile, overwrite, voxel_size_text
 )
 @click.option("--truth-phases", "truth_phases_text", metavar="A,B,C", help=TRUTH_PHASES_HELP)
 @click.option(
+    "--region",
+    metavar="Z0:Z1,Y0:Y1,X0:X1",
+    help="Segment this box of INPUT only, e.g. 100:300,512:1536,512:1536 (voxel indices, the stop "
+    "left out; ':' or nothing for a whole axis; Y0:Y1,X0:X1 for an image): to try settings on a few "
+    "slices, or to leave out the margins around a scan. OUTPUT holds the box, placed where it lies in "
+    "INPUT (its NGFF translation); a --truth of INPUT's shape is cut to it too.",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Replace OUTPUT if it is finished or of other settings (reusing its cheap pass).",
@@ -182,6 +190,7 @@ def segment(
     workers,
     truth,
     truth_phases_text,
+    region,
     overwrite,
     no_bars,
     phases,
@@ -255,6 +264,7 @@ def segment(
                 truth=truth,
                 truth_phases=truth_phases,
                 voxel_size=voxel_size,
+                region=region,
                 progress=bars,
                 command=command_line(),
             )

@@ -142,7 +142,7 @@ CODEC = BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
 
 
 def _multiscale(
-    group: zarr.Group, name: str, shape, chunks, dtype, voxel_size: VoxelSize | None, fill_value=0
+    group: zarr.Group, name: str, shape, chunks, dtype, voxel_size: VoxelSize | None, origin=None
 ) -> zarr.Array:
     names = axes_for(len(shape))
     array = group.create_array(
@@ -150,13 +150,16 @@ def _multiscale(
         shape=shape,
         chunks=chunks,
         dtype=dtype,
-        fill_value=fill_value,
+        fill_value=0,
         compressors=CODEC,
         dimension_names=names,
     )
     units = {n: voxel_size.unit for n in names} if voxel_size is not None and voxel_size.unit else None
     size = list(voxel_size.values) if voxel_size is not None else [1.0] * len(shape)
-    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": size}]}]
+    transforms = [{"type": "scale", "scale": size}]
+    if origin is not None and any(origin):  # where the array's first voxel lies, in physical units
+        transforms.append({"type": "translation", "translation": [o * v for o, v in zip(origin, size)]})
+    datasets = [{"path": "0", "coordinateTransformations": transforms}]
     axes = Axes(names, units, FormatV05()).to_list(FormatV05())
     write_multiscales_metadata(group, datasets=datasets, axes=axes, name=name, fmt=FormatV05())
     return array
@@ -170,6 +173,7 @@ def create_ome_store(
     labels: Mapping[str, Sequence[str]],
     attrs: Mapping | None = None,
     voxel_size: VoxelSize | None = None,
+    origin: Sequence[int] | None = None,
 ) -> zarr.Group:
     """Create an empty OME-Zarr (NGFF 0.5) image with label images, chunked for tiled writes.
 
@@ -188,17 +192,20 @@ def create_ome_store(
     voxel_size : VoxelSize, optional
         Physical size of a voxel (the ``scale`` of every image and label image, and
         the axes' unit); default: one unit-less voxel.
+    origin : sequence of int, optional
+        Where the volume's first voxel lies in a larger one (a ``--region`` box), in voxels:
+        recorded as every image's NGFF translation.
     """
     shape, chunks = tuple(int(s) for s in shape), tuple(int(c) for c in chunks)
     if voxel_size is not None:
         voxel_size = voxel_size.for_ndim(len(shape))
     fmt = FormatV05()
     root = zarr.open_group(str(path), mode="w-", zarr_format=3)
-    _multiscale(root, image[0], shape, chunks, image[1], voxel_size)
+    _multiscale(root, image[0], shape, chunks, image[1], voxel_size, origin)
     label_root = root.require_group("labels")
     for name, values in labels.items():
         group = label_root.require_group(name)
-        _multiscale(group, name, shape, chunks, "uint8", voxel_size)
+        _multiscale(group, name, shape, chunks, "uint8", voxel_size, origin)
         colours = [
             {"label-value": i, "rgba": list(rgba)}
             for i, rgba in value_colours(values, candidates=name == "decisions").items()

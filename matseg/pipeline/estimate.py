@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from matseg.candidates.registry import CANDIDATES
+from matseg.io.region import as_pairs
 from matseg.pipeline.job import Job
 from matseg.pipeline.tasks import candidate_task
 from matseg.selector.plan import candidate_grid
@@ -52,7 +53,11 @@ def dry_run_report(job: Job, plan, cheap, expected: dict) -> dict:
     """The report of a dry run: the plan's mix and the :func:`estimate`."""
     return {
         "dry_run": True,
-        "input": {"source": str(job.input), "shape": list(job.volume.shape)},
+        "input": {
+            "source": str(job.input),
+            "shape": list(job.volume.shape),
+            **({"region": as_pairs(job.region)} if job.region else {}),
+        },
         "output": str(job.output),
         "models": [m.describe() for m in job.models.values()],
         "selector": job.selector.describe() | {"lambda": plan["lambda"]},

@@ -12,6 +12,7 @@ from matseg.candidates.registry import CANDIDATES, Context
 from matseg.errors import MatsegError
 from matseg.io.paths import check_distinct
 from matseg.io.read import Volume, canonical_source, fingerprint, open_volume
+from matseg.io.region import Region, as_pairs, crop, parse_region, whole
 from matseg.io.scale import VoxelSize
 from matseg.io.write import check_output
 from matseg.metrics import match_truth
@@ -44,6 +45,7 @@ class Job:
     truth_phases: tuple[str, ...] | None  # --truth-phases: the names of the truth's values 0, 1, ...
     identity: dict  # an unfinished output with the same identity is resumed
     cheap_identity: dict | None  # what a stored cheap pass depends on (reused across λ and budgets)
+    region: Region | None = None  # --region: the box of the input segmented (``volume`` is cut to it)
 
     @property
     def model(self) -> str:
@@ -97,10 +99,12 @@ def prepare(
     truth,
     voxel_size: VoxelSize | None = None,
     truth_phases: Sequence[str] | None = None,
+    region: str | Sequence | None = None,
 ) -> Job:
     """The run ``settings`` ask for on ``input``, with everything it needs loaded and checked
     (``voxel_size``, if given, replaces the one the input records; ``truth_phases`` names the
-    values of a ``truth`` that names none)."""
+    values of a ``truth`` that names none; ``region``, :func:`matseg.io.region.parse_region`,
+    cuts the input, and a truth of the input's shape, to a box)."""
     if truth_phases is not None and truth is None:
         raise MatsegError("--truth-phases names the phases of a --truth: give the truth too")
     model, lam, budget_gflops = settings.model, settings.lam, settings.budget_gflops
@@ -108,9 +112,13 @@ def prepare(
     tile, halo = settings.tile, settings.halo
     check_distinct(output, [("input", input), ("--truth", truth), ("--weights", weights)])
     inference_device()  # a bad $MATSEG_DEVICE fails here, before anything is written
-    volume = open_volume(input)
+    whole_volume = open_volume(input)
     if voxel_size is not None:
-        volume = replace(volume, voxel_size=voxel_size.for_ndim(volume.ndim))
+        whole_volume = replace(whole_volume, voxel_size=voxel_size.for_ndim(whole_volume.ndim))
+    if region is not None:
+        region = parse_region(region, whole_volume.shape)
+        region = None if whole(region, whole_volume.shape) else region
+    volume = crop(whole_volume, region) if region else whole_volume
     selector = load_selector(weights) if model == "auto" else None
     names = tuple(selector.candidates) if selector else (model,)
     needed = {m for n in names for m in CANDIDATES[n].needs}
@@ -132,10 +140,14 @@ def prepare(
     )
     if truth is not None:
         truth_volume = open_volume(truth, labels=True)
-        if truth_volume.shape != volume.shape:
-            raise MatsegError(f"truth {truth} has shape {truth_volume.shape}; the input has {volume.shape}")
+        if truth_volume.shape != whole_volume.shape:
+            raise MatsegError(
+                f"truth {truth} has shape {truth_volume.shape}; the input has {whole_volume.shape}"
+                + (" (the truth is cut to --region as the input is)" if region else "")
+            )
         match_truth(truth_volume.phases, phases, str(truth), truth_phases)  # other names: refused
-        check_label_values(truth_volume.data, len(phases), str(truth), "--truth")
+        truth_data = truth_volume.data[region] if region else truth_volume.data
+        check_label_values(truth_data, len(phases), str(truth), "--truth")
     phase_order = selector.phase_order if selector else ()
     if model == "classical":
         phase_order = recorded_phase_order(weights, settings)
@@ -159,7 +171,7 @@ def prepare(
     check_output(out, overwrite=True, inputs=[str(input)], writable=False)
     identity = {
         "input": canonical_source(input),
-        "input_contents": fingerprint(volume),  # the same name written again is another input
+        "input_contents": fingerprint(whole_volume),  # the same name written again is another input
         "shape": list(volume.shape),
         "dtype": str(volume.data.dtype),
         "model": model,
@@ -176,6 +188,8 @@ def prepare(
         "max_expensive_fraction": max_expensive_fraction,
         "version": __version__,
     }
+    if region:  # a box of the input: another run than the whole (the key only then: older outputs resume)
+        identity["region"] = as_pairs(region)
     if settings.phases is not None:
         identity["phases"] = list(phases)
     if model == "classical" and phase_order:
@@ -191,8 +205,10 @@ def prepare(
     cheap_identity = None  # what a cheap pass depends on: the run's settings but λ, budget, costlier weights
     if selector is not None:
         kept = ("input", "input_contents", "candidates", "shape", "dtype", "tile", "halo", "version")
-        cheap_identity = {k: identity[k] for k in kept} | {"cheap_sha256": models["cheap"].sha256}
+        kept += ("region",)
+        cheap_identity = {k: identity[k] for k in kept if k in identity}
+        cheap_identity["cheap_sha256"] = models["cheap"].sha256
     return Job(
         input, out, settings, volume, selector, names, models, phases, context, tile, halo, grid,
-        truth, tuple(truth_phases) if truth_phases is not None else None, identity, cheap_identity,
+        truth, tuple(truth_phases) if truth_phases is not None else None, identity, cheap_identity, region,
     )  # fmt: skip

@@ -13,6 +13,7 @@ import numpy as np
 
 from matseg._version import __version__
 from matseg.io.read import open_volume
+from matseg.io.region import as_pairs
 from matseg.metrics import confusion_matrix, match_truth, summarize, truth_as_phases, volume_fractions
 from matseg.monitor import Monitor
 from matseg.normalize import PERCENTILES, Normalization
@@ -39,6 +40,7 @@ def run_report(job: Job, norm: Normalization, plan, stats, counts, command) -> d
             "shape": list(job.volume.shape),
             "dtype": str(job.volume.data.dtype),
             "voxel_size": job.volume.voxel_size.describe() if job.volume.voxel_size else None,
+            **({"region": as_pairs(job.region)} if job.region else {}),
         },
         "output": str(job.output),
         "model": job.model,
@@ -99,8 +101,9 @@ def score_labels(
     phases: Sequence[str],
     monitor: Monitor | None = None,
     truth_phases: Sequence[str] | None = None,
+    region: tuple[slice, ...] | None = None,
 ) -> dict:
-    """mIoU and per-phase IoU of ``pred`` against ``truth``, overall and, for a
+    """mIoU and per-phase IoU of ``pred`` against ``truth`` (cut to ``region``, if given), overall and, for a
     ``matseg sample`` store, on its hard and clean regions.
 
     Parameters
@@ -117,6 +120,8 @@ def score_labels(
         Reports the stage ``scoring`` slab by slab.
     truth_phases : sequence of str, optional
         The names of the truth's values 0, 1, ... (``--truth-phases``).
+    region : tuple of slices, optional
+        The box of the truth ``pred`` covers (``--region``); default the whole.
 
     Returns
     -------
@@ -129,8 +134,10 @@ def score_labels(
     truth_volume = open_volume(truth, labels=True)
     pred = pred if isinstance(pred, da.Array) else da.from_zarr(pred)
     match = match_truth(truth_volume.phases, phases, str(truth), truth_phases)
-    truth_data = truth_as_phases(truth_volume.data, match).rechunk(pred.chunksize)
+    box = region or ()
+    truth_data = truth_as_phases(truth_volume.data[box], match).rechunk(pred.chunksize)
     difficulty = _difficulty(truth)
+    difficulty = None if difficulty is None else difficulty[box]
     runs = len(slabs(pred.chunks, CHUNKS_AT_ONCE))
     stage = (monitor or Monitor()).stage("scoring", runs * (1 if difficulty is None else 3))
     metrics = summarize(confusion_matrix(pred, truth_data, len(phases), advance=stage.advance), phases)

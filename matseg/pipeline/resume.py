@@ -144,6 +144,7 @@ def _create_output(job: Job, path: Path, norm: Normalization) -> None:
         image=("uncertainty", "uint8"),
         labels={"phases": job.phases, "decisions": job.names},
         voxel_size=job.volume.voxel_size,
+        origin=[s.start for s in job.region] if job.region else None,
     )
     n = job.grid.n_tiles
     if job.selector is None:

@@ -67,6 +67,7 @@ def segment(
     truth: str | os.PathLike | None = None,
     truth_phases: Sequence[str] | None = None,
     voxel_size: VoxelSize | None = None,
+    region: str | Sequence | None = None,
     dry_run: bool = False,
     progress: Progress | None = None,
     cancel: CancelToken | None = None,
@@ -108,6 +109,11 @@ def segment(
     voxel_size : VoxelSize, optional
         Physical size of a voxel, recorded as the output's scale and units; default:
         what the input records (OME-Zarr scale, HDF5 attributes, TIFF tags), if anything.
+    region : str or sequence of (start, stop), optional
+        A box of the input to segment instead of the whole: ``"100:300,512:1536,512:1536"``
+        (Z,Y,X voxel indices, the stop left out; ``:`` a whole axis) or ``[(100, 300), ...]``.
+        The output holds the box; its NGFF translation and the report's ``input.region`` say
+        where it lies. A ``truth`` of the input's shape is cut to it too.
     dry_run : bool
         Run only the cheap pass and the selector (stored in ``output`` for the
         real run to reuse) and return the estimated GFLOPs, time, memory and mix.
@@ -141,7 +147,7 @@ def segment(
         raise MatsegError(f"workers must be a whole number of at least 1, got {workers!r}")
     if voxel_size is not None and not isinstance(voxel_size, VoxelSize):
         voxel_size = _voxel_size(voxel_size)
-    job = prepare(input, output, settings, truth, voxel_size, truth_phases)
+    job = prepare(input, output, settings, truth, voxel_size, truth_phases, region)
     if dry_run and job.model != "auto":
         raise MatsegError("--dry-run estimates a selector run; use it with --model auto")
     spec = cluster if isinstance(cluster, ClusterSpec) else ClusterSpec(kind=cluster)
@@ -332,7 +338,9 @@ def _run(
     stage.finish()
     if job.truth is not None:
         report["truth"] = str(job.truth)
-        report["metrics"] = score_labels(arrays["phases"], job.truth, job.phases, monitor, job.truth_phases)
+        report["metrics"] = score_labels(
+            arrays["phases"], job.truth, job.phases, monitor, job.truth_phases, job.region
+        )
     # this run's own work: a resumed run counts only the tiles it computed (model_s: every run's)
     voxels_now = sum(int(np.prod([r.stop - r.start for r in grid.region(i)])) for i in done_now)
     report["timings"] = {
@@ -381,7 +389,9 @@ def _finished_report(job: Job) -> dict:
     ):
         phases = zarr.open_group(str(job.output), mode="r")["labels/phases/0"]
         report["truth"] = str(job.truth)
-        report["metrics"] = score_labels(phases, job.truth, job.phases, truth_phases=job.truth_phases)
+        report["metrics"] = score_labels(
+            phases, job.truth, job.phases, truth_phases=job.truth_phases, region=job.region
+        )
     report["run"] = {**report.get("run", {}), "started_as": Start.FINISHED.value}
     logger.info("%s is already a finished run of these settings: nothing to compute", job.output)
     return report

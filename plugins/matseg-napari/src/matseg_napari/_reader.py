@@ -113,11 +113,16 @@ def candidate_colours(names: Sequence[str], stored: dict[int, Sequence[int]] | N
     return {i: tuple((stored or {}).get(i, defaults[i])) for i in range(len(names))}
 
 
-def physical_scale(voxel_size) -> dict:
-    """napari's ``scale`` and ``units`` of a layer, from a :class:`matseg.io.scale.VoxelSize`."""
-    if voxel_size is None:
-        return {}
-    return {"scale": list(voxel_size.values), **({"units": voxel_size.unit} if voxel_size.unit else {})}
+def physical_scale(voxel_size, origin=None) -> dict:
+    """napari's ``scale`` and ``units`` of a layer, from a :class:`matseg.io.scale.VoxelSize`, and its
+    ``translate`` where ``origin`` (voxels) places it inside a larger image (a ``--region`` output)."""
+    scale = {} if voxel_size is None else {"scale": list(voxel_size.values)}
+    if voxel_size is not None and voxel_size.unit:
+        scale["units"] = voxel_size.unit
+    if origin:
+        size = voxel_size.values if voxel_size is not None else (1.0,) * len(origin)
+        scale["translate"] = [o * v for o, v in zip(origin, size)]
+    return scale
 
 
 def image_layer(source: str, name: str | None = None) -> tuple:
@@ -150,7 +155,7 @@ def segmentation_layers(path: str | os.PathLike, include_image: bool = True) -> 
     output = str(Path(path).absolute())
     common = {"output": output, "report": segmentation.report}
     layers = []
-    scale = physical_scale(segmentation.voxel_size)
+    scale = physical_scale(segmentation.voxel_size, segmentation.origin)
     source = segmentation.image_source
     if include_image and source and _exists(source):
         layers.append(image_layer(source))

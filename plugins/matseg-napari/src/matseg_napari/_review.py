@@ -142,15 +142,20 @@ class ReviewPanel(Container):
         """Centre the view on tile ``position`` of the queue, Z slider on its middle slice."""
         self.current = position
         tile = self.queue[position]
-        centre = tile.centre
-        if len(centre) == 3:
-            self.viewer.dims.set_point(0, round(centre[0]))
+        layer = self.layer.value
+        # the tile in world coordinates: the layer's physical scale and --region translation
+        n = len(tile.centre)
+        scale, shift = np.asarray(layer.scale)[-n:], np.asarray(layer.translate)[-n:]
+        centre = np.asarray(tile.centre) * scale + shift
+        if n == 3:  # the tile's middle slice
+            self.viewer.dims.set_point(0, round(tile.centre[0]) * scale[0] + shift[0])
         self._outline(tile)
         self.viewer.reset_view()
-        shape = self.layer.value.data.shape
-        sizes = [s.stop - s.start for s in tile.region[-2:]]
-        self.viewer.camera.zoom *= 0.8 * min(n / s for n, s in zip(shape[-2:], sizes))
-        self.viewer.camera.center = centre[-2:]
+        # reset_view fits every layer (the whole image around a --region output): zoom to the tile
+        extent = np.asarray(self.viewer.layers.extent.world)[:, -2:]
+        sizes = [(s.stop - s.start) * v for s, v in zip(tile.region[-2:], scale[-2:])]
+        self.viewer.camera.zoom *= 0.8 * min(n / s for n, s in zip(extent[1] - extent[0], sizes))
+        self.viewer.camera.center = tuple(centre[-2:])
         self._show_position()
 
     def _outline(self, tile) -> None:
@@ -169,6 +174,8 @@ class ReviewPanel(Container):
                 edge_width=1.5,
                 name=REVIEW_LAYER,
             )
+        layer.scale = self.layer.value.scale[-2:]  # over the tile where the phases layer shows it
+        layer.translate = self.layer.value.translate[-2:]
         self.viewer.layers.selection.active = self.layer.value
 
     def _remove_outline(self) -> None:

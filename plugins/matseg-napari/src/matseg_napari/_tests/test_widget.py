@@ -436,3 +436,27 @@ def test_a_ranking_that_fails_is_said_not_raised(qtbot, viewer_and_widget, segme
     review = widget.review
     review._layer_changed(layer)
     qtbot.waitUntil(lambda: review.status.value.startswith("cannot rank tiles"), timeout=60_000)
+
+
+def test_a_region_output_lies_over_its_box_of_the_image(qtbot, viewer_and_widget, sample, weights, tmp_path):
+    """A --region output opens translated onto the box of the image it was cut from, and the
+    review moves the camera and the outline to its tiles there, not to the image's corner."""
+    out = tmp_path / "box.zarr"
+    matseg.segment(sample, out, model="cheap", weights=weights, tile=(4, 32, 32), region="4:8,16:48,32:64")
+    viewer, widget = viewer_and_widget
+    viewer.open(str(out), plugin="matseg-napari")
+    image = viewer.layers["cathode"]
+    phases = viewer.layers["box phases"]
+    assert tuple(image.translate) == (0, 0, 0) and image.data.shape[-2:] == (64, 64)
+    for name in ("box phases", "box decisions", "box uncertainty"):
+        assert tuple(viewer.layers[name].translate) == (4, 16, 32), name
+    review = widget.review
+    review.select(phases)
+    qtbot.waitUntil(lambda: len(review.queue) == 1, timeout=30_000)
+    click(review.next_button)
+    assert viewer.dims.point[0] == pytest.approx(4 + round(1.5))
+    assert tuple(viewer.camera.center[-2:]) == pytest.approx((16 + 15.5, 32 + 15.5))
+    outline = viewer.layers[review_module.REVIEW_LAYER]
+    assert tuple(outline.translate) == (16, 32)
+    # the outline over the box's tile: its corner in world coordinates at the box's corner
+    assert tuple(outline.data_to_world(outline.data[0].min(axis=0))) == pytest.approx((15.5, 31.5))

@@ -246,6 +246,25 @@ def test_a_folder_of_slices_that_do_not_stack_is_refused_before_any_read(tmp_pat
         open_volume(folder)
 
 
+def test_a_slice_that_cannot_be_decoded_is_named_by_its_file(tmp_path):
+    """Its header whole and its compressed pixels garbled: found when the slice is read (the
+    check before the run reads headers only), and named by the file, not by the folder."""
+    data = np.random.default_rng(1).integers(0, 255, (6, 40, 50), dtype=np.uint8)
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for z, page in enumerate(data):
+        tifffile.imwrite(folder / f"z{z}.tif", page, compression="zlib")
+    with tifffile.TiffFile(folder / "z4.tif") as tif:
+        start, length = tif.pages.first.dataoffsets[0], tif.pages.first.databytecounts[0]
+    raw = bytearray((folder / "z4.tif").read_bytes())
+    raw[start + 2 : start + length - 2] = bytes(length - 4)
+    (folder / "z4.tif").write_bytes(bytes(raw))
+    volume = open_volume(folder)
+    assert np.array_equal(volume.data[:4].compute(), data[:4])
+    with pytest.raises(MatsegError, match=r"cannot read slice .*z4\.tif: error: Error -3"):
+        volume.data[3:5].compute()
+
+
 def test_a_folder_without_tiffs_is_still_read_as_zarr(tmp_path):
     """No TIFF in it and no Zarr metadata: the Zarr reader's message, as before."""
     (tmp_path / "empty").mkdir()

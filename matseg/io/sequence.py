@@ -2,7 +2,7 @@
 and tomography stacks (``slice_0001.tif``, ``slice_0002.tif``, ...).
 
 The files are stacked along Z in natural order (``2`` before ``10``), lazily: a slice is
-read when a tile needs it (``tifffile.TiffSequence``'s Zarr store, one chunk a file).
+read when a tile needs it (one dask chunk a file).
 Every file is checked before the run: one 2-D grey image, all of one shape and type.
 """
 
@@ -43,9 +43,9 @@ def _natural(path: Path) -> list:
 def open_sequence(folder: Path, files: list[Path]):
     """The files as a dask array (Z, Y, X), a chunk per slice, after checking every file; and
     the voxel size the first file records (its pixel size; Z from ImageJ's spacing, else Y's)."""
+    import dask
     import dask.array as da
     import tifffile
-    import zarr
 
     first, voxel_size = None, None
     for path in files:
@@ -82,9 +82,18 @@ def open_sequence(folder: Path, files: list[Path]):
                 f"the slices in {folder} differ: {path.name} is {shape} {dtype}, "
                 f"{first[0].name} is {first[1]} {first[2]}; every slice must be alike"
             )
-    sequence = tifffile.TiffSequence([os.fspath(f) for f in files], pattern="")  # flat: no axes from names
+    # a chunk a file, each read on its own: a slice that cannot be decoded is named by its file
+    _, _, dtype, plane = first
+    slices = [da.from_delayed(dask.delayed(read_slice)(f, plane), plane, dtype) for f in files]
+    return da.stack(slices), voxel_size
+
+
+def read_slice(path: Path, plane: tuple[int, int]):
+    """One file's slice (its singleton axes dropped); a file that cannot be decoded, by name."""
+    import tifffile
+
     try:
-        data = da.from_zarr(zarr.open(sequence.aszarr(), mode="r"))
-    except Exception as err:
-        raise MatsegError(f"cannot read the TIFF slices in {folder}: {err}") from None
-    return data.reshape((len(files), *first[3])), voxel_size
+        with tifffile.TiffFile(path) as tif:
+            return tif.series[0].asarray().reshape(plane)
+    except Exception as err:  # the codecs raise their own kinds (zlib.error, ValueError, ...)
+        raise MatsegError(f"cannot read slice {path}: {type(err).__name__}: {err}") from None

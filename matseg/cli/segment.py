@@ -126,8 +126,10 @@ def sample(output, shape, seed, config_path, profile, overwrite, voxel_size_text
     metavar="Z0:Z1,Y0:Y1,X0:X1",
     help="Segment this box of INPUT only, e.g. 100:300,512:1536,512:1536 (voxel indices, the stop "
     "left out; ':' or nothing for a whole axis; Y0:Y1,X0:X1 for an image): to try settings on a few "
-    "slices, or to leave out the margins around a scan. OUTPUT holds the box, placed where it lies in "
-    "INPUT (its NGFF translation); a --truth of INPUT's shape is cut to it too.",
+    "slices, or to leave out the margins around a scan. The box is segmented as a volume of its own "
+    "(the labels of the box saved alone: its intensity range, no context beyond its edges); OUTPUT "
+    "holds it, placed where it lies in INPUT (its NGFF translation); a --truth of INPUT's shape is "
+    "cut to it too.",
 )
 @click.option(
     "--overwrite",

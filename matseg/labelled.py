@@ -46,8 +46,14 @@ def load_labelled(
     ((start, stop) per axis: a ``--region`` output's box) cuts the image to the labels' box.
     """
     volume = open_volume(image)
-    if region:
-        volume = crop(volume, parse_region(region, volume.shape))
+    if region:  # the box a --region output holds: the image must still hold it
+        try:
+            volume = crop(volume, parse_region(region, volume.shape))
+        except MatsegError:
+            raise MatsegError(
+                f"{volume.source} of shape {volume.shape} no longer holds the box "
+                f"{[list(b) for b in region]} the labels were segmented from"
+            ) from None
     label_volume = open_labels(image, labels)
     if label_volume.shape != volume.shape:
         raise MatsegError(

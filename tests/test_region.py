@@ -138,3 +138,55 @@ def test_corrections_of_a_box_train_on_the_same_box(sample, tmp_path):
     assert np.all(np.diff(data.images[0].ravel()[order]) >= 0)
     wrong = matseg.open_volume(path).data.compute()[3, :48, :]
     assert not np.array_equal(np.argsort(wrong.ravel(), kind="stable"), order)
+
+
+@pytest.mark.parametrize("region", [[(0, 4, 1), (0, 64), (0, 64)], [("a", 4), (0, 64), (0, 64)], [None] * 3])
+def test_a_bad_region_pair_from_python_is_a_matseg_error(sample, tmp_path, region):
+    with pytest.raises(MatsegError, match="is not a \\(start, stop\\) pair"):
+        matseg.segment(sample[0], tmp_path / "o.zarr", model="cheap", region=region)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_kept_output_takes_this_runs_voxel_size_and_place(sample, tmp_path):
+    """A selector run over a stored cheap pass (--overwrite) with another voxel size: the store
+    states the new one (scale and translation), as the report does."""
+    from matseg.io.scale import VoxelSize
+
+    path, out = sample[0], tmp_path / "out.zarr"
+    matseg.segment(path, out, region="2:10,8:56,:", voxel_size=VoxelSize((4.0, 2.0, 2.0), "nanometer"))
+    report = matseg.segment(
+        path, out, region="2:10,8:56,:", voxel_size=VoxelSize((1.0, 0.5, 0.5), "micrometer"), overwrite=True
+    )
+    assert report["run"]["started_as"] == "reuse-cheap"
+    for group in ("", "labels/phases", "labels/decisions"):
+        ngff = zarr.open_group(str(out / group), mode="r").attrs["ome"]["multiscales"][0]
+        assert ngff["datasets"][0]["coordinateTransformations"] == [
+            {"type": "scale", "scale": [1.0, 0.5, 0.5]},
+            {"type": "translation", "translation": [2.0, 4.0, 0.0]},
+        ], group
+        assert {a.get("unit") for a in ngff["axes"]} == {"micrometer"}, group
+    assert matseg.open_segmentation(out).voxel_size.values == (1.0, 0.5, 0.5)
+
+
+def test_corrections_of_a_box_the_image_no_longer_holds(sample, tmp_path):
+    """The image saved again smaller since: one line on the box, not on a --region never given."""
+    import shutil
+
+    image = tmp_path / "image.zarr"
+    shutil.copytree(sample[1], image)  # the box alone, 8 x 48 x 64, as the image segmented
+    out = tmp_path / "phases.zarr"
+    matseg.segment(image, out, model="classical", region="4:8,:,:", tile=(4, 32, 32))
+    labels = matseg.open_segmentation(out).phases.compute()
+    labels[1] = (labels[1] + 1) % 3
+    corrections = matseg.save_corrections(out, labels)
+    shutil.rmtree(image)
+    zarr.create_array(str(image), data=np.full((6, 48, 64), 7, np.uint8))
+    with pytest.raises(MatsegError, match=r"no longer holds the box \[\[4, 8\], \[0, 48\], \[0, 64\]\]"):
+        matseg.training_data_from_corrections(corrections)
+
+
+def test_a_box_after_the_whole_names_the_region(sample, tmp_path):
+    path, out = sample[0], tmp_path / "out.zarr"
+    matseg.segment(path, out, model="cheap", tile=(4, 32, 32))
+    with pytest.raises(MatsegError, match=r"other settings: .*region"):
+        matseg.segment(path, out, model="cheap", tile=(4, 32, 32), region="2:10,:,:")

@@ -47,7 +47,10 @@ def _axis(part, size: int, axis: str, text) -> slice:
         except ValueError:
             raise MatsegError(f"--region {_shown(text)}: '{part}' is not start:stop ({EXAMPLE})") from None
     else:
-        start, stop = (int(v) for v in part)
+        try:
+            start, stop = (int(v) for v in part)
+        except (TypeError, ValueError):
+            raise MatsegError(f"region {_shown(text)}: {part!r} is not a (start, stop) pair") from None
     if not 0 <= start < stop <= size:
         raise MatsegError(
             f"--region {_shown(text)}: {axis} {start}:{stop} is not a non-empty part of 0:{size} "
@@ -57,7 +60,7 @@ def _axis(part, size: int, axis: str, text) -> slice:
 
 
 def _shown(text) -> str:
-    return text if isinstance(text, str) else ",".join(f"{a}:{b}" for a, b in text)
+    return text if isinstance(text, str) else repr(list(text))
 
 
 def as_pairs(region: Region) -> list[list[int]]:

@@ -12,6 +12,8 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
+
 from matseg.errors import MatsegError
 from matseg.io import scale
 
@@ -43,7 +45,6 @@ def _natural(path: Path) -> list:
 def open_sequence(folder: Path, files: list[Path]):
     """The files as a dask array (Z, Y, X), a chunk per slice, after checking every file; and
     the voxel size the first file records (its pixel size; Z from ImageJ's spacing, else Y's)."""
-    import dask
     import dask.array as da
     import tifffile
 
@@ -84,11 +85,32 @@ def open_sequence(folder: Path, files: list[Path]):
             )
     # a chunk a file, each read on its own: a slice that cannot be decoded is named by its file
     _, _, dtype, plane = first
-    slices = [da.from_delayed(dask.delayed(read_slice)(f, plane), plane, dtype) for f in files]
-    return da.stack(slices), voxel_size
+    files = SliceFiles(tuple(files), plane, dtype)
+    return da.from_array(files, chunks=(1, *plane), meta=np.empty((0, 0, 0), dtype)), voxel_size
 
 
-def read_slice(path: Path, plane: tuple[int, int]):
+class SliceFiles:
+    """The files as a lazy (Z, Y, X) array that dask reads a chunk at a time: each file is
+    decoded when a chunk asks for it, and one that cannot be decoded is named (picklable: it
+    goes to a cluster's workers as the file names)."""
+
+    def __init__(self, files: tuple[Path, ...], plane: tuple[int, int], dtype) -> None:
+        self.files, self.plane, self.dtype = files, tuple(plane), np.dtype(dtype)
+        self.shape, self.ndim = (len(files), *self.plane), 3
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        z, inplane = key[0], key[1:]
+        if isinstance(z, int | np.integer):
+            return read_slice(self.files[z], self.plane)[inplane]
+        picked = self.files[z]
+        out = np.empty((len(picked), *self.plane), self.dtype)
+        for i, path in enumerate(picked):
+            out[i] = read_slice(path, self.plane)
+        return out[(slice(None), *inplane)]
+
+
+def read_slice(path: Path, plane: tuple[int, int]) -> np.ndarray:
     """One file's slice (its singleton axes dropped); a file that cannot be decoded, by name."""
     import tifffile
 

@@ -144,7 +144,6 @@ CODEC = BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
 def _multiscale(
     group: zarr.Group, name: str, shape, chunks, dtype, voxel_size: VoxelSize | None, origin=None
 ) -> zarr.Array:
-    names = axes_for(len(shape))
     array = group.create_array(
         "0",
         shape=shape,
@@ -152,17 +151,40 @@ def _multiscale(
         dtype=dtype,
         fill_value=0,
         compressors=CODEC,
-        dimension_names=names,
+        dimension_names=axes_for(len(shape)),
     )
+    axes, transforms = _placement(len(shape), voxel_size, origin)
+    datasets = [{"path": "0", "coordinateTransformations": transforms}]
+    write_multiscales_metadata(group, datasets=datasets, axes=axes, name=name, fmt=FormatV05())
+    return array
+
+
+def _placement(ndim: int, voxel_size: VoxelSize | None, origin) -> tuple[list, list]:
+    """NGFF axes (with units) and coordinate transformations (scale; a translation where
+    ``origin``, in voxels, places the array inside a larger one) of an image of ``ndim`` axes."""
+    names = axes_for(ndim)
     units = {n: voxel_size.unit for n in names} if voxel_size is not None and voxel_size.unit else None
-    size = list(voxel_size.values) if voxel_size is not None else [1.0] * len(shape)
+    size = list(voxel_size.values) if voxel_size is not None else [1.0] * ndim
     transforms = [{"type": "scale", "scale": size}]
     if origin is not None and any(origin):  # where the array's first voxel lies, in physical units
         transforms.append({"type": "translation", "translation": [o * v for o, v in zip(origin, size)]})
-    datasets = [{"path": "0", "coordinateTransformations": transforms}]
-    axes = Axes(names, units, FormatV05()).to_list(FormatV05())
-    write_multiscales_metadata(group, datasets=datasets, axes=axes, name=name, fmt=FormatV05())
-    return array
+    return Axes(names, units, FormatV05()).to_list(FormatV05()), transforms
+
+
+def place(root: zarr.Group, voxel_size: VoxelSize | None, origin=None) -> None:
+    """Set the voxel size and placement of a store :func:`create_ome_store` made (its image and
+    label images), as a run that keeps the store (resumed, or reusing its cheap pass) states
+    them anew: a store keeps none that the run now giving its labels does not."""
+    groups = [root] + [root["labels"][name] for name in root["labels"].group_keys()]
+    for group in groups:
+        ome = dict(group.attrs["ome"])
+        ndim = group["0"].ndim
+        axes, transforms = _placement(ndim, voxel_size.for_ndim(ndim) if voxel_size else None, origin)
+        multiscales = [dict(m) for m in ome["multiscales"]]
+        multiscales[0]["axes"] = axes
+        level = dict(multiscales[0]["datasets"][0], coordinateTransformations=transforms)
+        multiscales[0]["datasets"] = [level]
+        group.attrs["ome"] = ome | {"multiscales": multiscales}
 
 
 def create_ome_store(

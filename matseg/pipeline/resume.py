@@ -19,7 +19,7 @@ from matseg.errors import MatsegError
 from matseg.io.chunks import DECLARATION
 from matseg.io.guard import building, check_replaceable, remove_output
 from matseg.io.progress import TileRecords
-from matseg.io.write import create_ome_store, run_attrs
+from matseg.io.write import create_ome_store, place, run_attrs
 from matseg.normalize import Normalization
 from matseg.pipeline.job import Job
 
@@ -110,8 +110,8 @@ def start_of(job: Job, overwrite: bool) -> tuple[Start, dict | None]:
 def _differing(stored: dict, identity: dict) -> list[str]:
     """The settings in which two identities differ; within a group (the audit's), its members."""
     names = []
-    for key, value in sorted(identity.items()):
-        old = stored.get(key)
+    for key in sorted(set(identity) | set(stored)):  # a key one of them lacks (region) differs too
+        value, old = identity.get(key), stored.get(key)
         if old == value:
             continue
         if isinstance(value, dict) and isinstance(old, dict):
@@ -125,6 +125,7 @@ def open_output(job: Job, start: Start, norm: Normalization) -> zarr.Group:
     """The output store, created for a new run; progress records reset where they no longer hold."""
     if start != Start.NEW:
         root = zarr.open_group(str(job.output), mode="r+")
+        place(root, job.volume.voxel_size, origin(job))  # this run's, were they given otherwise before
         if start == Start.REUSE_CHEAP:  # a new plan: the previous candidates' records do not hold
             TileRecords.create(root, "finish", job.grid.n_tiles, finish_fields(job))
             set_status(root, Status.CHEAP_PASS, settings=job.identity)
@@ -144,7 +145,7 @@ def _create_output(job: Job, path: Path, norm: Normalization) -> None:
         image=("uncertainty", "uint8"),
         labels={"phases": job.phases, "decisions": job.names},
         voxel_size=job.volume.voxel_size,
-        origin=[s.start for s in job.region] if job.region else None,
+        origin=origin(job),
     )
     n = job.grid.n_tiles
     if job.selector is None:
@@ -164,6 +165,11 @@ def _create_output(job: Job, path: Path, norm: Normalization) -> None:
     }
     # decisions stay at the fill value (0, cheap) where stage 2 never rewrites a tile
     root["labels/decisions/0"].attrs[DECLARATION[0]] = DECLARATION[1]
+
+
+def origin(job: Job) -> list[int] | None:
+    """Where the output's first voxel lies in the input (a ``--region`` box), else None."""
+    return [s.start for s in job.region] if job.region else None
 
 
 def finish_fields(job: Job) -> dict:

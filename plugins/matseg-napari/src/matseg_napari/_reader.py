@@ -223,8 +223,11 @@ def corrections_layers(path: str | os.PathLike) -> list[tuple]:
         "weights": corrections.attrs.get("weights"),
         "report": {"models": corrections.attrs.get("models") or []},
     }
+    placed = corrections_placement(corrections)
     layers.append(
-        phases_layer(corrections.labels, names, phase_colours(names), f"{stem} corrected phases", meta)
+        phases_layer(
+            corrections.labels, names, phase_colours(names), f"{stem} corrected phases", meta, placed
+        )
     )
     layers.append(
         (
@@ -235,11 +238,26 @@ def corrections_layers(path: str | os.PathLike) -> list[tuple]:
                 "opacity": 0.5,
                 "visible": False,
                 "metadata": {"matseg": {"role": "mask", "corrections": meta["corrections"]}},
+                **placed,
             },
             "labels",
         )
     )
     return layers
+
+
+def corrections_placement(corrections) -> dict:
+    """The scale and translation of the output the corrections belong to (its voxel size, and
+    its box of the image for a ``--region`` output): they lie where that output's layers do."""
+    region = corrections.attrs.get("region")
+    origin = [int(start) for start, _ in region] if region else None
+    voxel_size = None
+    if corrections.output and _exists(corrections.output):
+        try:
+            voxel_size = matseg.open_segmentation(corrections.output).voxel_size
+        except matseg.MatsegError:  # moved or replaced since: voxels, at the recorded box
+            pass
+    return physical_scale(voxel_size, origin)
 
 
 def volume_layers(path: str | os.PathLike) -> list[tuple]:

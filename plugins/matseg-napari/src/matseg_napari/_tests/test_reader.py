@@ -183,3 +183,25 @@ def test_an_output_named_like_another_format_keeps_its_name(segmented, tmp_path)
     assert names["out.h5"][1:4] == ["out.h5 uncertainty", "out.h5 phases", "out.h5 decisions"]
     assert names["out.h5"][-2:] == ["out.h5 corrected phases", "out.h5 corrections mask"]
     assert set(names["out.h5"]) & set(names["out.zarr"]) == {"cathode"}  # only the image they share
+
+
+def test_corrections_lie_where_their_output_does(weights, tmp_path):
+    """The corrections of a --region output of a volume with a voxel size: the same scale and
+    translation as the output's layers, not the image's corner in voxels."""
+    from matseg.io.scale import VoxelSize
+    from matseg.sample import write_sample
+    from matseg_napari._reader import corrections_layers, segmentation_layers
+
+    voxel = VoxelSize((30.0, 10.0, 10.0), "nanometer")
+    sample = write_sample(tmp_path / "fib.zarr", (8, 64, 64), seed=5, voxel_size=voxel)
+    out = tmp_path / "box.zarr"
+    matseg.segment(sample, out, model="cheap", weights=weights, tile=(4, 32, 32), region="2:6,16:48,:")
+    labels = matseg.open_segmentation(out).phases.compute()
+    labels[1, :4, :4] = (labels[1, :4, :4] + 1) % 3
+    corrections = matseg.save_corrections(out, labels)
+    placed = {kwargs["name"]: kwargs for _, kwargs, _ in segmentation_layers(out, include_image=False)}
+    assert placed["box phases"]["translate"] == [60.0, 160.0, 0.0]
+    for _, kwargs, kind in corrections_layers(corrections):
+        if kind == "labels":
+            assert kwargs["scale"] == [30.0, 10.0, 10.0], kwargs["name"]
+            assert kwargs["translate"] == [60.0, 160.0, 0.0], kwargs["name"]

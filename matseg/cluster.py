@@ -299,6 +299,21 @@ class TorchThreads(WorkerPlugin):
         torch.set_num_threads(self.threads)
 
 
+class NoInterrupts(WorkerPlugin):
+    """Worker plugin of a local cluster: its worker processes leave Ctrl-C to the command. The
+    terminal sends SIGINT to every process of the command; the command stops the run and closes
+    its workers, which would otherwise each die printing a KeyboardInterrupt traceback."""
+
+    name = "matseg-no-interrupts"
+
+    def setup(self, worker) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # where signals are handled
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def torch_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
@@ -344,6 +359,7 @@ def backend(spec: ClusterSpec, workers: int | None = None) -> Iterator[Backend]:
         n_expected = spec.workers + spec.costly_workers if spec.kind in ("local", "slurm") else 1
         if spec.kind == "local":
             client.register_plugin(TorchThreads(torch_threads(n_expected * (spec.threads or 1))))
+            client.register_plugin(NoInterrupts())
         elif spec.kind == "slurm":
             client.register_plugin(TorchThreads(1))  # a job's cores are its dask threads
         try:

@@ -300,3 +300,29 @@ def test_the_next_group_is_made_while_one_runs_and_no_sooner():
         last_ran = max(i for i, e in enumerate(order) if e == ("ran", g))
         assert order.index(("made", g + 1)) < last_ran  # made while group g runs
         assert order.index(("made", g + 2)) > last_ran  # not before group g is done
+
+
+def test_ctrl_c_stops_a_local_cluster_run_in_one_line(tmp_path, volume):
+    """Ctrl-C in a terminal sends SIGINT to every process of the command: the worker processes
+    leave it to the command, which stops the run (resumable) and says so, with no traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "phases.zarr"
+    command = [sys.executable, "-m", "matseg", "segment", str(volume), "-o", str(out), "--tile", "2,128,128"]
+    command += ["--lambda", "0.001", "--cluster", "local", "--workers", "1", "--no-bars"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = []
+    for line in process.stderr:  # the workers have joined, and the run goes on
+        lines.append(line)
+        if "cheap pass" in line:
+            break
+    time.sleep(1.0)
+    os.killpg(process.pid, signal.SIGINT)  # as the terminal does: the whole process group
+    rest = process.communicate(timeout=120)[1]
+    said = "".join(lines) + rest
+    assert process.returncode != 0, said
+    assert "matseg: aborted" in said
+    assert "Traceback" not in said and "KeyboardInterrupt" not in said, said

@@ -39,7 +39,11 @@ class Normalization:
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         scale = self.high - self.low if self.high > self.low else 1.0
-        return (raw.astype(np.float32) - np.float32(self.low)) / np.float32(scale)
+        if raw.dtype.itemsize <= 2 or raw.dtype == np.float32:  # exact in float32
+            return (raw.astype(np.float32) - np.float32(self.low)) / np.float32(scale)
+        # 32- and 64-bit integers, float64: the offset first, in float64 (a detector's 2**30 + x in
+        # float32 keeps steps of 128, and a 256-level image far from zero would collapse)
+        return ((raw.astype(np.float64) - self.low) / scale).astype(np.float32)
 
     def as_dict(self) -> dict:
         """As stored in an output's attributes and report."""

@@ -325,3 +325,16 @@ def test_a_link_back_into_a_file_already_walked_lists_its_datasets_once(tmp_path
     for spec in ("m.h5", tmp_path / "m.h5"):
         volume = open_volume(spec)
         assert volume.shape == DATA.shape
+
+
+@pytest.mark.parametrize(("dtype", "offset"), [(np.uint32, 2**30), (np.int64, 10**12), (np.float64, 1e8)])
+def test_grey_levels_far_from_zero_keep_apart(dtype, offset):
+    """A detector's offset (2**30 + x) in float32 keeps steps of 128: the offset goes first."""
+    from matseg.normalize import Normalization
+
+    levels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    raw = levels.astype(dtype) + dtype(offset)
+    near = Normalization(0.0, 255.0)(levels)
+    far = Normalization(float(offset), float(offset) + 255.0)(raw)
+    assert far.dtype == np.float32 and np.unique(far).size == 256
+    np.testing.assert_allclose(far, near, atol=1e-6)

@@ -38,12 +38,14 @@ def load_labelled(
     labels: str | os.PathLike | None = None,
     slices: Sequence[int] | None = None,
     region: Sequence | None = None,
+    option: str = "--labels",
 ) -> tuple[LabelledSlices, tuple[str, ...] | None]:
     """Read the labelled slices of an image/label pair into memory.
 
     ``labels`` defaults to the image store's own label image (e.g. ``truth`` of a
     ``matseg sample`` store). Slices without any label (all 255) are skipped. ``region``
     ((start, stop) per axis: a ``--region`` output's box) cuts the image to the labels' box.
+    ``option`` is what a message tells to give labels (:func:`matseg.io.read.open_labels`).
     """
     volume = open_volume(image)
     if region:  # the box a --region output holds: the image must still hold it
@@ -54,7 +56,7 @@ def load_labelled(
                 f"{volume.source} of shape {volume.shape} no longer holds the box "
                 f"{[list(b) for b in region]} the labels were segmented from"
             ) from None
-    label_volume = open_labels(image, labels)
+    label_volume = open_labels(image, labels, option)
     if label_volume.shape != volume.shape:
         raise MatsegError(
             f"labels {label_volume.source} have shape {label_volume.shape}; image has {volume.shape}"
@@ -74,8 +76,21 @@ def load_labelled(
             "pick fewer with --slices"
         )
     z = list(slices)
-    lab_np = np.asarray(lab[z].compute(), dtype=np.uint8)
+    lab_np = np.asarray(lab[z].compute())
+    if lab_np.dtype != np.uint8 and lab_np.size and not 0 <= lab_np.min() <= lab_np.max() <= UNLABELLED:
+        odd = lab_np.min() if lab_np.min() < 0 else lab_np.max()
+        raise MatsegError(
+            f"labels {label_volume.source} hold the value {odd}: label values are phases 0, 1, ... "
+            f"and {UNLABELLED} = unlabelled"
+        )
+    lab_np = lab_np.astype(np.uint8)
     keep = [i for i in range(len(z)) if (lab_np[i] != UNLABELLED).any()]
+    if not keep:
+        raise MatsegError(
+            f"labels {label_volume.source} label no voxel"
+            + (" of the slices asked for" if slices != range(img.shape[0]) else "")
+            + f": every one is {UNLABELLED} (unlabelled)"
+        )
     images = norm(np.asarray(img[z].compute()))[keep]
     return LabelledSlices(images, lab_np[keep], volume.source), label_volume.phases
 

@@ -192,6 +192,8 @@ def train(
         found = found or names
     n_values = int(max(d.labels[d.labels != UNLABELLED].max(initial=0) for d in data)) + 1
     named = bool(phases)
+    if named:  # a name given blank (--phases ' ') or twice is said as such, before any count
+        check_phase_names(tuple(phases))
     phases = (
         tuple(phases) if phases else (tuple(found) if found else tuple(f"phase{i}" for i in range(n_values)))
     )
@@ -209,7 +211,8 @@ def train(
         check_every_phase_labelled(data, phases)
     check_folder_phases(output, phases, models)
     if val:
-        val_data, val_names = zip(*(load_labelled(v) for v in val))
+        remedy = "a volume given with --val needs labels of its own"
+        val_data, val_names = zip(*(load_labelled(v, option=remedy) for v in val))
         check_val_phases(val, val_data, phases, val_names)
     else:
         val_data, data = hold_out(data)

@@ -113,4 +113,4 @@ def check_intensities(source: str, smallest: float, largest: float, low: float, 
 def check_phase_names(phases, hint: str = "") -> None:
     """At least two phases, each named, no name twice (``hint``: what the message adds)."""
     if len(phases) < 2 or not all(str(p).strip() for p in phases) or len(set(phases)) != len(phases):
-        raise MatsegError(f"--phases {','.join(phases)}: give at least 2 distinct, non-empty names{hint}")
+        raise MatsegError(f"--phases '{','.join(phases)}': give at least 2 distinct, non-empty names{hint}")

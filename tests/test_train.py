@@ -331,3 +331,39 @@ def test_validation_labels_that_name_other_phases_are_refused(tmp_path, small_sa
     assert "--val" in err and "carbon-binder" in err and "pore, binder, active, active-b" in err
     assert not (tmp_path / "w").exists()
     assert run([*args, "--phases", "pore,carbon-binder,active,active-b", "-o", tmp_path / "w"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(256, "hold the value 256: label values are phases"), (-1, "the value -1"), (None, "label no voxel")],
+    ids=["256", "negative", "none-labelled"],
+)
+def test_labels_beyond_one_byte_or_none_at_all_are_refused(tmp_path, small_sample, capsys, value, message):
+    """16-bit labels holding 256 or -1 were wrapped into phases (256 -> 0, -1 -> 255); labels
+    all 255 were told to have one phase: one line each, exit 2, no weights written."""
+    import tifffile
+
+    truth = zarr.open_group(str(small_sample), mode="r")["labels/truth/0"][:].astype(np.int16)
+    if value is None:
+        truth[:] = 255
+    else:
+        truth[:, :5, :5] = value
+    tifffile.imwrite(tmp_path / "labels.tif", truth)
+    args = ["train", small_sample, "--labels", tmp_path / "labels.tif", *QUICK, "--steps", "1"]
+    assert run([*args, "-o", tmp_path / "w"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()
+
+
+def test_val_without_labels_and_blank_phase_names_are_said_as_such(tmp_path, small_sample, capsys):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "val.tif", zarr.open_group(str(small_sample), mode="r")["0"][:])
+    base = ["train", small_sample, *QUICK, "--steps", "1", "-o", tmp_path / "w"]
+    assert run([*base, "--val", tmp_path / "val.tif"]) == 2
+    err = capsys.readouterr().err
+    assert "a volume given with --val needs labels of its own" in err and "with --labels" not in err
+    assert run([*base, "--phases", " "]) == 2
+    assert "give at least 2 distinct, non-empty names" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()

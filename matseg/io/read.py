@@ -176,6 +176,7 @@ def open_labels(
 ) -> Volume:
     """``labels`` as a label volume or, without it, the label image of the image store ``spec``
     itself (a Zarr store's ``labels`` group: ``truth`` if present, as ``matseg sample`` writes).
+    ``option``: the option that gives labels (``--labels``), or what to do instead, for the message.
 
     Raises
     ------
@@ -195,9 +196,14 @@ def open_labels(
             return open_volume(spec, labels=True)
     if not path.exists():
         return open_volume(spec, labels=True)  # "input not found"
+    remedy = (
+        f"give its labels with {option}"
+        if option.startswith("-")
+        else option  # what the caller can do instead (a --val volume has no labels option)
+    )
     raise MatsegError(
         f"{os.fspath(spec)} holds no label image of its own (only a Zarr store with a 'labels' "
-        f"group does, as 'matseg sample' writes): give its labels with {option}"
+        f"group does, as 'matseg sample' writes): {remedy}"
     )
 
 

@@ -190,3 +190,16 @@ def test_a_box_after_the_whole_names_the_region(sample, tmp_path):
     matseg.segment(path, out, model="cheap", tile=(4, 32, 32))
     with pytest.raises(MatsegError, match=r"other settings: .*region"):
         matseg.segment(path, out, model="cheap", tile=(4, 32, 32), region="2:10,:,:")
+
+
+def test_another_voxel_size_is_another_run(sample, tmp_path, capsys):
+    """A finished output given again with another --voxel-size or --unit: refused, naming it (it
+    said "already a finished run of these settings" and kept the old scale); --overwrite writes it."""
+    path, out = sample[0], tmp_path / "out.zarr"
+    args = ["segment", path, "-o", out, "--model", "cheap", "--tile", "4,32,32", "--no-bars"]
+    assert run([*args, "--voxel-size", "0.5"]) == 0
+    assert run([*args, "--voxel-size", "0.5", "--unit", "nm"]) == 2
+    assert "other settings: voxel_size unit" in capsys.readouterr().err
+    assert run([*args, "--voxel-size", "0.5", "--unit", "nm", "--overwrite"]) == 0
+    voxel = matseg.open_segmentation(out).voxel_size
+    assert voxel.values == (0.5, 0.5, 0.5) and voxel.unit == "nanometer"

@@ -187,6 +187,9 @@ def prepare(
         "budget_gflops": budget_gflops,
         "max_expensive_fraction": max_expensive_fraction,
         "version": __version__,
+        # the output's scale and units: a run given another voxel size is another run (refused
+        # without --overwrite), never a finished one that keeps the old scale and says "these settings"
+        "voxel_size": volume.voxel_size.describe() if volume.voxel_size else None,
     }
     if region:  # a box of the input: another run than the whole (the key only then: older outputs resume)
         identity["region"] = as_pairs(region)

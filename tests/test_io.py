@@ -235,8 +235,12 @@ def _cut_short(path):
         ),
         (lambda f: (f / "z9.tif").write_bytes(b"not a tiff"), "cannot read TIFF"),
         (lambda f: _cut_short(f / "z1.tif"), "z1.tif is truncated: its image data ends at byte 4,"),
+        (
+            lambda f: tifffile.imwrite(f / "z9.tif", np.zeros((4, 40, 50), np.uint16)),
+            "z9.tif holds 4 planes (axes SYX, tagged as colour samples): a stack of 4 slices, or",
+        ),
     ],
-    ids=["shape", "dtype", "stack", "colour", "broken", "truncated"],
+    ids=["shape", "dtype", "stack", "colour", "broken", "truncated", "planar"],
 )
 def test_a_folder_of_slices_that_do_not_stack_is_refused_before_any_read(tmp_path, odd, says):
     folder = make_tiff_folder(tmp_path)

@@ -203,3 +203,11 @@ def test_another_voxel_size_is_another_run(sample, tmp_path, capsys):
     assert run([*args, "--voxel-size", "0.5", "--unit", "nm", "--overwrite"]) == 0
     voxel = matseg.open_segmentation(out).voxel_size
     assert voxel.values == (0.5, 0.5, 0.5) and voxel.unit == "nanometer"
+
+
+@pytest.mark.parametrize("region", [":,:,5", ":,5,:"])
+def test_flip_averaged_nets_on_a_box_one_voxel_wide(random_weights, small_sample, tmp_path, region):
+    """A flip of a one-voxel axis kept a negative stride that torch refuses: it crashed."""
+    report = matseg.segment(small_sample, tmp_path / "o.zarr", model="expensive-tta", weights=random_weights,
+                            region=region)  # fmt: skip
+    assert sorted(report["input"]["shape"])[:2] == [1, 16]

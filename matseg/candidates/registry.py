@@ -99,7 +99,7 @@ def _flips_averaged_run(name: str) -> Callable[[Context, np.ndarray], np.ndarray
     def run(context: Context, tile: np.ndarray) -> np.ndarray:
         total = None
         for axes in FLIPS:
-            image = np.ascontiguousarray(np.flip(tile, axes)) if axes else tile
+            image = np.flip(tile, axes).copy() if axes else tile  # a copy: no negative stride (torch)
             probs = segment_probs(context.models[name], image, context.batch_tiles)
             probs = np.flip(probs, axes) if axes else probs
             total = probs.astype(np.float32) if total is None else total + probs

@@ -65,6 +65,12 @@ def open_sequence(folder: Path, files: list[Path]):
             raise MatsegError(
                 f"TIFF {path} is truncated: its image data ends at byte {end:,}, the file at {size:,}"
             )
+        if axes.startswith("S"):  # planes stored apart: tifffile writes a 3- or 4-slice stack so too
+            raise MatsegError(
+                f"{path} holds {shape[0]} planes (axes {axes}, tagged as colour samples): a stack of "
+                f"{shape[0]} slices, or a colour image? A folder of TIFFs is read as one 2-D grey slice "
+                "per file: give a stack as one TIFF file instead, or convert colour to greyscale"
+            )
         if "S" in axes:
             raise MatsegError(
                 f"{path} is a colour image (axes {axes}); matseg reads grey levels: convert the "

@@ -186,5 +186,18 @@ def multiotsu_thresholds(sample: np.ndarray, n_phases: int) -> tuple[float, ...]
     # so beyond 5 classes the bins shrink to keep it to what 5 classes take (seconds, not hours)
     bins = 256 if n_phases <= 5 else max(4 * n_phases, int(256 ** (3 / (n_phases - 2))))
     counts, edges = np.histogram(values, bins=bins, range=(values.min(), values.max()))
-    hist = (counts / counts.sum(), (edges[:-1] + edges[1:]) / 2.0)
-    return tuple(float(t) for t in threshold_multiotsu(hist=hist, classes=n_phases))
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    found = threshold_multiotsu(hist=(counts / counts.sum(), centres), classes=n_phases)
+    return tuple(float(_gap_middle(t, counts, centres)) for t in found)
+
+
+def _gap_middle(threshold: float, counts: np.ndarray, centres: np.ndarray) -> float:
+    """A threshold with empty bins above it, moved to the middle of that gap: every threshold in
+    it splits the classes alike, and Otsu's search keeps the first, at the lower class's edge
+    (an image of two grey levels: its threshold one bin above the dark level, where smoothing
+    the image before thresholding grows the bright phase)."""
+    i = int(np.searchsorted(centres, threshold))
+    if i + 1 >= len(counts) or counts[i + 1] != 0:
+        return threshold
+    j = i + 1 + int(np.argmax(counts[i + 1 :] > 0))  # the next non-empty bin
+    return (centres[i] + centres[j]) / 2.0 if counts[j] > 0 and counts[i] > 0 else threshold

@@ -43,16 +43,11 @@ class Segmentation:
     report: dict
     colours: dict[str, dict[int, tuple[int, int, int, int]]] = field(default_factory=dict)
     voxel_size: VoxelSize | None = None  # physical size of a voxel, as the output records it
+    offset: tuple[float, ...] | None = None  # where its first voxel lies (the input's, a --region box's)
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(int(s) for s in self.phases.shape)
-
-    @property
-    def origin(self) -> tuple[int, ...] | None:
-        """Where the output's first voxel lies in the image it was cut from (``--region``), else None."""
-        region = (self.report.get("input") or {}).get("region")
-        return tuple(int(start) for start, _ in region) if region else None
 
     @property
     def image_source(self) -> str | None:
@@ -142,8 +137,14 @@ def open_segmentation(path: str | os.PathLike) -> Segmentation:
         candidate_names=tuple(candidate_names),
         report=report,
         colours=colours,
-        voxel_size=open_volume(f"{path}:labels/phases", labels=False).voxel_size,
+        **_placement(path),
     )
+
+
+def _placement(path: Path) -> dict:
+    """The output's voxel size and offset (its NGFF scale and translation)."""
+    labels = open_volume(f"{path}:labels/phases", labels=False)
+    return {"voxel_size": labels.voxel_size, "offset": labels.offset}
 
 
 def _label_colours(group: zarr.Group) -> dict[int, tuple[int, int, int, int]]:

@@ -88,7 +88,7 @@ def test_a_box_is_segmented_as_the_same_box_written_alone(sample, tmp_path, caps
     assert report["input"]["region"] == [[2, 10], [8, 56], [0, 64]]
     assert report["input"]["shape"] == [8, 48, 64]
     assert report["metrics"]["miou"] == pytest.approx(theirs.report["metrics"]["miou"])
-    assert mine.origin == (2, 8, 0) and theirs.origin is None
+    assert mine.offset == (2.0, 8.0, 0.0) and theirs.offset is None
     ngff = zarr.open_group(str(out / "labels" / "phases"), mode="r").attrs["ome"]["multiscales"][0]
     transforms = ngff["datasets"][0]["coordinateTransformations"]
     assert transforms == [
@@ -211,3 +211,29 @@ def test_flip_averaged_nets_on_a_box_one_voxel_wide(random_weights, small_sample
     report = matseg.segment(small_sample, tmp_path / "o.zarr", model="expensive-tta", weights=random_weights,
                             region=region)  # fmt: skip
     assert sorted(report["input"]["shape"])[:2] == [1, 16]
+
+
+def test_a_box_of_an_ome_zarr_lies_where_the_input_does(tmp_path):
+    """An OME-Zarr's own translation is kept, and a box's place is added to it (in its units)."""
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import write_multiscales_metadata
+
+    image = np.random.default_rng(2).integers(0, 255, (8, 64, 64), dtype=np.uint8)
+    path = tmp_path / "placed.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    group.create_array("0", data=image)
+    moved = [
+        {"type": "scale", "scale": [0.5, 0.1, 0.1]},
+        {"type": "translation", "translation": [100.0, 20.0, 30.0]},
+    ]
+    axes = [{"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"]
+    datasets = [{"path": "0", "coordinateTransformations": moved}]
+    write_multiscales_metadata(group, datasets=datasets, axes=axes, fmt=FormatV05())
+    assert matseg.open_volume(path).offset == (100.0, 20.0, 30.0)
+    whole = tmp_path / "whole.zarr"
+    matseg.segment(path, whole, model="classical", phases=("a", "b"))
+    box = tmp_path / "box.zarr"
+    matseg.segment(path, box, model="classical", phases=("a", "b"), region="2:6,10:20,:")
+    assert matseg.open_segmentation(whole).offset == (100.0, 20.0, 30.0)
+    assert matseg.open_segmentation(box).offset == pytest.approx((101.0, 21.0, 30.0))
+    assert matseg.open_segmentation(box).voxel_size.values == (0.5, 0.1, 0.1)

@@ -215,7 +215,8 @@ def voxel_size_options(command):
         "voxel_size_text",
         metavar="Z,Y,X",
         help="Physical voxel size (one value for all axes, or Z,Y,X), recorded as the output's "
-        "scale; default: what the input records, if anything.",
+        "scale; default: what the input records, if anything (given, it also drops the input's "
+        "recorded translation, which is in the recorded units).",
     )(command)
 
 

@@ -18,9 +18,12 @@ from matseg.io import scale
 from matseg.io.scale import VoxelSize
 
 
-def voxel_size(path: Path, group: zarr.Group, multiscales: list, level: int, ndim: int) -> VoxelSize | None:
-    """The voxel size of the image's ``level``, from the axes and transformations ome-zarr-py's
-    reader parses (and the multiscale's own transformations, which that reader does not apply)."""
+def placement(
+    path: Path, group: zarr.Group, multiscales: list, level: int, ndim: int
+) -> tuple[VoxelSize | None, tuple | None]:
+    """The voxel size of the image's ``level`` and where its first voxel lies (physical units,
+    None at the origin), from the axes and transformations ome-zarr-py's reader parses (and the
+    multiscale's own transformations, which that reader does not apply)."""
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Multiscales, Reader
 
@@ -39,11 +42,12 @@ def voxel_size(path: Path, group: zarr.Group, multiscales: list, level: int, ndi
     finally:
         reader_log.setLevel(log_level)
     if node is None or not any(isinstance(spec, Multiscales) for spec in node.specs):
-        return None
+        return None, None
     per_dataset = node.metadata.get("coordinateTransformations") or []
     own = per_dataset[level] if level < len(per_dataset) else []
     transforms = [own, multiscales[0].get("coordinateTransformations") or []]
-    return scale.from_ome(node.metadata["axes"], transforms, ndim)
+    axes = node.metadata["axes"]
+    return scale.from_ome(axes, transforms, ndim), scale.offset_from_ome(axes, transforms, ndim)
 
 
 def ome_attrs(group: zarr.Group) -> dict:

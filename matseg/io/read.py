@@ -39,6 +39,8 @@ class Volume:
     phases: tuple[str, ...] | None = None
     handle: Any = field(default=None, repr=False)
     voxel_size: VoxelSize | None = None  # from the file's own metadata, if it records one
+    # where its first voxel lies (an OME-Zarr translation), in voxel_size's unit; None: at 0
+    offset: tuple[float, ...] | None = None
 
     @property
     def ndim(self) -> int:
@@ -292,7 +294,7 @@ def _open_zarr(path: Path, inner: str, source: str, labels: bool, label_values: 
         raise MatsegError(f"no Zarr array or group at {where}") from None
     except Exception as err:
         raise MatsegError(f"cannot read Zarr store {path}: corrupt metadata ({err})") from None
-    kind, phases, voxel_size, squeeze = "zarr", None, None, ()
+    kind, phases, voxel_size, offset, squeeze = "zarr", None, None, None, ()
     image = None  # an OME-Zarr multiscale image: (its group, its multiscales, the level read)
     if isinstance(node, zarr.Group):
         if labels:
@@ -316,7 +318,7 @@ def _open_zarr(path: Path, inner: str, source: str, labels: bool, label_values: 
         kind = "ome-zarr"
         phases = ome.label_phase_names(group)
         node, squeeze = ome.level_array(group, multiscales, level, source)
-        voxel_size = ome.voxel_size(path, group, multiscales, level, node.ndim - len(squeeze))
+        voxel_size, offset = ome.placement(path, group, multiscales, level, node.ndim - len(squeeze))
     if not label_values:  # a label image's missing chunks are its background: zarr skips writing those
         check_chunks(node, source)
     try:
@@ -328,4 +330,4 @@ def _open_zarr(path: Path, inner: str, source: str, labels: bool, label_values: 
     if phases is None:
         stored = node.attrs.get("matseg", {}).get("phases")
         phases = tuple(stored) if stored else None
-    return Volume(data=data, source=source, kind=kind, phases=phases, voxel_size=voxel_size)
+    return Volume(data=data, source=source, kind=kind, phases=phases, voxel_size=voxel_size, offset=offset)

@@ -69,8 +69,12 @@ def as_pairs(region: Region) -> list[list[int]]:
 
 
 def crop(volume, region: Region):
-    """``volume`` (a :class:`matseg.io.read.Volume`) cut to ``region``: a view, read lazily."""
-    return replace(volume, data=volume.data[region])
+    """``volume`` (a :class:`matseg.io.read.Volume`) cut to ``region``: a view, read lazily, whose
+    ``offset`` (where its first voxel lies, physical units) is the box's place in the volume."""
+    size = volume.voxel_size.values if volume.voxel_size is not None else (1.0,) * len(region)
+    base = volume.offset or (0.0,) * len(region)
+    offset = tuple(b + s.start * v for b, s, v in zip(base, region, size))
+    return replace(volume, data=volume.data[region], offset=offset if any(offset) else None)
 
 
 def whole(region: Region, shape: Sequence[int]) -> bool:

@@ -136,6 +136,25 @@ def parse_voxel_size(text: str, unit: str | None = None) -> VoxelSize:
     return VoxelSize(values, unit_name(unit) if unit else "micrometer")
 
 
+def offset_from_ome(axes: Sequence, transforms: Sequence[Sequence[Mapping]], ndim: int) -> tuple | None:
+    """Where the first voxel of one level lies, in physical units (the ``translation`` transforms,
+    each scaled by the ``scale`` transforms after it), for the spatial axes; None at the origin."""
+    offset = [0.0] * len(axes)
+    for steps in transforms:
+        for step in steps or []:
+            kind, values = step.get("type"), step.get(step.get("type") or "", [])
+            if kind in ("scale", "translation") and len(values) == len(axes):
+                if kind == "scale":
+                    offset = [o * float(v) for o, v in zip(offset, values)]
+                else:
+                    offset = [o + float(v) for o, v in zip(offset, values)]
+    dropped = [isinstance(ax, Mapping) and ax.get("type") in ("time", "channel") for ax in axes]
+    spatial = tuple(o for o, drop in zip(offset, dropped) if not drop)
+    if len(spatial) != ndim or not all(map(math.isfinite, spatial)) or not any(spatial):
+        return None
+    return spatial
+
+
 def from_ome(axes: Sequence, transforms: Sequence[Sequence[Mapping]], ndim: int) -> VoxelSize | None:
     """Voxel size of one level from OME-NGFF ``axes`` and coordinate transformations.
 

@@ -142,7 +142,7 @@ CODEC = BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
 
 
 def _multiscale(
-    group: zarr.Group, name: str, shape, chunks, dtype, voxel_size: VoxelSize | None, origin=None
+    group: zarr.Group, name: str, shape, chunks, dtype, voxel_size: VoxelSize | None, offset=None
 ) -> zarr.Array:
     array = group.create_array(
         "0",
@@ -153,25 +153,25 @@ def _multiscale(
         compressors=CODEC,
         dimension_names=axes_for(len(shape)),
     )
-    axes, transforms = _placement(len(shape), voxel_size, origin)
+    axes, transforms = _placement(len(shape), voxel_size, offset)
     datasets = [{"path": "0", "coordinateTransformations": transforms}]
     write_multiscales_metadata(group, datasets=datasets, axes=axes, name=name, fmt=FormatV05())
     return array
 
 
-def _placement(ndim: int, voxel_size: VoxelSize | None, origin) -> tuple[list, list]:
+def _placement(ndim: int, voxel_size: VoxelSize | None, offset) -> tuple[list, list]:
     """NGFF axes (with units) and coordinate transformations (scale; a translation where
-    ``origin``, in voxels, places the array inside a larger one) of an image of ``ndim`` axes."""
+    ``offset``, in physical units, places the first voxel away from the origin) of an image."""
     names = axes_for(ndim)
     units = {n: voxel_size.unit for n in names} if voxel_size is not None and voxel_size.unit else None
     size = list(voxel_size.values) if voxel_size is not None else [1.0] * ndim
     transforms = [{"type": "scale", "scale": size}]
-    if origin is not None and any(origin):  # where the array's first voxel lies, in physical units
-        transforms.append({"type": "translation", "translation": [o * v for o, v in zip(origin, size)]})
+    if offset is not None and any(offset):
+        transforms.append({"type": "translation", "translation": [float(o) for o in offset]})
     return Axes(names, units, FormatV05()).to_list(FormatV05()), transforms
 
 
-def place(root: zarr.Group, voxel_size: VoxelSize | None, origin=None) -> None:
+def place(root: zarr.Group, voxel_size: VoxelSize | None, offset=None) -> None:
     """Set the voxel size and placement of a store :func:`create_ome_store` made (its image and
     label images), as a run that keeps the store (resumed, or reusing its cheap pass) states
     them anew: a store keeps none that the run now giving its labels does not."""
@@ -179,7 +179,7 @@ def place(root: zarr.Group, voxel_size: VoxelSize | None, origin=None) -> None:
     for group in groups:
         ome = dict(group.attrs["ome"])
         ndim = group["0"].ndim
-        axes, transforms = _placement(ndim, voxel_size.for_ndim(ndim) if voxel_size else None, origin)
+        axes, transforms = _placement(ndim, voxel_size.for_ndim(ndim) if voxel_size else None, offset)
         multiscales = [dict(m) for m in ome["multiscales"]]
         multiscales[0]["axes"] = axes
         level = dict(multiscales[0]["datasets"][0], coordinateTransformations=transforms)
@@ -195,7 +195,7 @@ def create_ome_store(
     labels: Mapping[str, Sequence[str]],
     attrs: Mapping | None = None,
     voxel_size: VoxelSize | None = None,
-    origin: Sequence[int] | None = None,
+    offset: Sequence[float] | None = None,
 ) -> zarr.Group:
     """Create an empty OME-Zarr (NGFF 0.5) image with label images, chunked for tiled writes.
 
@@ -214,20 +214,20 @@ def create_ome_store(
     voxel_size : VoxelSize, optional
         Physical size of a voxel (the ``scale`` of every image and label image, and
         the axes' unit); default: one unit-less voxel.
-    origin : sequence of int, optional
-        Where the volume's first voxel lies in a larger one (a ``--region`` box), in voxels:
-        recorded as every image's NGFF translation.
+    offset : sequence of float, optional
+        Where the volume's first voxel lies (the input's own translation, a ``--region`` box's
+        place in it), in physical units: recorded as every image's NGFF translation.
     """
     shape, chunks = tuple(int(s) for s in shape), tuple(int(c) for c in chunks)
     if voxel_size is not None:
         voxel_size = voxel_size.for_ndim(len(shape))
     fmt = FormatV05()
     root = zarr.open_group(str(path), mode="w-", zarr_format=3)
-    _multiscale(root, image[0], shape, chunks, image[1], voxel_size, origin)
+    _multiscale(root, image[0], shape, chunks, image[1], voxel_size, offset)
     label_root = root.require_group("labels")
     for name, values in labels.items():
         group = label_root.require_group(name)
-        _multiscale(group, name, shape, chunks, "uint8", voxel_size, origin)
+        _multiscale(group, name, shape, chunks, "uint8", voxel_size, offset)
         colours = [
             {"label-value": i, "rgba": list(rgba)}
             for i, rgba in value_colours(values, candidates=name == "decisions").items()

@@ -114,7 +114,8 @@ def prepare(
     inference_device()  # a bad $MATSEG_DEVICE fails here, before anything is written
     whole_volume = open_volume(input)
     if voxel_size is not None:
-        whole_volume = replace(whole_volume, voxel_size=voxel_size.for_ndim(whole_volume.ndim))
+        # the input's recorded offset is in its recorded units: dropped with them
+        whole_volume = replace(whole_volume, voxel_size=voxel_size.for_ndim(whole_volume.ndim), offset=None)
     if region is not None:
         region = parse_region(region, whole_volume.shape)
         region = None if whole(region, whole_volume.shape) else region
@@ -191,6 +192,8 @@ def prepare(
         # without --overwrite), never a finished one that keeps the old scale and says "these settings"
         "voxel_size": volume.voxel_size.describe() if volume.voxel_size else None,
     }
+    if volume.offset:  # where the output lies (the input's translation, the box's place)
+        identity["offset"] = list(volume.offset)
     if region:  # a box of the input: another run than the whole (the key only then: older outputs resume)
         identity["region"] = as_pairs(region)
     if settings.phases is not None:

@@ -125,7 +125,7 @@ def open_output(job: Job, start: Start, norm: Normalization) -> zarr.Group:
     """The output store, created for a new run; progress records reset where they no longer hold."""
     if start != Start.NEW:
         root = zarr.open_group(str(job.output), mode="r+")
-        place(root, job.volume.voxel_size, origin(job))  # this run's, were they given otherwise before
+        place(root, job.volume.voxel_size, job.volume.offset)  # this run's, were they given otherwise
         if start == Start.REUSE_CHEAP:  # a new plan: the previous candidates' records do not hold
             TileRecords.create(root, "finish", job.grid.n_tiles, finish_fields(job))
             set_status(root, Status.CHEAP_PASS, settings=job.identity)
@@ -145,7 +145,7 @@ def _create_output(job: Job, path: Path, norm: Normalization) -> None:
         image=("uncertainty", "uint8"),
         labels={"phases": job.phases, "decisions": job.names},
         voxel_size=job.volume.voxel_size,
-        origin=origin(job),
+        offset=job.volume.offset,
     )
     n = job.grid.n_tiles
     if job.selector is None:
@@ -165,11 +165,6 @@ def _create_output(job: Job, path: Path, norm: Normalization) -> None:
     }
     # decisions stay at the fill value (0, cheap) where stage 2 never rewrites a tile
     root["labels/decisions/0"].attrs[DECLARATION[0]] = DECLARATION[1]
-
-
-def origin(job: Job) -> list[int] | None:
-    """Where the output's first voxel lies in the input (a ``--region`` box), else None."""
-    return [s.start for s in job.region] if job.region else None
 
 
 def finish_fields(job: Job) -> dict:

@@ -113,15 +113,15 @@ def candidate_colours(names: Sequence[str], stored: dict[int, Sequence[int]] | N
     return {i: tuple((stored or {}).get(i, defaults[i])) for i in range(len(names))}
 
 
-def physical_scale(voxel_size, origin=None) -> dict:
+def physical_scale(voxel_size, offset=None) -> dict:
     """napari's ``scale`` and ``units`` of a layer, from a :class:`matseg.io.scale.VoxelSize`, and its
-    ``translate`` where ``origin`` (voxels) places it inside a larger image (a ``--region`` output)."""
+    ``translate`` where ``offset`` (physical units: an OME-Zarr translation, a ``--region`` box's
+    place in its image) puts its first voxel away from the origin."""
     scale = {} if voxel_size is None else {"scale": list(voxel_size.values)}
     if voxel_size is not None and voxel_size.unit:
         scale["units"] = voxel_size.unit
-    if origin:
-        size = voxel_size.values if voxel_size is not None else (1.0,) * len(origin)
-        scale["translate"] = [o * v for o, v in zip(origin, size)]
+    if offset:
+        scale["translate"] = list(offset)
     return scale
 
 
@@ -129,7 +129,11 @@ def image_layer(source: str, name: str | None = None) -> tuple:
     """The segmented image, lazily, as an Image layer, at its physical scale if it records one."""
     volume = matseg.open_volume(source)
     meta = {"matseg": {"role": "image", "source": str(source)}}
-    kwargs = {"name": name or _stem(source), "metadata": meta, **physical_scale(volume.voxel_size)}
+    kwargs = {
+        "name": name or _stem(source),
+        "metadata": meta,
+        **physical_scale(volume.voxel_size, volume.offset),
+    }
     return (volume.data, kwargs, "image")
 
 
@@ -155,7 +159,7 @@ def segmentation_layers(path: str | os.PathLike, include_image: bool = True) -> 
     output = str(Path(path).absolute())
     common = {"output": output, "report": segmentation.report}
     layers = []
-    scale = physical_scale(segmentation.voxel_size, segmentation.origin)
+    scale = physical_scale(segmentation.voxel_size, segmentation.offset)
     source = segmentation.image_source
     if include_image and source and _exists(source):
         layers.append(image_layer(source))
@@ -248,16 +252,14 @@ def corrections_layers(path: str | os.PathLike) -> list[tuple]:
 
 def corrections_placement(corrections) -> dict:
     """The scale and translation of the output the corrections belong to (its voxel size, and
-    its box of the image for a ``--region`` output): they lie where that output's layers do."""
-    region = corrections.attrs.get("region")
-    origin = [int(start) for start, _ in region] if region else None
-    voxel_size = None
+    its place, as a ``--region`` output's): they lie where that output's layers do."""
     if corrections.output and _exists(corrections.output):
         try:
-            voxel_size = matseg.open_segmentation(corrections.output).voxel_size
-        except matseg.MatsegError:  # moved or replaced since: voxels, at the recorded box
+            segmentation = matseg.open_segmentation(corrections.output)
+            return physical_scale(segmentation.voxel_size, segmentation.offset)
+        except matseg.MatsegError:  # moved or replaced since: voxels, from the origin
             pass
-    return physical_scale(voxel_size, origin)
+    return {}
 
 
 def volume_layers(path: str | os.PathLike) -> list[tuple]:
@@ -274,7 +276,7 @@ def volume_layers(path: str | os.PathLike) -> list[tuple]:
             "name": f"{_stem(path)} labels",
             "opacity": 0.5,
             "visible": False,
-            **physical_scale(labels.voxel_size),
+            **physical_scale(labels.voxel_size, labels.offset),
         }
         if names:
             kwargs["colormap"] = label_colormap(phase_colours(names))

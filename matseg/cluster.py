@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 TASKS_PER_THREAD = 8  # tiles per thread in one batch of the threaded scheduler
 # keys of a cluster YAML that are matseg's own; every other key goes to SLURMCluster as it is
 _OWN_KEYS = {"workers", "costly_workers", "costly", "threads", "memory"}
+# a worker process with torch and the models holds ~0.5 GB before its first tile (measured on a
+# 16 x 256 x 256 sample: a local worker of 400 MB was killed by its nanny while starting, a
+# traceback per worker; one of 500 MB when its first tiles ran; 600 MB ran the default)
+MIN_WORKER_MEMORY = 600_000_000
 
 
 @dataclass(frozen=True)
@@ -95,12 +99,18 @@ class ClusterSpec:
             from dask.utils import parse_bytes
 
             try:
-                if parse_bytes(str(self.memory)) <= 0:
+                size = parse_bytes(str(self.memory))
+                if size <= 0:
                     raise ValueError
             except (ValueError, TypeError):
                 raise MatsegError(
                     f"cluster setting memory must be a size such as 4GB or 500MiB, got {self.memory!r}"
                 ) from None
+            if size < MIN_WORKER_MEMORY:  # the nanny kills a worker over it before it runs a tile
+                raise MatsegError(
+                    f"cluster setting memory {self.memory!r} is {size:,} bytes a worker: a worker with "
+                    f"torch and the models needs 600MB and more, some GB for large tiles; give e.g. 4GB"
+                )
 
 
 def _read_config(path) -> dict:

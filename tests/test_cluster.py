@@ -97,6 +97,8 @@ def test_cheap_and_costly_tasks_run_on_their_own_worker_pools(tmp_path, volume, 
         (["--cluster", "local", "--cluster-config", "missing.yaml"], "cannot read cluster config"),
         (["--cluster", "local", "--memory", "lots"], "memory must be a size such as 4GB"),
         (["--cluster", "local", "--memory", "0"], "memory must be a size such as 4GB"),
+        (["--cluster", "local", "--memory", "4"], "'4' is 4 bytes a worker"),  # meant: 4 GB
+        (["--cluster", "local", "--memory", "100MB"], "needs 600MB and more"),
     ],
 )
 def test_bad_cluster_options(tmp_path, volume, capsys, args, message):

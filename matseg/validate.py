@@ -81,15 +81,19 @@ def check_label_values(data, n_phases: int, source: str, role: str, unlabelled: 
     if unlabelled:
         bad &= data != UNLABELLED
     if isinstance(data, da.Array):
-        count, largest = dask.compute(bad.sum(), da.where(bad, data, 0).max())
+        count, smallest, largest = dask.compute(
+            bad.sum(), da.where(bad, data, 0).min(), da.where(bad, data, 0).max()
+        )
     else:
-        count, largest = int(bad.sum()), (data[bad].max() if bad.any() else 0)
+        count = int(bad.sum())
+        smallest, largest = (data[bad].min(), data[bad].max()) if count else (0, 0)
     if int(count):
         allowed = f"0..{n_phases - 1}, 255 = unlabelled" if unlabelled else f"0..{n_phases - 1}"
         hint = "is it an image rather than labels?" if unlabelled else "every voxel needs one of the phases"
+        span = f"from {int(smallest)}" + (f" up to {int(largest)}" if int(largest) > 0 else "")
         raise MatsegError(
             f"{role} {source} has {int(count):,} voxels with values outside the {n_phases} phases "
-            f"({allowed}), up to {int(largest)}: {hint}"
+            f"({allowed}), {span if int(smallest) < 0 else f'up to {int(largest)}'}: {hint}"
         )
 
 

@@ -182,3 +182,18 @@ def test_evaluate_takes_truth_phases(tmp_path, small_sample, random_weights, cap
     assert_refused(
         tmp_path, [*evaluate, "--truth-phases", ",".join(SAMPLE_PHASES)], capsys, "give the truths"
     )
+
+
+@pytest.mark.parametrize(
+    ("values", "said"),
+    [((-5, -1), "from -5: is it"), ((7, 9), "up to 9: is it"), ((-3, 9), "from -3 up to 9")],
+)
+def test_labels_outside_the_phases_are_named_by_their_values(values, said):
+    """Negative values were said as 'up to 0'."""
+    from matseg.validate import check_label_values
+
+    labels = np.array([0, 1, 2, *values], np.int16)
+    with pytest.raises(matseg.MatsegError, match=f"2 voxels with values outside the 3 phases .*{said}"):
+        check_label_values(labels, 3, "t.tif", "--truth")
+    with pytest.raises(matseg.MatsegError, match=said):
+        check_label_values(da.from_array(labels, chunks=2), 3, "t.tif", "--truth")

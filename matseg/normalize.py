@@ -191,6 +191,11 @@ def multiotsu_thresholds(sample: np.ndarray, n_phases: int) -> tuple[float, ...]
     return tuple(float(_gap_middle(t, counts, centres)) for t in found)
 
 
+# an empty run of this many of the 256 bins or more is a gap between classes, not between the
+# grey levels of a quantised image (an 8-bit image spanning a quarter of its range leaves 3)
+GAP_BINS = 8
+
+
 def _gap_middle(threshold: float, counts: np.ndarray, centres: np.ndarray) -> float:
     """A threshold with empty bins above it, moved to the middle of that gap: every threshold in
     it splits the classes alike, and Otsu's search keeps the first, at the lower class's edge
@@ -200,4 +205,6 @@ def _gap_middle(threshold: float, counts: np.ndarray, centres: np.ndarray) -> fl
     if i + 1 >= len(counts) or counts[i + 1] != 0:
         return threshold
     j = i + 1 + int(np.argmax(counts[i + 1 :] > 0))  # the next non-empty bin
-    return (centres[i] + centres[j]) / 2.0 if counts[j] > 0 and counts[i] > 0 else threshold
+    if counts[i] == 0 or counts[j] == 0 or j - i - 1 < GAP_BINS:  # the gaps between an 8-bit
+        return threshold  # image's levels, where skimage's threshold stands
+    return (centres[i] + centres[j]) / 2.0

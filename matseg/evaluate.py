@@ -173,7 +173,7 @@ def evaluate(
     if truth_phases is not None and not truths:
         raise MatsegError("--truth-phases names the phases of a --truth: give the truths too")
     for i, volume in enumerate(volumes):
-        labels = open_labels(volume, truths[i] if truths else None, "--truth")
+        labels = open_labels(volume, truths[i] if truths else None, "give its labels with --truth")
         if truth_phases is not None:  # wrong names: refused before any output exists
             match_truth(labels.phases, weights_phases(weights), labels.source, truth_phases)
     if overwrite and output_kind(output) == "evaluation":  # back in place if this run fails
@@ -293,7 +293,7 @@ def _real_runs(volumes, truths, truth_phases, output, weights, tile) -> dict:
             out = output / f"{model}-{i}.zarr"
             remove_output(out, ("segment",))  # timed from scratch: no stored cheap pass reused
             report = segment(volume, out, model=model, weights=weights, tile=tile)
-            labels = open_labels(volume, truths[i] if truths else None, "--truth")
+            labels = open_labels(volume, truths[i] if truths else None, "give its labels with --truth")
             match = match_truth(labels.phases, report["phases"], labels.source, truth_phases)
             truth = truth_as_phases(labels.data, match)
             pred = da.from_zarr(zarr.open_group(str(out), mode="r")["labels/phases/0"])

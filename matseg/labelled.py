@@ -38,14 +38,14 @@ def load_labelled(
     labels: str | os.PathLike | None = None,
     slices: Sequence[int] | None = None,
     region: Sequence | None = None,
-    option: str = "--labels",
+    remedy: str = "give its labels with --labels",
 ) -> tuple[LabelledSlices, tuple[str, ...] | None]:
     """Read the labelled slices of an image/label pair into memory.
 
     ``labels`` defaults to the image store's own label image (e.g. ``truth`` of a
     ``matseg sample`` store). Slices without any label (all 255) are skipped. ``region``
     ((start, stop) per axis: a ``--region`` output's box) cuts the image to the labels' box.
-    ``option`` is what a message tells to give labels (:func:`matseg.io.read.open_labels`).
+    ``remedy`` is what a message tells to do without labels (:func:`matseg.io.read.open_labels`).
     """
     volume = open_volume(image)
     if region:  # the box a --region output holds: the image must still hold it
@@ -56,7 +56,7 @@ def load_labelled(
                 f"{volume.source} of shape {volume.shape} no longer holds the box "
                 f"{[list(b) for b in region]} the labels were segmented from"
             ) from None
-    label_volume = open_labels(image, labels, option)
+    label_volume = open_labels(image, labels, remedy)
     if label_volume.shape != volume.shape:
         raise MatsegError(
             f"labels {label_volume.source} have shape {label_volume.shape}; image has {volume.shape}"

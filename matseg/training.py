@@ -212,7 +212,7 @@ def train(
     check_folder_phases(output, phases, models)
     if val:
         remedy = "a volume given with --val needs labels of its own"
-        val_data, val_names = zip(*(load_labelled(v, option=remedy) for v in val))
+        val_data, val_names = zip(*(load_labelled(v, remedy=remedy) for v in val))
         check_val_phases(val, val_data, phases, val_names)
     else:
         val_data, data = hold_out(data)

@@ -174,11 +174,13 @@ def open_volume(
 
 
 def open_labels(
-    spec: str | os.PathLike, labels: str | os.PathLike | None = None, option: str = "--labels"
+    spec: str | os.PathLike,
+    labels: str | os.PathLike | None = None,
+    remedy: str = "give its labels with --labels",
 ) -> Volume:
     """``labels`` as a label volume or, without it, the label image of the image store ``spec``
     itself (a Zarr store's ``labels`` group: ``truth`` if present, as ``matseg sample`` writes).
-    ``option``: the option that gives labels (``--labels``), or what to do instead, for the message.
+    ``remedy``: what the message tells to do instead (the option that gives labels, if any).
 
     Raises
     ------
@@ -198,11 +200,6 @@ def open_labels(
             return open_volume(spec, labels=True)
     if not path.exists():
         return open_volume(spec, labels=True)  # "input not found"
-    remedy = (
-        f"give its labels with {option}"
-        if option.startswith("-")
-        else option  # what the caller can do instead (a --val volume has no labels option)
-    )
     raise MatsegError(
         f"{os.fspath(spec)} holds no label image of its own (only a Zarr store with a 'labels' "
         f"group does, as 'matseg sample' writes): {remedy}"

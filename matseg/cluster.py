@@ -24,12 +24,19 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import dask
-from distributed.diagnostics.plugin import WorkerPlugin
 
 from matseg.errors import MatsegError
 from matseg.slurm import wait_for_jobs
 from matseg.tiling import GROUP_TILES, group_layers, layer_groups
-from matseg.workers import CHEAP, COSTLY, local_cluster, slurm_cluster
+from matseg.workers import (
+    CHEAP,
+    COSTLY,
+    NoInterrupts,
+    TorchThreads,
+    local_cluster,
+    slurm_cluster,
+    torch_threads,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -293,39 +300,6 @@ def _counted(result, advance: Callable[[int], None]):
     """``result``, once ``advance(1)`` has counted it."""
     advance(1)
     return result
-
-
-class TorchThreads(WorkerPlugin):
-    """Worker plugin: torch threads per worker so that dask threads x torch threads fit the cores."""
-
-    name = "matseg-torch-threads"
-
-    def __init__(self, threads: int):
-        self.threads = threads
-
-    def setup(self, worker) -> None:
-        import torch
-
-        torch.set_num_threads(self.threads)
-
-
-class NoInterrupts(WorkerPlugin):
-    """Worker plugin of a local cluster: its worker processes leave Ctrl-C to the command. The
-    terminal sends SIGINT to every process of the command; the command stops the run and closes
-    its workers, which would otherwise each die printing a KeyboardInterrupt traceback."""
-
-    name = "matseg-no-interrupts"
-
-    def setup(self, worker) -> None:
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():  # where signals are handled
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def torch_threads(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
 @contextlib.contextmanager

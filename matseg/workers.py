@@ -1,13 +1,18 @@
 """Starting a cluster's workers: processes on this machine or SLURM jobs, their environment
-(the malloc settings and one thread per library) and their pools by cost."""
+(the malloc settings and one thread per library; torch threads and Ctrl-C as worker plugins)
+and their pools by cost."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import os
+import signal
+import threading
 
 import dask
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from matseg.errors import MatsegError
 from matseg.malloc import MALLOC_SETTINGS
@@ -116,3 +121,34 @@ def _scale_pools(cluster, spec, with_resources) -> None:
     costly = {**base["options"], **dict(spec.costly)}
     cluster.new_spec = {**base, "options": with_resources(costly, COSTLY)}
     cluster.scale(spec.workers + spec.costly_workers)
+
+
+class TorchThreads(WorkerPlugin):
+    """Worker plugin: torch threads per worker so that dask threads x torch threads fit the cores."""
+
+    name = "matseg-torch-threads"
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def setup(self, worker) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)
+
+
+class NoInterrupts(WorkerPlugin):
+    """Worker plugin of a local cluster: its worker processes leave Ctrl-C to the command. The
+    terminal sends SIGINT to every process of the command; the command stops the run and closes
+    its workers, which would otherwise each die printing a KeyboardInterrupt traceback."""
+
+    name = "matseg-no-interrupts"
+
+    def setup(self, worker) -> None:
+        if threading.current_thread() is threading.main_thread():  # where signals are handled
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def torch_threads(workers: int) -> int:
+    """Torch threads per worker (or per tile thread) so that they and the workers fit the cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
